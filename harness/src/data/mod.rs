@@ -1,0 +1,17 @@
+//! Data: from files on disk to normalised 2D slices grouped by case.
+//!
+//! Real data and the embedded phantom take the same path: volumes are written in (or come in) a
+//! real on-disk layout, read back by the loader for that layout, then windowed, sliced and resized
+//! by `slices`. Splits are made per case, never per slice.
+
+pub mod dataset;
+pub mod msd;
+pub mod nifti;
+pub mod phantom;
+pub mod slices;
+pub mod splits;
+pub mod volume;
+
+pub use dataset::{DatasetSpec, PreparedDataset};
+pub use slices::{Case, Slice};
+pub use volume::Volume;

@@ -1,0 +1,226 @@
+//! Medical Segmentation Decathlon layout: `imagesTr/*.nii.gz`, `labelsTr/*.nii.gz` and a
+//! `dataset.json` that names the label values and lists the training pairs.
+//!
+//! This is the loader users' real Task03_Liver / Task07_Pancreas folders go through, and the one
+//! the embedded phantom is read back with. It tolerates what real downloads contain: paths that
+//! start with "./", non-contiguous ids, and macOS `._*` files.
+
+use super::nifti;
+use super::volume::Volume;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize, Serialize)]
+struct DatasetJson {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    modality: serde_json::Value,
+    labels: BTreeMap<String, String>,
+    #[serde(default, rename = "numTraining")]
+    num_training: Option<usize>,
+    #[serde(default)]
+    training: Vec<PairJson>,
+    #[serde(default)]
+    test: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct PairJson {
+    image: String,
+    label: String,
+}
+
+/// One labelled case of an MSD task: where its two files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+/// What `dataset.json` says: the task name, the class names by label value, and the cases.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub entries: Vec<Entry>,
+}
+
+/// Reads `root/dataset.json` and checks that every listed file exists.
+pub fn read_index(root: &Path) -> Result<Index> {
+    let json_path = root.join("dataset.json");
+    let text =
+        std::fs::read_to_string(&json_path).with_context(|| format!("{}: cannot read the MSD dataset description", json_path.display()))?;
+    let json: DatasetJson =
+        serde_json::from_str(&text).with_context(|| format!("{}: expected MSD dataset.json with a \"labels\" map", json_path.display()))?;
+    let mut classes = Vec::with_capacity(json.labels.len());
+    for value in 0..json.labels.len() {
+        let name = json.labels.get(&value.to_string()).with_context(|| {
+            format!(
+                "{}: labels must be numbered 0..{} without gaps; {value} is missing",
+                json_path.display(),
+                json.labels.len() - 1
+            )
+        })?;
+        classes.push(name.clone());
+    }
+    let mut entries = Vec::new();
+    for pair in &json.training {
+        let image = root.join(pair.image.trim_start_matches("./"));
+        let label = root.join(pair.label.trim_start_matches("./"));
+        let file_name = image.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if file_name.starts_with('.') {
+            continue;
+        }
+        for path in [&image, &label] {
+            if !path.is_file() {
+                bail!("{}: lists {} but the file does not exist", json_path.display(), path.display());
+            }
+        }
+        let id = file_name.trim_end_matches(".gz").trim_end_matches(".nii").to_string();
+        entries.push(Entry { id, image, label });
+    }
+    if entries.is_empty() {
+        bail!("{}: \"training\" lists no cases", json_path.display());
+    }
+    if let Some(n) = json.num_training {
+        if n != entries.len() {
+            tracing::warn!(file = %json_path.display(), num_training = n, listed = entries.len(), "numTraining differs from the listed cases");
+        }
+    }
+    Ok(Index {
+        name: json.name,
+        classes,
+        entries,
+    })
+}
+
+/// Reads one case and checks that image and label agree in shape and that label values are
+/// known classes.
+pub fn load_case(entry: &Entry, class_count: usize) -> Result<(Volume, Volume)> {
+    let image = nifti::read(&entry.image)?;
+    let label = nifti::read(&entry.label)?;
+    if image.dims != label.dims {
+        bail!(
+            "{}: label shape {:?} differs from image shape {:?} ({})",
+            entry.label.display(),
+            label.dims,
+            image.dims,
+            entry.image.display()
+        );
+    }
+    if let Some(bad) = label
+        .data
+        .iter()
+        .find(|&&v| v < 0.0 || v.fract() != 0.0 || v as usize >= class_count)
+    {
+        bail!(
+            "{}: label value {bad} is not one of the {class_count} classes in dataset.json",
+            entry.label.display()
+        );
+    }
+    Ok((image, label))
+}
+
+/// Writes an MSD `dataset.json` for cases named `names` (files `imagesTr/<name>.nii.gz`,
+/// `labelsTr/<name>.nii.gz`).
+pub fn write_dataset_json(root: &Path, name: &str, description: &str, modality: &str, classes: &[&str], names: &[String]) -> Result<()> {
+    let json = DatasetJson {
+        name: name.to_string(),
+        description: description.to_string(),
+        modality: serde_json::json!({ "0": modality }),
+        labels: classes.iter().enumerate().map(|(i, c)| (i.to_string(), c.to_string())).collect(),
+        num_training: Some(names.len()),
+        training: names
+            .iter()
+            .map(|n| PairJson {
+                image: format!("./imagesTr/{n}.nii.gz"),
+                label: format!("./labelsTr/{n}.nii.gz"),
+            })
+            .collect(),
+        test: Vec::new(),
+    };
+    let path = root.join("dataset.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::nifti::Datatype;
+
+    fn tiny_task(root: &Path) {
+        let image = Volume {
+            dims: [4, 4, 2],
+            spacing: [1.0; 3],
+            data: (0..32).map(|i| i as f32).collect(),
+        };
+        let label = Volume {
+            dims: [4, 4, 2],
+            spacing: [1.0; 3],
+            data: (0..32).map(|i| (i % 3) as f32).collect(),
+        };
+        for name in ["liver_0", "liver_7"] {
+            nifti::write(&root.join(format!("imagesTr/{name}.nii.gz")), &image, Datatype::I16, 352).unwrap();
+            nifti::write(&root.join(format!("labelsTr/{name}.nii.gz")), &label, Datatype::U8, 352).unwrap();
+        }
+        std::fs::write(root.join("imagesTr/._liver_0.nii.gz"), b"mac junk").unwrap();
+        write_dataset_json(
+            root,
+            "Task03_Liver",
+            "",
+            "CT",
+            &["background", "liver", "cancer"],
+            &["liver_0".into(), "liver_7".into(), "._liver_0".into()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reads_index_skipping_dot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_task(dir.path());
+        let index = read_index(dir.path()).unwrap();
+        assert_eq!(index.classes, ["background", "liver", "cancer"]);
+        let ids: Vec<_> = index.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["liver_0", "liver_7"]);
+        let (image, label) = load_case(&index.entries[1], 3).unwrap();
+        assert_eq!(image.dims, [4, 4, 2]);
+        assert_eq!(label.data[5], 2.0);
+    }
+
+    #[test]
+    fn shape_mismatch_names_the_label_file() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_task(dir.path());
+        let small = Volume {
+            dims: [2, 2, 2],
+            spacing: [1.0; 3],
+            data: vec![0.0; 8],
+        };
+        nifti::write(&dir.path().join("labelsTr/liver_7.nii.gz"), &small, Datatype::U8, 352).unwrap();
+        let index = read_index(dir.path()).unwrap();
+        let message = format!("{:#}", load_case(&index.entries[1], 3).unwrap_err());
+        assert!(
+            message.contains("labelsTr/liver_7.nii.gz") && message.contains("differs"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_task(dir.path());
+        std::fs::remove_file(dir.path().join("imagesTr/liver_7.nii.gz")).unwrap();
+        let message = format!("{:#}", read_index(dir.path()).unwrap_err());
+        assert!(
+            message.contains("liver_7.nii.gz") && message.contains("does not exist"),
+            "{message}"
+        );
+    }
+}

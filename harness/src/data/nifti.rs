@@ -1,0 +1,305 @@
+//! A small NIfTI-1 reader and writer (`.nii` and `.nii.gz`).
+//!
+//! Written here rather than taken from the `nifti` crate because that crate (0.18) ignores
+//! `vox_offset` when a header has no extensions, silently corrupting files whose voxels start
+//! after byte 352. This reader honours `vox_offset`, `scl_slope`/`scl_inter`, the datatype and the
+//! byte order, and names the file in every error.
+
+use super::volume::Volume;
+use flate2::{read::GzDecoder, write::GzEncoder, Compression};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a NIfTI file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum NiftiError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a NIfTI-1 file: {why}")]
+    Format { path: PathBuf, why: String },
+}
+
+/// Element types this reader understands (NIfTI `datatype` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datatype {
+    U8 = 2,
+    I16 = 4,
+    I32 = 8,
+    F32 = 16,
+    F64 = 64,
+    I8 = 256,
+    U16 = 512,
+    U32 = 768,
+}
+
+impl Datatype {
+    fn from_code(code: i16) -> Option<Self> {
+        Some(match code {
+            2 => Self::U8,
+            4 => Self::I16,
+            8 => Self::I32,
+            16 => Self::F32,
+            64 => Self::F64,
+            256 => Self::I8,
+            512 => Self::U16,
+            768 => Self::U32,
+            _ => return None,
+        })
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Self::U8 | Self::I8 => 1,
+            Self::I16 | Self::U16 => 2,
+            Self::I32 | Self::U32 | Self::F32 => 4,
+            Self::F64 => 8,
+        }
+    }
+}
+
+const HEADER_SIZE: usize = 348;
+const DEFAULT_VOX_OFFSET: usize = 352;
+
+/// Reads a `.nii` or `.nii.gz` file (chosen by the gzip magic bytes, not the name).
+pub fn read(path: &Path) -> Result<Volume, NiftiError> {
+    let io = |source| NiftiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let raw = std::fs::read(path).map_err(io)?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
+        out
+    } else {
+        raw
+    };
+    parse(&bytes).map_err(|why| NiftiError::Format {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<Volume, String> {
+    if bytes.len() < HEADER_SIZE {
+        return Err(format!("{} bytes, shorter than the 348-byte header", bytes.len()));
+    }
+    let little = i32::from_le_bytes(bytes[0..4].try_into().unwrap()) == 348;
+    let big = i32::from_be_bytes(bytes[0..4].try_into().unwrap()) == 348;
+    if !little && !big {
+        return Err("sizeof_hdr is not 348 in either byte order".into());
+    }
+    let magic = &bytes[344..348];
+    if magic != b"n+1\0" && magic != b"ni1\0" {
+        return Err(format!("magic {magic:?} is neither \"n+1\" nor \"ni1\""));
+    }
+    let r = Reader { bytes, little };
+    let rank = r.i16(40);
+    if !(1..=7).contains(&rank) {
+        return Err(format!("dim[0] = {rank}, expected 1..7"));
+    }
+    let mut dims = [1usize; 3];
+    for (axis, dim) in dims.iter_mut().enumerate() {
+        if (axis as i16) < rank {
+            let value = r.i16(42 + 2 * axis);
+            if value < 1 {
+                return Err(format!("dim[{}] = {value}, expected >= 1", axis + 1));
+            }
+            *dim = value as usize;
+        }
+    }
+    for axis in 3..rank as usize {
+        let value = r.i16(42 + 2 * axis);
+        if value > 1 {
+            return Err(format!("dim[{}] = {value}: only 3D volumes are supported", axis + 1));
+        }
+    }
+    let code = r.i16(70);
+    let datatype = Datatype::from_code(code).ok_or_else(|| format!("unsupported datatype code {code}"))?;
+    let spacing = [r.f32(80).abs(), r.f32(84).abs(), r.f32(88).abs()];
+    let vox_offset = r.f32(108);
+    if !(vox_offset.is_finite() && vox_offset >= 0.0) {
+        return Err(format!("vox_offset = {vox_offset}"));
+    }
+    let offset = (vox_offset as usize).max(DEFAULT_VOX_OFFSET.min(bytes.len()));
+    let (slope, inter) = (r.f32(112), r.f32(116));
+    let (slope, inter) = if slope == 0.0 || !slope.is_finite() {
+        (1.0, 0.0)
+    } else {
+        (slope, if inter.is_finite() { inter } else { 0.0 })
+    };
+    let count = dims[0] * dims[1] * dims[2];
+    let needed = offset + count * datatype.bytes();
+    if bytes.len() < needed {
+        return Err(format!(
+            "voxel data ends at byte {} but {} bytes are needed (vox_offset {offset})",
+            bytes.len(),
+            needed
+        ));
+    }
+    let body = Reader {
+        bytes: &bytes[offset..],
+        little,
+    };
+    let data = (0..count).map(|i| body.element(datatype, i) * slope + inter).collect();
+    Ok(Volume {
+        dims,
+        spacing: spacing.map(|s| if s > 0.0 { s } else { 1.0 }),
+        data,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    little: bool,
+}
+
+impl Reader<'_> {
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out: [u8; N] = self.bytes[at..at + N].try_into().unwrap();
+        if !self.little {
+            out.reverse();
+        }
+        out
+    }
+    fn i16(&self, at: usize) -> i16 {
+        i16::from_le_bytes(self.array(at))
+    }
+    fn f32(&self, at: usize) -> f32 {
+        f32::from_le_bytes(self.array(at))
+    }
+    fn element(&self, datatype: Datatype, i: usize) -> f32 {
+        let at = i * datatype.bytes();
+        match datatype {
+            Datatype::U8 => self.bytes[at] as f32,
+            Datatype::I8 => self.bytes[at] as i8 as f32,
+            Datatype::I16 => i16::from_le_bytes(self.array(at)) as f32,
+            Datatype::U16 => u16::from_le_bytes(self.array(at)) as f32,
+            Datatype::I32 => i32::from_le_bytes(self.array(at)) as f32,
+            Datatype::U32 => u32::from_le_bytes(self.array(at)) as f32,
+            Datatype::F32 => f32::from_le_bytes(self.array(at)),
+            Datatype::F64 => f64::from_le_bytes(self.array(at)) as f32,
+        }
+    }
+}
+
+/// Writes `volume` as a gzip-compressed little-endian NIfTI-1 file, rounding values to
+/// `datatype` (U8 for label maps, I16 for CT in Hounsfield units). `vox_offset` lets tests write
+/// files whose voxels start past the default 352 bytes, as some real files do.
+pub fn write(path: &Path, volume: &Volume, datatype: Datatype, vox_offset: usize) -> Result<(), NiftiError> {
+    let io = |source| NiftiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let vox_offset = vox_offset.max(DEFAULT_VOX_OFFSET);
+    let mut header = vec![0u8; vox_offset];
+    let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
+    put(&mut header, 0, &348i32.to_le_bytes());
+    let dims = [
+        3i16,
+        volume.dims[0] as i16,
+        volume.dims[1] as i16,
+        volume.dims[2] as i16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    for (i, d) in dims.iter().enumerate() {
+        put(&mut header, 40 + 2 * i, &d.to_le_bytes());
+    }
+    put(&mut header, 70, &(datatype as i16).to_le_bytes());
+    put(&mut header, 72, &((datatype.bytes() * 8) as i16).to_le_bytes());
+    let pixdim = [1.0f32, volume.spacing[0], volume.spacing[1], volume.spacing[2], 0.0, 0.0, 0.0, 0.0];
+    for (i, p) in pixdim.iter().enumerate() {
+        put(&mut header, 76 + 4 * i, &p.to_le_bytes());
+    }
+    put(&mut header, 108, &(vox_offset as f32).to_le_bytes());
+    put(&mut header, 112, &1.0f32.to_le_bytes());
+    put(&mut header, 123, &[2u8]); // xyzt_units: millimetres
+    put(&mut header, 254, &1i16.to_le_bytes()); // sform_code: scanner
+    for (row, at) in [280usize, 296, 312].iter().enumerate() {
+        let mut srow = [0f32; 4];
+        srow[row] = volume.spacing[row];
+        for (i, v) in srow.iter().enumerate() {
+            put(&mut header, at + 4 * i, &v.to_le_bytes());
+        }
+    }
+    put(&mut header, 344, b"n+1\0");
+    let mut body = Vec::with_capacity(volume.data.len() * datatype.bytes());
+    for &v in &volume.data {
+        let v = v.round();
+        match datatype {
+            Datatype::U8 => body.push(v.clamp(0.0, 255.0) as u8),
+            Datatype::I8 => body.push(v.clamp(-128.0, 127.0) as i8 as u8),
+            Datatype::I16 => body.extend((v.clamp(i16::MIN as f32, i16::MAX as f32) as i16).to_le_bytes()),
+            Datatype::U16 => body.extend((v.clamp(0.0, u16::MAX as f32) as u16).to_le_bytes()),
+            Datatype::I32 => body.extend((v as i32).to_le_bytes()),
+            Datatype::U32 => body.extend((v.max(0.0) as u32).to_le_bytes()),
+            Datatype::F32 => body.extend(v.to_le_bytes()),
+            Datatype::F64 => body.extend((v as f64).to_le_bytes()),
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut encoder = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+    encoder.write_all(&header).map_err(io)?;
+    encoder.write_all(&body).map_err(io)?;
+    encoder.finish().map_err(io)?.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Volume {
+        let dims = [5, 4, 3];
+        let data = (0..60).map(|i| (i as f32) * 7.0 - 200.0).collect();
+        Volume {
+            dims,
+            spacing: [0.8, 0.8, 2.5],
+            data,
+        }
+    }
+
+    #[test]
+    fn round_trip_i16() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ct.nii.gz");
+        write(&path, &sample(), Datatype::I16, 352).unwrap();
+        assert_eq!(read(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn honours_vox_offset_past_352() {
+        // Regression for the nifti-crate pitfall: voxels starting after byte 352.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset.nii.gz");
+        write(&path, &sample(), Datatype::I16, 32976).unwrap();
+        assert_eq!(read(&path).unwrap().data, sample().data);
+    }
+
+    #[test]
+    fn applies_slope_and_intercept() {
+        let mut bytes = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.nii.gz");
+        write(&path, &sample(), Datatype::I16, 352).unwrap();
+        GzDecoder::new(&std::fs::read(&path).unwrap()[..]).read_to_end(&mut bytes).unwrap();
+        bytes[112..116].copy_from_slice(&2.0f32.to_le_bytes());
+        bytes[116..120].copy_from_slice(&(-1024.0f32).to_le_bytes());
+        let volume = parse(&bytes).unwrap();
+        assert_eq!(volume.data[0], -200.0 * 2.0 - 1024.0);
+    }
+
+    #[test]
+    fn truncated_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.nii");
+        std::fs::write(&path, [0u8; 10]).unwrap();
+        let message = read(&path).unwrap_err().to_string();
+        assert!(message.contains("short.nii") && message.contains("348"), "{message}");
+    }
+}
