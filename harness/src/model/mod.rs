@@ -1,0 +1,5 @@
+//! The segmentation network.
+
+pub mod unet;
+
+pub use unet::{ModelSpec, UNet};

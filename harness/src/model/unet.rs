@@ -1,0 +1,203 @@
+//! The 2D U-Net of SSL4MIS, the network the semi-supervised medical segmentation literature
+//! compares on: ConvBlock = (conv3x3, BN, LeakyReLU, dropout, conv3x3, BN, LeakyReLU); down =
+//! maxpool 2 + ConvBlock; up = conv1x1, bilinear x2, concat skip, ConvBlock; head conv3x3.
+//! Width, depth and dropout come from the experiment file so tiny CI runs and paper-scale runs
+//! share this one definition. The code is backend-agnostic: the device picks flex, CUDA, ...
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LeakyRelu, LeakyReluConfig, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// `[model]` of an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Channels per level, shallowest first (SSL4MIS: [16, 32, 64, 128, 256]).
+    #[serde(default = "default_channels")]
+    pub channels: Vec<usize>,
+    /// Encoder dropout per level (SSL4MIS: [0.05, 0.1, 0.2, 0.3, 0.5]).
+    #[serde(default = "default_dropout")]
+    pub dropout: Vec<f64>,
+}
+
+fn default_channels() -> Vec<usize> {
+    vec![16, 32, 64, 128, 256]
+}
+
+fn default_dropout() -> Vec<f64> {
+    vec![0.05, 0.1, 0.2, 0.3, 0.5]
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            channels: default_channels(),
+            dropout: default_dropout(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// Checks the lists agree and fit a resolution.
+    pub fn validate(&self, resolution: usize) -> anyhow::Result<()> {
+        if self.channels.len() < 2 {
+            anyhow::bail!("model.channels needs at least 2 levels, got {:?}", self.channels);
+        }
+        if self.channels.len() != self.dropout.len() {
+            anyhow::bail!(
+                "model.dropout has {} values but model.channels has {} levels",
+                self.dropout.len(),
+                self.channels.len()
+            );
+        }
+        if let Some(p) = self.dropout.iter().find(|p| !(0.0..1.0).contains(*p)) {
+            anyhow::bail!("model.dropout values must be in [0, 1), got {p}");
+        }
+        let factor = 1usize << (self.channels.len() - 1);
+        if resolution % factor != 0 {
+            anyhow::bail!("budget.resolution {resolution} must be divisible by 2^(levels-1) = {factor}");
+        }
+        Ok(())
+    }
+
+    /// Builds the network for `classes` output classes on `device`.
+    pub fn init(&self, classes: usize, device: &Device) -> UNet {
+        let c = &self.channels;
+        let input = ConvBlock::new(1, c[0], self.dropout[0], device);
+        let down = (1..c.len())
+            .map(|i| ConvBlock::new(c[i - 1], c[i], self.dropout[i], device))
+            .collect();
+        let up = (1..c.len()).rev().map(|i| UpBlock::new(c[i], c[i - 1], device)).collect();
+        let head = Conv2dConfig::new([c[0], classes], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(device);
+        UNet {
+            input,
+            down,
+            up,
+            head,
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+struct ConvBlock {
+    conv_a: Conv2d,
+    norm_a: BatchNorm,
+    dropout: Dropout,
+    conv_b: Conv2d,
+    norm_b: BatchNorm,
+    act: LeakyRelu,
+}
+
+impl ConvBlock {
+    fn new(input: usize, output: usize, dropout: f64, device: &Device) -> Self {
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        Self {
+            conv_a: conv(input, output),
+            norm_a: BatchNormConfig::new(output).init(device),
+            dropout: DropoutConfig::new(dropout).init(),
+            conv_b: conv(output, output),
+            norm_b: BatchNormConfig::new(output).init(device),
+            act: LeakyReluConfig::new().init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.act.forward(self.norm_a.forward(self.conv_a.forward(x)));
+        let x = self.dropout.forward(x);
+        self.act.forward(self.norm_b.forward(self.conv_b.forward(x)))
+    }
+}
+
+#[derive(Module, Debug)]
+struct UpBlock {
+    reduce: Conv2d,
+    upsample: Interpolate2d,
+    block: ConvBlock,
+}
+
+impl UpBlock {
+    /// `deep` channels come from below, `skip` channels from the encoder at this level.
+    fn new(deep: usize, skip: usize, device: &Device) -> Self {
+        Self {
+            reduce: Conv2dConfig::new([deep, skip], [1, 1]).init(device),
+            upsample: Interpolate2dConfig::new()
+                .with_scale_factor(Some([2.0, 2.0]))
+                .with_mode(InterpolateMode::Linear)
+                .init(),
+            block: ConvBlock::new(2 * skip, skip, 0.0, device),
+        }
+    }
+
+    fn forward(&self, deep: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
+        let x = self.upsample.forward(self.reduce.forward(deep));
+        self.block.forward(Tensor::cat(vec![skip, x], 1))
+    }
+}
+
+/// The U-Net: `[batch, 1, H, W]` images to `[batch, classes, H, W]` logits.
+#[derive(Module, Debug)]
+pub struct UNet {
+    input: ConvBlock,
+    down: Vec<ConvBlock>,
+    up: Vec<UpBlock>,
+    head: Conv2d,
+    pool: MaxPool2d,
+}
+
+impl UNet {
+    /// Logits for a batch of images.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
+        let mut skips = vec![self.input.forward(images)];
+        for block in &self.down {
+            let below = self.pool.forward(skips.last().unwrap().clone());
+            skips.push(block.forward(below));
+        }
+        let mut x = skips.pop().unwrap();
+        for up in &self.up {
+            x = up.forward(x, skips.pop().unwrap());
+        }
+        self.head.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_has_class_channels_and_input_size() {
+        let device = Device::flex();
+        let spec = ModelSpec {
+            channels: vec![4, 8, 16],
+            dropout: vec![0.0, 0.1, 0.2],
+        };
+        let model = spec.init(3, &device);
+        let x = Tensor::<4>::zeros([2, 1, 16, 16], &device);
+        assert_eq!(model.forward(x).dims(), [2, 3, 16, 16]);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let spec = ModelSpec {
+            channels: vec![4, 8, 16],
+            dropout: vec![0.0],
+        };
+        assert!(spec.validate(16).unwrap_err().to_string().contains("model.dropout"));
+        let spec = ModelSpec {
+            channels: vec![4, 8, 16],
+            dropout: vec![0.0; 3],
+        };
+        assert!(spec.validate(18).unwrap_err().to_string().contains("divisible"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Training examples, seeded sampling and batch assembly (with flip augmentation).
+//!
+//! Examples live on the host; a batch is assembled into tensors on the training device only when
+//! a step needs it. A target is either hard labels (255 = ignore) or a soft class distribution with
+//! a per-pixel weight, which covers true labels, hard and soft pseudo labels, and pixels dropped by
+//! a confidence threshold with one code path.
+
+use crate::rng::{self, SeededRng};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::Rng;
+use std::sync::Arc;
+
+/// Label value that marks a pixel as ignored.
+pub const IGNORE: u8 = 255;
+
+/// What a training image should be segmented into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One class per pixel, `IGNORE` for pixels without a label.
+    Hard(Vec<u8>),
+    /// `classes x pixels` probabilities (class-major) and a weight per pixel.
+    Soft { probs: Vec<f32>, weight: Vec<f32> },
+}
+
+/// One training image and its target.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub image: Arc<Vec<f32>>,
+    pub target: Arc<Target>,
+}
+
+/// A set of examples drawn without replacement, reshuffled each epoch from a seeded stream.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    examples: Vec<Example>,
+    order: Vec<usize>,
+    position: usize,
+    rng: SeededRng,
+}
+
+impl Pool {
+    /// A pool whose shuffling follows `seed` and `purpose`.
+    pub fn new(examples: Vec<Example>, seed: u64, purpose: &str) -> Self {
+        let order = (0..examples.len()).collect();
+        let mut pool = Self {
+            examples,
+            order,
+            position: 0,
+            rng: rng::stream(seed, purpose),
+        };
+        pool.reshuffle();
+        pool
+    }
+
+    fn reshuffle(&mut self) {
+        rng::shuffle(&mut self.order, &mut self.rng);
+        self.position = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    pub fn examples(&self) -> &[Example] {
+        &self.examples
+    }
+
+    /// The next `count` examples (cloned handles, cheap).
+    pub fn draw(&mut self, count: usize) -> Vec<Example> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count && !self.examples.is_empty() {
+            if self.position == self.order.len() {
+                self.reshuffle();
+            }
+            out.push(self.examples[self.order[self.position]].clone());
+            self.position += 1;
+        }
+        out
+    }
+}
+
+/// Tensors of one batch: images `[B,1,H,W]`, target distributions `[B,C,H,W]`, weights `[B,1,H,W]`.
+pub struct Batch {
+    pub images: Tensor<4>,
+    pub targets: Tensor<4>,
+    pub weights: Tensor<4>,
+}
+
+/// Assembles `examples` into a batch, flipping each one horizontally and/or vertically with
+/// probability 1/2 when `augment` is set (the same flip for image and target).
+pub fn assemble(examples: &[Example], classes: usize, size: usize, augment: bool, rng: &mut SeededRng, device: &Device) -> Batch {
+    let pixels = size * size;
+    let b = examples.len();
+    let mut images = vec![0f32; b * pixels];
+    let mut targets = vec![0f32; b * classes * pixels];
+    let mut weights = vec![0f32; b * pixels];
+    for (i, example) in examples.iter().enumerate() {
+        let (flip_x, flip_y) = if augment {
+            (rng.random::<bool>(), rng.random::<bool>())
+        } else {
+            (false, false)
+        };
+        for y in 0..size {
+            let sy = if flip_y { size - 1 - y } else { y };
+            for x in 0..size {
+                let sx = if flip_x { size - 1 - x } else { x };
+                let (dst, src) = (y * size + x, sy * size + sx);
+                images[i * pixels + dst] = example.image[src];
+                match example.target.as_ref() {
+                    Target::Hard(labels) => {
+                        let class = labels[src];
+                        if class != IGNORE && (class as usize) < classes {
+                            targets[(i * classes + class as usize) * pixels + dst] = 1.0;
+                            weights[i * pixels + dst] = 1.0;
+                        }
+                    }
+                    Target::Soft { probs, weight } => {
+                        for c in 0..classes {
+                            targets[(i * classes + c) * pixels + dst] = probs[c * pixels + src];
+                        }
+                        weights[i * pixels + dst] = weight[src];
+                    }
+                }
+            }
+        }
+    }
+    Batch {
+        images: Tensor::from_data(TensorData::new(images, [b, 1, size, size]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [b, classes, size, size]), device),
+        weights: Tensor::from_data(TensorData::new(weights, [b, 1, size, size]), device),
+    }
+}
+
+/// Stacks images only (for inference).
+pub fn images_tensor(images: &[&[f32]], size: usize, device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = images.iter().flat_map(|i| i.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(data, [images.len(), 1, size, size]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(value: f32, label: u8) -> Example {
+        Example {
+            image: Arc::new(vec![value; 4]),
+            target: Arc::new(Target::Hard(vec![label, label, IGNORE, label])),
+        }
+    }
+
+    #[test]
+    fn pool_visits_every_example_once_per_epoch() {
+        let mut pool = Pool::new((0..5).map(|i| example(i as f32, 0)).collect(), 1, "t");
+        let mut seen: Vec<f32> = pool.draw(5).iter().map(|e| e.image[0]).collect();
+        seen.sort_by(f32::total_cmp);
+        assert_eq!(seen, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        let again: Vec<f32> = Pool::new((0..5).map(|i| example(i as f32, 0)).collect(), 1, "t")
+            .draw(5)
+            .iter()
+            .map(|e| e.image[0])
+            .collect();
+        let first: Vec<f32> = Pool::new((0..5).map(|i| example(i as f32, 0)).collect(), 1, "t")
+            .draw(5)
+            .iter()
+            .map(|e| e.image[0])
+            .collect();
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn ignored_pixels_get_zero_weight() {
+        let device = Device::flex();
+        let batch = assemble(&[example(0.5, 1)], 2, 2, false, &mut rng::stream(0, "t"), &device);
+        let weights: Vec<f32> = batch.weights.into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(weights, [1.0, 1.0, 0.0, 1.0]);
+        let targets: Vec<f32> = batch.targets.into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(targets, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]);
+    }
+}

@@ -1,0 +1,11 @@
+//! Training primitives and the one training engine every method runs through.
+
+pub mod batch;
+pub mod engine;
+pub mod infer;
+pub mod loss;
+pub mod metrics;
+pub mod schedule;
+
+pub use batch::{Example, Pool, Target};
+pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step};
