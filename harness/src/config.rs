@@ -1,0 +1,395 @@
+//! Experiment files: TOML, read with serde, unknown keys rejected.
+//!
+//! An experiment is datasets x methods x labeled ratios x seeds under one training budget. Every
+//! error names the file and the key at fault.
+
+use crate::data::splits::SplitSpec;
+use crate::data::DatasetSpec;
+use crate::method::Budget;
+use crate::model::ModelSpec;
+use crate::train::OptimizerSpec;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A whole experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Results go to `<results root>/<name>/`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub datasets: Vec<DatasetSpec>,
+    pub methods: Vec<MethodSpec>,
+    pub labeled_ratios: Vec<f64>,
+    pub seeds: Vec<u64>,
+    pub budget: Budget,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub splits: SplitSpec,
+}
+
+/// How labels of the unlabeled set are represented when trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PseudoLabels {
+    /// Argmax class per pixel.
+    Hard,
+    /// The teacher's class distribution per pixel.
+    Soft,
+}
+
+/// Where each ATSO stage's student starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Continue from the current model (the previous stage's student).
+    Teacher,
+    /// Restart from the supervised model M0.
+    Base,
+}
+
+/// Settings shared by the pseudo-labeling methods (ATSO and synchronous self-training), gathered
+/// from their `[[methods]]` entry (the keys are written inline there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PseudoLabelSpec {
+    pub supervised_fraction: f64,
+    pub pseudo_labels: PseudoLabels,
+    pub confidence_threshold: f64,
+    pub unlabeled_per_batch: Option<usize>,
+}
+
+fn default_warmup() -> f64 {
+    0.4
+}
+fn default_pseudo() -> PseudoLabels {
+    PseudoLabels::Hard
+}
+
+/// One `[[methods]]` entry; `kind` picks the implementation, `label` names it in results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MethodSpec {
+    /// Labeled data only (lower bound).
+    Supervised {
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// True labels on every training case, labeled and unlabeled (upper bound).
+    FullySupervised {
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// Asynchronous teacher-student optimisation.
+    Atso {
+        #[serde(default)]
+        label: Option<String>,
+        /// Number of unlabeled subsets K.
+        #[serde(default = "default_subsets")]
+        subsets: usize,
+        /// Passes over all K subsets.
+        #[serde(default = "default_rounds")]
+        rounds: usize,
+        #[serde(default = "default_init")]
+        init: StudentInit,
+        /// Fraction of the budget spent training the supervised model M0 that makes the first labels.
+        #[serde(default = "default_warmup")]
+        supervised_fraction: f64,
+        #[serde(default = "default_pseudo")]
+        pseudo_labels: PseudoLabels,
+        /// Pixels whose teacher confidence is below this are ignored (0 keeps every pixel).
+        #[serde(default)]
+        confidence_threshold: f64,
+        /// Pseudo-labeled images per batch (default: half the batch); the rest are labeled.
+        #[serde(default)]
+        unlabeled_per_batch: Option<usize>,
+    },
+    /// Naive synchronous self-training: the current model relabels all unlabeled data at once.
+    SelfTraining {
+        #[serde(default)]
+        label: Option<String>,
+        /// Generations; default matches ATSO's default stages (subsets x rounds = 4).
+        #[serde(default = "default_generations")]
+        generations: usize,
+        #[serde(default = "default_init")]
+        init: StudentInit,
+        /// Fraction of the budget spent training the supervised model M0 that makes the first labels.
+        #[serde(default = "default_warmup")]
+        supervised_fraction: f64,
+        #[serde(default = "default_pseudo")]
+        pseudo_labels: PseudoLabels,
+        /// Pixels whose teacher confidence is below this are ignored (0 keeps every pixel).
+        #[serde(default)]
+        confidence_threshold: f64,
+        /// Pseudo-labeled images per batch (default: half the batch); the rest are labeled.
+        #[serde(default)]
+        unlabeled_per_batch: Option<usize>,
+    },
+    /// Mean teacher (SSL4MIS recipe), constants scaled to the budget.
+    MeanTeacher {
+        #[serde(default)]
+        label: Option<String>,
+        #[serde(default = "default_ema")]
+        ema_decay: f64,
+        #[serde(default = "default_consistency")]
+        consistency: f64,
+    },
+}
+
+fn default_subsets() -> usize {
+    2
+}
+fn default_rounds() -> usize {
+    2
+}
+fn default_generations() -> usize {
+    4
+}
+fn default_init() -> StudentInit {
+    StudentInit::Teacher
+}
+fn default_ema() -> f64 {
+    0.99
+}
+fn default_consistency() -> f64 {
+    0.1
+}
+
+impl MethodSpec {
+    /// The implementation name (`kind` in the file).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Supervised { .. } => "supervised",
+            Self::FullySupervised { .. } => "fully-supervised",
+            Self::Atso { .. } => "atso",
+            Self::SelfTraining { .. } => "self-training",
+            Self::MeanTeacher { .. } => "mean-teacher",
+        }
+    }
+
+    /// The name used in results: `label`, or the kind.
+    pub fn label(&self) -> String {
+        let label = match self {
+            Self::Supervised { label } | Self::FullySupervised { label } => label,
+            Self::Atso { label, .. } | Self::SelfTraining { label, .. } | Self::MeanTeacher { label, .. } => label,
+        };
+        label.clone().unwrap_or_else(|| self.kind().to_string())
+    }
+
+    /// The pseudo-label settings of ATSO and self-training entries.
+    pub fn pseudo(&self) -> Option<PseudoLabelSpec> {
+        match self {
+            Self::Atso {
+                supervised_fraction,
+                pseudo_labels,
+                confidence_threshold,
+                unlabeled_per_batch,
+                ..
+            }
+            | Self::SelfTraining {
+                supervised_fraction,
+                pseudo_labels,
+                confidence_threshold,
+                unlabeled_per_batch,
+                ..
+            } => Some(PseudoLabelSpec {
+                supervised_fraction: *supervised_fraction,
+                pseudo_labels: *pseudo_labels,
+                confidence_threshold: *confidence_threshold,
+                unlabeled_per_batch: *unlabeled_per_batch,
+            }),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check_pseudo = |p: &PseudoLabelSpec| -> Result<()> {
+            if !(p.supervised_fraction > 0.0 && p.supervised_fraction < 1.0) {
+                bail!(
+                    "methods '{}': supervised_fraction must be in (0, 1), got {}",
+                    self.label(),
+                    p.supervised_fraction
+                );
+            }
+            if !(0.0..1.0).contains(&p.confidence_threshold) {
+                bail!(
+                    "methods '{}': confidence_threshold must be in [0, 1), got {}",
+                    self.label(),
+                    p.confidence_threshold
+                );
+            }
+            Ok(())
+        };
+        match self {
+            Self::Atso { subsets, rounds, .. } => {
+                if *subsets < 1 || *rounds < 1 {
+                    bail!("methods '{}': subsets and rounds must be at least 1", self.label());
+                }
+                check_pseudo(&self.pseudo().expect("atso has pseudo settings"))
+            }
+            Self::SelfTraining { generations, .. } => {
+                if *generations < 1 {
+                    bail!("methods '{}': generations must be at least 1", self.label());
+                }
+                check_pseudo(&self.pseudo().expect("self-training has pseudo settings"))
+            }
+            Self::MeanTeacher {
+                ema_decay, consistency, ..
+            } => {
+                if !(0.0..1.0).contains(ema_decay) || *consistency < 0.0 {
+                    bail!("methods '{}': ema_decay must be in [0, 1) and consistency >= 0", self.label());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Experiment {
+    /// Parses and validates experiment TOML.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let experiment: Experiment = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        experiment.validate()?;
+        Ok(experiment)
+    }
+
+    /// Checks what serde cannot: ranges, emptiness, uniqueness.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!(
+                "name: '{}' must be non-empty and use only letters, digits, '-', '_' or '.' (it names the results folder)",
+                self.name
+            );
+        }
+        if self.datasets.is_empty() {
+            bail!("datasets: at least one [[datasets]] entry is required");
+        }
+        if self.methods.is_empty() {
+            bail!("methods: at least one [[methods]] entry is required");
+        }
+        if self.labeled_ratios.is_empty() {
+            bail!("labeled_ratios: at least one ratio is required");
+        }
+        if let Some(r) = self.labeled_ratios.iter().find(|r| !(**r > 0.0 && **r <= 1.0)) {
+            bail!("labeled_ratios: {r} is outside (0, 1]");
+        }
+        if self.seeds.is_empty() {
+            bail!("seeds: at least one seed is required");
+        }
+        unique("datasets", self.datasets.iter().map(|d| d.name.clone()))?;
+        unique("methods", self.methods.iter().map(MethodSpec::label))?;
+        for dataset in &self.datasets {
+            dataset.validate()?;
+        }
+        for method in &self.methods {
+            method.validate()?;
+        }
+        let b = &self.budget;
+        if b.iterations == 0 {
+            bail!("budget.iterations must be at least 1");
+        }
+        if b.batch_size < 2 {
+            bail!(
+                "budget.batch_size must be at least 2 (batch normalisation needs a batch), got {}",
+                b.batch_size
+            );
+        }
+        if b.eval_batch_size == 0 {
+            bail!("budget.eval_batch_size must be at least 1");
+        }
+        self.model.validate(b.resolution)?;
+        self.splits.validate()?;
+        Ok(())
+    }
+}
+
+fn unique(key: &str, names: impl Iterator<Item = String>) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if !seen.insert(name.clone()) {
+            bail!("{key}: '{name}' appears twice; give each entry a distinct name/label");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+labeled_ratios = [0.5]
+seeds = [0]
+[budget]
+iterations = 2
+batch_size = 2
+resolution = 16
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.0]
+[[datasets]]
+name = "p"
+format = "phantom"
+path = "data/p"
+[[methods]]
+kind = "supervised"
+[[methods]]
+kind = "atso"
+subsets = 3
+pseudo_labels = "soft"
+"#;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", Experiment::from_toml(text).unwrap_err())
+    }
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let e = Experiment::from_toml(MINIMAL).unwrap();
+        assert_eq!(e.methods[1].label(), "atso");
+        match &e.methods[1] {
+            MethodSpec::Atso {
+                subsets,
+                rounds,
+                pseudo_labels,
+                ..
+            } => {
+                assert_eq!((*subsets, *rounds), (3, 2));
+                assert_eq!(*pseudo_labels, PseudoLabels::Soft);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let message = error_of(&MINIMAL.replace("seeds = [0]", "seeds = [0]\nsedes = [1]"));
+        assert!(message.contains("sedes"), "{message}");
+    }
+
+    #[test]
+    fn unknown_method_key_is_named() {
+        let message = error_of(&MINIMAL.replace("subsets = 3", "subsets = 3\nsubset_count = 2"));
+        assert!(message.contains("subset_count"), "{message}");
+    }
+
+    #[test]
+    fn ratio_outside_unit_interval_is_rejected() {
+        let message = error_of(&MINIMAL.replace("[0.5]", "[0.5, 1.5]"));
+        assert!(message.contains("labeled_ratios") && message.contains("1.5"), "{message}");
+        assert!(error_of(&MINIMAL.replace("[0.5]", "[0.0]")).contains("outside (0, 1]"));
+    }
+
+    #[test]
+    fn missing_datasets_is_rejected() {
+        let without = MINIMAL.replace("[[datasets]]\nname = \"p\"\nformat = \"phantom\"\npath = \"data/p\"\n", "");
+        let message = error_of(&without);
+        assert!(message.contains("datasets"), "{message}");
+    }
+}
