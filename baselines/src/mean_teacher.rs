@@ -1,0 +1,285 @@
+//! Mean teacher, following SSL4MIS's train_mean_teacher_2D.py:
+//! - teacher = EMA of the student, alpha = min(1 - 1/(step+1), ema_decay);
+//! - consistency = mean((softmax(student(x_u)) - softmax(teacher(x_u + noise)))^2), with
+//!   noise = clamp(0.1 * randn, -0.2, 0.2);
+//! - weight w(t) = consistency * sigmoid_rampup(t / unit, 200), 0 before the warm-up ends;
+//! - supervised 0.5 * (CE + Dice) on the labeled half of each batch.
+//! SSL4MIS's constants (unit 150 iterations, warm-up 1000, for 30000 iterations) are scaled to
+//! the budget and recorded with each run. The teacher runs in training mode (batch statistics),
+//! as SSL4MIS's EMA model does, without gradients.
+
+use atso_harness::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use atso_harness::burn::tensor::activation::softmax;
+use atso_harness::burn::tensor::{Device, Tensor, TensorData};
+use atso_harness::method::{Budget, Method, RunContext};
+use atso_harness::model::UNet;
+use atso_harness::rng::{self, SeededRng};
+use atso_harness::train::batch::{self, Example, Pool, Target, IGNORE};
+use atso_harness::train::{loss, Objective, Step};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// SSL4MIS's reference schedule, in iterations of its 30000-iteration runs.
+const SSL4MIS_ITERATIONS: f64 = 30000.0;
+const SSL4MIS_RAMPUP_UNIT: f64 = 150.0;
+const SSL4MIS_RAMPUP_LENGTH: f64 = 200.0;
+const SSL4MIS_WARMUP: f64 = 1000.0;
+const NOISE_STD: f32 = 0.1;
+const NOISE_CLIP: f32 = 0.2;
+
+/// Mean teacher as configured in an experiment file.
+#[derive(Debug, Clone)]
+pub struct MeanTeacher {
+    pub ema_decay: f64,
+    pub consistency: f64,
+}
+
+/// The consistency schedule scaled to a budget.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ConsistencySchedule {
+    pub weight: f64,
+    /// Iterations per ramp-up "epoch" (SSL4MIS: 150).
+    pub unit: f64,
+    /// Ramp-up length in units (SSL4MIS: 200).
+    pub length: f64,
+    /// Consistency is off before this iteration (SSL4MIS 2D: 1000).
+    pub warmup: f64,
+}
+
+impl ConsistencySchedule {
+    pub fn scaled(weight: f64, iterations: usize) -> Self {
+        let scale = iterations as f64 / SSL4MIS_ITERATIONS;
+        Self {
+            weight,
+            unit: (SSL4MIS_RAMPUP_UNIT * scale).max(1e-9),
+            length: SSL4MIS_RAMPUP_LENGTH,
+            warmup: SSL4MIS_WARMUP * scale,
+        }
+    }
+
+    /// Weight of the consistency term at global step `t`.
+    pub fn at(&self, t: usize) -> f64 {
+        if (t as f64) < self.warmup {
+            return 0.0;
+        }
+        self.weight * sigmoid_rampup(t as f64 / self.unit, self.length)
+    }
+}
+
+/// exp(-5 (1 - clip(t, 0, L) / L)^2); 1 when L = 0.
+pub fn sigmoid_rampup(t: f64, length: f64) -> f64 {
+    if length == 0.0 {
+        return 1.0;
+    }
+    let phase = 1.0 - t.clamp(0.0, length) / length;
+    (-5.0 * phase * phase).exp()
+}
+
+/// EMA coefficient at global step `t`: min(1 - 1/(t+1), decay).
+pub fn ema_alpha(t: usize, decay: f64) -> f64 {
+    (1.0 - 1.0 / (t as f64 + 1.0)).min(decay)
+}
+
+impl Method for MeanTeacher {
+    fn settings(&self, budget: &Budget) -> serde_json::Value {
+        serde_json::json!({
+            "ema_decay": self.ema_decay,
+            "schedule": ConsistencySchedule::scaled(self.consistency, budget.iterations),
+            "labeled_per_batch": budget.batch_size / 2,
+            "noise_std": NOISE_STD,
+            "noise_clip": NOISE_CLIP,
+        })
+    }
+
+    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<UNet> {
+        if ctx.data.unlabeled.is_empty() {
+            anyhow::bail!("mean teacher needs unlabeled cases; at labeled ratio 1 there are none");
+        }
+        let student = ctx.new_model();
+        let labeled = ctx.pool(RunContext::true_examples(&ctx.data.labeled), "mt-labeled");
+        let unlabeled_examples = ctx
+            .data
+            .unlabeled
+            .iter()
+            .flat_map(|c| c.slices.iter())
+            .map(|s| Example {
+                image: Arc::new(s.image.clone()),
+                target: Arc::new(Target::Hard(vec![IGNORE; s.image.len()])),
+            })
+            .collect();
+        let unlabeled = ctx.pool(unlabeled_examples, "mt-unlabeled");
+        let mut objective = MeanTeacherObjective {
+            teacher: student.valid().train().no_grad(),
+            labeled,
+            unlabeled,
+            labeled_per_batch: ctx.budget.batch_size / 2,
+            unlabeled_per_batch: ctx.budget.batch_size - ctx.budget.batch_size / 2,
+            schedule: ConsistencySchedule::scaled(self.consistency, ctx.budget.iterations),
+            ema_decay: self.ema_decay,
+            classes: ctx.classes(),
+            size: ctx.size(),
+            augment: ctx.budget.augment,
+            device: ctx.train_device(),
+        };
+        let steps = ctx.budget.iterations;
+        let (student, _) = ctx.fit(student, steps, &mut objective);
+        Ok(student)
+    }
+}
+
+struct MeanTeacherObjective {
+    teacher: UNet,
+    labeled: Pool,
+    unlabeled: Pool,
+    labeled_per_batch: usize,
+    unlabeled_per_batch: usize,
+    schedule: ConsistencySchedule,
+    ema_decay: f64,
+    classes: usize,
+    size: usize,
+    augment: bool,
+    device: Device,
+}
+
+impl Objective for MeanTeacherObjective {
+    fn loss(&mut self, model: &UNet, step: Step, rng: &mut SeededRng) -> Tensor<1> {
+        let mut examples = self.labeled.draw(self.labeled_per_batch);
+        examples.extend(self.unlabeled.draw(self.unlabeled_per_batch));
+        let n_labeled = self.labeled_per_batch;
+        let total = examples.len();
+        let batch = batch::assemble(&examples, self.classes, self.size, self.augment, rng, &self.device);
+        let logits = model.forward(batch.images.clone());
+        // Unlabeled images carry zero weight, so this is the loss on the labeled half.
+        let supervised = loss::segmentation(logits.clone(), batch.targets, batch.weights);
+        let weight = self.schedule.at(step.global);
+        if weight == 0.0 || total == n_labeled {
+            return supervised;
+        }
+        let unlabeled_images = batch.images.narrow(0, n_labeled, total - n_labeled);
+        let noise = clamped_noise(unlabeled_images.dims(), rng, &self.device);
+        let teacher_probs = softmax(self.teacher.forward(unlabeled_images + noise), 1).detach();
+        let student_probs = softmax(logits.narrow(0, n_labeled, total - n_labeled), 1);
+        let consistency = (student_probs - teacher_probs).powi_scalar(2).mean();
+        supervised + consistency * weight
+    }
+
+    fn after_step(&mut self, model: &UNet, step: Step) {
+        let alpha = ema_alpha(step.global, self.ema_decay);
+        let mut collect = Collect(HashMap::new());
+        model.visit(&mut collect);
+        let teacher = self.teacher.clone();
+        self.teacher = teacher.map(&mut Blend { student: collect.0, alpha }).no_grad();
+    }
+}
+
+/// clamp(0.1 * N(0, 1), -0.2, 0.2), drawn from the run's stream for determinism.
+fn clamped_noise(dims: [usize; 4], rng: &mut SeededRng, device: &Device) -> Tensor<4> {
+    let count = dims.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| (NOISE_STD * rng::standard_normal(rng)).clamp(-NOISE_CLIP, NOISE_CLIP))
+        .collect();
+    Tensor::from_data(TensorData::new(values, dims), device)
+}
+
+/// Collects every float tensor of the student (parameters and BN statistics), flattened.
+struct Collect(HashMap<ParamId, Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val().detach();
+        let count = value.shape().num_elements();
+        self.0.insert(param.id, value.reshape([count]));
+    }
+}
+
+/// teacher <- alpha * teacher + (1 - alpha) * student, matched by parameter id (the teacher is a
+/// copy of the student, so ids agree).
+struct Blend {
+    student: HashMap<ParamId, Tensor<1>>,
+    alpha: f64,
+}
+
+impl ModuleMapper for Blend {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(student) = self.student.remove(&param.id) else {
+            return param;
+        };
+        let alpha = self.alpha;
+        param.map(|teacher| {
+            let shape = teacher.shape();
+            teacher.detach() * alpha + student.reshape(shape) * (1.0 - alpha)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ema_alpha_warm_start_and_cap() {
+        assert_eq!(ema_alpha(0, 0.99), 0.0);
+        assert_eq!(ema_alpha(1, 0.99), 0.5);
+        assert_eq!(ema_alpha(9, 0.99), 0.9);
+        assert_eq!(ema_alpha(10_000, 0.99), 0.99);
+    }
+
+    #[test]
+    fn sigmoid_rampup_known_points() {
+        assert!((sigmoid_rampup(0.0, 200.0) - (-5.0f64).exp()).abs() < 1e-12);
+        assert!((sigmoid_rampup(100.0, 200.0) - (-1.25f64).exp()).abs() < 1e-12);
+        assert_eq!(sigmoid_rampup(200.0, 200.0), 1.0);
+        assert_eq!(sigmoid_rampup(500.0, 200.0), 1.0);
+        assert_eq!(sigmoid_rampup(3.0, 0.0), 1.0);
+    }
+
+    #[test]
+    fn schedule_scales_ssl4mis_constants() {
+        let s = ConsistencySchedule::scaled(0.1, 3000);
+        assert!((s.unit - 15.0).abs() < 1e-9 && (s.warmup - 100.0).abs() < 1e-9);
+        assert_eq!(s.at(99), 0.0);
+        assert!((s.at(1500) - 0.1 * sigmoid_rampup(100.0, 200.0)).abs() < 1e-12);
+        assert!((s.at(3000) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ema_update_blends_parameters() {
+        use atso_harness::model::ModelSpec;
+        let device = Device::flex().autodiff();
+        let spec = ModelSpec {
+            channels: vec![2, 4],
+            dropout: vec![0.0, 0.0],
+        };
+        let student = spec.init(2, &device);
+        let teacher = student.valid().train().no_grad();
+        // Move the student away: scale every float by 3.
+        struct Triple;
+        impl ModuleMapper for Triple {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                p.map(|t| t * 3.0)
+            }
+        }
+        let first = |m: &UNet| {
+            let mut c = Collect(HashMap::new());
+            m.visit(&mut c);
+            let mut values: Vec<(ParamId, f32)> =
+                c.0.into_iter()
+                    .map(|(id, t)| (id, t.into_data().try_into_vec_as::<f32>().unwrap()[0]))
+                    .collect();
+            values.sort_by_key(|(id, _)| *id);
+            values
+        };
+        let before = first(&teacher);
+        let student = student.map(&mut Triple);
+        let mut collect = Collect(HashMap::new());
+        student.visit(&mut collect);
+        let blended = teacher.map(&mut Blend {
+            student: collect.0,
+            alpha: 0.75,
+        });
+        for ((id, old), (id2, new)) in before.iter().zip(first(&blended)) {
+            assert_eq!(*id, id2);
+            assert!((new - (0.75 * old + 0.25 * 3.0 * old)).abs() < 1e-5, "{old} -> {new}");
+        }
+    }
+}
