@@ -1,0 +1,396 @@
+//! End-to-end tests through the `atso` binary: tiny sweeps on generated phantom data, with real
+//! NIfTI files, real parquet tables and a real git checkout for provenance.
+
+use atso_harness::data::msd;
+use atso_harness::data::phantom::{self, PhantomSpec};
+use polars::prelude::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn atso(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_atso"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("atso runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A git repository whose one commit holds `files`, as a user's checkout would be.
+fn git_checkout(dir: &Path, files: &[(&str, &str)]) -> String {
+    let repo = git2::Repository::init(dir).unwrap();
+    std::fs::write(dir.join(".gitignore"), "results/\ndata/\n").unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_path(Path::new(".gitignore")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+        index.add_path(Path::new(name)).unwrap();
+    }
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("ci", "ci@example.invalid").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap().to_string()
+}
+
+const TINY: &str = r#"
+name = "tiny"
+labeled_ratios = [0.34, 1.0]
+seeds = [0, 1]
+
+[budget]
+iterations = 4
+batch_size = 4
+resolution = 32
+eval_batch_size = 16
+
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.1]
+
+[[datasets]]
+name = "phantom"
+format = "phantom"
+path = "data/phantom"
+phantom = { cases = 8, size = 32, slices = 6, seed = 3 }
+
+[[methods]]
+kind = "supervised"
+"#;
+
+fn read_parquet(path: &Path) -> DataFrame {
+    ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
+}
+
+#[test]
+fn loader_round_trip_returns_what_the_generator_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PhantomSpec {
+        cases: 3,
+        size: 24,
+        slices: 5,
+        seed: 11,
+    };
+    phantom::write_msd(dir.path(), &spec).unwrap();
+    let index = msd::read_index(dir.path()).unwrap();
+    assert_eq!(index.classes, phantom::CLASSES);
+    assert_eq!(index.entries.len(), 3);
+    for (case, entry) in index.entries.iter().enumerate() {
+        let (image, label) = msd::load_case(entry, index.classes.len()).unwrap();
+        let (expected_image, expected_label) = phantom::generate_case(&spec, case);
+        assert_eq!(image.dims, [24, 24, 5]);
+        assert_eq!(label.data, expected_label.data, "labels of {}", entry.id);
+        // Images are stored as int16 Hounsfield units: equal up to rounding.
+        let worst = image
+            .data
+            .iter()
+            .zip(&expected_image.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 0.5, "HU differ by {worst} in {}", entry.id);
+        assert!((image.spacing[2] - expected_image.spacing[2]).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn tiny_sweep_records_provenance_and_renders_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let commit = git_checkout(dir.path(), &[("tiny.toml", TINY)]);
+    let output = atso(dir.path(), &["sweep", "tiny.toml"]);
+    assert!(output.status.success(), "sweep failed: {}", stderr(&output));
+
+    let results = dir.path().join("results/tiny");
+    let runs = read_parquet(&results.join("runs.parquet"));
+    assert_eq!(runs.height(), 4);
+    assert!(results.join("runs.csv").is_file());
+    let column = |name: &str| runs.column(name).unwrap().clone();
+    assert!(column("status").str().unwrap().iter().all(|s| s == Some("ok")));
+    assert!(column("git_commit").str().unwrap().iter().all(|c| c == Some(commit.as_str())));
+    assert!(column("git_branch").str().unwrap().iter().all(|b| b.is_some()));
+    assert_eq!(column("git_dirty").bool().unwrap().iter().collect::<Vec<_>>(), vec![Some(false); 4]);
+    assert!(column("dice_mean")
+        .f64()
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some_and(|d| (0.0..=1.0).contains(&d))));
+    assert!(column("iterations_used").u64().unwrap().iter().all(|i| i == Some(4)));
+    for name in [
+        "dice_liver",
+        "dice_pancreas",
+        "config_hash",
+        "version",
+        "started_at",
+        "finished_at",
+        "wall_seconds",
+        "backend",
+    ] {
+        assert_eq!(column(name).null_count(), 0, "column {name} has nulls");
+    }
+    // Split files exist and name disjoint case sets.
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("splits/phantom_r0.34_s0.json")).unwrap()).unwrap();
+    assert!(!split["labeled"].as_array().unwrap().is_empty() && !split["test"].as_array().unwrap().is_empty());
+    let cases = read_parquet(&results.join("cases.parquet"));
+    assert!(cases.height() > 0);
+
+    let output = atso(dir.path(), &["report", "results/tiny"]);
+    assert!(output.status.success(), "report failed: {}", stderr(&output));
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(
+        report.contains("| supervised |") && report.contains("34% labeled") && report.contains("(n=2)"),
+        "{report}"
+    );
+    for ext in ["png", "svg"] {
+        let plot = results.join(format!("dice_vs_ratio_phantom.{ext}"));
+        assert!(std::fs::metadata(&plot).unwrap().len() > 1000, "{} is too small", plot.display());
+    }
+
+    // A second sweep of the same file skips what is recorded and loses nothing.
+    let output = atso(dir.path(), &["sweep", "tiny.toml"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("4 skipped"));
+    assert_eq!(read_parquet(&results.join("runs.parquet")).height(), 4);
+}
+
+#[test]
+fn outside_a_checkout_the_commit_is_unknown_and_failed_runs_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    if git2::Repository::discover(dir.path()).is_ok() {
+        return; // the temp dir sits inside a checkout on this machine; nothing to test
+    }
+    let text = TINY.replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [0.5]")
+        + "\n[[datasets]]\nname = \"missing\"\nformat = \"msd\"\npath = \"no/such/task\"\n";
+    std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
+    let output = atso(dir.path(), &["sweep", "tiny.toml"]);
+    assert_eq!(output.status.code(), Some(3), "some runs failed: exit code 3; {}", stderr(&output));
+    let runs = read_parquet(&dir.path().join("results/tiny/runs.parquet"));
+    assert_eq!(runs.height(), 4);
+    let status: Vec<_> = runs
+        .column("status")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| s.unwrap().to_string())
+        .collect();
+    assert_eq!(status, ["ok", "ok", "failed", "failed"]);
+    let errors: Vec<_> = runs.column("error").unwrap().str().unwrap().iter().collect();
+    assert!(errors[2].unwrap().contains("no/such/task/dataset.json"), "{:?}", errors[2]);
+    assert!(runs
+        .column("git_commit")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .all(|c| c == Some("unknown")));
+}
+
+#[test]
+fn bad_experiment_files_get_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown.toml",
+            TINY.replace("seeds = [0, 1]", "seeds = [0, 1]\nseedz = [2]"),
+            vec!["unknown.toml", "seedz"],
+        ),
+        (
+            "ratio.toml",
+            TINY.replace("[0.34, 1.0]", "[0.34, 1.5]"),
+            vec!["ratio.toml", "labeled_ratios", "1.5", "(0, 1]"],
+        ),
+        (
+            "nodata.toml",
+            TINY.split("[[datasets]]").next().unwrap().to_string() + "[[methods]]\nkind = \"supervised\"\n",
+            vec!["nodata.toml", "datasets"],
+        ),
+        (
+            "method.toml",
+            TINY.replace("kind = \"supervised\"", "kind = \"supervised\"\nlr = 0.1"),
+            vec!["method.toml", "lr"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        let output = atso(dir.path(), &["sweep", name]);
+        assert_eq!(output.status.code(), Some(1), "{name} should be rejected");
+        let message = stderr(&output);
+        for needle in needles {
+            assert!(message.contains(needle), "{name}: error lacks '{needle}': {message}");
+        }
+        assert!(
+            !dir.path().join("results").exists(),
+            "{name}: nothing may be written for an invalid file"
+        );
+    }
+}
+
+const ALL_METHODS: &str = r#"
+name = "methods"
+labeled_ratios = [0.4]
+seeds = [7]
+
+[budget]
+iterations = 12
+batch_size = 4
+resolution = 32
+eval_batch_size = 16
+
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.1]
+
+[[datasets]]
+name = "phantom"
+format = "phantom"
+path = "data/phantom"
+phantom = { cases = 8, size = 32, slices = 6, seed = 3 }
+
+[[methods]]
+kind = "supervised"
+
+[[methods]]
+kind = "fully-supervised"
+
+[[methods]]
+kind = "atso"
+
+[[methods]]
+kind = "atso"
+label = "atso-base-soft"
+init = "base"
+pseudo_labels = "soft"
+confidence_threshold = 0.6
+
+[[methods]]
+kind = "self-training"
+
+[[methods]]
+kind = "mean-teacher"
+"#;
+
+fn records(results: &Path) -> Vec<atso_harness::records::RunRecord> {
+    atso_harness::records::load_all(results).unwrap()
+}
+
+#[test]
+fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("methods.toml"), ALL_METHODS).unwrap();
+    let output = atso(dir.path(), &["sweep", "methods.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let results = dir.path().join("results/methods");
+    let runs = read_parquet(&results.join("runs.parquet"));
+    let methods: Vec<String> = runs
+        .column("method")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|m| m.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "supervised",
+            "fully-supervised",
+            "atso",
+            "atso-base-soft",
+            "self-training",
+            "mean-teacher"
+        ]
+    );
+    assert!(runs.column("status").unwrap().str().unwrap().iter().all(|s| s == Some("ok")));
+    // The same optimiser-step budget for every method, as used.
+    assert!(runs.column("iterations_used").unwrap().u64().unwrap().iter().all(|i| i == Some(12)));
+    let settings: Vec<serde_json::Value> = runs
+        .column("method_settings")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_str(s.unwrap()).unwrap())
+        .collect();
+    assert_eq!(settings[2]["stage_steps"], serde_json::json!([2, 2, 2, 1]));
+    assert_eq!(settings[2]["supervised_steps"], 5);
+    assert!(settings[5]["schedule"]["warmup"].as_f64().unwrap() > 0.0);
+
+    let stages = read_parquet(&results.join("stages.parquet"));
+    let staged: Vec<String> = stages
+        .column("method")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|m| m.unwrap().to_string())
+        .collect();
+    assert_eq!(staged.iter().filter(|m| *m == "atso").count(), 4);
+    assert_eq!(staged.iter().filter(|m| *m == "self-training").count(), 4);
+    assert_eq!(stages.column("first_step_pseudo_loss").unwrap().null_count(), 0);
+    assert!(stages
+        .column("flip_rate")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .all(|f| f.is_some_and(|f| (0.0..=1.0).contains(&f))));
+    assert!(stages
+        .column("pseudo_label_dice")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .any(|d| d.is_some()));
+}
+
+#[test]
+fn ledger_shows_atso_never_trains_on_self_made_labels_and_self_training_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("methods.toml"), ALL_METHODS).unwrap();
+    assert!(atso(dir.path(), &["sweep", "methods.toml"]).status.success());
+    for record in records(&dir.path().join("results/methods")) {
+        let self_labeled = atso_harness::atso::self_labeled_stages(&record.ledger);
+        match record.method.as_str() {
+            "atso" | "atso-base-soft" => {
+                assert!(!record.ledger.is_empty());
+                assert!(
+                    self_labeled.is_empty(),
+                    "{}: stages {self_labeled:?} trained on labels their own lineage just made",
+                    record.method
+                );
+                // Every train event uses labels from the stage before it (or M0), on a subset that
+                // stage did not train on.
+                for event in record.ledger.iter().filter(|e| e.event == "train") {
+                    assert!(event.labels_from_stage < event.stage);
+                }
+            }
+            "self-training" => assert_eq!(
+                self_labeled,
+                [2, 3, 4],
+                "generations 2.. train on labels of the model that just trained on all of U"
+            ),
+            _ => assert!(record.ledger.is_empty()),
+        }
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_split_and_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = ALL_METHODS.split("[[methods]]").next().unwrap().to_string() + "[[methods]]\nkind = \"atso\"\nsubsets = 3\n";
+    std::fs::write(dir.path().join("methods.toml"), &text).unwrap();
+    assert!(atso(dir.path(), &["sweep", "methods.toml"]).status.success());
+    let split_path = dir.path().join("results/methods/splits/phantom_r0.4_s7.json");
+    let split = std::fs::read_to_string(&split_path).unwrap();
+    // --rerun runs it again; the split file is checked against the existing one, not replaced.
+    assert!(atso(dir.path(), &["sweep", "methods.toml", "--rerun"]).status.success());
+    assert_eq!(std::fs::read_to_string(&split_path).unwrap(), split);
+    let records = records(&dir.path().join("results/methods"));
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].ledger, records[1].ledger);
+    assert_eq!(records[0].ledger.iter().filter(|e| e.event == "label" && e.stage == 0).count(), 3);
+    assert_ne!(records[0].run_id, records[1].run_id);
+}
