@@ -344,6 +344,15 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
         .unwrap()
         .iter()
         .any(|d| d.is_some()));
+
+    let output = atso(dir.path(), &["report", "results/methods"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Lazy learning per stage") && report.contains("| phantom | self-training | 4 |"),
+        "{report}"
+    );
+    assert!(std::fs::metadata(results.join("lazy_learning_phantom.png")).unwrap().len() > 1000);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //!   noise = clamp(0.1 * randn, -0.2, 0.2);
 //! - weight w(t) = consistency * sigmoid_rampup(t / unit, 200), 0 before the warm-up ends;
 //! - supervised 0.5 * (CE + Dice) on the labeled half of each batch.
+//!
 //! SSL4MIS's constants (unit 150 iterations, warm-up 1000, for 30000 iterations) are scaled to
 //! the budget and recorded with each run. The teacher runs in training mode (batch statistics),
 //! as SSL4MIS's EMA model does, without gradients.

@@ -5,7 +5,7 @@
 //! model that relabels the set is the one that was just fine-tuned on it. Same supervised model
 //! M0, same number of stages and steps as ATSO's defaults (generations = subsets x rounds = 4).
 
-use atso_harness::atso::{run_staged, unlabeled_per_batch, StagePlan};
+use atso_harness::atso::{run_staged, staged_settings};
 use atso_harness::config::{PseudoLabelSpec, StudentInit};
 use atso_harness::method::{Budget, Method, RunContext};
 use atso_harness::model::UNet;
@@ -20,16 +20,9 @@ pub struct SelfTraining {
 
 impl Method for SelfTraining {
     fn settings(&self, budget: &Budget) -> serde_json::Value {
-        let plan = StagePlan::new(&self.pseudo, budget, self.generations);
-        serde_json::json!({
-            "generations": self.generations,
-            "init": self.init,
-            "pseudo_labels": self.pseudo.pseudo_labels,
-            "confidence_threshold": self.pseudo.confidence_threshold,
-            "unlabeled_per_batch": unlabeled_per_batch(&self.pseudo, budget),
-            "supervised_steps": plan.as_ref().map(|p| p.supervised_steps).ok(),
-            "stage_steps": plan.as_ref().map(|p| p.stage_steps.clone()).ok(),
-        })
+        let mut settings = staged_settings(&self.pseudo, budget, self.init, self.generations);
+        settings.insert("generations".into(), self.generations.into());
+        settings.into()
     }
 
     fn train(&self, ctx: &mut RunContext) -> anyhow::Result<UNet> {

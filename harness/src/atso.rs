@@ -40,17 +40,10 @@ pub struct Atso {
 
 impl crate::method::Method for Atso {
     fn settings(&self, budget: &Budget) -> serde_json::Value {
-        let plan = StagePlan::new(&self.pseudo, budget, self.subsets * self.rounds);
-        serde_json::json!({
-            "subsets": self.subsets,
-            "rounds": self.rounds,
-            "init": self.init,
-            "pseudo_labels": self.pseudo.pseudo_labels,
-            "confidence_threshold": self.pseudo.confidence_threshold,
-            "unlabeled_per_batch": unlabeled_per_batch(&self.pseudo, budget),
-            "supervised_steps": plan.as_ref().map(|p| p.supervised_steps).ok(),
-            "stage_steps": plan.as_ref().map(|p| p.stage_steps.clone()).ok(),
-        })
+        let mut settings = staged_settings(&self.pseudo, budget, self.init, self.subsets * self.rounds);
+        settings.insert("subsets".into(), self.subsets.into());
+        settings.insert("rounds".into(), self.rounds.into());
+        settings.into()
     }
 
     fn train(&self, ctx: &mut RunContext) -> Result<UNet> {
@@ -103,6 +96,29 @@ impl StagePlan {
             supervised_steps,
             stage_steps,
         })
+    }
+}
+
+/// The settings every staged method records: init, pseudo-label form and threshold, batch mix and
+/// how the budget is divided (absent where the budget is too small; the run then fails saying so).
+pub fn staged_settings(
+    pseudo: &PseudoLabelSpec,
+    budget: &Budget,
+    init: StudentInit,
+    stages: usize,
+) -> serde_json::Map<String, serde_json::Value> {
+    let plan = StagePlan::new(pseudo, budget, stages).ok();
+    let json = serde_json::json!({
+        "init": init,
+        "pseudo_labels": pseudo.pseudo_labels,
+        "confidence_threshold": pseudo.confidence_threshold,
+        "unlabeled_per_batch": unlabeled_per_batch(pseudo, budget),
+        "supervised_steps": plan.as_ref().map(|p| p.supervised_steps),
+        "stage_steps": plan.map(|p| p.stage_steps),
+    });
+    match json {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal is an object"),
     }
 }
 

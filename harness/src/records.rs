@@ -241,7 +241,13 @@ pub fn stages_frame(records: &[RunRecord]) -> Result<DataFrame> {
         rows.len(),
         vec![
             Column::new("run_id".into(), rows.iter().map(|(r, _)| r.run_id.clone()).collect::<Vec<_>>()),
+            Column::new("dataset".into(), rows.iter().map(|(r, _)| r.dataset.clone()).collect::<Vec<_>>()),
             Column::new("method".into(), rows.iter().map(|(r, _)| r.method.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "labeled_ratio".into(),
+                rows.iter().map(|(r, _)| r.labeled_ratio).collect::<Vec<_>>(),
+            ),
+            Column::new("seed".into(), rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>()),
             Column::new("stage".into(), rows.iter().map(|(_, s)| s.stage as u64).collect::<Vec<_>>()),
             Column::new(
                 "trained_subset".into(),

@@ -48,10 +48,7 @@ impl Group {
 /// Reads `runs.parquet` of a results directory.
 pub fn read_runs(results_dir: &Path) -> Result<Vec<RunRow>> {
     let path = results_dir.join("runs.parquet");
-    let file = std::fs::File::open(&path).with_context(|| format!("{}: no runs table (run `atso sweep` first)", path.display()))?;
-    let frame = ParquetReader::new(file)
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
+    let frame = crate::read_table(&path)?;
     rows(&frame).with_context(|| format!("{}: unexpected columns", path.display()))
 }
 

@@ -4,6 +4,7 @@
 //! need no C font stack at build time.
 
 use crate::aggregate::{self, Group};
+use crate::stages::StageMean;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -61,16 +62,33 @@ pub fn dice_vs_ratio(dir: &Path, dataset: &str, groups: &[Group]) -> Result<Vec<
         bail!("dataset '{dataset}': no successful runs to plot");
     }
     let stem = format!("dice_vs_ratio_{}", dataset.replace(['/', '\\', ' '], "_"));
+    render_both(
+        dir,
+        &stem,
+        (900, 600),
+        |root| draw(root, dataset, groups),
+        |root| draw(root, dataset, groups),
+    )
+}
+
+/// Draws one figure as `<stem>.png` and `<stem>.svg` (the same drawing code for both backends).
+fn render_both(
+    dir: &Path,
+    stem: &str,
+    size: (u32, u32),
+    draw_png: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+    draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     {
-        let root = BitMapBackend::new(&png, (900, 600)).into_drawing_area();
-        draw(&root, dataset, groups).with_context(|| format!("drawing {}", png.display()))?;
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        draw_png(&root).with_context(|| format!("drawing {}", png.display()))?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
     }
     {
-        let root = SVGBackend::new(&svg, (900, 600)).into_drawing_area();
-        draw(&root, dataset, groups).with_context(|| format!("drawing {}", svg.display()))?;
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        draw_svg(&root).with_context(|| format!("drawing {}", svg.display()))?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
     }
     Ok(vec![png, svg])
@@ -136,5 +154,86 @@ where
         .label_font(("sans-serif", 15))
         .draw()
         .map_err(err)?;
+    Ok(())
+}
+
+/// Draws the lazy-learning figure for `dataset` into `<dir>/lazy_learning_<dataset>.{png,svg}`:
+/// first-step loss on the stage's pseudo labels (left) and flip rate (right) per stage.
+pub fn lazy_learning(dir: &Path, dataset: &str, means: &[StageMean]) -> Result<Vec<PathBuf>> {
+    ensure_font()?;
+    let stem = format!("lazy_learning_{}", dataset.replace(['/', '\\', ' '], "_"));
+    render_both(
+        dir,
+        &stem,
+        (1100, 480),
+        |root| draw_stages(root, dataset, means),
+        |root| draw_stages(root, dataset, means),
+    )
+}
+
+/// One per-stage quantity drawn in a panel.
+type Measure = fn(&StageMean) -> f64;
+
+fn draw_stages<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, dataset: &str, means: &[StageMean]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(&format!("{dataset}: lazy learning per stage (mean over runs)"), ("sans-serif", 22))
+        .map_err(err)?;
+    let (left, right) = root.split_horizontally(550);
+    let measures: [(&str, Measure); 2] = [
+        ("first-step loss on its pseudo labels", |m| m.first_step_pseudo_loss),
+        ("flip rate over the stage", |m| m.flip_rate),
+    ];
+    let mut methods: Vec<&str> = Vec::new();
+    for m in means {
+        if !methods.contains(&m.method.as_str()) {
+            methods.push(&m.method);
+        }
+    }
+    let max_stage = means.iter().map(|m| m.stage).max().unwrap_or(1) as f64;
+    for (area, (label, value)) in [&left, &right].into_iter().zip(measures) {
+        let top = means.iter().map(value).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.15 + 1e-6;
+        let mut chart = ChartBuilder::on(area)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.5..(max_stage + 0.5), 0.0..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("stage")
+            .y_desc(label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, method) in methods.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let points: Vec<(f64, f64)> = means
+                .iter()
+                .filter(|m| m.method == *method)
+                .map(|m| (m.stage as f64, value(m)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(method.to_string())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+    }
     Ok(())
 }

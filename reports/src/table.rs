@@ -2,6 +2,7 @@
 //! "mean ± std" of test Dice (%) over seeds with the number of seeds.
 
 use crate::aggregate::{self, Group, RunRow};
+use crate::stages::StageMean;
 use std::fmt::Write;
 
 /// The whole report as Markdown.
@@ -66,6 +67,34 @@ pub fn markdown(runs: &[RunRow], groups: &[Group]) -> String {
             );
         }
     }
+    out
+}
+
+/// The lazy-learning section: per dataset, method and stage, the mean first-step loss on the
+/// stage's pseudo labels, flip rate and pseudo-label Dice.
+pub fn stages_markdown(means: &[StageMean]) -> String {
+    if means.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("## Lazy learning per stage\n\n");
+    out.push_str(
+        "Mean over runs. A first-step loss near zero and a low flip rate mean the student has little to learn from its pseudo labels.\n\n",
+    );
+    out.push_str("| dataset | method | stage | first-step pseudo loss | flip rate (%) | pseudo-label Dice (%) | runs |\n|---|---|---|---|---|---|---|\n");
+    for m in means {
+        let dice = m.pseudo_label_dice.map_or("–".to_string(), |d| format!("{:.1}", 100.0 * d));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.4} | {:.2} | {dice} | {} |",
+            m.dataset,
+            m.method,
+            m.stage,
+            m.first_step_pseudo_loss,
+            100.0 * m.flip_rate,
+            m.runs
+        );
+    }
+    out.push('\n');
     out
 }
 

@@ -75,7 +75,7 @@ pub struct PreparedDataset {
 impl DatasetSpec {
     /// Checks values that serde cannot (window order, axis range).
     pub fn validate(&self) -> Result<()> {
-        if !(self.window[0] < self.window[1]) {
+        if self.window[0].partial_cmp(&self.window[1]) != Some(std::cmp::Ordering::Less) {
             bail!(
                 "dataset '{}': window must be [low, high] with low < high, got {:?}",
                 self.name,

@@ -261,7 +261,7 @@ mod tests {
         let (image_b, _) = generate_case(&spec, 1);
         assert_ne!(image_a.data, image_b.data);
         for class in [1.0, 2.0] {
-            assert!(label_a.data.iter().any(|&v| v == class), "class {class} missing");
+            assert!(label_a.data.contains(&class), "class {class} missing");
         }
         let air = image_a.data[0];
         assert!(air < -900.0, "corner voxel should be air, got {air}");

@@ -58,7 +58,7 @@ impl ModelSpec {
             anyhow::bail!("model.dropout values must be in [0, 1), got {p}");
         }
         let factor = 1usize << (self.channels.len() - 1);
-        if resolution % factor != 0 {
+        if !resolution.is_multiple_of(factor) {
             anyhow::bail!("budget.resolution {resolution} must be divisible by 2^(levels-1) = {factor}");
         }
         Ok(())
