@@ -1,8 +1,10 @@
 //! `atso bench`: speed of one training step and one inference batch of the U-Net on each backend
-//! compiled into this build, with the first backend's training step as the in-run reference.
+//! compiled into this build and, for the CPU backend, at each CPU thread count asked for; the
+//! first configuration measured is the in-run reference the others are reported against.
 //!
 //! Timings are medians over repeated steps after warm-up; each step ends by reading the loss back
-//! to the host, so GPU work is finished when the clock stops.
+//! to the host, so GPU work is finished when the clock stops. Thread counts are set by running the
+//! measurement inside a rayon pool of that size (burn's flex kernels and its gemm use rayon).
 
 use anyhow::Result;
 use atso_harness::backend;
@@ -22,6 +24,8 @@ pub struct BenchSpec {
     pub channels: Vec<usize>,
     pub steps: usize,
     pub warmup: usize,
+    /// CPU thread counts to measure the flex backend at (empty: rayon's default only).
+    pub threads: Vec<usize>,
 }
 
 /// One backend's medians, in seconds.
@@ -55,43 +59,72 @@ pub fn run(spec: &BenchSpec) -> Result<Vec<BenchResult>> {
         augment: true,
     };
     let mut results = Vec::new();
-    for name in &spec.backends {
-        let device = backend::device(name, 0)?;
-        let data = RunData {
-            class_names: (0..4).map(|c| c.to_string()).collect(),
-            labeled: vec![],
-            unlabeled: vec![],
-            validation: vec![],
-            test: vec![],
+    let configurations: Vec<(String, Option<usize>)> = spec
+        .backends
+        .iter()
+        .flat_map(|name| match (name.as_str(), spec.threads.is_empty()) {
+            ("flex", false) => spec.threads.iter().map(|&t| (name.clone(), Some(t))).collect::<Vec<_>>(),
+            _ => vec![(name.clone(), None)],
+        })
+        .collect();
+    for (name, threads) in configurations {
+        let run = || measure(spec, &name, &examples, &images, &model_spec, &budget);
+        let (train_step, inference_batch) = match threads {
+            Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(run)?,
+            None => run()?,
         };
-        let mut ctx = RunContext::new(data, model_spec.clone(), budget.clone(), OptimizerSpec::default(), 0, device);
-        let pool = ctx.pool(examples.clone(), "bench");
-        let mut objective = MixedObjective::new(&ctx, vec![(pool, spec.batch_size)]);
-        let mut model = ctx.new_model();
-        let mut train = Vec::new();
-        for i in 0..spec.warmup + spec.steps {
-            let clock = Instant::now();
-            model = ctx.fit(model, 1, &mut objective).0;
-            if i >= spec.warmup {
-                train.push(clock.elapsed().as_secs_f64());
-            }
-        }
-        let mut inference = Vec::new();
-        for i in 0..spec.warmup + spec.steps {
-            let clock = Instant::now();
-            let probs = atso_harness::train::infer::probabilities(&model, &images, size, spec.batch_size, &ctx.device);
-            std::hint::black_box(probs);
-            if i >= spec.warmup {
-                inference.push(clock.elapsed().as_secs_f64());
-            }
-        }
+        let label = match threads {
+            Some(t) => format!("{} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
+            None => backend::label(&name),
+        };
         results.push(BenchResult {
-            backend: backend::label(name),
-            train_step: median(train),
-            inference_batch: median(inference),
+            backend: label,
+            train_step,
+            inference_batch,
         });
     }
     Ok(results)
+}
+
+/// Median seconds of a training step and of an inference batch on backend `name`.
+fn measure(
+    spec: &BenchSpec,
+    name: &str,
+    examples: &[Example],
+    images: &[&[f32]],
+    model_spec: &ModelSpec,
+    budget: &Budget,
+) -> Result<(f64, f64)> {
+    let device = backend::device(name, 0)?;
+    let data = RunData {
+        class_names: (0..4).map(|c| c.to_string()).collect(),
+        labeled: vec![],
+        unlabeled: vec![],
+        validation: vec![],
+        test: vec![],
+    };
+    let mut ctx = RunContext::new(data, model_spec.clone(), budget.clone(), OptimizerSpec::default(), 0, device);
+    let pool = ctx.pool(examples.to_vec(), "bench");
+    let mut objective = MixedObjective::new(&ctx, vec![(pool, spec.batch_size)]);
+    let mut model = ctx.new_model();
+    let mut train = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let clock = Instant::now();
+        model = ctx.fit(model, 1, &mut objective).0;
+        if i >= spec.warmup {
+            train.push(clock.elapsed().as_secs_f64());
+        }
+    }
+    let mut inference = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let clock = Instant::now();
+        let probs = atso_harness::train::infer::probabilities(&model, images, spec.resolution, spec.batch_size, &ctx.device);
+        std::hint::black_box(probs);
+        if i >= spec.warmup {
+            inference.push(clock.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(train), median(inference)))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

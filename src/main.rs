@@ -77,6 +77,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
     },
 }
 
@@ -159,7 +162,18 @@ fn run(cli: Cli) -> Result<Outcome> {
             channels,
             steps,
             warmup,
+            threads,
         } => {
+            let threads = if threads.is_empty() {
+                let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if all > 1 {
+                    vec![1, all]
+                } else {
+                    vec![1]
+                }
+            } else {
+                threads
+            };
             let backends = if backends.is_empty() {
                 atso_harness::backend::available().into_iter().map(String::from).collect()
             } else {
@@ -172,6 +186,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 channels,
                 steps,
                 warmup,
+                threads,
             };
             let results = bench::run(&spec)?;
             print!("{}", bench::table(&spec, &results));
@@ -208,6 +223,11 @@ fn sweep(experiment: &Experiment, source: &str, args: &RunArgs) -> Result<runner
 }
 
 fn report(results: &Path) -> Result<()> {
+    // Tables are derived from the per-run records: rebuilding them first keeps a results folder
+    // written by an older version readable with this one.
+    if atso_harness::records::records_dir(results).is_dir() {
+        atso_harness::records::rebuild_tables(results)?;
+    }
     let files = atso_reports::render(results)?;
     println!("report: {}", files.markdown.display());
     for plot in files.plots {
