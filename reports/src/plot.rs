@@ -6,6 +6,7 @@
 use crate::aggregate::{self, Group};
 use crate::stages::StageMean;
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -130,11 +131,8 @@ where
             .filter(|g| &g.method == method)
             .filter_map(|g| Some((g.labeled_ratio * 100.0, g.mean()? * 100.0, g.std()? * 100.0)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
-            .map_err(err)?
-            .label(method.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        let line: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.1)).collect();
+        method_series(&mut chart, method, color, &line)?;
         chart
             .draw_series(
                 points
@@ -142,18 +140,8 @@ where
                     .map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.filled(), 8)),
             )
             .map_err(err)?;
-        chart
-            .draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled())))
-            .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -217,23 +205,43 @@ where
                 .filter(|m| m.method == *method)
                 .map(|m| (m.stage as f64, value(m)))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(method.to_string())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart
-                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                .map_err(err)?;
+            method_series(&mut chart, method, color, &points)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One method's line with point markers and a legend entry.
+fn method_series<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, method: &str, color: RGBColor, points: &[(f64, f64)]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    chart
+        .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+        .map_err(err)?
+        .label(method.to_string())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart
+        .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The legend box, in `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, position: SeriesLabelPosition) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))
 }
