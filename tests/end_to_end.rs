@@ -403,3 +403,19 @@ fn same_seed_gives_the_same_split_and_ledger() {
     assert_eq!(records[0].ledger.iter().filter(|e| e.event == "label" && e.stage == 0).count(), 3);
     assert_ne!(records[0].run_id, records[1].run_id);
 }
+
+#[test]
+fn every_shipped_experiment_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let experiment = atso_harness::config::Experiment::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(!atso_harness::runner::expand(&experiment).is_empty());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "expected the quickstart, ablation, paper-scale and GPU smoke files, found {checked}");
+}
