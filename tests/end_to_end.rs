@@ -417,5 +417,8 @@ fn every_shipped_experiment_file_is_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "expected the quickstart, ablation, paper-scale and GPU smoke files, found {checked}");
+    assert!(
+        checked >= 4,
+        "expected the quickstart, ablation, paper-scale and GPU smoke files, found {checked}"
+    );
 }

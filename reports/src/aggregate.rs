@@ -15,7 +15,16 @@ pub struct RunRow {
     pub ok: bool,
     pub error: Option<String>,
     pub dice_mean: Option<f64>,
+    /// Test Dice per foreground class (`dice_<class>` columns), by class name.
+    pub class_dice: Vec<(String, Option<f64>)>,
     pub git_commit: String,
+}
+
+impl RunRow {
+    /// Test Dice of `class`, if the run's dataset has it.
+    pub fn class_dice(&self, class: &str) -> Option<f64> {
+        self.class_dice.iter().find(|(name, _)| name == class).and_then(|(_, value)| *value)
+    }
 }
 
 /// Mean and spread of one dataset x method x ratio cell.
@@ -64,6 +73,12 @@ fn rows(frame: &DataFrame) -> Result<Vec<RunRow>> {
     let ratio: Vec<Option<f64>> = frame.column("labeled_ratio")?.f64()?.iter().collect();
     let seed: Vec<Option<u64>> = frame.column("seed")?.u64()?.iter().collect();
     let dice: Vec<Option<f64>> = frame.column("dice_mean")?.f64()?.iter().collect();
+    let mut class_columns: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    for name in frame.get_column_names() {
+        if let Some(class) = name.strip_prefix("dice_").filter(|c| *c != "mean") {
+            class_columns.push((class.to_string(), frame.column(name)?.f64()?.iter().collect()));
+        }
+    }
     Ok((0..frame.height())
         .map(|i| RunRow {
             run_id: run_id[i].clone().unwrap_or_default(),
@@ -74,14 +89,29 @@ fn rows(frame: &DataFrame) -> Result<Vec<RunRow>> {
             ok: status[i].as_deref() == Some("ok"),
             error: error[i].clone(),
             dice_mean: dice[i],
+            class_dice: class_columns.iter().map(|(class, values)| (class.clone(), values[i])).collect(),
             git_commit: commit[i].clone().unwrap_or_default(),
         })
         .collect())
 }
 
-/// Groups rows by dataset x method x ratio, keeping the order in which methods and datasets first
-/// appear (the experiment file's order) and sorting ratios ascending.
+/// Groups rows by dataset x method x ratio on mean test Dice (see [`group_by`]).
 pub fn group(rows: &[RunRow]) -> Vec<Group> {
+    group_by(rows, &|r| r.dice_mean)
+}
+
+/// Class names with a Dice column that some row fills, in first-appearance order.
+pub fn class_names(rows: &[RunRow]) -> Vec<String> {
+    unique(
+        rows.iter()
+            .flat_map(|r| r.class_dice.iter().filter(|(_, v)| v.is_some()).map(|(c, _)| c.clone())),
+    )
+}
+
+/// Groups rows by dataset x method x ratio on `metric`, keeping the order in which methods and
+/// datasets first appear (the experiment file's order) and sorting ratios ascending. Ok runs
+/// without a value (a class absent from every test case) add nothing; failed runs are counted.
+pub fn group_by(rows: &[RunRow], metric: &dyn Fn(&RunRow) -> Option<f64>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for row in rows {
         let index = groups
@@ -100,7 +130,7 @@ pub fn group(rows: &[RunRow]) -> Vec<Group> {
                 groups.last_mut().unwrap()
             }
         };
-        match (row.ok, row.dice_mean) {
+        match (row.ok, metric(row)) {
             (true, Some(d)) => group.values.push(d),
             (true, None) => {}
             (false, _) => group.failed += 1,
@@ -166,6 +196,7 @@ mod tests {
             ok: dice.is_some(),
             error: None,
             dice_mean: dice,
+            class_dice: vec![("liver".into(), dice.map(|d| d / 2.0))],
             git_commit: "c".into(),
         }
     }
@@ -186,5 +217,9 @@ mod tests {
         assert!((b05.std().unwrap() - (0.02f64).sqrt()).abs() < 1e-12);
         assert_eq!(b05.failed, 1);
         assert_eq!(ratios(&groups), [0.1, 0.5]);
+        let liver = group_by(&rows, &|r| r.class_dice("liver"));
+        let b05 = liver.iter().find(|g| g.method == "b" && g.labeled_ratio == 0.5).unwrap();
+        assert!((b05.mean().unwrap() - 0.35).abs() < 1e-12);
+        assert_eq!(class_names(&rows), ["liver"]);
     }
 }

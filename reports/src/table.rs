@@ -31,29 +31,14 @@ pub fn markdown(runs: &[RunRow], groups: &[Group]) -> String {
             .join(", ")
     );
     for dataset in aggregate::datasets(groups) {
-        let selected: Vec<&Group> = groups.iter().filter(|g| g.dataset == dataset).collect();
-        let owned: Vec<Group> = selected.iter().map(|g| (*g).clone()).collect();
-        let ratios = aggregate::ratios(&owned);
         let _ = writeln!(out, "## {dataset}\n");
-        let _ = write!(out, "| method |");
-        for r in &ratios {
-            let _ = write!(out, " {}% labeled |", format_ratio(*r));
+        let selected: Vec<Group> = groups.iter().filter(|g| g.dataset == dataset).cloned().collect();
+        comparison_table(&mut out, &selected);
+        let dataset_runs: Vec<RunRow> = runs.iter().filter(|r| r.dataset == dataset).cloned().collect();
+        for class in aggregate::class_names(&dataset_runs) {
+            let _ = writeln!(out, "### Dice: {class}\n");
+            comparison_table(&mut out, &aggregate::group_by(&dataset_runs, &|r| r.class_dice(&class)));
         }
-        let _ = writeln!(out);
-        let _ = writeln!(out, "|---|{}", "---|".repeat(ratios.len()));
-        for method in aggregate::methods(&owned) {
-            let _ = write!(out, "| {method} |");
-            for r in &ratios {
-                let cell = selected
-                    .iter()
-                    .find(|g| g.method == method && g.labeled_ratio == *r)
-                    .map(|g| cell(g))
-                    .unwrap_or_else(|| "–".into());
-                let _ = write!(out, " {cell} |");
-            }
-            let _ = writeln!(out);
-        }
-        let _ = writeln!(out);
     }
     let failed: Vec<&RunRow> = runs.iter().filter(|r| !r.ok).collect();
     if !failed.is_empty() {
@@ -68,6 +53,30 @@ pub fn markdown(runs: &[RunRow], groups: &[Group]) -> String {
         }
     }
     out
+}
+
+/// Methods as rows, labeled ratios as columns, "mean ± std (n)" cells in percent.
+fn comparison_table(out: &mut String, groups: &[Group]) {
+    let ratios = aggregate::ratios(groups);
+    let _ = write!(out, "| method |");
+    for r in &ratios {
+        let _ = write!(out, " {}% labeled |", format_ratio(*r));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---|{}", "---|".repeat(ratios.len()));
+    for method in aggregate::methods(groups) {
+        let _ = write!(out, "| {method} |");
+        for r in &ratios {
+            let text = groups
+                .iter()
+                .find(|g| g.method == method && g.labeled_ratio == *r)
+                .map(cell)
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(out, " {text} |");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out);
 }
 
 /// The lazy-learning section: per dataset, method and stage, the mean first-step loss on the
