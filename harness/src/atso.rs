@@ -185,7 +185,13 @@ pub fn run_staged(
             cases: ids(cases),
         });
         let first_step_pseudo_loss = pseudo_loss(ctx, &student, &labels[k].examples);
-        let before = hard_predictions(ctx, &student, cases);
+        // When the student starts from the model that made this subset's labels, its predictions
+        // are those labels' argmax: no second inference pass.
+        let before: Vec<Vec<u8>> = if init_from == labels[k].from_stage {
+            labels[k].hard.iter().flatten().cloned().collect()
+        } else {
+            hard_predictions(ctx, &student, cases)
+        };
         let labeled_pool = ctx.pool(labeled_examples.clone(), &format!("stage-{stage}-labeled"));
         let pseudo_pool = ctx.pool(labels[k].examples.clone(), &format!("stage-{stage}-pseudo"));
         let mut objective = MixedObjective::new(
