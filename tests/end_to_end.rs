@@ -117,6 +117,12 @@ fn tiny_sweep_records_provenance_and_renders_a_report() {
         .iter()
         .all(|d| d.is_some_and(|d| (0.0..=1.0).contains(&d))));
     assert!(column("iterations_used").u64().unwrap().iter().all(|i| i == Some(4)));
+    let names: Vec<String> = runs.get_column_names().iter().map(|n| n.to_string()).collect();
+    let position = |name: &str| names.iter().position(|n| n == name).unwrap();
+    assert!(
+        position("dice_liver") < position("dice_pancreas") && position("dice_pancreas") < position("dice_lesion"),
+        "per-class columns follow the dataset's class order: {names:?}"
+    );
     for name in [
         "dice_liver",
         "dice_pancreas",

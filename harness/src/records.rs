@@ -9,7 +9,6 @@ use crate::train::metrics::CaseScores;
 use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Outcome of a run.
@@ -171,7 +170,13 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("iou_mean".into(), opt_f(&|r| r.iou_mean)),
         Column::new("val_dice_mean".into(), opt_f(&|r| r.val_dice_mean)),
     ];
-    let class_names: BTreeSet<&str> = records.iter().flat_map(|r| r.class_dice.iter().map(|(n, _)| n.as_str())).collect();
+    // Class order as the datasets define it (first appearance), not alphabetical.
+    let mut class_names: Vec<&str> = Vec::new();
+    for name in records.iter().flat_map(|r| r.class_dice.iter().map(|(n, _)| n.as_str())) {
+        if !class_names.contains(&name) {
+            class_names.push(name);
+        }
+    }
     for class in class_names {
         let values: Vec<Option<f64>> = records
             .iter()
