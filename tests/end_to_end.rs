@@ -192,6 +192,16 @@ fn outside_a_checkout_the_commit_is_unknown_and_failed_runs_are_recorded() {
         .unwrap()
         .iter()
         .all(|c| c == Some("unknown")));
+
+    // The report still renders: a table for what worked, the failures listed, no plot for the
+    // dataset with nothing to draw.
+    let output = atso(dir.path(), &["report", "results/tiny"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let results = dir.path().join("results/tiny");
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(report.contains("## Failed runs") && report.contains("dataset.json"), "{report}");
+    assert!(results.join("dice_vs_ratio_phantom.png").is_file());
+    assert!(!results.join("dice_vs_ratio_missing.png").exists());
 }
 
 #[test]

@@ -38,7 +38,10 @@ pub fn render(results_dir: &Path) -> Result<ReportFiles> {
     let mut plots = Vec::new();
     for dataset in aggregate::datasets(&groups) {
         let selected: Vec<_> = groups.iter().filter(|g| g.dataset == dataset).cloned().collect();
-        plots.extend(plot::dice_vs_ratio(results_dir, &dataset, &selected)?);
+        // A dataset whose runs all failed has nothing to draw; its failures are listed in the report.
+        if selected.iter().any(|g| g.mean().is_some()) {
+            plots.extend(plot::dice_vs_ratio(results_dir, &dataset, &selected)?);
+        }
         let staged: Vec<_> = stage_means.iter().filter(|m| m.dataset == dataset).cloned().collect();
         if !staged.is_empty() {
             plots.extend(plot::lazy_learning(results_dir, &dataset, &staged)?);

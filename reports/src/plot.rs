@@ -5,7 +5,7 @@
 
 use crate::aggregate::{self, Group};
 use crate::stages::StageMean;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -58,28 +58,28 @@ fn ensure_font() -> Result<()> {
 
 /// Draws the plot for `dataset` into `<dir>/dice_vs_ratio_<dataset>.{png,svg}`.
 pub fn dice_vs_ratio(dir: &Path, dataset: &str, groups: &[Group]) -> Result<Vec<PathBuf>> {
-    ensure_font()?;
-    if groups.iter().all(|g| g.mean().is_none()) {
-        bail!("dataset '{dataset}': no successful runs to plot");
-    }
-    let stem = format!("dice_vs_ratio_{}", dataset.replace(['/', '\\', ' '], "_"));
     render_both(
         dir,
-        &stem,
+        "dice_vs_ratio",
+        dataset,
         (900, 600),
         |root| draw(root, dataset, groups),
         |root| draw(root, dataset, groups),
     )
 }
 
-/// Draws one figure as `<stem>.png` and `<stem>.svg` (the same drawing code for both backends).
+/// Draws one figure as `<dir>/<prefix>_<dataset>.png` and `.svg` (the same drawing code for both
+/// backends).
 fn render_both(
     dir: &Path,
-    stem: &str,
+    prefix: &str,
+    dataset: &str,
     size: (u32, u32),
     draw_png: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
     draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
+    ensure_font()?;
+    let stem = format!("{prefix}_{}", dataset.replace(['/', '\\', ' '], "_"));
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     {
@@ -148,11 +148,10 @@ where
 /// Draws the lazy-learning figure for `dataset` into `<dir>/lazy_learning_<dataset>.{png,svg}`:
 /// first-step loss on the stage's pseudo labels (left) and flip rate (right) per stage.
 pub fn lazy_learning(dir: &Path, dataset: &str, means: &[StageMean]) -> Result<Vec<PathBuf>> {
-    ensure_font()?;
-    let stem = format!("lazy_learning_{}", dataset.replace(['/', '\\', ' '], "_"));
     render_both(
         dir,
-        &stem,
+        "lazy_learning",
+        dataset,
         (1100, 480),
         |root| draw_stages(root, dataset, means),
         |root| draw_stages(root, dataset, means),
