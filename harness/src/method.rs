@@ -134,12 +134,12 @@ impl<'a> RunContext<'a> {
 
     /// Class probabilities for every slice of every case (outer: case, inner: slice).
     pub fn predict(&self, model: &UNet, cases: &[&Case]) -> Vec<Vec<Vec<f32>>> {
+        // One pass over all slices (batches may span cases), then regrouped by case.
+        let images: Vec<&[f32]> = cases.iter().flat_map(|c| c.slices.iter().map(|s| s.image.as_slice())).collect();
+        let mut probabilities = infer::probabilities(model, &images, self.size(), self.budget.eval_batch_size, &self.device).into_iter();
         cases
             .iter()
-            .map(|case| {
-                let images: Vec<&[f32]> = case.slices.iter().map(|s| s.image.as_slice()).collect();
-                infer::probabilities(model, &images, self.size(), self.budget.eval_batch_size, &self.device)
-            })
+            .map(|case| probabilities.by_ref().take(case.slices.len()).collect())
             .collect()
     }
 
