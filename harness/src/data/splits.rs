@@ -167,8 +167,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("split.json");
         let spec = SplitSpec::default();
-        spec.split("d", &ids(10), 0.5, 1).unwrap().write(&path).unwrap();
-        spec.split("d", &ids(10), 0.5, 1).unwrap().write(&path).unwrap();
+        let split = spec.split("d", &ids(10), 0.5, 1).unwrap();
+        split.write(&path).unwrap();
+        split.write(&path).unwrap();
+        assert_eq!(Split::read(&path).unwrap(), split);
         assert!(spec.split("d", &ids(10), 0.5, 2).unwrap().write(&path).is_err());
     }
 }

@@ -65,10 +65,6 @@ impl Pool {
         self.examples.is_empty()
     }
 
-    pub fn examples(&self) -> &[Example] {
-        &self.examples
-    }
-
     /// The next `count` examples (cloned handles, cheap).
     pub fn draw(&mut self, count: usize) -> Vec<Example> {
         let mut out = Vec::with_capacity(count);

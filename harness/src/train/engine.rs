@@ -109,11 +109,6 @@ impl Engine {
         self.step
     }
 
-    /// Steps left in the run's budget.
-    pub fn steps_left(&self) -> usize {
-        self.schedule.total.saturating_sub(self.step)
-    }
-
     /// Trains `model` for `steps` steps of `objective`. Each phase starts a fresh optimiser state
     /// (momentum), so a model restarted from an earlier checkpoint carries no stale momentum; the
     /// learning rate follows the run-wide schedule.
