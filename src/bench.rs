@@ -1,130 +1,230 @@
 //! `atso bench`: speed of one training step and one inference batch of the U-Net on each backend
-//! compiled into this build and, for the CPU backend, at each CPU thread count asked for; the
-//! first configuration measured is the in-run reference the others are reported against.
+//! compiled into this build and, for the CPU backend, at each CPU thread count asked for.
 //!
-//! Timings are medians over repeated steps after warm-up; each step ends by reading the loss back
-//! to the host, so GPU work is finished when the clock stops. Thread counts are set by running the
-//! measurement inside a rayon pool of that size (burn's flex kernels and its gemm use rayon).
+//! Reported per configuration: median milliseconds per step (after warm-up; each step ends by
+//! reading the loss back to the host, so GPU work is finished when the clock stops), images per
+//! second, achieved GFLOP/s (convolution FLOPs counted from the architecture: forward 2 x
+//! C_in x C_out x k^2 x H x W per conv and image, a training step 3x forward) and that as a
+//! fraction of the machine's fp32 GEMM rate, measured in the same run with a 1024^3 matrix
+//! product on the same backend and threads. The first configuration is the reference the others
+//! are reported against. `--vs-pytorch` runs benchmarks/pytorch_unet.py on the same network and
+//! batch right after and prints the ratio.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use atso_harness::backend;
-use atso_harness::method::{Budget, MixedObjective, RunContext, RunData};
+use atso_harness::evaluate::EvaluationSpec;
+use atso_harness::method::{Budget, MixedObjective, RunContext, RunData, RunSetup};
 use atso_harness::model::ModelSpec;
 use atso_harness::rng;
+use atso_harness::train::augment::Augmentation;
 use atso_harness::train::{Example, OptimizerSpec, Target};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What to measure.
-pub struct BenchSpec {
+/// Arguments of `atso bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Backends to compare, the first is the reference (default: all compiled in).
+    #[arg(long, value_delimiter = ',')]
     pub backends: Vec<String>,
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
     pub resolution: usize,
+    /// U-Net channels per level (default: SSL4MIS).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub channels: Vec<usize>,
+    #[arg(long, default_value_t = 7)]
     pub steps: usize,
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// CPU thread counts to measure the flex backend at (empty: rayon's default only).
+    /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
+    /// Also time the same network in PyTorch (benchmarks/pytorch_unet.py; needs python3 with
+    /// torch) and print the ratio.
+    #[arg(long)]
+    pub vs_pytorch: bool,
+    /// PyTorch device for --vs-pytorch (cpu or cuda).
+    #[arg(long, default_value = "cpu")]
+    pub pytorch_device: String,
 }
 
-/// One backend's medians, in seconds.
+/// One configuration's medians.
 pub struct BenchResult {
-    pub backend: String,
-    pub train_step: f64,
-    pub inference_batch: f64,
+    pub label: String,
+    pub train_seconds: f64,
+    pub inference_seconds: f64,
+    pub gemm_gflops: f64,
 }
 
-/// Measures every backend of `spec`.
-pub fn run(spec: &BenchSpec) -> Result<Vec<BenchResult>> {
-    let size = spec.resolution;
+/// `atso bench`.
+pub fn command(args: BenchArgs) -> Result<()> {
+    let mut args = args;
+    if args.threads.is_empty() {
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        args.threads = if all > 1 { vec![1, all] } else { vec![1] };
+    }
+    if args.backends.is_empty() {
+        args.backends = backend::available().into_iter().map(String::from).collect();
+    }
+    let results = run(&args)?;
+    print!("{}", table(&args, &results));
+    if args.vs_pytorch {
+        let theirs = pytorch(&args)?;
+        let ours = results.last().context("no configuration measured")?;
+        println!(
+            "\nPyTorch {} on `{}` ({} threads): train step {:.1} ms, inference batch {:.1} ms",
+            theirs.version,
+            args.pytorch_device,
+            theirs.threads,
+            1e3 * theirs.train_seconds,
+            1e3 * theirs.inference_seconds
+        );
+        println!(
+            "throughput, atso ({}) / PyTorch: train {:.2}x, inference {:.2}x",
+            ours.label,
+            theirs.train_seconds / ours.train_seconds,
+            theirs.inference_seconds / ours.inference_seconds
+        );
+    }
+    Ok(())
+}
+
+/// Forward-pass convolution FLOPs of the U-Net for one image (multiply-adds count 2).
+pub fn unet_forward_flops(channels: &[usize], resolution: usize, in_channels: usize, classes: usize) -> f64 {
+    let conv = |c_in: usize, c_out: usize, k: usize, size: usize| 2.0 * (c_in * c_out * k * k * size * size) as f64;
+    let block = |c_in: usize, c_out: usize, size: usize| conv(c_in, c_out, 3, size) + conv(c_out, c_out, 3, size);
+    let mut flops = block(in_channels, channels[0], resolution);
+    for level in 1..channels.len() {
+        flops += block(channels[level - 1], channels[level], resolution >> level);
+    }
+    for level in (1..channels.len()).rev() {
+        let size = resolution >> (level - 1);
+        // 1x1 reduce at the lower resolution, then a block on the concatenation.
+        flops += conv(channels[level], channels[level - 1], 1, resolution >> level);
+        flops += block(2 * channels[level - 1], channels[level - 1], size);
+    }
+    flops + conv(channels[0], classes, 3, resolution)
+}
+
+/// Measures every backend (and thread count) of `args`.
+pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
+    let size = args.resolution;
     let mut rng = rng::stream(0, "bench");
-    let examples: Vec<Example> = (0..spec.batch_size * 2)
+    let examples: Vec<Example> = (0..args.batch_size * 2)
         .map(|_| Example {
             image: Arc::new((0..size * size).map(|_| rng.random::<f32>()).collect()),
             target: Arc::new(Target::Hard((0..size * size).map(|_| rng.random_range(0..4u8)).collect())),
         })
         .collect();
-    let images: Vec<&[f32]> = examples.iter().take(spec.batch_size).map(|e| e.image.as_slice()).collect();
     let model_spec = ModelSpec {
-        channels: spec.channels.clone(),
-        dropout: vec![0.0; spec.channels.len()],
+        channels: args.channels.clone(),
+        dropout: vec![0.0; args.channels.len()],
     };
     model_spec.validate(size)?;
-    let budget = Budget {
-        iterations: spec.steps + spec.warmup,
-        batch_size: spec.batch_size,
-        resolution: size,
-        eval_batch_size: spec.batch_size,
-        augment: true,
-    };
     let mut results = Vec::new();
-    let configurations: Vec<(String, Option<usize>)> = spec
+    let configurations: Vec<(String, Option<usize>)> = args
         .backends
         .iter()
-        .flat_map(|name| match (name.as_str(), spec.threads.is_empty()) {
-            ("flex", false) => spec.threads.iter().map(|&t| (name.clone(), Some(t))).collect::<Vec<_>>(),
+        .flat_map(|name| match name.as_str() {
+            "flex" => args.threads.iter().map(|&t| (name.clone(), Some(t))).collect::<Vec<_>>(),
             _ => vec![(name.clone(), None)],
         })
         .collect();
     for (name, threads) in configurations {
-        let run = || measure(spec, &name, &examples, &images, &model_spec, &budget);
-        let (train_step, inference_batch) = match threads {
-            Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(run)?,
-            None => run()?,
+        let measure = || -> Result<(f64, f64, f64)> {
+            let (train, inference) = measure(args, &name, &examples, &model_spec)?;
+            Ok((train, inference, gemm_gflops(&name)?))
+        };
+        let (train_seconds, inference_seconds, gemm) = match threads {
+            Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure)?,
+            None => measure()?,
         };
         let label = match threads {
             Some(t) => format!("{} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
             None => backend::label(&name),
         };
         results.push(BenchResult {
-            backend: label,
-            train_step,
-            inference_batch,
+            label,
+            train_seconds,
+            inference_seconds,
+            gemm_gflops: gemm,
         });
     }
     Ok(results)
 }
 
 /// Median seconds of a training step and of an inference batch on backend `name`.
-fn measure(
-    spec: &BenchSpec,
-    name: &str,
-    examples: &[Example],
-    images: &[&[f32]],
-    model_spec: &ModelSpec,
-    budget: &Budget,
-) -> Result<(f64, f64)> {
+fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &ModelSpec) -> Result<(f64, f64)> {
     let device = backend::device(name, 0)?;
     let data = RunData {
         class_names: (0..4).map(|c| c.to_string()).collect(),
+        in_channels: 1,
+        first_class: 1,
+        outside_label: 0,
         labeled: vec![],
         unlabeled: vec![],
         validation: vec![],
         test: vec![],
     };
-    let mut ctx = RunContext::new(data, model_spec.clone(), budget.clone(), OptimizerSpec::default(), 0, device);
+    let setup = RunSetup {
+        model_spec: model_spec.clone(),
+        budget: Budget {
+            iterations: args.steps + args.warmup,
+            batch_size: args.batch_size,
+            resolution: args.resolution,
+            eval_batch_size: args.batch_size,
+        },
+        optimizer: OptimizerSpec::default(),
+        augmentation: Augmentation::default(),
+        evaluation: EvaluationSpec::default(),
+        seed: 0,
+    };
+    let mut ctx = RunContext::new(data, setup, device);
     let pool = ctx.pool(examples.to_vec(), "bench");
-    let mut objective = MixedObjective::new(&ctx, vec![(pool, spec.batch_size)]);
+    let mut objective = MixedObjective::new(&ctx, vec![(pool, args.batch_size)]);
     let mut model = ctx.new_model();
     let mut train = Vec::new();
-    for i in 0..spec.warmup + spec.steps {
+    for i in 0..args.warmup + args.steps {
         let clock = Instant::now();
-        model = ctx.fit(model, 1, &mut objective).0;
-        if i >= spec.warmup {
+        model = ctx.fit(model, 1, &mut objective)?.0;
+        if i >= args.warmup {
             train.push(clock.elapsed().as_secs_f64());
         }
     }
+    let images: Vec<&[f32]> = examples.iter().take(args.batch_size).map(|e| e.image.as_slice()).collect();
     let mut inference = Vec::new();
-    for i in 0..spec.warmup + spec.steps {
+    for i in 0..args.warmup + args.steps {
         let clock = Instant::now();
-        let probs = atso_harness::train::infer::probabilities(&model, images, spec.resolution, spec.batch_size, &ctx.device);
+        let probs =
+            atso_harness::train::infer::probabilities(std::slice::from_ref(&model), &images, args.resolution, args.batch_size, &ctx.device);
         std::hint::black_box(probs);
-        if i >= spec.warmup {
+        if i >= args.warmup {
             inference.push(clock.elapsed().as_secs_f64());
         }
     }
     Ok((median(train), median(inference)))
+}
+
+/// GFLOP/s of a 1024 x 1024 x 1024 fp32 matrix product on backend `name` (median of 5).
+fn gemm_gflops(name: &str) -> Result<f64> {
+    use atso_harness::burn::tensor::{Distribution, Tensor};
+    let device = backend::device(name, 0)?;
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Default, &device);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, &device);
+    let mut times = Vec::new();
+    for i in 0..7 {
+        let clock = Instant::now();
+        let c = a.clone().matmul(b.clone());
+        let _: f32 = c.slice([0..1, 0..1]).into_scalar();
+        if i >= 2 {
+            times.push(clock.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (n * n * n) as f64 / median(times) / 1e9)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -132,27 +232,86 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The results as a Markdown table, ratios against the first backend's training step.
-pub fn table(spec: &BenchSpec, results: &[BenchResult]) -> String {
-    let reference = results.first().map_or(f64::NAN, |r| r.train_step);
+/// The results as a Markdown table, ratios against the first configuration's training step.
+pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
+    let forward = unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64;
+    let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
-        "U-Net channels {:?}, batch {} x 1 x {} x {}, median of {} steps after {} warm-up\n\n| backend | train step (s) | inference batch (s) | train step / {} train step |\n|---|---|---|---|\n",
-        spec.channels,
-        spec.batch_size,
-        spec.resolution,
-        spec.resolution,
-        spec.steps,
-        spec.warmup,
-        results.first().map_or("first", |r| r.backend.as_str())
+        "U-Net channels {:?}, batch {} x 1 x {} x {}, median of {} steps after {} warm-up; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
+         | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        args.channels,
+        args.batch_size,
+        args.resolution,
+        args.resolution,
+        args.steps,
+        args.warmup,
+        forward / 1e9,
+        3.0 * forward / 1e9,
+        results.first().map_or("first", |r| r.label.as_str())
     );
     for r in results {
+        let train_rate = 3.0 * forward / r.train_seconds / 1e9;
         out.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {:.2} |\n",
-            r.backend,
-            r.train_step,
-            r.inference_batch,
-            r.train_step / reference
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            r.label,
+            1e3 * r.train_seconds,
+            args.batch_size as f64 / r.train_seconds,
+            train_rate,
+            1e3 * r.inference_seconds,
+            forward / r.inference_seconds / 1e9,
+            r.gemm_gflops,
+            train_rate / r.gemm_gflops,
+            r.train_seconds / reference
         ));
     }
     out
+}
+
+/// What benchmarks/pytorch_unet.py reports.
+#[derive(serde::Deserialize)]
+struct PyTorchResult {
+    version: String,
+    threads: usize,
+    train_seconds: f64,
+    inference_seconds: f64,
+}
+
+fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch_unet.py");
+    if !script.is_file() {
+        bail!("{} not found", script.display());
+    }
+    let channels: Vec<String> = args.channels.iter().map(|c| c.to_string()).collect();
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--batch-size", &args.batch_size.to_string()])
+        .args(["--resolution", &args.resolution.to_string()])
+        .args(["--channels", &channels.join(",")])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--threads", &args.threads.last().copied().unwrap_or(1).to_string()])
+        .args(["--device", &args.pytorch_device])
+        .arg("--json")
+        .output()
+        .context("running python3 (install PyTorch with `pip install torch` to compare)")?;
+    if !output.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| format!("{}: unexpected output", script.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_of_a_two_level_unet() {
+        // input block 1->2 and 2->2 at 4x4; down block 2->4, 4->4 at 2x2; up: 1x1 4->2 at 2x2,
+        // block 4->2, 2->2 at 4x4; head 2->3 at 4x4.
+        let f = |ci: usize, co: usize, k: usize, s: usize| 2.0 * (ci * co * k * k * s * s) as f64;
+        let expected =
+            f(1, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 4, 3, 2) + f(4, 4, 3, 2) + f(4, 2, 1, 2) + f(4, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 3, 3, 4);
+        assert_eq!(unet_forward_flops(&[2, 4], 4, 1, 3), expected);
+    }
 }

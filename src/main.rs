@@ -1,18 +1,26 @@
 //! `atso`: the command line of atso-bench.
 //!
-//! `sweep` runs an experiment file, `report` renders tables and plots from a results folder,
-//! `prepare` writes the embedded phantom data, and `quickstart` does all of it on the embedded
-//! data with experiments/quickstart.toml.
+//! `sweep` runs an experiment file (in parallel with `--jobs`, a shard with `--shard`, or as a
+//! Slurm array with `--emit slurm`), `status` lists where its runs stand, `report` renders tables
+//! and plots from results folders, `check` and `compare` hold results to a reference or to
+//! another commit, `prepare` writes the embedded phantom data, `quickstart` does it all on the
+//! embedded data, and `bench` times the training step.
 
 mod bench;
 mod methods;
+mod parallel;
+mod slurm;
+mod view;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use atso_harness::config::Experiment;
 use atso_harness::data::phantom::{self, PhantomSpec};
-use atso_harness::runner::{self, SweepOptions};
+use atso_harness::progress::{JsonLines, SharedSink};
+use atso_harness::runner::{self, Shard, SweepOptions};
 use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The quickstart experiment, embedded so `atso quickstart` works from any directory.
 const QUICKSTART: &str = include_str!("../experiments/quickstart.toml");
@@ -36,6 +44,30 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         run: RunArgs,
+        /// Run only the i-th of n disjoint parts of the runs, e.g. 2/8.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Instead of running, write a job script for a cluster scheduler (only "slurm").
+        #[arg(long)]
+        emit: Option<String>,
+        #[command(flatten)]
+        slurm: SlurmArgs,
+        /// Internal: run as a worker of a parallel sweep (events as JSON lines on stdout).
+        #[arg(long, hide = true)]
+        worker: bool,
+        /// Internal: when the parent sweep started (RFC 3339).
+        #[arg(long, hide = true)]
+        sweep_started: Option<String>,
+    },
+    /// List every run of a results folder's experiment: done, stale, failed, running, missing.
+    Status {
+        /// A results folder, e.g. results/quickstart.
+        results: PathBuf,
+        /// The experiment file (default: the newest copy in the folder's configs/).
+        #[arg(long)]
+        experiment: Option<PathBuf>,
+        #[arg(long, default_value = "flex")]
+        backend: String,
     },
     /// Write report.md and Dice-vs-ratio plots for a results folder.
     Report {
@@ -62,28 +94,10 @@ enum Command {
         run: RunArgs,
     },
     /// Time a U-Net training step and inference batch on each backend of this build.
-    Bench {
-        /// Backends to compare, the first is the reference (default: all compiled in).
-        #[arg(long, value_delimiter = ',')]
-        backends: Vec<String>,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 128)]
-        resolution: usize,
-        /// U-Net channels per level (default: SSL4MIS).
-        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
-        channels: Vec<usize>,
-        #[arg(long, default_value_t = 7)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
-        #[arg(long, value_delimiter = ',')]
-        threads: Vec<usize>,
-    },
+    Bench(bench::BenchArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// Root folder for results (a subfolder per experiment).
     #[arg(long, default_value = "results")]
@@ -94,29 +108,51 @@ struct RunArgs {
     /// Run again runs that already have an ok record with the same configuration.
     #[arg(long)]
     rerun: bool,
+    /// Run again runs whose ok records were all made at another commit.
+    #[arg(long)]
+    rerun_stale: bool,
     /// Folder that relative dataset paths are resolved from.
     #[arg(long, default_value = ".")]
     data_base: PathBuf,
+    /// Runs in parallel (separate processes); default: chosen from cores and model size.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// CPU threads per run; default: cores / jobs.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
-impl RunArgs {
-    fn options(&self) -> SweepOptions {
-        SweepOptions {
-            results_root: self.results.clone(),
-            data_base: self.data_base.clone(),
-            backend: self.backend.clone(),
-            rerun: self.rerun,
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        }
-    }
+#[derive(Args, Clone, Default)]
+struct SlurmArgs {
+    /// Slurm array tasks (shards); default: one per run.
+    #[arg(long)]
+    tasks: Option<usize>,
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    gpus_per_task: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    cpus_per_task: usize,
+    /// Time limit per task, e.g. 2-00:00:00.
+    #[arg(long)]
+    time: Option<String>,
+    /// Submit the script with sbatch and print the job id.
+    #[arg(long)]
+    submit: bool,
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // A worker's stderr is relayed by its parent: warnings only, no colour codes.
+    let worker = matches!(cli.command, Command::Sweep { worker: true, .. });
+    let terminal = std::io::stderr().is_terminal() && !worker;
+    let default_filter = if worker { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_writer(view::LogWriter::default)
+        .with_ansi(terminal)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(Outcome::AllOk) => {}
         Ok(Outcome::SomeRunsFailed) => std::process::exit(3),
         Err(error) => {
@@ -133,17 +169,52 @@ enum Outcome {
     SomeRunsFailed,
 }
 
+fn read_experiment(file: &Path) -> Result<(Experiment, String)> {
+    let source = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read experiment file", file.display()))?;
+    let experiment = Experiment::from_toml(&source).with_context(|| format!("{}: invalid experiment file", file.display()))?;
+    Ok((experiment, source))
+}
+
 fn run(cli: Cli) -> Result<Outcome> {
-    let mut outcome = Outcome::AllOk;
     match cli.command {
-        Command::Sweep { file, run } => {
-            let source = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read experiment file", file.display()))?;
-            let experiment = Experiment::from_toml(&source).with_context(|| format!("{}: invalid experiment file", file.display()))?;
-            if sweep(&experiment, &source, &run)?.failed > 0 {
-                outcome = Outcome::SomeRunsFailed;
+        Command::Sweep {
+            file,
+            run,
+            shard,
+            emit,
+            slurm,
+            worker,
+            sweep_started,
+        } => {
+            let (experiment, source) = read_experiment(&file)?;
+            let shard = shard.as_deref().map(Shard::parse).transpose()?;
+            if let Some(target) = emit {
+                emit_job(&target, &file, &experiment, &run, &slurm)?;
+                return Ok(Outcome::AllOk);
             }
+            let started = sweep_started
+                .map(|s| chrono::DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&chrono::Utc)))
+                .transpose()
+                .context("--sweep-started")?;
+            let failed = if worker {
+                sweep_worker(&experiment, &source, &run, shard, started)?
+            } else {
+                sweep(&experiment, &source, &file, &run, shard)?.1
+            };
+            Ok(if failed > 0 { Outcome::SomeRunsFailed } else { Outcome::AllOk })
         }
-        Command::Report { results } => report(&results)?,
+        Command::Status {
+            results,
+            experiment,
+            backend,
+        } => {
+            status(&results, experiment.as_deref(), &backend)?;
+            Ok(Outcome::AllOk)
+        }
+        Command::Report { results } => {
+            report(&results)?;
+            Ok(Outcome::AllOk)
+        }
         Command::Prepare {
             out,
             cases,
@@ -154,42 +225,11 @@ fn run(cli: Cli) -> Result<Outcome> {
             let spec = PhantomSpec { cases, size, slices, seed };
             phantom::ensure(&out, &spec)?;
             println!("phantom CT ({cases} cases) in {}", out.display());
+            Ok(Outcome::AllOk)
         }
-        Command::Bench {
-            backends,
-            batch_size,
-            resolution,
-            channels,
-            steps,
-            warmup,
-            threads,
-        } => {
-            let threads = if threads.is_empty() {
-                let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-                if all > 1 {
-                    vec![1, all]
-                } else {
-                    vec![1]
-                }
-            } else {
-                threads
-            };
-            let backends = if backends.is_empty() {
-                atso_harness::backend::available().into_iter().map(String::from).collect()
-            } else {
-                backends
-            };
-            let spec = bench::BenchSpec {
-                backends,
-                batch_size,
-                resolution,
-                channels,
-                steps,
-                warmup,
-                threads,
-            };
-            let results = bench::run(&spec)?;
-            print!("{}", bench::table(&spec, &results));
+        Command::Bench(args) => {
+            bench::command(args)?;
+            Ok(Outcome::AllOk)
         }
         Command::Quickstart { run } => {
             let path = Path::new("experiments/quickstart.toml");
@@ -199,33 +239,235 @@ fn run(cli: Cli) -> Result<Outcome> {
                 QUICKSTART.to_string()
             };
             let experiment = Experiment::from_toml(&source).context("experiments/quickstart.toml")?;
-            let summary = sweep(&experiment, &source, &run)?;
-            report(&summary.results_dir)?;
-            if summary.failed > 0 {
-                outcome = Outcome::SomeRunsFailed;
-            }
+            let file = if path.exists() {
+                path.to_path_buf()
+            } else {
+                // Workers read the experiment from a file: write the embedded one out.
+                let embedded = run.results.join("quickstart.toml");
+                atso_harness::fsio::write_atomic(&embedded, source.as_bytes())?;
+                embedded
+            };
+            let (dir, failed) = sweep(&experiment, &source, &file, &run, None)?;
+            report(&dir)?;
+            Ok(if failed > 0 { Outcome::SomeRunsFailed } else { Outcome::AllOk })
         }
     }
-    Ok(outcome)
 }
 
-fn sweep(experiment: &Experiment, source: &str, args: &RunArgs) -> Result<runner::SweepSummary> {
-    let summary = runner::sweep(experiment, source, &args.options(), &methods::build)?;
+impl RunArgs {
+    fn options(&self, shard: Option<Shard>, threads: usize) -> SweepOptions {
+        let mut options = SweepOptions::new(self.results.clone(), self.data_base.clone(), &self.backend);
+        options.rerun = self.rerun;
+        options.rerun_stale = self.rerun_stale;
+        options.shard = shard;
+        options.threads = threads;
+        options
+    }
+
+    /// The arguments a worker or an array task repeats.
+    fn forwarded(&self, file: &Path) -> Vec<String> {
+        let mut args = vec![
+            file.display().to_string(),
+            "--results".into(),
+            self.results.display().to_string(),
+            "--backend".into(),
+            self.backend.clone(),
+            "--data-base".into(),
+            self.data_base.display().to_string(),
+        ];
+        if self.rerun {
+            args.push("--rerun".into());
+        }
+        if self.rerun_stale {
+            args.push("--rerun-stale".into());
+        }
+        args
+    }
+}
+
+/// Sets the size of this process's CPU thread pool (once, before any kernel runs).
+fn set_threads(threads: usize) {
+    if rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_err() {
+        tracing::debug!("the thread pool was already set up");
+    }
+}
+
+/// Runs a sweep in this process or across worker processes; returns the results folder and how
+/// many runs failed.
+fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, shard: Option<Shard>) -> Result<(PathBuf, usize)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (plan, why) = match args.jobs {
+        Some(jobs) => {
+            let jobs = jobs.max(1);
+            let threads = args.threads.unwrap_or((cores / jobs).max(1));
+            (
+                parallel::Plan { jobs, threads },
+                format!("{jobs} run(s) in parallel, {threads} thread(s) each (--jobs)"),
+            )
+        }
+        None => {
+            let (mut plan, why) = parallel::choose(experiment, &args.backend, cores, parallel::available_memory());
+            if let Some(t) = args.threads {
+                plan.threads = t;
+            }
+            (plan, why)
+        }
+    };
+    eprintln!("{}: {why}", experiment.name);
+    let dir = args.results.join(&experiment.name);
+    let terminal = std::io::stderr().is_terminal();
+    let mut view = view::View::new(terminal);
+    let (ok, failed, recorded) = if plan.jobs == 1 {
+        set_threads(plan.threads);
+        let shared: Arc<Mutex<view::View>> = Arc::new(Mutex::new(view));
+        let sink: SharedSink = shared.clone();
+        let summary = runner::sweep(experiment, source, &args.options(shard, plan.threads), &methods::build, sink)?;
+        if let Ok(mut view) = shared.lock() {
+            view.finish();
+        }
+        if summary.unreadable > 0 {
+            eprintln!(
+                "warning: {} unreadable record file(s) in {} were skipped",
+                summary.unreadable,
+                dir.join("records").display()
+            );
+        }
+        if summary.stale > 0 {
+            eprintln!(
+                "note: {} run(s) were recorded at another commit and reused; --rerun-stale runs them again",
+                summary.stale
+            );
+        }
+        if summary.claimed > 0 {
+            eprintln!("note: {} run(s) are being run by another process", summary.claimed);
+        }
+        (summary.ok, summary.failed, summary.recorded + summary.stale)
+    } else {
+        let mut worker_args = vec!["sweep".to_string()];
+        worker_args.extend(args.forwarded(file));
+        worker_args.extend(["--worker".into(), "--sweep-started".into(), chrono::Utc::now().to_rfc3339()]);
+        if let Some(s) = shard {
+            worker_args.extend(["--shard".into(), format!("{}/{}", s.index, s.count)]);
+        }
+        let counts = parallel::run_workers(plan, &worker_args, &mut view)?;
+        view.finish();
+        counts
+    };
     println!(
-        "{}: {} ok, {} failed, {} skipped (already recorded); tables in {}",
+        "{}: {ok} ok, {failed} failed, {recorded} already recorded; tables in {}",
         experiment.name,
-        summary.ok,
-        summary.failed,
-        summary.skipped,
-        summary.results_dir.display()
+        dir.display()
     );
-    Ok(summary)
+    Ok((dir, failed))
+}
+
+/// A worker process of a parallel sweep: events as JSON lines on stdout.
+fn sweep_worker(
+    experiment: &Experiment,
+    source: &str,
+    args: &RunArgs,
+    shard: Option<Shard>,
+    started: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<usize> {
+    let threads = args.threads.unwrap_or(1);
+    set_threads(threads);
+    let mut options = args.options(shard, threads);
+    if let Some(started) = started {
+        options.sweep_started = started;
+    }
+    let sink: SharedSink = Arc::new(Mutex::new(JsonLines(std::io::stdout())));
+    let summary = runner::sweep(experiment, source, &options, &methods::build, sink)?;
+    Ok(summary.failed)
+}
+
+fn emit_job(target: &str, file: &Path, experiment: &Experiment, args: &RunArgs, slurm: &SlurmArgs) -> Result<()> {
+    if target != "slurm" {
+        bail!("--emit {target}: only \"slurm\" is supported");
+    }
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut absolute_args = args.clone();
+    absolute_args.results = absolute(&args.results);
+    absolute_args.data_base = absolute(&args.data_base);
+    let runs = runner::expand(experiment).len();
+    let spec = slurm::SlurmSpec {
+        tasks: slurm.tasks.unwrap_or(runs).clamp(1, runs.max(1)),
+        partition: slurm.partition.clone(),
+        gpus_per_task: slurm.gpus_per_task,
+        cpus_per_task: slurm.cpus_per_task,
+        time: slurm.time.clone(),
+    };
+    let dir = absolute_args.results.join(&experiment.name);
+    let job = format!("atso-{}", experiment.name);
+    let text = slurm::script(
+        &spec,
+        &job,
+        &std::env::current_exe()?,
+        &absolute(Path::new(".")),
+        &absolute_args.forwarded(&absolute(file)),
+        &dir.join("slurm").join("logs"),
+    );
+    let path = slurm::write(&dir, &job, &text)?;
+    println!("slurm script ({} array tasks over {runs} runs): {}", spec.tasks, path.display());
+    if slurm.submit {
+        let id = slurm::submit(&path)?;
+        println!("submitted job {id}");
+    }
+    Ok(())
+}
+
+fn status(results: &Path, experiment: Option<&Path>, backend: &str) -> Result<()> {
+    let file = match experiment {
+        Some(f) => f.to_path_buf(),
+        None => newest_config(results)?,
+    };
+    let (experiment, _) = read_experiment(&file)?;
+    let root = results.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if results.file_name().and_then(|n| n.to_str()) != Some(experiment.name.as_str()) {
+        bail!(
+            "{} holds results of experiment '{}'? Its folder name differs from the file's name",
+            results.display(),
+            experiment.name
+        );
+    }
+    let options = SweepOptions::new(root, PathBuf::from("."), backend);
+    let rows = runner::status(&experiment, &options)?;
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for row in &rows {
+        *counts.entry(row.state.as_str()).or_default() += 1;
+        println!(
+            "{:8} {}{}",
+            row.state,
+            row.run,
+            if row.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", row.detail)
+            }
+        );
+    }
+    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!("{}: {} runs: {}", experiment.name, rows.len(), summary.join(", "));
+    Ok(())
+}
+
+/// The most recently written experiment copy in `<results>/configs/`.
+fn newest_config(results: &Path) -> Result<PathBuf> {
+    let dir = results.join("configs");
+    let newest = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: no experiment copies (pass --experiment FILE)", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    newest
+        .map(|e| e.path())
+        .with_context(|| format!("{}: no experiment copies (pass --experiment FILE)", dir.display()))
 }
 
 fn report(results: &Path) -> Result<()> {
     // Tables are derived from the per-run records: rebuilding them first keeps a results folder
     // written by an older version readable with this one.
     if atso_harness::records::records_dir(results).is_dir() {
+        let _lock = atso_harness::runner::claims::FolderLock::acquire(results)?;
         atso_harness::records::rebuild_tables(results)?;
     }
     let files = atso_reports::render(results)?;

@@ -11,22 +11,22 @@ pub fn build(spec: &MethodSpec) -> Box<dyn Method> {
     match spec {
         MethodSpec::Supervised { .. } => Box::new(Supervised),
         MethodSpec::FullySupervised { .. } => Box::new(FullySupervised),
-        MethodSpec::Atso { subsets, rounds, init, .. } => Box::new(Atso {
+        MethodSpec::Atso { subsets, .. } => Box::new(Atso {
             subsets: *subsets,
-            rounds: *rounds,
-            init: *init,
-            pseudo: spec.pseudo().expect("atso entries carry pseudo-label settings"),
+            staged: spec.staged().expect("atso entries carry staged settings"),
         }),
-        MethodSpec::SelfTraining { generations, init, .. } => Box::new(SelfTraining {
-            generations: *generations,
-            init: *init,
-            pseudo: spec.pseudo().expect("self-training entries carry pseudo-label settings"),
+        MethodSpec::SelfTraining { .. } => Box::new(SelfTraining {
+            staged: spec.staged().expect("self-training entries carry staged settings"),
         }),
         MethodSpec::MeanTeacher {
-            ema_decay, consistency, ..
+            ema_decay,
+            consistency,
+            ema_scaling,
+            ..
         } => Box::new(MeanTeacher {
             ema_decay: *ema_decay,
             consistency: *consistency,
+            ema_scaling: *ema_scaling,
         }),
     }
 }

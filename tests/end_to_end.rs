@@ -157,7 +157,7 @@ fn tiny_sweep_records_provenance_and_renders_a_report() {
     // A second sweep of the same file skips what is recorded and loses nothing.
     let output = atso(dir.path(), &["sweep", "tiny.toml"]);
     assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("4 skipped"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("4 already recorded"));
     assert_eq!(read_parquet(&results.join("runs.parquet")).height(), 4);
 }
 
@@ -374,24 +374,39 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
 #[test]
 fn ledger_shows_atso_never_trains_on_self_made_labels_and_self_training_does() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("methods.toml"), ALL_METHODS).unwrap();
-    assert!(atso(dir.path(), &["sweep", "methods.toml"]).status.success());
+    let text = ALL_METHODS.to_string()
+        + "\n[[methods]]\nkind = \"atso\"\nlabel = \"atso-teacher\"\ninit = \"teacher\"\n"
+        + "\n[[methods]]\nkind = \"atso\"\nlabel = \"atso-own\"\nrelabel = \"own\"\n";
+    std::fs::write(dir.path().join("methods.toml"), text).unwrap();
+    let output = atso(dir.path(), &["sweep", "methods.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
     for record in records(&dir.path().join("results/methods")) {
-        let self_labeled = atso_harness::atso::self_labeled_stages(&record.ledger);
+        let self_labeled = atso_harness::staged::self_labeled_stages(&record.ledger);
+        let flagged: Vec<usize> = record
+            .stages
+            .iter()
+            .filter(|s| s.labels_self_made || s.student_exposed)
+            .map(|s| s.stage)
+            .collect();
+        assert_eq!(flagged, self_labeled, "{}: stage records and ledger audit agree", record.method);
         match record.method.as_str() {
             "atso" | "atso-base-soft" => {
                 assert!(!record.ledger.is_empty());
                 assert!(
                     self_labeled.is_empty(),
-                    "{}: stages {self_labeled:?} trained on labels their own lineage just made",
+                    "{}: stages {self_labeled:?} trained on labels their own lineage made",
                     record.method
                 );
-                // Every train event uses labels from the stage before it (or M0), on a subset that
-                // stage did not train on.
+                // Every student restarts from M0 (the default init = base).
                 for event in record.ledger.iter().filter(|e| e.event == "train") {
                     assert!(event.labels_from_stage < event.stage);
+                    assert_eq!(event.init_from_stage, Some(0));
                 }
             }
+            // From round 2 a teacher lineage has already fitted U_k's older labels.
+            "atso-teacher" => assert_eq!(self_labeled, [3, 4], "{:?}", record.ledger),
+            // Asynchrony removed: round 2 trains on labels its own stage-1 model made.
+            "atso-own" => assert_eq!(self_labeled, [3, 4], "{:?}", record.ledger),
             "self-training" => assert_eq!(
                 self_labeled,
                 [2, 3, 4],

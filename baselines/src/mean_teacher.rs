@@ -6,16 +6,27 @@
 //! - supervised 0.5 * (CE + Dice) on the labeled half of each batch.
 //!
 //! SSL4MIS's constants (unit 150 iterations, warm-up 1000, for 30000 iterations) are scaled to
-//! the budget and recorded with each run. The teacher runs in training mode (batch statistics),
-//! as SSL4MIS's EMA model does, without gradients.
+//! the budget and recorded with each run. So is the EMA decay (`ema_scaling = "budget"`, the
+//! default): SSL4MIS's teacher averages over about 1/(1 - 0.99) = 100 steps, 1/300 of its run;
+//! at a 3000-step budget an unscaled 0.99 would average over a thirtieth of the run and lag the
+//! student by as much as the whole ramp-up. The scaled decay keeps the 1/300 fraction, with a
+//! floor of 10 steps (decay 0.9) so the teacher stays an average; runs of 30000 steps get 0.99
+//! exactly. `ema_scaling = "none"` uses `ema_decay` per step as given.
+//!
+//! The teacher runs in training mode (batch statistics), as SSL4MIS's EMA model does, without
+//! gradients. Each run records its mean consistency weight, mean consistency loss and the share
+//! of the total loss the consistency term contributed, so a reader can see whether the unlabeled
+//! term did anything at a given budget.
 
 use atso_harness::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use atso_harness::burn::tensor::activation::softmax;
 use atso_harness::burn::tensor::{Device, Tensor, TensorData};
-use atso_harness::method::{Budget, Method, RunContext};
+use atso_harness::config::EmaScaling;
+use atso_harness::method::{Budget, Method, RunContext, Trained};
 use atso_harness::model::UNet;
 use atso_harness::rng::{self, SeededRng};
-use atso_harness::train::batch::{self, Example, Pool, Target, IGNORE};
+use atso_harness::train::augment::Augmentation;
+use atso_harness::train::batch::{self, BatchLayout, Example, Pool, Target, IGNORE};
 use atso_harness::train::{loss, Objective, Step};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,12 +38,26 @@ const SSL4MIS_RAMPUP_LENGTH: f64 = 200.0;
 const SSL4MIS_WARMUP: f64 = 1000.0;
 const NOISE_STD: f32 = 0.1;
 const NOISE_CLIP: f32 = 0.2;
+/// Fewest steps the scaled EMA averages over (decay 0.9).
+const MIN_EMA_HORIZON: f64 = 10.0;
 
 /// Mean teacher as configured in an experiment file.
 #[derive(Debug, Clone)]
 pub struct MeanTeacher {
     pub ema_decay: f64,
     pub consistency: f64,
+    pub ema_scaling: EmaScaling,
+}
+
+/// The per-step EMA decay used for a budget of `iterations` steps (see the module doc).
+pub fn effective_ema_decay(decay: f64, iterations: usize, scaling: EmaScaling) -> f64 {
+    match scaling {
+        EmaScaling::None => decay,
+        EmaScaling::Budget => {
+            let horizon = 1.0 / (1.0 - decay) * iterations as f64 / SSL4MIS_ITERATIONS;
+            1.0 - 1.0 / horizon.max(MIN_EMA_HORIZON)
+        }
+    }
 }
 
 /// The consistency schedule scaled to a budget.
@@ -85,6 +110,8 @@ impl Method for MeanTeacher {
     fn settings(&self, budget: &Budget) -> serde_json::Value {
         serde_json::json!({
             "ema_decay": self.ema_decay,
+            "ema_scaling": self.ema_scaling,
+            "ema_decay_effective": effective_ema_decay(self.ema_decay, budget.iterations, self.ema_scaling),
             "schedule": ConsistencySchedule::scaled(self.consistency, budget.iterations),
             "labeled_per_batch": budget.batch_size / 2,
             "noise_std": NOISE_STD,
@@ -92,7 +119,7 @@ impl Method for MeanTeacher {
         })
     }
 
-    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<UNet> {
+    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<Trained> {
         if ctx.data.unlabeled.is_empty() {
             anyhow::bail!("mean teacher needs unlabeled cases; at labeled ratio 1 there are none");
         }
@@ -105,7 +132,7 @@ impl Method for MeanTeacher {
             .flat_map(|c| c.slices.iter())
             .map(|s| Example {
                 image: Arc::new(s.image.clone()),
-                target: Arc::new(Target::Hard(vec![IGNORE; s.image.len()])),
+                target: Arc::new(Target::Hard(vec![IGNORE; s.label.len()])),
             })
             .collect();
         let unlabeled = ctx.pool(unlabeled_examples, "mt-unlabeled");
@@ -116,15 +143,48 @@ impl Method for MeanTeacher {
             labeled_per_batch: ctx.budget.batch_size / 2,
             unlabeled_per_batch: ctx.budget.batch_size - ctx.budget.batch_size / 2,
             schedule: ConsistencySchedule::scaled(self.consistency, ctx.budget.iterations),
-            ema_decay: self.ema_decay,
-            classes: ctx.classes(),
-            size: ctx.size(),
-            augment: ctx.budget.augment,
+            ema_decay: effective_ema_decay(self.ema_decay, ctx.budget.iterations, self.ema_scaling),
+            layout: ctx.layout(),
+            augmentation: ctx.augmentation.clone(),
             device: ctx.train_device(),
+            tally: Tally::default(),
         };
         let steps = ctx.budget.iterations;
-        let (student, _) = ctx.fit(student, steps, &mut objective);
-        Ok(student)
+        let (student, _) = ctx.fit(student, steps, &mut objective)?;
+        objective.tally.record(&mut ctx.diagnostics);
+        Ok(student.into())
+    }
+}
+
+/// Sums over steps of what the consistency term did.
+#[derive(Debug, Default)]
+struct Tally {
+    steps: usize,
+    weight: f64,
+    active_steps: usize,
+    consistency: f64,
+    weighted_consistency: f64,
+    supervised: f64,
+}
+
+impl Tally {
+    fn record(&self, diagnostics: &mut std::collections::BTreeMap<String, f64>) {
+        let steps = self.steps.max(1) as f64;
+        diagnostics.insert("consistency_weight_mean".into(), self.weight / steps);
+        diagnostics.insert("consistency_active_fraction".into(), self.active_steps as f64 / steps);
+        diagnostics.insert(
+            "consistency_loss_mean".into(),
+            if self.active_steps > 0 {
+                self.consistency / self.active_steps as f64
+            } else {
+                f64::NAN
+            },
+        );
+        let total = self.supervised + self.weighted_consistency;
+        diagnostics.insert(
+            "consistency_share_of_loss".into(),
+            if total > 0.0 { self.weighted_consistency / total } else { 0.0 },
+        );
     }
 }
 
@@ -136,10 +196,10 @@ struct MeanTeacherObjective {
     unlabeled_per_batch: usize,
     schedule: ConsistencySchedule,
     ema_decay: f64,
-    classes: usize,
-    size: usize,
-    augment: bool,
+    layout: BatchLayout,
+    augmentation: Augmentation,
     device: Device,
+    tally: Tally,
 }
 
 impl Objective for MeanTeacherObjective {
@@ -148,11 +208,14 @@ impl Objective for MeanTeacherObjective {
         examples.extend(self.unlabeled.draw(self.unlabeled_per_batch));
         let n_labeled = self.labeled_per_batch;
         let total = examples.len();
-        let batch = batch::assemble(&examples, self.classes, self.size, self.augment, rng, &self.device);
+        let batch = batch::assemble(&examples, self.layout, &self.augmentation, rng, &self.device);
         let logits = model.forward(batch.images.clone());
         // Unlabeled images carry zero weight, so this is the loss on the labeled half.
         let supervised = loss::segmentation(logits.clone(), batch.targets, batch.weights);
         let weight = self.schedule.at(step.global);
+        self.tally.steps += 1;
+        self.tally.weight += weight;
+        self.tally.supervised += supervised.clone().into_scalar::<f32>() as f64;
         if weight == 0.0 || total == n_labeled {
             return supervised;
         }
@@ -161,6 +224,10 @@ impl Objective for MeanTeacherObjective {
         let teacher_probs = softmax(self.teacher.forward(unlabeled_images + noise), 1).detach();
         let student_probs = softmax(logits.narrow(0, n_labeled, total - n_labeled), 1);
         let consistency = (student_probs - teacher_probs).powi_scalar(2).mean();
+        let value = consistency.clone().into_scalar::<f32>() as f64;
+        self.tally.active_steps += 1;
+        self.tally.consistency += value;
+        self.tally.weighted_consistency += weight * value;
         supervised + consistency * weight
     }
 
@@ -235,6 +302,14 @@ mod tests {
     }
 
     #[test]
+    fn ema_decay_scales_with_the_budget_and_has_a_floor() {
+        assert!((effective_ema_decay(0.99, 30000, EmaScaling::Budget) - 0.99).abs() < 1e-12);
+        assert!((effective_ema_decay(0.99, 60000, EmaScaling::Budget) - 0.995).abs() < 1e-12);
+        assert!((effective_ema_decay(0.99, 200, EmaScaling::Budget) - 0.9).abs() < 1e-12);
+        assert_eq!(effective_ema_decay(0.99, 200, EmaScaling::None), 0.99);
+    }
+
+    #[test]
     fn schedule_scales_ssl4mis_constants() {
         let s = ConsistencySchedule::scaled(0.1, 3000);
         assert!((s.unit - 15.0).abs() < 1e-9 && (s.warmup - 100.0).abs() < 1e-9);
@@ -251,7 +326,7 @@ mod tests {
             channels: vec![2, 4],
             dropout: vec![0.0, 0.0],
         };
-        let student = spec.init(2, &device);
+        let student = spec.init(1, 2, &device);
         let teacher = student.valid().train().no_grad();
         // Move the student away: scale every float by 3.
         struct Triple;

@@ -1,7 +1,6 @@
 //! Supervised-only lower bound: the labeled cases alone, for the whole budget.
 
-use atso_harness::method::{train_supervised, Budget, Method, RunContext};
-use atso_harness::model::UNet;
+use atso_harness::method::{train_supervised, Budget, Method, RunContext, Trained};
 
 /// Trains on labeled cases only.
 pub struct Supervised;
@@ -11,9 +10,9 @@ impl Method for Supervised {
         serde_json::json!({ "labeled_per_batch": budget.batch_size })
     }
 
-    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<UNet> {
+    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<Trained> {
         let labeled = ctx.data.labeled.clone();
-        let (model, _) = train_supervised(ctx, &labeled, ctx.budget.iterations);
-        Ok(model)
+        let (model, _) = train_supervised(ctx, &labeled, ctx.budget.iterations)?;
+        Ok(model.into())
     }
 }

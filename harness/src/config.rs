@@ -5,8 +5,11 @@
 
 use crate::data::splits::SplitSpec;
 use crate::data::DatasetSpec;
+use crate::evaluate::EvaluationSpec;
 use crate::method::Budget;
 use crate::model::ModelSpec;
+use crate::staged::StagedSpec;
+use crate::train::augment::Augmentation;
 use crate::train::OptimizerSpec;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -31,6 +34,25 @@ pub struct Experiment {
     pub optimizer: OptimizerSpec,
     #[serde(default)]
     pub splits: SplitSpec,
+    /// Training-time augmentation, the same for every method.
+    #[serde(default)]
+    pub augmentation: Augmentation,
+    /// How test cases are scored.
+    #[serde(default)]
+    pub evaluation: EvaluationSpec,
+    /// What is written beside the records (does not change results; not hashed).
+    #[serde(default)]
+    pub output: OutputSpec,
+}
+
+/// `[output]` of an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Write each test case's predicted label map as NIfTI on the case's native grid, with the
+    /// image's geometry, to `predictions/<run_id>/<case>.nii.gz`.
+    #[serde(default)]
+    pub save_predictions: bool,
 }
 
 /// How labels of the unlabeled set are represented when trained on.
@@ -43,14 +65,47 @@ pub enum PseudoLabels {
     Soft,
 }
 
-/// Where each ATSO stage's student starts.
+/// Where each stage's student starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StudentInit {
     /// Continue from the current model (the previous stage's student).
     Teacher,
-    /// Restart from the supervised model M0.
+    /// Restart from the supervised model M0 (ATSO's default: clause (i) of the paper).
     Base,
+}
+
+/// Which subset a stage's student relabels after fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relabel {
+    /// The next subset, one it did not just train on (ATSO's asynchrony).
+    #[default]
+    Other,
+    /// The subset it just trained on (a control: asynchrony removed, the split of U kept).
+    Own,
+}
+
+/// The model a staged method hands to evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalModel {
+    /// The last student.
+    #[default]
+    Last,
+    /// The mean softmax of the last K students (K = number of subsets).
+    Ensemble,
+}
+
+/// How mean teacher's EMA decay relates to the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmaScaling {
+    /// The teacher averages over the same fraction of the run as in SSL4MIS (see baselines).
+    #[default]
+    Budget,
+    /// `ema_decay` as given, per step.
+    None,
 }
 
 /// Settings shared by the pseudo-labeling methods (ATSO and synchronous self-training), gathered
@@ -94,8 +149,13 @@ pub enum MethodSpec {
         /// Passes over all K subsets.
         #[serde(default = "default_rounds")]
         rounds: usize,
-        #[serde(default = "default_init")]
+        #[serde(default = "default_atso_init")]
         init: StudentInit,
+        /// Which subset each student relabels (other: ATSO; own: the asynchrony-removed control).
+        #[serde(default)]
+        relabel: Relabel,
+        #[serde(default, rename = "final")]
+        final_model: FinalModel,
         /// Fraction of the budget spent training the supervised model M0 that makes the first labels.
         #[serde(default = "default_warmup")]
         supervised_fraction: f64,
@@ -115,8 +175,10 @@ pub enum MethodSpec {
         /// Generations; default matches ATSO's default stages (subsets x rounds = 4).
         #[serde(default = "default_generations")]
         generations: usize,
-        #[serde(default = "default_init")]
+        #[serde(default = "default_self_training_init")]
         init: StudentInit,
+        #[serde(default, rename = "final")]
+        final_model: FinalModel,
         /// Fraction of the budget spent training the supervised model M0 that makes the first labels.
         #[serde(default = "default_warmup")]
         supervised_fraction: f64,
@@ -137,6 +199,8 @@ pub enum MethodSpec {
         ema_decay: f64,
         #[serde(default = "default_consistency")]
         consistency: f64,
+        #[serde(default)]
+        ema_scaling: EmaScaling,
     },
 }
 
@@ -149,7 +213,10 @@ fn default_rounds() -> usize {
 fn default_generations() -> usize {
     4
 }
-fn default_init() -> StudentInit {
+fn default_atso_init() -> StudentInit {
+    StudentInit::Base
+}
+fn default_self_training_init() -> StudentInit {
     StudentInit::Teacher
 }
 fn default_ema() -> f64 {
@@ -206,7 +273,42 @@ impl MethodSpec {
         }
     }
 
+    /// The staged-loop settings of ATSO and self-training entries (self-training is one subset
+    /// relabeled by the model that trained on it).
+    pub fn staged(&self) -> Option<StagedSpec> {
+        let pseudo = self.pseudo()?;
+        match self {
+            Self::Atso {
+                rounds,
+                init,
+                relabel,
+                final_model,
+                ..
+            } => Some(StagedSpec {
+                rounds: *rounds,
+                init: *init,
+                relabel: *relabel,
+                final_model: *final_model,
+                pseudo,
+            }),
+            Self::SelfTraining {
+                generations,
+                init,
+                final_model,
+                ..
+            } => Some(StagedSpec {
+                rounds: *generations,
+                init: *init,
+                relabel: Relabel::Own,
+                final_model: *final_model,
+                pseudo,
+            }),
+            _ => None,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
+        validate_name("methods", "label", &self.label())?;
         let check_pseudo = |p: &PseudoLabelSpec| -> Result<()> {
             if !(p.supervised_fraction > 0.0 && p.supervised_fraction < 1.0) {
                 bail!(
@@ -260,12 +362,7 @@ impl Experiment {
 
     /// Checks what serde cannot: ranges, emptiness, uniqueness.
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            bail!(
-                "name: '{}' must be non-empty and use only letters, digits, '-', '_' or '.' (it names the results folder)",
-                self.name
-            );
-        }
+        validate_name("name", "experiment name", &self.name)?;
         if self.datasets.is_empty() {
             bail!("datasets: at least one [[datasets]] entry is required");
         }
@@ -304,8 +401,21 @@ impl Experiment {
         }
         self.model.validate(b.resolution)?;
         self.splits.validate()?;
+        self.augmentation.validate()?;
         Ok(())
     }
+}
+
+/// Checks a name that becomes part of a path or a column name: letters, digits, '-', '_' and '.'
+/// only, not starting with '.' (so never "." or ".." or a hidden file), at most 100 characters.
+pub fn validate_name(key: &str, what: &str, name: &str) -> Result<()> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if name.is_empty() || name.len() > 100 || !ok_chars || name.starts_with('.') {
+        bail!(
+            "{key}: the {what} '{name}' must be 1-100 characters of letters, digits, '-', '_' or '.', not starting with '.' (it names files and folders)"
+        );
+    }
+    Ok(())
 }
 
 fn unique(key: &str, names: impl Iterator<Item = String>) -> Result<()> {

@@ -2,20 +2,28 @@
 //!
 //! The crate is split by job: `data` turns files on disk into 2D training slices grouped by case,
 //! `model` holds the U-Net, `train` the one training engine and its primitives (loss, schedule,
-//! batching, inference, metrics), `method` the strategy trait every method implements, `atso` the
-//! paper's method, `runner` the sweep driver, `records` the polars tables and `provenance` the
-//! git facts stamped on every row.
+//! augmentation, batching, inference, metrics), `method` the strategy trait every method
+//! implements, `staged` the pseudo-labeling loop ATSO and self-training share, `atso` the paper's
+//! method, `evaluate` scoring on each case's native grid, `runner` the sweep driver (plans,
+//! claims, one run), `records` the polars tables, `provenance` the git and machine facts stamped
+//! on every row, `progress` what a sweep reports while it works, and `fsio` the atomic writes
+//! every file goes through.
 
 pub mod atso;
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod evaluate;
+pub mod fsio;
+pub mod json_float;
 pub mod method;
 pub mod model;
+pub mod progress;
 pub mod provenance;
 pub mod records;
 pub mod rng;
 pub mod runner;
+pub mod staged;
 pub mod train;
 
 pub use burn;

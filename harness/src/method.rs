@@ -2,19 +2,23 @@
 //!
 //! A method is a short strategy: it asks the context for models, pools of examples and
 //! predictions, and hands objectives to the one engine. The context owns everything shared by all
-//! methods (data of the split, budget, seeded randomness, the ledger and stage diagnostics), so
-//! methods cannot quietly differ in those.
+//! methods (data of the split, budget, augmentation, seeded randomness, the ledger, stage
+//! diagnostics and named diagnostics), so methods cannot quietly differ in those.
 
 use crate::data::Case;
+use crate::evaluate::{self, Evaluation, EvaluationSpec};
 use crate::model::{ModelSpec, UNet};
 use crate::records::{LedgerEntry, StageRecord};
 use crate::rng;
-use crate::train::batch::{self, Example, Pool, Target};
+use crate::train::augment::Augmentation;
+use crate::train::batch::{self, BatchLayout, Example, Pool, Target};
 use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step};
 use crate::train::infer;
 use crate::train::loss;
-use crate::train::metrics::{summarise, CaseScores, Confusion, Summary};
+use crate::train::metrics::Scoring;
+use anyhow::Result;
 use burn::tensor::{Device, Tensor};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A semi-supervised (or bound) method under comparison.
@@ -22,8 +26,20 @@ pub trait Method {
     /// Settings as used, for the record (JSON object); include values derived from the budget.
     fn settings(&self, budget: &Budget) -> serde_json::Value;
 
-    /// Trains a model within `ctx`'s budget and returns it; the runner evaluates it.
-    fn train(&self, ctx: &mut RunContext) -> anyhow::Result<UNet>;
+    /// Trains within `ctx`'s budget and returns the model to evaluate; the runner evaluates it.
+    fn train(&self, ctx: &mut RunContext) -> Result<Trained>;
+}
+
+/// What a method hands back for evaluation: one network, or several whose softmax outputs are
+/// averaged (a staged method's `final = "ensemble"`).
+pub struct Trained {
+    pub members: Vec<UNet>,
+}
+
+impl From<UNet> for Trained {
+    fn from(model: UNet) -> Self {
+        Self { members: vec![model] }
+    }
 }
 
 /// The training budget shared by every method of an experiment.
@@ -38,21 +54,21 @@ pub struct Budget {
     /// Images per inference batch.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
-    /// Flip augmentation of training batches.
-    #[serde(default = "default_true")]
-    pub augment: bool,
 }
 
 fn default_eval_batch() -> usize {
     32
 }
-fn default_true() -> bool {
-    true
-}
 
 /// The cases of one run's split.
 pub struct RunData<'a> {
     pub class_names: Vec<String>,
+    /// Image channels (1 for CT/MRI, 3 for RGB).
+    pub in_channels: usize,
+    /// First class that is scored (1 when class 0 is background, 0 for driving scenes).
+    pub first_class: usize,
+    /// Label for pixels an augmentation brings in from outside the image.
+    pub outside_label: u8,
     pub labeled: Vec<&'a Case>,
     /// Unlabeled cases; their true labels are used only by the fully supervised bound and by
     /// diagnostics (pseudo-label Dice), never by a semi-supervised method's training.
@@ -66,27 +82,45 @@ pub struct RunContext<'a> {
     pub data: RunData<'a>,
     pub model_spec: ModelSpec,
     pub budget: Budget,
+    pub augmentation: Augmentation,
+    pub evaluation: EvaluationSpec,
     pub seed: u64,
     /// Plain device for inference; training uses its autodiff twin.
     pub device: Device,
     pub engine: Engine,
     pub ledger: Vec<LedgerEntry>,
     pub stages: Vec<StageRecord>,
+    /// Named per-run numbers a method wants a reader to see (e.g. mean teacher's mean
+    /// consistency weight), recorded with the run.
+    pub diagnostics: BTreeMap<String, f64>,
+}
+
+/// How a run is set up, apart from its data.
+pub struct RunSetup {
+    pub model_spec: ModelSpec,
+    pub budget: Budget,
+    pub optimizer: OptimizerSpec,
+    pub augmentation: Augmentation,
+    pub evaluation: EvaluationSpec,
+    pub seed: u64,
 }
 
 impl<'a> RunContext<'a> {
     /// A context whose engine budget is `budget.iterations` steps.
-    pub fn new(data: RunData<'a>, model_spec: ModelSpec, budget: Budget, optimizer: OptimizerSpec, seed: u64, device: Device) -> Self {
-        let engine = Engine::new(optimizer, budget.iterations, rng::stream(seed, "engine"));
+    pub fn new(data: RunData<'a>, setup: RunSetup, device: Device) -> Self {
+        let engine = Engine::new(setup.optimizer, setup.budget.iterations, setup.seed, device.clone().autodiff());
         Self {
             data,
-            model_spec,
-            budget,
-            seed,
+            model_spec: setup.model_spec,
+            budget: setup.budget,
+            augmentation: setup.augmentation,
+            evaluation: setup.evaluation,
+            seed: setup.seed,
             device,
             engine,
             ledger: Vec::new(),
             stages: Vec::new(),
+            diagnostics: BTreeMap::new(),
         }
     }
 
@@ -98,6 +132,15 @@ impl<'a> RunContext<'a> {
         self.budget.resolution
     }
 
+    /// Shape of training batches.
+    pub fn layout(&self) -> BatchLayout {
+        BatchLayout {
+            classes: self.classes(),
+            size: self.size(),
+            outside: self.data.outside_label,
+        }
+    }
+
     /// The device training runs on (autodiff enabled).
     pub fn train_device(&self) -> Device {
         self.device.clone().autodiff()
@@ -107,7 +150,7 @@ impl<'a> RunContext<'a> {
     pub fn new_model(&self) -> UNet {
         let device = self.train_device();
         device.seed(rng::derived_seed(self.seed, "model-init"));
-        self.model_spec.init(self.classes(), &device)
+        self.model_spec.init(self.data.in_channels, self.classes(), &device)
     }
 
     /// Slices of `cases` with their true labels.
@@ -127,56 +170,81 @@ impl<'a> RunContext<'a> {
         Pool::new(examples, self.seed, purpose)
     }
 
-    /// Trains `model` for `steps` steps of `objective` through the shared engine.
-    pub fn fit(&mut self, model: UNet, steps: usize, objective: &mut dyn Objective) -> (UNet, PhaseLog) {
+    /// Trains `model` for `steps` steps of `objective` through the shared engine (one phase).
+    pub fn fit(&mut self, model: UNet, steps: usize, objective: &mut dyn Objective) -> Result<(UNet, PhaseLog)> {
         self.engine.train(model, steps, objective)
     }
 
-    /// Class probabilities for every slice of every case (outer: case, inner: slice).
-    pub fn predict(&self, model: &UNet, cases: &[&Case]) -> Vec<Vec<Vec<f32>>> {
+    /// Class probabilities for every slice of every case (outer: case, inner: slice), averaged
+    /// over `models` (one model, or an ensemble).
+    pub fn predict(&self, models: &[UNet], cases: &[&Case]) -> Vec<Vec<Vec<f32>>> {
         // One pass over all slices (batches may span cases), then regrouped by case.
         let images: Vec<&[f32]> = cases.iter().flat_map(|c| c.slices.iter().map(|s| s.image.as_slice())).collect();
-        let mut probabilities = infer::probabilities(model, &images, self.size(), self.budget.eval_batch_size, &self.device).into_iter();
+        let mut probabilities = infer::probabilities(models, &images, self.size(), self.budget.eval_batch_size, &self.device).into_iter();
         cases
             .iter()
             .map(|case| probabilities.by_ref().take(case.slices.len()).collect())
             .collect()
     }
 
-    /// Per-case scores and their summary on `cases`.
-    pub fn evaluate(&self, model: &UNet, cases: &[&Case]) -> (Vec<CaseScores>, Summary) {
-        let predictions = self.predict(model, cases);
-        let scores: Vec<CaseScores> = cases
-            .iter()
-            .zip(&predictions)
-            .map(|(case, probs)| {
-                let labels: Vec<Vec<u8>> = probs.iter().map(|p| infer::argmax(p, self.classes())).collect();
-                score_case(case, &labels, self.classes())
-            })
-            .collect();
-        let summary = summarise(&scores);
-        (scores, summary)
+    /// Most probable class per pixel for every slice of `cases`, flattened over cases.
+    pub fn hard_predictions(&self, model: &UNet, cases: &[&Case]) -> Vec<Vec<u8>> {
+        self.predict(std::slice::from_ref(model), cases)
+            .into_iter()
+            .flatten()
+            .map(|p| infer::argmax(&p, self.classes()))
+            .collect()
     }
-}
 
-/// Dice/IoU of predicted label slices against a case's true labels.
-pub fn score_case(case: &Case, predicted: &[Vec<u8>], classes: usize) -> CaseScores {
-    let mut confusion = Confusion::new(classes);
-    for (slice, labels) in case.slices.iter().zip(predicted) {
-        confusion.add(labels, &slice.label);
+    /// Which classes are scored and how empty ones count.
+    pub fn scoring(&self) -> Scoring {
+        Scoring {
+            classes: self.classes(),
+            first_class: self.data.first_class,
+            empty: self.evaluation.empty_classes,
+        }
     }
-    confusion.scores(&case.id)
+
+    /// Scores `trained` on `cases` (see `evaluate`): at the training resolution and on each
+    /// case's native grid.
+    pub fn evaluate(&self, trained: &Trained, cases: &[&Case]) -> Result<Evaluation> {
+        self.evaluate_into(trained, cases, None)
+    }
+
+    /// Like [`RunContext::evaluate`], also writing each case's native prediction into `save_to`.
+    pub fn evaluate_into(&self, trained: &Trained, cases: &[&Case], save_to: Option<&std::path::Path>) -> Result<Evaluation> {
+        let predictions = self.predict(&trained.members, cases);
+        evaluate::score(cases, &predictions, &self.scoring(), &self.evaluation, save_to)
+    }
+
+    /// Mean Dice on the validation cases at the training resolution (cheap; used after every
+    /// stage).
+    pub fn validation_dice(&self, model: &UNet) -> Option<f64> {
+        let cases = &self.data.validation;
+        let predictions = self.predict(std::slice::from_ref(model), cases);
+        evaluate::dice_at_resolution(cases, &predictions, &self.scoring())
+    }
 }
 
 /// The objective shared by supervised training and pseudo-label fine-tuning: each batch draws a
 /// fixed number of examples from each pool (e.g. labeled : pseudo-labeled = 1 : 1) and is scored
 /// with the supervised loss 0.5 * (CE + Dice).
+///
+/// An optional probe measures, at the phase's first step and from that step's own forward pass
+/// (train mode, same images, same augmentation), the loss of one pool's part of the batch against
+/// its own targets ("trained") and against alternative targets aligned with the pool's examples.
 pub struct MixedObjective {
     pools: Vec<(Pool, usize)>,
-    classes: usize,
-    size: usize,
-    augment: bool,
+    layout: BatchLayout,
+    augmentation: Augmentation,
     device: Device,
+    probe: Option<Probe>,
+}
+
+struct Probe {
+    pool: usize,
+    alternatives: Vec<(String, Vec<Arc<Target>>)>,
+    losses: BTreeMap<String, f64>,
 }
 
 impl MixedObjective {
@@ -185,25 +253,73 @@ impl MixedObjective {
         let pools = pools.into_iter().filter(|(p, n)| !p.is_empty() && *n > 0).collect();
         Self {
             pools,
-            classes: ctx.classes(),
-            size: ctx.size(),
-            augment: ctx.budget.augment,
+            layout: ctx.layout(),
+            augmentation: ctx.augmentation.clone(),
             device: ctx.train_device(),
+            probe: None,
         }
+    }
+
+    /// Measures the first step's loss on pool `pool` (index among the pools given to `new`)
+    /// against its own targets and against each named alternative (one target per example of
+    /// that pool, in the pool's order).
+    pub fn with_first_step_probe(mut self, pool: usize, alternatives: Vec<(String, Vec<Arc<Target>>)>) -> Self {
+        self.probe = Some(Probe {
+            pool,
+            alternatives,
+            losses: BTreeMap::new(),
+        });
+        self
+    }
+
+    /// The probe's losses by name ("trained" and each alternative); empty without a probe or
+    /// before the first step.
+    pub fn probe_losses(&self) -> BTreeMap<String, f64> {
+        self.probe.as_ref().map(|p| p.losses.clone()).unwrap_or_default()
     }
 }
 
 impl Objective for MixedObjective {
-    fn loss(&mut self, model: &UNet, _step: Step, rng: &mut rng::SeededRng) -> Tensor<1> {
-        let examples: Vec<Example> = self.pools.iter_mut().flat_map(|(pool, n)| pool.draw(*n)).collect();
-        let batch = batch::assemble(&examples, self.classes, self.size, self.augment, rng, &self.device);
-        loss::segmentation(model.forward(batch.images), batch.targets, batch.weights)
+    fn loss(&mut self, model: &UNet, step: Step, rng: &mut rng::SeededRng) -> Tensor<1> {
+        let drawn: Vec<Vec<usize>> = self.pools.iter_mut().map(|(pool, n)| pool.draw_indices(*n)).collect();
+        let examples: Vec<Example> = drawn
+            .iter()
+            .zip(&self.pools)
+            .flat_map(|(indices, (pool, _))| indices.iter().map(|&i| pool.get(i).clone()))
+            .collect();
+        let batch = batch::assemble(&examples, self.layout, &self.augmentation, rng, &self.device);
+        let logits = model.forward(batch.images);
+        if let Some(probe) = self.probe.as_mut().filter(|p| step.local == 0 && p.pool < drawn.len()) {
+            let start: usize = drawn[..probe.pool].iter().map(Vec::len).sum();
+            let indices = &drawn[probe.pool];
+            let part = logits.clone().detach().narrow(0, start, indices.len());
+            let transforms = &batch.transforms[start..start + indices.len()];
+            let own: Vec<Example> = examples[start..start + indices.len()].to_vec();
+            let mut measure = |name: &str, chosen: Vec<Example>| {
+                let targets = batch::assemble_with(&chosen, transforms, self.layout, &self.device);
+                let value: f32 = loss::segmentation(part.clone(), targets.targets, targets.weights).into_scalar();
+                probe.losses.insert(name.to_string(), value as f64);
+            };
+            measure("trained", own.clone());
+            for (name, targets) in &probe.alternatives {
+                let chosen = own
+                    .iter()
+                    .zip(indices)
+                    .map(|(e, &i)| Example {
+                        image: e.image.clone(),
+                        target: targets[i].clone(),
+                    })
+                    .collect();
+                measure(name, chosen);
+            }
+        }
+        loss::segmentation(logits, batch.targets, batch.weights)
     }
 }
 
 /// Trains a fresh model on the true labels of `cases` for `steps` steps: the supervised-only
 /// method, the fully supervised bound, and the M0 of the pseudo-labeling methods.
-pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize) -> (UNet, PhaseLog) {
+pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize) -> Result<(UNet, PhaseLog)> {
     let pool = ctx.pool(RunContext::true_examples(cases), "supervised");
     let mut objective = MixedObjective::new(ctx, vec![(pool, ctx.budget.batch_size)]);
     let model = ctx.new_model();
@@ -211,60 +327,88 @@ pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::dataset::DataFormat;
     use crate::data::phantom::PhantomSpec;
     use crate::data::splits::SplitSpec;
-    use crate::data::DatasetSpec;
+    use crate::data::{DatasetSpec, PreparedDataset};
 
-    #[test]
-    fn trained_supervised_model_beats_an_untrained_one() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A small prepared phantom for unit tests of training code.
+    pub(crate) fn phantom(dir: &std::path::Path, cases: usize) -> PreparedDataset {
         let spec = DatasetSpec {
             name: "p".into(),
             format: DataFormat::Phantom,
-            path: dir.path().join("p"),
+            path: dir.join("p"),
             window: [-125.0, 275.0],
             axis: 2,
             phantom: Some(PhantomSpec {
-                cases: 10,
+                cases,
                 size: 48,
                 slices: 8,
                 seed: 4,
             }),
         };
-        let data = spec.prepare(32, dir.path()).unwrap();
+        spec.prepare(32, dir).unwrap()
+    }
+
+    /// The CPU backend keeps one random stream per process: tests that train hold this so that
+    /// concurrently running tests do not draw from each other's stream.
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn setup(iterations: usize) -> RunSetup {
+        RunSetup {
+            model_spec: ModelSpec {
+                channels: vec![8, 16, 32],
+                dropout: vec![0.0, 0.1, 0.1],
+            },
+            budget: Budget {
+                iterations,
+                batch_size: 8,
+                resolution: 32,
+                eval_batch_size: 32,
+            },
+            optimizer: OptimizerSpec {
+                lr: 0.05,
+                ..OptimizerSpec::default()
+            },
+            augmentation: Augmentation::default(),
+            evaluation: EvaluationSpec::default(),
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn trained_supervised_model_beats_an_untrained_one() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 10);
         let ids: Vec<String> = data.cases.iter().map(|c| c.id.clone()).collect();
         let split = SplitSpec::default().split("p", &ids, 1.0, 0).unwrap();
         let pick = |wanted: &[String]| data.cases.iter().filter(|c| wanted.contains(&c.id)).collect::<Vec<_>>();
         let run_data = RunData {
             class_names: data.classes.clone(),
+            in_channels: 1,
+            first_class: 1,
+            outside_label: 0,
             labeled: pick(&split.labeled),
             unlabeled: vec![],
             validation: pick(&split.validation),
             test: pick(&split.test),
         };
-        let budget = Budget {
-            iterations: 200,
-            batch_size: 8,
-            resolution: 32,
-            eval_batch_size: 32,
-            augment: true,
-        };
-        let model_spec = ModelSpec {
-            channels: vec![8, 16, 32],
-            dropout: vec![0.0, 0.1, 0.1],
-        };
-        let optimizer = OptimizerSpec {
-            lr: 0.05,
-            ..OptimizerSpec::default()
-        };
-        let mut ctx = RunContext::new(run_data, model_spec, budget, optimizer, 0, Device::flex());
-        let untrained = ctx.evaluate(&ctx.new_model(), &ctx.data.test).1.dice_mean.unwrap_or(0.0);
+        let mut ctx = RunContext::new(run_data, setup(200), Device::flex());
+        let untrained = ctx
+            .evaluate(&ctx.new_model().into(), &ctx.data.test)
+            .unwrap()
+            .summary
+            .dice_mean
+            .unwrap_or(0.0);
         let labeled = ctx.data.labeled.clone();
-        let (model, log) = train_supervised(&mut ctx, &labeled, 200);
-        let trained = ctx.evaluate(&model, &ctx.data.test).1.dice_mean.unwrap();
+        let (model, log) = train_supervised(&mut ctx, &labeled, 200).unwrap();
+        let trained = ctx.evaluate(&model.into(), &ctx.data.test).unwrap().summary.dice_mean.unwrap();
         eprintln!(
             "untrained dice {untrained:.3}, trained dice {trained:.3}, loss {:.3} -> {:.3}",
             log.first_loss, log.last_loss
@@ -275,5 +419,28 @@ mod tests {
             trained > untrained + 0.2 && trained > 0.3,
             "trained {trained:.3} vs untrained {untrained:.3}"
         );
+    }
+
+    #[test]
+    fn a_huge_learning_rate_fails_with_the_step_named() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 6);
+        let cases: Vec<&Case> = data.cases.iter().collect();
+        let run_data = RunData {
+            class_names: data.classes.clone(),
+            in_channels: 1,
+            first_class: 1,
+            outside_label: 0,
+            labeled: cases.clone(),
+            unlabeled: vec![],
+            validation: vec![],
+            test: vec![],
+        };
+        let mut setup = setup(30);
+        setup.optimizer.lr = 1e12;
+        let mut ctx = RunContext::new(run_data, setup, Device::flex());
+        let message = format!("{:#}", train_supervised(&mut ctx, &cases, 30).unwrap_err());
+        assert!(message.contains("non-finite loss") && message.contains("at step"), "{message}");
     }
 }

@@ -1,5 +1,6 @@
 //! Provenance: the git facts stamped on every results row, read with git2 (no `git` binary
-//! needed). Outside a checkout the run still records, with the commit marked "unknown".
+//! needed), and the machine facts that decide floating-point results on the CPU backend. Outside
+//! a checkout the run still records, with the commit marked "unknown".
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -52,9 +53,106 @@ impl Provenance {
     }
 }
 
+/// The machine a run used: what makes CPU results differ between machines. The CPU backend's
+/// GEMM picks its blocking (and so its summation order) from the cache sizes, and its kernels
+/// from the SIMD level, so both are recorded with every run (docs/methods.md, "Reproducibility").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub host: String,
+    /// CPU model and data-cache geometry.
+    pub cpu: String,
+    /// SIMD level the kernels dispatch to, and the CPU's own level.
+    pub simd: String,
+}
+
+impl Machine {
+    /// Facts of the machine this process runs on.
+    pub fn current() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let caches = cache_geometry();
+        let cpu = if caches.is_empty() { model } else { format!("{model} ({caches})") };
+        Self {
+            host,
+            cpu,
+            simd: simd_level(),
+        }
+    }
+}
+
+/// "L1d 32K/8w, L2 1024K/8w, L3 32768K/16w" from sysfs (empty where unavailable).
+fn cache_geometry() -> String {
+    let base = Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut parts = Vec::new();
+    for index in 0..8 {
+        let dir = base.join(format!("index{index}"));
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok().map(|s| s.trim().to_string());
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else {
+            continue;
+        };
+        if kind == "Instruction" {
+            continue;
+        }
+        let ways = read("ways_of_associativity").unwrap_or_default();
+        let name = if kind == "Data" {
+            format!("L{level}d")
+        } else {
+            format!("L{level}")
+        };
+        parts.push(format!("{name} {size}/{ways}w"));
+    }
+    parts.join(", ")
+}
+
+/// The SIMD level of the kernels and of the CPU, e.g. "kernels x86-64-v3, cpu x86-64-v4".
+fn simd_level() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let cpu = if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            4
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            3
+        } else if is_x86_feature_detected!("sse4.2") {
+            2
+        } else {
+            1
+        };
+        // The default build's kernels (gemm, macerator) dispatch up to v3; the x86-v4 feature
+        // enables their AVX-512 paths.
+        let build_max = if cfg!(feature = "x86-v4") { 4 } else { 3 };
+        format!("kernels x86-64-v{}, cpu x86-64-v{cpu}", cpu.min(build_max))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_facts_are_filled() {
+        let machine = Machine::current();
+        assert!(!machine.cpu.is_empty() && !machine.simd.is_empty() && !machine.host.is_empty());
+    }
 
     #[test]
     fn outside_a_repository_the_commit_is_unknown() {

@@ -3,12 +3,17 @@
 //! `cases.csv`, and `stages.parquet` + `stages.csv` for methods with stages).
 //!
 //! Tables are rebuilt from the JSON records after each run, so a crash mid-sweep never loses rows
-//! that were already recorded, and a rerun adds rows instead of replacing them.
+//! that were already recorded, and a rerun adds rows instead of replacing them. Records are
+//! written whole or not at all (`fsio`); loading skips, with a warning naming it, any file it
+//! cannot read (a truncated record from a full disk, a macOS `._x.json`), so one bad file never
+//! stops later sweeps or reports. Non-finite numbers round-trip (`json_float`).
 
+use crate::fsio;
 use crate::train::metrics::CaseScores;
 use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Outcome of a run.
@@ -36,15 +41,52 @@ pub struct StageRecord {
     pub trained_subset: String,
     /// Stage whose model produced the pseudo labels trained on (0 = the supervised model).
     pub labels_from_stage: usize,
-    /// Loss on the pseudo-labeled data at the stage's first step.
+    /// Stage whose model the student started from (0 = the supervised model).
+    #[serde(default)]
+    pub init_from_stage: usize,
+    /// The labels were made by a model whose lineage had trained on this subset.
+    #[serde(default)]
+    pub labels_self_made: bool,
+    /// The student started from a model whose lineage had trained on this subset.
+    #[serde(default)]
+    pub student_exposed: bool,
+    /// Loss on the pseudo-labeled part of the stage's first training batch (train mode) against
+    /// the labels trained on.
+    #[serde(with = "crate::json_float::plain")]
     pub first_step_pseudo_loss: f64,
-    /// Fraction of pixels of the trained subset whose predicted class changed over the stage.
+    /// The same images and forward pass, against the student's own predictions.
+    #[serde(default = "nan", with = "crate::json_float::plain")]
+    pub first_step_loss_self: f64,
+    /// The same images and forward pass, against the latest labels made by a model that never
+    /// trained on them.
+    #[serde(default = "nan", with = "crate::json_float::plain")]
+    pub first_step_loss_cross: f64,
+    /// Fraction of the trained subset's foreground pixels (predicted foreground before or after)
+    /// whose predicted class changed over the stage.
+    #[serde(with = "crate::json_float::plain")]
     pub flip_rate: f64,
+    /// The same over all pixels.
+    #[serde(default = "nan", with = "crate::json_float::plain")]
+    pub flip_rate_all_pixels: f64,
     /// Dice of the pseudo labels trained on against the hidden true labels.
+    #[serde(with = "crate::json_float::option")]
     pub pseudo_label_dice: Option<f64>,
+    /// Dice of the current pseudo labels of all unlabeled cases (the same case set for every
+    /// staged method).
+    #[serde(default, with = "crate::json_float::option")]
+    pub pseudo_label_dice_all: Option<f64>,
     /// Validation Dice after the stage.
+    #[serde(with = "crate::json_float::option")]
     pub validation_dice: Option<f64>,
     pub steps: usize,
+    #[serde(default = "nan", with = "crate::json_float::plain")]
+    pub lr_first: f64,
+    #[serde(default = "nan", with = "crate::json_float::plain")]
+    pub lr_last: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// Which model produced which labels and what each stage trained on (the audit trail).
@@ -64,6 +106,33 @@ pub struct LedgerEntry {
     pub cases: Vec<String>,
 }
 
+impl LedgerEntry {
+    /// The model of stage `by` labeled `subset` (recorded at `stage`).
+    pub fn label(stage: usize, subset: &str, by: usize, cases: &[&crate::data::Case]) -> Self {
+        Self {
+            stage,
+            event: "label".into(),
+            subset: subset.into(),
+            labels_from_stage: by,
+            init_from_stage: None,
+            cases: cases.iter().map(|c| c.id.clone()).collect(),
+        }
+    }
+
+    /// Stage `stage` trained on `subset` with labels of stage `labels_from`, starting from the
+    /// model of stage `init_from`.
+    pub fn train(stage: usize, subset: &str, labels_from: usize, init_from: usize, cases: &[&crate::data::Case]) -> Self {
+        Self {
+            stage,
+            event: "train".into(),
+            subset: subset.into(),
+            labels_from_stage: labels_from,
+            init_from_stage: Some(init_from),
+            cases: cases.iter().map(|c| c.id.clone()).collect(),
+        }
+    }
+}
+
 /// Everything recorded about one run: one row of `runs.parquet`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -74,32 +143,87 @@ pub struct RunRecord {
     pub method: String,
     /// The method implementation (e.g. "atso").
     pub method_kind: String,
+    /// The nominal labeled ratio of the experiment file.
     pub labeled_ratio: f64,
+    /// The fraction actually labeled: n_labeled / (n_labeled + n_unlabeled).
+    #[serde(default, with = "crate::json_float::option")]
+    pub labeled_fraction: Option<f64>,
     pub seed: u64,
     pub status: Status,
     pub error: Option<String>,
-    /// Test-set mean foreground Dice (per case, then per class).
+    /// Test-set mean Dice over scored classes (per case, then per class) on the native grid.
+    #[serde(with = "crate::json_float::option")]
     pub dice_mean: Option<f64>,
+    #[serde(with = "crate::json_float::option")]
     pub iou_mean: Option<f64>,
+    /// Mean HD95 (mm) on the native grid.
+    #[serde(default, with = "crate::json_float::option")]
+    pub hd95_mean: Option<f64>,
+    /// Dataset-level mean IoU over scored classes (the driving literature's mIoU).
+    #[serde(default, with = "crate::json_float::option")]
+    pub miou: Option<f64>,
+    /// Test Dice at the training resolution.
+    #[serde(default, with = "crate::json_float::option")]
+    pub dice_at_resolution_mean: Option<f64>,
+    #[serde(with = "crate::json_float::option")]
     pub val_dice_mean: Option<f64>,
-    /// Test-set Dice per foreground class, by class name.
+    /// Test-set Dice per scored class, by class name.
+    #[serde(with = "crate::json_float::named_option_vec")]
     pub class_dice: Vec<(String, Option<f64>)>,
+    /// Test-set HD95 per scored class, by class name.
+    #[serde(default, with = "crate::json_float::named_option_vec")]
+    pub class_hd95: Vec<(String, Option<f64>)>,
     pub iterations: usize,
     pub iterations_used: usize,
     pub batch_size: usize,
     pub resolution: usize,
     pub n_labeled: usize,
     pub n_unlabeled: usize,
+    #[serde(default)]
+    pub n_validation: usize,
     pub n_test: usize,
+    #[serde(with = "crate::json_float::plain")]
     pub wall_seconds: f64,
     pub backend: String,
+    /// CPU threads the run's kernels used.
+    #[serde(default)]
+    pub threads: usize,
+    /// CPU model, SIMD level and host (floating-point results depend on them: see docs/methods.md).
+    #[serde(default)]
+    pub cpu: String,
+    #[serde(default)]
+    pub simd: String,
+    #[serde(default)]
+    pub host: String,
     pub git_commit: String,
     pub git_dirty: Option<bool>,
     pub git_branch: Option<String>,
+    /// Hash of everything that determines the run's result (see `runner::RunSpec`).
     pub config_hash: String,
+    /// The same hash without the seed: runs of one configuration cell share it.
+    #[serde(default)]
+    pub cell_hash: String,
+    /// Hash of the prepared dataset's fingerprint.
+    #[serde(default)]
+    pub data_fingerprint: String,
     /// The method's settings as used (JSON), including values derived from the budget.
     pub method_settings: String,
+    /// Augmentation as used (JSON).
+    #[serde(default)]
+    pub augmentation: String,
+    /// Learning-rate schedule scope ("per-phase" or "run").
+    #[serde(default)]
+    pub lr_schedule: String,
+    /// Empty-class rule of the metrics ("monai" or "strict").
+    #[serde(default)]
+    pub empty_classes: String,
+    /// Named per-run numbers from the method (e.g. mean teacher's consistency weight).
+    #[serde(default, with = "crate::json_float::map")]
+    pub diagnostics: BTreeMap<String, f64>,
     pub split_file: String,
+    /// Folder of the saved native predictions, relative to the results folder.
+    #[serde(default)]
+    pub predictions_dir: Option<String>,
     pub version: String,
     pub started_at: String,
     pub finished_at: String,
@@ -107,51 +231,113 @@ pub struct RunRecord {
     pub cases: Vec<CaseScores>,
     #[serde(default)]
     pub class_names: Vec<String>,
+    /// Index of the first scored class in `class_names`.
+    #[serde(default = "one")]
+    pub first_class: usize,
     #[serde(default)]
     pub stages: Vec<StageRecord>,
     #[serde(default)]
     pub ledger: Vec<LedgerEntry>,
 }
 
+fn one() -> usize {
+    1
+}
+
+/// Column-name suffixes a class name may not take (`dice_<class>` would collide).
+pub const RESERVED_CLASS_NAMES: [&str; 2] = ["mean", "at_resolution_mean"];
+
 /// The records folder of an experiment's results directory.
 pub fn records_dir(results: &Path) -> PathBuf {
     results.join("records")
 }
 
-/// Writes `record` as `records/<run_id>.json`; refuses to replace an existing file.
+/// Writes `record` as `records/<run_id>.json`, whole or not at all; refuses to replace an
+/// existing file.
 pub fn save(results: &Path, record: &RunRecord) -> Result<PathBuf> {
-    let dir = records_dir(results);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{}.json", record.run_id));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("{}: a record with this run id already exists", path.display()))?;
-    serde_json::to_writer_pretty(std::io::BufWriter::new(file), record)?;
+    let path = records_dir(results).join(format!("{}.json", record.run_id));
+    let text = serde_json::to_vec_pretty(record).with_context(|| format!("serialising {}", path.display()))?;
+    fsio::write_new(&path, &text)?;
     Ok(path)
 }
 
-/// Reads every record of a results directory, sorted by start time then run id.
-pub fn load_all(results: &Path) -> Result<Vec<RunRecord>> {
-    let dir = records_dir(results);
-    let mut records = Vec::new();
-    if !dir.exists() {
-        return Ok(records);
-    }
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            records.push(serde_json::from_str::<RunRecord>(&text).with_context(|| format!("{}: not a run record", path.display()))?);
-        }
-    }
-    records.sort_by(|a, b| (&a.started_at, &a.run_id).cmp(&(&b.started_at, &b.run_id)));
-    Ok(records)
+/// A file in `records/` that could not be read as a run record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
-/// The runs table: one row per record, per-class Dice as `dice_<class>` columns (null where a
-/// dataset lacks the class).
+/// The readable records of a results folder, and what was skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub records: Vec<RunRecord>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Reads every record of a results directory, sorted by start time then run id. Hidden files
+/// and non-JSON files are ignored; files that do not parse are skipped with a warning.
+pub fn load(results: &Path) -> Result<Loaded> {
+    let dir = records_dir(results);
+    let mut loaded = Loaded::default();
+    if !dir.exists() {
+        return Ok(loaded);
+    }
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if fsio::is_hidden(&path) || path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<RunRecord>(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) => loaded.records.push(record),
+            Err(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "skipping an unreadable run record");
+                loaded.skipped.push(Skipped { path, reason });
+            }
+        }
+    }
+    loaded
+        .records
+        .sort_by(|a, b| (&a.started_at, &a.run_id).cmp(&(&b.started_at, &b.run_id)));
+    Ok(loaded)
+}
+
+/// The readable records of a results directory (see [`load`]).
+pub fn load_all(results: &Path) -> Result<Vec<RunRecord>> {
+    Ok(load(results)?.records)
+}
+
+/// Named optional columns in first-appearance order: `<prefix><name>` for each name any record
+/// has (null where a record lacks it).
+/// Named values of a record (per-class Dice, diagnostics...).
+type Named = Vec<(String, Option<f64>)>;
+
+fn named_columns(records: &[RunRecord], prefix: &str, pick: &dyn Fn(&RunRecord) -> Named) -> Vec<Column> {
+    let per_record: Vec<Named> = records.iter().map(pick).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for name in per_record.iter().flat_map(|r| r.iter().map(|(n, _)| n.as_str())) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            let values: Vec<Option<f64>> = per_record
+                .iter()
+                .map(|r| r.iter().find(|(n, _)| n == name).and_then(|(_, v)| *v))
+                .collect();
+            Column::new(format!("{prefix}{name}").into(), values)
+        })
+        .collect()
+}
+
+/// The runs table: one row per record, per-class Dice as `dice_<class>` and HD95 as
+/// `hd95_<class>` columns (null where a dataset lacks the class), method diagnostics as
+/// `diag_<name>`.
 pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
     let text = |f: &dyn Fn(&RunRecord) -> String| records.iter().map(f).collect::<Vec<_>>();
     let opt_f = |f: &dyn Fn(&RunRecord) -> Option<f64>| records.iter().map(f).collect::<Vec<_>>();
@@ -163,27 +349,22 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("method".into(), text(&|r| r.method.clone())),
         Column::new("method_kind".into(), text(&|r| r.method_kind.clone())),
         Column::new("labeled_ratio".into(), records.iter().map(|r| r.labeled_ratio).collect::<Vec<_>>()),
+        Column::new("labeled_fraction".into(), opt_f(&|r| r.labeled_fraction)),
         Column::new("seed".into(), int(&|r| r.seed)),
         Column::new("status".into(), text(&|r| r.status.as_str().to_string())),
         Column::new("error".into(), records.iter().map(|r| r.error.clone()).collect::<Vec<_>>()),
         Column::new("dice_mean".into(), opt_f(&|r| r.dice_mean)),
         Column::new("iou_mean".into(), opt_f(&|r| r.iou_mean)),
+        Column::new("hd95_mean".into(), opt_f(&|r| r.hd95_mean)),
+        Column::new("miou".into(), opt_f(&|r| r.miou)),
+        Column::new("dice_at_resolution_mean".into(), opt_f(&|r| r.dice_at_resolution_mean)),
         Column::new("val_dice_mean".into(), opt_f(&|r| r.val_dice_mean)),
     ];
-    // Class order as the datasets define it (first appearance), not alphabetical.
-    let mut class_names: Vec<&str> = Vec::new();
-    for name in records.iter().flat_map(|r| r.class_dice.iter().map(|(n, _)| n.as_str())) {
-        if !class_names.contains(&name) {
-            class_names.push(name);
-        }
-    }
-    for class in class_names {
-        let values: Vec<Option<f64>> = records
-            .iter()
-            .map(|r| r.class_dice.iter().find(|(n, _)| n == class).and_then(|(_, v)| *v))
-            .collect();
-        columns.push(Column::new(format!("dice_{class}").into(), values));
-    }
+    columns.extend(named_columns(records, "dice_", &|r| r.class_dice.clone()));
+    columns.extend(named_columns(records, "hd95_", &|r| r.class_hd95.clone()));
+    columns.extend(named_columns(records, "diag_", &|r| {
+        r.diagnostics.iter().map(|(k, v)| (k.clone(), Some(*v))).collect()
+    }));
     columns.extend([
         Column::new("iterations".into(), int(&|r| r.iterations as u64)),
         Column::new("iterations_used".into(), int(&|r| r.iterations_used as u64)),
@@ -191,9 +372,14 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("resolution".into(), int(&|r| r.resolution as u64)),
         Column::new("n_labeled".into(), int(&|r| r.n_labeled as u64)),
         Column::new("n_unlabeled".into(), int(&|r| r.n_unlabeled as u64)),
+        Column::new("n_validation".into(), int(&|r| r.n_validation as u64)),
         Column::new("n_test".into(), int(&|r| r.n_test as u64)),
         Column::new("wall_seconds".into(), records.iter().map(|r| r.wall_seconds).collect::<Vec<_>>()),
         Column::new("backend".into(), text(&|r| r.backend.clone())),
+        Column::new("threads".into(), int(&|r| r.threads as u64)),
+        Column::new("cpu".into(), text(&|r| r.cpu.clone())),
+        Column::new("simd".into(), text(&|r| r.simd.clone())),
+        Column::new("host".into(), text(&|r| r.host.clone())),
         Column::new("git_commit".into(), text(&|r| r.git_commit.clone())),
         Column::new("git_dirty".into(), records.iter().map(|r| r.git_dirty).collect::<Vec<_>>()),
         Column::new(
@@ -201,8 +387,17 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
             records.iter().map(|r| r.git_branch.clone()).collect::<Vec<_>>(),
         ),
         Column::new("config_hash".into(), text(&|r| r.config_hash.clone())),
+        Column::new("cell_hash".into(), text(&|r| r.cell_hash.clone())),
+        Column::new("data_fingerprint".into(), text(&|r| r.data_fingerprint.clone())),
         Column::new("method_settings".into(), text(&|r| r.method_settings.clone())),
+        Column::new("augmentation".into(), text(&|r| r.augmentation.clone())),
+        Column::new("lr_schedule".into(), text(&|r| r.lr_schedule.clone())),
+        Column::new("empty_classes".into(), text(&|r| r.empty_classes.clone())),
         Column::new("split_file".into(), text(&|r| r.split_file.clone())),
+        Column::new(
+            "predictions_dir".into(),
+            records.iter().map(|r| r.predictions_dir.clone()).collect::<Vec<_>>(),
+        ),
         Column::new("version".into(), text(&|r| r.version.clone())),
         Column::new("started_at".into(), text(&|r| r.started_at.clone())),
         Column::new("finished_at".into(), text(&|r| r.finished_at.clone())),
@@ -210,17 +405,23 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
     Ok(DataFrame::new(records.len(), columns)?)
 }
 
-/// The per-case table: run_id, case_id, class, dice, iou (test cases).
+/// The per-case table: one row per (run, test case, scored class): Dice, IoU and HD95 on the
+/// native grid, Dice at the training resolution.
 pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
-    let (mut run, mut case, mut class, mut dice, mut iou) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut run = Vec::new();
+    let mut case = Vec::new();
+    let mut class = Vec::new();
+    let (mut dice, mut iou, mut hd95, mut at_res) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for record in records {
         for scores in &record.cases {
-            for (c, name) in record.class_names.iter().enumerate().skip(1) {
+            for (i, name) in record.class_names.iter().skip(record.first_class).enumerate() {
                 run.push(record.run_id.clone());
                 case.push(scores.case_id.clone());
                 class.push(name.clone());
-                dice.push(scores.dice.get(c - 1).copied().flatten());
-                iou.push(scores.iou.get(c - 1).copied().flatten());
+                dice.push(scores.dice.get(i).copied().flatten());
+                iou.push(scores.iou.get(i).copied().flatten());
+                hd95.push(scores.hd95.get(i).copied().flatten());
+                at_res.push(scores.dice_at_resolution.get(i).copied().flatten());
             }
         }
     }
@@ -233,6 +434,8 @@ pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
             Column::new("class".into(), class),
             Column::new("dice".into(), dice),
             Column::new("iou".into(), iou),
+            Column::new("hd95".into(), hd95),
+            Column::new("dice_at_resolution".into(), at_res),
         ],
     )?)
 }
@@ -242,62 +445,172 @@ pub fn stages_frame(records: &[RunRecord]) -> Result<DataFrame> {
     let rows: Vec<(&RunRecord, &StageRecord)> = records.iter().flat_map(|r| r.stages.iter().map(move |s| (r, s))).collect();
     let col_f = |f: &dyn Fn(&StageRecord) -> f64| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
     let col_o = |f: &dyn Fn(&StageRecord) -> Option<f64>| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
+    let col_u = |f: &dyn Fn(&StageRecord) -> usize| rows.iter().map(|(_, s)| f(s) as u64).collect::<Vec<_>>();
+    let col_b = |f: &dyn Fn(&StageRecord) -> bool| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
+    let run_text = |f: &dyn Fn(&RunRecord) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
     Ok(DataFrame::new(
         rows.len(),
         vec![
-            Column::new("run_id".into(), rows.iter().map(|(r, _)| r.run_id.clone()).collect::<Vec<_>>()),
-            Column::new("dataset".into(), rows.iter().map(|(r, _)| r.dataset.clone()).collect::<Vec<_>>()),
-            Column::new("method".into(), rows.iter().map(|(r, _)| r.method.clone()).collect::<Vec<_>>()),
+            Column::new("run_id".into(), run_text(&|r| r.run_id.clone())),
+            Column::new("dataset".into(), run_text(&|r| r.dataset.clone())),
+            Column::new("method".into(), run_text(&|r| r.method.clone())),
+            Column::new("cell_hash".into(), run_text(&|r| r.cell_hash.clone())),
+            Column::new("git_commit".into(), run_text(&|r| r.git_commit.clone())),
+            Column::new("status".into(), run_text(&|r| r.status.as_str().to_string())),
             Column::new(
                 "labeled_ratio".into(),
                 rows.iter().map(|(r, _)| r.labeled_ratio).collect::<Vec<_>>(),
             ),
             Column::new("seed".into(), rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>()),
-            Column::new("stage".into(), rows.iter().map(|(_, s)| s.stage as u64).collect::<Vec<_>>()),
+            Column::new("stage".into(), col_u(&|s| s.stage)),
             Column::new(
                 "trained_subset".into(),
                 rows.iter().map(|(_, s)| s.trained_subset.clone()).collect::<Vec<_>>(),
             ),
-            Column::new(
-                "labels_from_stage".into(),
-                rows.iter().map(|(_, s)| s.labels_from_stage as u64).collect::<Vec<_>>(),
-            ),
+            Column::new("labels_from_stage".into(), col_u(&|s| s.labels_from_stage)),
+            Column::new("init_from_stage".into(), col_u(&|s| s.init_from_stage)),
+            Column::new("labels_self_made".into(), col_b(&|s| s.labels_self_made)),
+            Column::new("student_exposed".into(), col_b(&|s| s.student_exposed)),
             Column::new("first_step_pseudo_loss".into(), col_f(&|s| s.first_step_pseudo_loss)),
+            Column::new("first_step_loss_self".into(), col_f(&|s| s.first_step_loss_self)),
+            Column::new("first_step_loss_cross".into(), col_f(&|s| s.first_step_loss_cross)),
             Column::new("flip_rate".into(), col_f(&|s| s.flip_rate)),
+            Column::new("flip_rate_all_pixels".into(), col_f(&|s| s.flip_rate_all_pixels)),
             Column::new("pseudo_label_dice".into(), col_o(&|s| s.pseudo_label_dice)),
+            Column::new("pseudo_label_dice_all".into(), col_o(&|s| s.pseudo_label_dice_all)),
             Column::new("validation_dice".into(), col_o(&|s| s.validation_dice)),
-            Column::new("steps".into(), rows.iter().map(|(_, s)| s.steps as u64).collect::<Vec<_>>()),
+            Column::new("steps".into(), col_u(&|s| s.steps)),
+            Column::new("lr_first".into(), col_f(&|s| s.lr_first)),
+            Column::new("lr_last".into(), col_f(&|s| s.lr_last)),
         ],
     )?)
 }
 
-/// Writes `frame` as `<stem>.parquet` and `<stem>.csv` in `dir`, each through a temporary file
-/// renamed into place so a reader never sees half a table.
+/// Writes `frame` as `<stem>.parquet` and `<stem>.csv` in `dir`, each whole or not at all.
 pub fn write_frame(dir: &Path, stem: &str, frame: &mut DataFrame) -> Result<()> {
     let parquet = dir.join(format!("{stem}.parquet"));
-    let tmp = dir.join(format!(".{stem}.parquet.tmp"));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    ParquetWriter::new(file)
-        .finish(frame)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", parquet.display()))?;
-    std::fs::rename(&tmp, &parquet)?;
+    fsio::write_atomic_with(&parquet, fsio::Replace::Yes, |file| {
+        ParquetWriter::new(file).finish(frame)?;
+        Ok(())
+    })?;
     let csv = dir.join(format!("{stem}.csv"));
-    let tmp = dir.join(format!(".{stem}.csv.tmp"));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    CsvWriter::new(&mut file)
-        .finish(frame)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", csv.display()))?;
-    std::fs::rename(&tmp, &csv)?;
-    Ok(())
+    fsio::write_atomic_with(&csv, fsio::Replace::Yes, |file| {
+        CsvWriter::new(file).finish(frame)?;
+        Ok(())
+    })
 }
 
-/// Rebuilds every table of a results directory from its records.
-pub fn rebuild_tables(results: &Path) -> Result<usize> {
-    let records = load_all(results)?;
-    write_frame(results, "runs", &mut runs_frame(&records)?)?;
-    write_frame(results, "cases", &mut cases_frame(&records)?)?;
+/// Rebuilds every table of a results directory from its records; returns what was loaded.
+pub fn rebuild_tables(results: &Path) -> Result<Loaded> {
+    let loaded = load(results)?;
+    let records = &loaded.records;
+    write_frame(results, "runs", &mut runs_frame(records)?)?;
+    write_frame(results, "cases", &mut cases_frame(records)?)?;
     if records.iter().any(|r| !r.stages.is_empty()) {
-        write_frame(results, "stages", &mut stages_frame(&records)?)?;
+        write_frame(results, "stages", &mut stages_frame(records)?)?;
     }
-    Ok(records.len())
+    Ok(loaded)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal ok record for table and loading tests.
+    pub(crate) fn record(run_id: &str) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            experiment: "e".into(),
+            dataset: "d".into(),
+            method: "m".into(),
+            method_kind: "supervised".into(),
+            labeled_ratio: 0.5,
+            labeled_fraction: Some(0.5),
+            seed: 0,
+            status: Status::Ok,
+            error: None,
+            dice_mean: Some(0.5),
+            iou_mean: Some(0.4),
+            hd95_mean: None,
+            miou: Some(0.4),
+            dice_at_resolution_mean: Some(0.5),
+            val_dice_mean: Some(0.5),
+            class_dice: vec![("liver".into(), Some(0.5))],
+            class_hd95: vec![("liver".into(), None)],
+            iterations: 2,
+            iterations_used: 2,
+            batch_size: 2,
+            resolution: 16,
+            n_labeled: 1,
+            n_unlabeled: 1,
+            n_validation: 1,
+            n_test: 1,
+            wall_seconds: 1.0,
+            backend: "flex".into(),
+            threads: 1,
+            cpu: "cpu".into(),
+            simd: "avx2".into(),
+            host: "h".into(),
+            git_commit: "c".into(),
+            git_dirty: Some(false),
+            git_branch: None,
+            config_hash: "h".into(),
+            cell_hash: "cell".into(),
+            data_fingerprint: "f".into(),
+            method_settings: "{}".into(),
+            augmentation: "{}".into(),
+            lr_schedule: "per-phase".into(),
+            empty_classes: "monai".into(),
+            diagnostics: BTreeMap::new(),
+            split_file: String::new(),
+            predictions_dir: None,
+            version: "0".into(),
+            started_at: format!("2026-01-01T00:00:0{}Z", run_id.len() % 10),
+            finished_at: String::new(),
+            cases: vec![],
+            class_names: vec!["background".into(), "liver".into()],
+            first_class: 1,
+            stages: vec![],
+            ledger: vec![],
+        }
+    }
+
+    #[test]
+    fn unreadable_files_are_skipped_and_named_and_nan_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nan = record("with-nan");
+        nan.wall_seconds = f64::NAN;
+        nan.diagnostics.insert("consistency_loss_mean".into(), f64::INFINITY);
+        save(dir.path(), &record("good")).unwrap();
+        save(dir.path(), &nan).unwrap();
+        let records = records_dir(dir.path());
+        let whole = std::fs::read_to_string(records.join("good.json")).unwrap();
+        std::fs::write(records.join("truncated.json"), &whole[..whole.len() / 2]).unwrap();
+        std::fs::write(records.join("._good.json"), b"\x00\x05\x16\x07 mac resource fork").unwrap();
+        std::fs::write(records.join("notes.txt"), "not a record").unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let ids: Vec<&str> = loaded.records.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.contains(&"good") && ids.contains(&"with-nan"));
+        assert_eq!(loaded.skipped.len(), 1);
+        assert!(loaded.skipped[0].path.ends_with("truncated.json"));
+        let back = loaded.records.iter().find(|r| r.run_id == "with-nan").unwrap();
+        assert!(back.wall_seconds.is_nan());
+        assert_eq!(back.diagnostics["consistency_loss_mean"], f64::INFINITY);
+        // Tables still build, with the diagnostic as a column.
+        let rebuilt = rebuild_tables(dir.path()).unwrap();
+        assert_eq!(rebuilt.records.len(), 2);
+        let frame = runs_frame(&rebuilt.records).unwrap();
+        assert!(frame.column("diag_consistency_loss_mean").is_ok());
+    }
+
+    #[test]
+    fn a_record_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &record("same")).unwrap();
+        let mut other = record("same");
+        other.seed = 9;
+        assert!(save(dir.path(), &other).is_err());
+        assert_eq!(load_all(dir.path()).unwrap()[0].seed, 0);
+    }
 }

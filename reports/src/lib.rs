@@ -9,6 +9,7 @@ pub mod stages;
 pub mod table;
 
 use anyhow::{Context, Result};
+use atso_harness::fsio::write_atomic;
 use polars::prelude::{DataFrame, ParquetReader, SerReader};
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,10 @@ pub fn render(results_dir: &Path) -> Result<ReportFiles> {
     let groups = aggregate::group(&runs);
     let markdown = results_dir.join("report.md");
     let stage_means = stages::read(results_dir)?;
-    std::fs::write(&markdown, table::markdown(&runs, &groups) + &table::stages_markdown(&stage_means))?;
+    write_atomic(
+        &markdown,
+        (table::markdown(&runs, &groups) + &table::stages_markdown(&stage_means)).as_bytes(),
+    )?;
     let mut plots = Vec::new();
     for dataset in aggregate::datasets(&groups) {
         let selected: Vec<_> = groups.iter().filter(|g| g.dataset == dataset).cloned().collect();

@@ -4,6 +4,7 @@
 //! spacing, class frequencies, intensity statistics) so a results folder says what it was run on.
 
 use super::msd;
+use super::native::NativeSource;
 use super::phantom::{self, PhantomSpec};
 use super::slices::{Case, SlicePlan};
 use anyhow::{bail, Context, Result};
@@ -11,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// On-disk layouts the harness reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataFormat {
     /// The embedded synthetic CT, generated into MSD layout at `path` when missing.
+    #[default]
     Phantom,
     /// A Medical Segmentation Decathlon task folder (dataset.json, imagesTr, labelsTr).
     Msd,
@@ -38,6 +40,19 @@ pub struct DatasetSpec {
     /// Generator settings for the phantom format.
     #[serde(default)]
     pub phantom: Option<PhantomSpec>,
+}
+
+impl Default for DatasetSpec {
+    fn default() -> Self {
+        Self {
+            name: "phantom-ct".into(),
+            format: DataFormat::Phantom,
+            path: PathBuf::from("data/phantom-ct"),
+            window: default_window(),
+            axis: default_axis(),
+            phantom: None,
+        }
+    }
 }
 
 fn default_window() -> [f32; 2] {
@@ -68,13 +83,50 @@ pub struct Fingerprint {
 pub struct PreparedDataset {
     pub name: String,
     pub classes: Vec<String>,
+    /// Image channels (1 for CT/MRI, 3 for RGB).
+    pub in_channels: usize,
+    /// First scored class (1: class 0 is background; 0: every class is real).
+    pub first_class: usize,
+    /// Label of pixels an augmentation brings in from outside the image.
+    pub outside_label: u8,
     pub cases: Vec<Case>,
     pub fingerprint: Fingerprint,
+}
+
+impl PreparedDataset {
+    /// Checks what every loader must guarantee: unique case ids and usable class names.
+    pub fn check(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for case in &self.cases {
+            if !seen.insert(case.id.as_str()) {
+                bail!(
+                    "dataset '{}': case id '{}' appears twice; case ids must be unique",
+                    self.name,
+                    case.id
+                );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for class in &self.classes {
+            if class.trim().is_empty() || crate::records::RESERVED_CLASS_NAMES.contains(&class.as_str()) {
+                bail!(
+                    "dataset '{}': class name '{class}' is not allowed (empty, or one of {:?}, which name table columns)",
+                    self.name,
+                    crate::records::RESERVED_CLASS_NAMES
+                );
+            }
+            if !names.insert(class.as_str()) {
+                bail!("dataset '{}': class name '{class}' appears twice", self.name);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl DatasetSpec {
     /// Checks values that serde cannot (window order, axis range).
     pub fn validate(&self) -> Result<()> {
+        crate::config::validate_name("datasets", "dataset name", &self.name)?;
         if self.window[0].partial_cmp(&self.window[1]) != Some(std::cmp::Ordering::Less) {
             bail!(
                 "dataset '{}': window must be [low, high] with low < high, got {:?}",
@@ -116,15 +168,26 @@ impl DatasetSpec {
         for entry in &index.entries {
             let (image, label) = msd::load_case(entry, index.classes.len()).with_context(|| format!("dataset '{}'", self.name))?;
             stats.add(&image, &label);
-            cases.push(plan.case(&entry.id, &image, &label));
+            let mut case = plan.case(&entry.id, &image, &label);
+            case.native = Some(NativeSource {
+                image: entry.image.clone(),
+                label: entry.label.clone(),
+                axis: self.axis,
+            });
+            cases.push(case);
         }
         let fingerprint = stats.finish(cases.iter().map(|c| c.slices.len()).sum());
-        Ok(PreparedDataset {
+        let prepared = PreparedDataset {
             name: self.name.clone(),
             classes: index.classes,
+            in_channels: 1,
+            first_class: 1,
+            outside_label: 0,
             cases,
             fingerprint,
-        })
+        };
+        prepared.check()?;
+        Ok(prepared)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod dataset;
 pub mod msd;
+pub mod native;
 pub mod nifti;
 pub mod phantom;
 pub mod slices;

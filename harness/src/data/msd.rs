@@ -146,7 +146,7 @@ pub fn write_dataset_json(root: &Path, name: &str, description: &str, modality: 
         test: Vec::new(),
     };
     let path = root.join("dataset.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))
+    crate::fsio::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
 #[cfg(test)]

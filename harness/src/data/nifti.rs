@@ -60,35 +60,94 @@ impl Datatype {
 const HEADER_SIZE: usize = 348;
 const DEFAULT_VOX_OFFSET: usize = 352;
 
+/// Largest volume (header + voxel bytes) this reader will inflate: a corrupt or hostile header or
+/// gzip stream is refused with an error instead of exhausting memory. 4 GiB holds a 1024^3
+/// float32 volume.
+pub const MAX_VOLUME_BYTES: u64 = 4 << 30;
+
+/// A file's 348-byte header as read, kept so predictions can be written on the image's exact
+/// geometry (qform, sform, pixdim, units) for outside tools to compare against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    bytes: Vec<u8>,
+    little: bool,
+}
+
 /// Reads a `.nii` or `.nii.gz` file (chosen by the gzip magic bytes, not the name).
 pub fn read(path: &Path) -> Result<Volume, NiftiError> {
+    read_with_header(path).map(|(volume, _)| volume)
+}
+
+/// Reads a file and keeps its header.
+pub fn read_with_header(path: &Path) -> Result<(Volume, Header), NiftiError> {
     let io = |source| NiftiError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
-        out
-    } else {
-        raw
-    };
-    parse(&bytes).map_err(|why| NiftiError::Format {
+    let format = |why: String| NiftiError::Format {
         path: path.to_path_buf(),
         why,
-    })
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 2];
+    let gzipped = file.read(&mut magic).map_err(io)? == 2 && magic == [0x1f, 0x8b];
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut stream: Box<dyn Read> = if gzipped {
+        Box::new(GzDecoder::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    // The header says how many bytes follow; nothing past that (or past the limit) is inflated.
+    let mut bytes = Vec::with_capacity(HEADER_SIZE);
+    (&mut stream).take(HEADER_SIZE as u64).read_to_end(&mut bytes).map_err(io)?;
+    let needed = layout(&bytes).map_err(format)?.end().ok_or_else(|| format(OVERFLOW.into()))?;
+    if needed > MAX_VOLUME_BYTES {
+        return Err(format(format!(
+            "the header describes {needed} bytes of data, more than the {MAX_VOLUME_BYTES}-byte limit"
+        )));
+    }
+    let rest = needed.saturating_sub(bytes.len() as u64);
+    stream.take(rest).read_to_end(&mut bytes).map_err(io)?;
+    let volume = parse(&bytes).map_err(format)?;
+    let little = is_little(&bytes).map_err(format)?;
+    bytes.truncate(HEADER_SIZE);
+    Ok((volume, Header { bytes, little }))
 }
 
-fn parse(bytes: &[u8]) -> Result<Volume, String> {
+const OVERFLOW: &str = "dimensions overflow: the data size does not fit in 64 bits";
+
+fn is_little(bytes: &[u8]) -> Result<bool, String> {
     if bytes.len() < HEADER_SIZE {
-        return Err(format!("{} bytes, shorter than the 348-byte header", bytes.len()));
+        return Err(format!("truncated: {} bytes, shorter than the 348-byte header", bytes.len()));
     }
-    let little = i32::from_le_bytes(bytes[0..4].try_into().unwrap()) == 348;
-    let big = i32::from_be_bytes(bytes[0..4].try_into().unwrap()) == 348;
-    if !little && !big {
-        return Err("sizeof_hdr is not 348 in either byte order".into());
+    let le = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let be = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    match (le == 348, be == 348) {
+        (true, _) => Ok(true),
+        (_, true) => Ok(false),
+        _ => Err("sizeof_hdr is not 348 in either byte order".into()),
     }
+}
+
+/// The voxel layout a header describes.
+struct Layout {
+    dims: [usize; 3],
+    datatype: Datatype,
+    offset: usize,
+}
+
+impl Layout {
+    /// Bytes from the start of the file to the end of the voxel data, with overflow checked.
+    fn end(&self) -> Option<u64> {
+        let count = (self.dims[0] as u64)
+            .checked_mul(self.dims[1] as u64)?
+            .checked_mul(self.dims[2] as u64)?;
+        count.checked_mul(self.datatype.bytes() as u64)?.checked_add(self.offset as u64)
+    }
+}
+
+fn layout(bytes: &[u8]) -> Result<Layout, String> {
+    let little = is_little(bytes)?;
     let magic = &bytes[344..348];
     if magic != b"n+1\0" && magic != b"ni1\0" {
         return Err(format!("magic {magic:?} is neither \"n+1\" nor \"ni1\""));
@@ -116,12 +175,29 @@ fn parse(bytes: &[u8]) -> Result<Volume, String> {
     }
     let code = r.i16(70);
     let datatype = Datatype::from_code(code).ok_or_else(|| format!("unsupported datatype code {code}"))?;
-    let spacing = [r.f32(80).abs(), r.f32(84).abs(), r.f32(88).abs()];
     let vox_offset = r.f32(108);
-    if !(vox_offset.is_finite() && vox_offset >= 0.0) {
-        return Err(format!("vox_offset = {vox_offset}"));
+    if !(vox_offset.is_finite() && vox_offset >= 0.0 && (vox_offset as f64) < MAX_VOLUME_BYTES as f64) {
+        return Err(format!("vox_offset = {vox_offset} is not a valid byte offset"));
     }
-    let offset = (vox_offset as usize).max(DEFAULT_VOX_OFFSET.min(bytes.len()));
+    // Single-file NIfTI keeps data at or after byte 352 even when vox_offset says less.
+    let offset = (vox_offset as usize).max(DEFAULT_VOX_OFFSET);
+    Ok(Layout { dims, datatype, offset })
+}
+
+fn parse(bytes: &[u8]) -> Result<Volume, String> {
+    let little = is_little(bytes)?;
+    let layout = layout(bytes)?;
+    let needed = layout.end().ok_or_else(|| OVERFLOW.to_string())?;
+    if (bytes.len() as u64) < needed {
+        return Err(format!(
+            "truncated: voxel data ends at byte {} but {needed} bytes are needed (vox_offset {})",
+            bytes.len(),
+            layout.offset
+        ));
+    }
+    let Layout { dims, datatype, offset } = layout;
+    let r = Reader { bytes, little };
+    let spacing = [r.f32(80).abs(), r.f32(84).abs(), r.f32(88).abs()];
     let (slope, inter) = (r.f32(112), r.f32(116));
     let (slope, inter) = if slope == 0.0 || !slope.is_finite() {
         (1.0, 0.0)
@@ -129,22 +205,20 @@ fn parse(bytes: &[u8]) -> Result<Volume, String> {
         (slope, if inter.is_finite() { inter } else { 0.0 })
     };
     let count = dims[0] * dims[1] * dims[2];
-    let needed = offset + count * datatype.bytes();
-    if bytes.len() < needed {
-        return Err(format!(
-            "voxel data ends at byte {} but {} bytes are needed (vox_offset {offset})",
-            bytes.len(),
-            needed
-        ));
-    }
     let body = Reader {
         bytes: &bytes[offset..],
         little,
     };
-    let data = (0..count).map(|i| body.element(datatype, i) * slope + inter).collect();
+    let data: Vec<f32> = (0..count).map(|i| body.element(datatype, i) * slope + inter).collect();
+    if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        return Err(format!(
+            "{bad} voxel value(s) are NaN or infinite (the first at voxel {at}); images must hold finite numbers"
+        ));
+    }
     Ok(Volume {
         dims,
-        spacing: spacing.map(|s| if s > 0.0 { s } else { 1.0 }),
+        spacing: spacing.map(|s| if s.is_finite() && s > 0.0 { s } else { 1.0 }),
         data,
     })
 }
@@ -187,10 +261,12 @@ impl Reader<'_> {
 /// `datatype` (U8 for label maps, I16 for CT in Hounsfield units). `vox_offset` lets tests write
 /// files whose voxels start past the default 352 bytes, as some real files do.
 pub fn write(path: &Path, volume: &Volume, datatype: Datatype, vox_offset: usize) -> Result<(), NiftiError> {
-    let io = |source| NiftiError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    if let Some(d) = volume.dims.iter().find(|&&d| d == 0 || d > i16::MAX as usize) {
+        return Err(NiftiError::Format {
+            path: path.to_path_buf(),
+            why: format!("dimension {d} cannot be stored (NIfTI-1 dims are 1..32767)"),
+        });
+    }
     let vox_offset = vox_offset.max(DEFAULT_VOX_OFFSET);
     let mut header = vec![0u8; vox_offset];
     let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
@@ -226,6 +302,39 @@ pub fn write(path: &Path, volume: &Volume, datatype: Datatype, vox_offset: usize
         }
     }
     put(&mut header, 344, b"n+1\0");
+    let body = encode(volume, datatype);
+    write_gz(path, &[&header, &body])
+}
+
+/// Writes a label map on the grid of the image whose header is `like`: every geometry field
+/// (dims, pixdim, qform, sform, units) is copied; only the data type (uint8), scaling and data
+/// offset change. Outside tools (nibabel, MONAI, medpy) read it as aligned with the image.
+pub fn write_labels_like(path: &Path, like: &Header, labels: &Volume) -> Result<(), NiftiError> {
+    let mut header = like.bytes.clone();
+    let little = like.little;
+    let put16 = |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
+    let put32 = |h: &mut Vec<u8>, at: usize, v: f32| h[at..at + 4].copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
+    let reader = Reader { bytes: &header, little };
+    let dims: Vec<usize> = (0..3).map(|axis| reader.i16(42 + 2 * axis).max(1) as usize).collect();
+    if dims != labels.dims {
+        return Err(NiftiError::Format {
+            path: path.to_path_buf(),
+            why: format!("label map {:?} does not match the image grid {dims:?}", labels.dims),
+        });
+    }
+    put16(&mut header, 70, Datatype::U8 as i16);
+    put16(&mut header, 72, 8);
+    put32(&mut header, 108, DEFAULT_VOX_OFFSET as f32);
+    put32(&mut header, 112, 1.0);
+    put32(&mut header, 116, 0.0);
+    put32(&mut header, 124, 0.0); // cal_max
+    put32(&mut header, 128, 0.0); // cal_min
+    header[344..348].copy_from_slice(b"n+1\0");
+    header.extend([0u8; 4]); // no extensions
+    write_gz(path, &[&header, &encode(labels, Datatype::U8)])
+}
+
+fn encode(volume: &Volume, datatype: Datatype) -> Vec<u8> {
     let mut body = Vec::with_capacity(volume.data.len() * datatype.bytes());
     for &v in &volume.data {
         let v = v.round();
@@ -240,14 +349,23 @@ pub fn write(path: &Path, volume: &Volume, datatype: Datatype, vox_offset: usize
             Datatype::F64 => body.extend((v as f64).to_le_bytes()),
         }
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut encoder = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
-    encoder.write_all(&header).map_err(io)?;
-    encoder.write_all(&body).map_err(io)?;
-    encoder.finish().map_err(io)?.flush().map_err(io)
+    body
+}
+
+/// Gzips `parts` into `path`, atomically (see `fsio`).
+fn write_gz(path: &Path, parts: &[&[u8]]) -> Result<(), NiftiError> {
+    crate::fsio::write_atomic_with(path, crate::fsio::Replace::Yes, |file| {
+        let mut encoder = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+        for part in parts {
+            encoder.write_all(part)?;
+        }
+        encoder.finish()?.flush()?;
+        Ok(())
+    })
+    .map_err(|e| NiftiError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("{e:#}")),
+    })
 }
 
 #[cfg(test)]

@@ -65,29 +65,66 @@ pub fn write_msd(root: &Path, spec: &PhantomSpec) -> Result<()> {
         &CLASSES,
         &names,
     )?;
-    std::fs::write(root.join("phantom.json"), serde_json::to_string_pretty(spec)?)?;
+    // Written last: its presence says the folder is complete.
+    crate::fsio::write_atomic(&root.join("phantom.json"), serde_json::to_string_pretty(spec)?.as_bytes())?;
     Ok(())
 }
 
 /// Writes the phantom unless `root` already holds one made from the same spec.
+///
+/// The folder is generated beside `root` under a name unique to this process and renamed into
+/// place, so a killed generation leaves no half-written dataset and concurrent sweeps (parallel
+/// jobs, array tasks) that both generate it never see each other's partial files: the first
+/// rename wins, the others discard their copy.
 pub fn ensure(root: &Path, spec: &PhantomSpec) -> Result<()> {
-    let marker = root.join("phantom.json");
-    if let Ok(text) = std::fs::read_to_string(&marker) {
-        let existing: PhantomSpec = serde_json::from_str(&text).with_context(|| format!("reading {}", marker.display()))?;
-        if &existing == spec && root.join("dataset.json").exists() {
-            return Ok(());
-        }
+    if matches_spec(root, spec)? {
+        return Ok(());
+    }
+    let occupied = std::fs::read_dir(root).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+    if occupied {
         anyhow::bail!(
-            "{} holds a phantom generated with {existing:?}, but the experiment asks for {spec:?}; \
-             remove the folder or point the dataset at another path",
+            "{} is not empty but holds no phantom.json: not a phantom folder; refusing to overwrite it",
             root.display()
         );
     }
-    if root.join("dataset.json").exists() {
-        anyhow::bail!("{} holds a dataset that is not a phantom; refusing to overwrite it", root.display());
-    }
+    let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("phantom");
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
     tracing::info!(path = %root.display(), cases = spec.cases, "generating phantom CT");
-    write_msd(root, spec)
+    write_msd(staging.path(), spec)?;
+    let staged = staging.keep();
+    match std::fs::rename(&staged, root) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staged);
+            if matches_spec(root, spec)? {
+                Ok(()) // another process finished first
+            } else {
+                Err(error).with_context(|| format!("moving the generated phantom into {}", root.display()))
+            }
+        }
+    }
+}
+
+/// Whether `root` holds a complete phantom made from `spec`; an error if it holds another one.
+fn matches_spec(root: &Path, spec: &PhantomSpec) -> Result<bool> {
+    let marker = root.join("phantom.json");
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return Ok(false);
+    };
+    let existing: PhantomSpec = serde_json::from_str(&text).with_context(|| format!("reading {}", marker.display()))?;
+    if &existing == spec && root.join("dataset.json").exists() {
+        return Ok(true);
+    }
+    anyhow::bail!(
+        "{} holds a phantom generated with {existing:?}, but the experiment asks for {spec:?}; \
+         remove the folder or point the dataset at another path",
+        root.display()
+    )
 }
 
 /// Per-case anatomy drawn from the generator's seed.

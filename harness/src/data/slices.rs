@@ -1,6 +1,7 @@
 //! Preprocessing from volumes to training slices: HU windowing to [0, 1], slicing along one
 //! axis, and resizing each slice to the configured square resolution.
 
+use super::native::NativeSource;
 use super::volume::Volume;
 
 /// One 2D slice at the training resolution.
@@ -17,6 +18,9 @@ pub struct Slice {
 pub struct Case {
     pub id: String,
     pub slices: Vec<Slice>,
+    /// The files it came from, for scoring on the native grid (None: score at the training
+    /// resolution only).
+    pub native: Option<NativeSource>,
 }
 
 /// How volumes become slices.
@@ -52,6 +56,7 @@ impl SlicePlan {
         Case {
             id: id.to_string(),
             slices,
+            native: None,
         }
     }
 }

@@ -114,10 +114,7 @@ impl Split {
             }
             bail!("{}: already holds a different split; refusing to overwrite it", path.display());
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        crate::fsio::write_atomic(path, text.as_bytes())
     }
 
     /// Reads a split written by [`Split::write`].

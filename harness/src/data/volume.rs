@@ -60,4 +60,56 @@ impl Volume {
             }
         }
     }
+
+    /// Writes `values` (laid out as [`Volume::plane`] returns them) into the plane at `at` along
+    /// `axis`: the inverse of `plane`.
+    pub fn set_plane(&mut self, axis: usize, at: usize, values: &[f32]) {
+        let [nx, ny, nz] = self.dims;
+        let mut values = values.iter().copied();
+        match axis {
+            0 => {
+                for z in 0..nz {
+                    for y in 0..ny {
+                        let i = self.index(at, y, z);
+                        self.data[i] = values.next().expect("plane size");
+                    }
+                }
+            }
+            1 => {
+                for z in 0..nz {
+                    for x in 0..nx {
+                        let i = self.index(x, at, z);
+                        self.data[i] = values.next().expect("plane size");
+                    }
+                }
+            }
+            _ => {
+                let start = self.index(0, 0, at);
+                for (slot, v) in self.data[start..start + nx * ny].iter_mut().zip(values) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_plane_inverts_plane_on_every_axis() {
+        let source = Volume {
+            dims: [3, 4, 5],
+            spacing: [1.0; 3],
+            data: (0..60).map(|v| v as f32).collect(),
+        };
+        for axis in 0..3 {
+            let mut copy = Volume::filled(source.dims, source.spacing, -1.0);
+            for at in 0..source.dims[axis] {
+                copy.set_plane(axis, at, &source.plane(axis, at).2);
+            }
+            assert_eq!(copy, source, "axis {axis}");
+        }
+    }
 }

@@ -64,10 +64,11 @@ impl ModelSpec {
         Ok(())
     }
 
-    /// Builds the network for `classes` output classes on `device`.
-    pub fn init(&self, classes: usize, device: &Device) -> UNet {
+    /// Builds the network for `in_channels`-channel images (1 for CT/MRI, 3 for RGB) and
+    /// `classes` output classes on `device`.
+    pub fn init(&self, in_channels: usize, classes: usize, device: &Device) -> UNet {
         let c = &self.channels;
-        let input = ConvBlock::new(1, c[0], self.dropout[0], device);
+        let input = ConvBlock::new(in_channels, c[0], self.dropout[0], device);
         let down = (1..c.len())
             .map(|i| ConvBlock::new(c[i - 1], c[i], self.dropout[i], device))
             .collect();
@@ -145,7 +146,7 @@ impl UpBlock {
     }
 }
 
-/// The U-Net: `[batch, 1, H, W]` images to `[batch, classes, H, W]` logits.
+/// The U-Net: `[batch, in_channels, H, W]` images to `[batch, classes, H, W]` logits.
 #[derive(Module, Debug)]
 pub struct UNet {
     input: ConvBlock,
@@ -182,7 +183,7 @@ mod tests {
             channels: vec![4, 8, 16],
             dropout: vec![0.0, 0.1, 0.2],
         };
-        let model = spec.init(3, &device);
+        let model = spec.init(1, 3, &device);
         let x = Tensor::<4>::zeros([2, 1, 16, 16], &device);
         assert_eq!(model.forward(x).dims(), [2, 3, 16, 16]);
     }

@@ -1,14 +1,21 @@
 //! The one training engine. Every method trains through `Engine::train`; a method only supplies
 //! an [`Objective`] (what the loss of a step is, and what to do after it). Keeping a single loop
 //! is what makes the budget comparable: the engine counts every optimiser step it takes.
+//!
+//! Each call of `train` is a phase (M0, a fine-tuning stage, a whole single-phase method). A
+//! phase starts a fresh optimiser state, reseeds the device's random stream (dropout) from the
+//! run seed and the phase index, and follows the learning-rate schedule of `[optimizer]`. A
+//! non-finite loss stops the run with an error naming the step, so a diverged run is recorded as
+//! failed rather than as a model with Dice ~0.
 
-use super::schedule::PolySchedule;
+use super::schedule::{PolySchedule, ScheduleScope};
 use crate::model::UNet;
-use crate::rng::SeededRng;
+use crate::rng::{self, SeededRng};
+use anyhow::{bail, Result};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// `[optimizer]` of an experiment file: SGD with momentum and weight decay, poly decay.
@@ -23,6 +30,9 @@ pub struct OptimizerSpec {
     pub weight_decay: f64,
     #[serde(default = "default_poly_power")]
     pub poly_power: f64,
+    /// Poly decay per phase (default) or over the whole run.
+    #[serde(default)]
+    pub schedule: ScheduleScope,
 }
 
 fn default_lr() -> f64 {
@@ -45,6 +55,7 @@ impl Default for OptimizerSpec {
             momentum: default_momentum(),
             weight_decay: default_weight_decay(),
             poly_power: default_poly_power(),
+            schedule: ScheduleScope::default(),
         }
     }
 }
@@ -70,38 +81,58 @@ pub trait Objective {
     fn after_step(&mut self, _model: &UNet, _step: Step) {}
 }
 
-/// Loss values of one phase.
+/// Loss values and learning rates of one phase.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PhaseLog {
     pub first_loss: f64,
     pub last_loss: f64,
     pub mean_loss: f64,
     pub steps: usize,
+    pub lr_first: f64,
+    pub lr_last: f64,
 }
 
-/// Runs optimiser steps under one poly schedule spanning the whole run.
+/// What the engine reports after each step (for progress lines).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps taken in the run so far (1-based after the step).
+    pub done: usize,
+    pub total: usize,
+    pub loss: f64,
+    pub lr: f64,
+}
+
+/// Runs optimiser steps; see the module doc for what a phase resets.
 pub struct Engine {
     spec: OptimizerSpec,
-    schedule: PolySchedule,
+    total_steps: usize,
     step: usize,
+    phase: usize,
+    seed: u64,
     rng: SeededRng,
+    device: Device,
+    on_step: Option<Box<dyn FnMut(StepReport) + Send>>,
 }
 
 impl Engine {
-    /// An engine for a run of `total_steps` optimiser steps; `rng` drives augmentation and any
-    /// randomness an objective draws.
-    pub fn new(spec: OptimizerSpec, total_steps: usize, rng: SeededRng) -> Self {
-        let schedule = PolySchedule {
-            base_lr: spec.lr,
-            power: spec.poly_power,
-            total: total_steps,
-        };
+    /// An engine for a run of `total_steps` optimiser steps under run seed `seed` on `device`;
+    /// augmentation and any randomness an objective draws come from the run's "engine" stream.
+    pub fn new(spec: OptimizerSpec, total_steps: usize, seed: u64, device: Device) -> Self {
         Self {
             spec,
-            schedule,
+            total_steps,
             step: 0,
-            rng,
+            phase: 0,
+            seed,
+            rng: rng::stream(seed, "engine"),
+            device,
+            on_step: None,
         }
+    }
+
+    /// Calls `report` after every step (progress display).
+    pub fn on_step(&mut self, report: impl FnMut(StepReport) + Send + 'static) {
+        self.on_step = Some(Box::new(report));
     }
 
     /// Steps taken so far in this run.
@@ -109,10 +140,27 @@ impl Engine {
         self.step
     }
 
-    /// Trains `model` for `steps` steps of `objective`. Each phase starts a fresh optimiser state
-    /// (momentum), so a model restarted from an earlier checkpoint carries no stale momentum; the
-    /// learning rate follows the run-wide schedule.
-    pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective) -> (UNet, PhaseLog) {
+    /// The run's step budget.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Learning rate of a step under the configured scope.
+    fn lr(&self, local: usize, phase_steps: usize) -> f64 {
+        let (step, total) = match self.spec.schedule {
+            ScheduleScope::PerPhase => (local, phase_steps),
+            ScheduleScope::Run => (self.step, self.total_steps),
+        };
+        PolySchedule {
+            base_lr: self.spec.lr,
+            power: self.spec.poly_power,
+            total,
+        }
+        .lr(step)
+    }
+
+    /// Trains `model` for `steps` steps of `objective` as one phase. Fails on a non-finite loss.
+    pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective) -> Result<(UNet, PhaseLog)> {
         let mut optimizer = SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
                 momentum: self.spec.momentum,
@@ -123,6 +171,8 @@ impl Engine {
                 penalty: self.spec.weight_decay as f32,
             }))
             .init();
+        self.phase += 1;
+        self.device.seed(rng::derived_seed(self.seed, &format!("phase-{}", self.phase)));
         let mut log = PhaseLog {
             steps,
             ..PhaseLog::default()
@@ -133,21 +183,41 @@ impl Engine {
                 global: self.step,
                 local,
                 phase_steps: steps,
-                lr: self.schedule.lr(self.step),
+                lr: self.lr(local, steps),
             };
             let loss = objective.loss(&model, step, &mut self.rng);
             let value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                bail!(
+                    "non-finite loss ({value}) at step {} of {} (phase {}, step {} of {steps}, lr {:.3e})",
+                    self.step + 1,
+                    self.total_steps,
+                    self.phase,
+                    local + 1,
+                    step.lr
+                );
+            }
             if local == 0 {
                 log.first_loss = value;
+                log.lr_first = step.lr;
             }
             log.last_loss = value;
+            log.lr_last = step.lr;
             total += value;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(step.lr, model, grads);
             objective.after_step(&model, step);
             self.step += 1;
+            if let Some(report) = self.on_step.as_mut() {
+                report(StepReport {
+                    done: self.step,
+                    total: self.total_steps,
+                    loss: value,
+                    lr: step.lr,
+                });
+            }
         }
         log.mean_loss = if steps > 0 { total / steps as f64 } else { 0.0 };
-        (model, log)
+        Ok((model, log))
     }
 }

@@ -1,25 +1,70 @@
-//! Segmentation metrics: Dice and IoU per class, computed per case (the 3D volume stacked from
-//! its slices), then averaged over cases, as the medical SSL literature reports them.
+//! Segmentation metrics: Dice, IoU and HD95 per class, computed per case (the 3D volume stacked
+//! from its slices), then averaged over cases, as the medical SSL literature reports them; and
+//! the dataset-level IoU (confusion summed over all cases) whose class mean is the driving
+//! literature's mIoU.
 //!
-//! A class absent from both the prediction and the truth of a case has no defined Dice; that case
-//! is left out of the class's average (recorded as missing, not as 1 or 0).
+//! Empty classes follow a documented rule (`[evaluation] empty_classes`):
+//! - `monai` (default, MONAI's `DiceMetric(ignore_empty=True)`): a class absent from a case's
+//!   ground truth has no Dice for that case (left out of the class's average), whatever the
+//!   prediction holds.
+//! - `strict`: only a class absent from both truth and prediction is left out; a prediction of a
+//!   class the case lacks scores 0.
+//!
+//! HD95 is undefined (left out) when the class is absent from the truth or the prediction.
 
 use serde::{Deserialize, Serialize};
 
-/// Scores of one case, for the foreground classes (index 0 = class 1).
+/// How classes absent from a case are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptyClasses {
+    #[default]
+    Monai,
+    Strict,
+}
+
+/// Which classes are scored and how.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring {
+    pub classes: usize,
+    /// First scored class: 1 when class 0 is background (medical), 0 when every class is real
+    /// (driving scenes).
+    pub first_class: usize,
+    pub empty: EmptyClasses,
+}
+
+impl Scoring {
+    /// The scored classes.
+    pub fn scored(&self) -> std::ops::Range<usize> {
+        self.first_class..self.classes
+    }
+}
+
+/// Scores of one case, one entry per scored class (in class order from `first_class`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseScores {
     pub case_id: String,
+    /// Dice on the case's native grid (predictions resized back), the headline number.
+    #[serde(with = "crate::json_float::option_vec")]
     pub dice: Vec<Option<f64>>,
+    #[serde(with = "crate::json_float::option_vec")]
     pub iou: Vec<Option<f64>>,
+    /// 95th-percentile Hausdorff distance in millimetres on the native grid.
+    #[serde(default, with = "crate::json_float::option_vec")]
+    pub hd95: Vec<Option<f64>>,
+    /// Dice at the training resolution.
+    #[serde(default, with = "crate::json_float::option_vec")]
+    pub dice_at_resolution: Vec<Option<f64>>,
 }
 
-/// Counts true positives, false positives and false negatives per class over a whole case.
-#[derive(Debug, Clone)]
+/// Counts true positives, false positives and false negatives per class.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Confusion {
     tp: Vec<u64>,
     fp: Vec<u64>,
     fn_: Vec<u64>,
+    /// Pixels per class in the truth (for the empty-class rule).
+    truth: Vec<u64>,
 }
 
 impl Confusion {
@@ -28,74 +73,107 @@ impl Confusion {
             tp: vec![0; classes],
             fp: vec![0; classes],
             fn_: vec![0; classes],
+            truth: vec![0; classes],
         }
     }
 
-    /// Adds one slice (or any chunk) of predictions and truths; truth 255 is ignored.
+    /// Adds one slice (or any chunk) of predictions and truths; truth 255 (ignore) is skipped.
     pub fn add(&mut self, predicted: &[u8], truth: &[u8]) {
+        let classes = self.tp.len();
         for (&p, &t) in predicted.iter().zip(truth) {
-            if t == super::batch::IGNORE {
+            if t == super::batch::IGNORE || t as usize >= classes {
                 continue;
             }
+            self.truth[t as usize] += 1;
             if p == t {
                 self.tp[p as usize] += 1;
             } else {
-                self.fp[p as usize] += 1;
-                if (t as usize) < self.fn_.len() {
-                    self.fn_[t as usize] += 1;
+                if (p as usize) < classes {
+                    self.fp[p as usize] += 1;
                 }
+                self.fn_[t as usize] += 1;
             }
         }
     }
 
-    /// Foreground scores (classes 1..).
-    pub fn scores(&self, case_id: &str) -> CaseScores {
-        let mut dice = Vec::new();
-        let mut iou = Vec::new();
-        for c in 1..self.tp.len() {
-            let (tp, fp, fn_) = (self.tp[c] as f64, self.fp[c] as f64, self.fn_[c] as f64);
-            if tp + fp + fn_ == 0.0 {
-                dice.push(None);
-                iou.push(None);
-            } else {
-                dice.push(Some(2.0 * tp / (2.0 * tp + fp + fn_)));
-                iou.push(Some(tp / (tp + fp + fn_)));
+    /// Adds another confusion's counts.
+    pub fn merge(&mut self, other: &Confusion) {
+        for (mine, theirs) in [
+            (&mut self.tp, &other.tp),
+            (&mut self.fp, &other.fp),
+            (&mut self.fn_, &other.fn_),
+            (&mut self.truth, &other.truth),
+        ] {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
             }
         }
-        CaseScores {
-            case_id: case_id.to_string(),
-            dice,
-            iou,
+    }
+
+    fn defined(&self, class: usize, rule: EmptyClasses) -> bool {
+        match rule {
+            EmptyClasses::Monai => self.truth[class] > 0,
+            EmptyClasses::Strict => self.tp[class] + self.fp[class] + self.fn_[class] > 0,
         }
+    }
+
+    /// Dice of `class`, or None when the rule leaves it undefined.
+    pub fn dice(&self, class: usize, rule: EmptyClasses) -> Option<f64> {
+        let (tp, fp, fn_) = (self.tp[class] as f64, self.fp[class] as f64, self.fn_[class] as f64);
+        self.defined(class, rule).then(|| 2.0 * tp / (2.0 * tp + fp + fn_))
+    }
+
+    /// IoU of `class`, or None when the rule leaves it undefined.
+    pub fn iou(&self, class: usize, rule: EmptyClasses) -> Option<f64> {
+        let (tp, fp, fn_) = (self.tp[class] as f64, self.fp[class] as f64, self.fn_[class] as f64);
+        self.defined(class, rule).then(|| tp / (tp + fp + fn_))
     }
 }
 
-/// Per-class means over cases (None where no case defines the class) and their mean.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Per-class means over cases (None where no case defines the class) and their means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Summary {
     pub dice_per_class: Vec<Option<f64>>,
     pub iou_per_class: Vec<Option<f64>>,
+    pub hd95_per_class: Vec<Option<f64>>,
     pub dice_mean: Option<f64>,
     pub iou_mean: Option<f64>,
+    pub hd95_mean: Option<f64>,
+    pub dice_at_resolution_mean: Option<f64>,
+    /// Dataset-level IoU per class (confusion summed over cases) and its mean: mIoU.
+    pub dataset_iou_per_class: Vec<Option<f64>>,
+    pub miou: Option<f64>,
 }
 
 /// Averages case scores: per class over the cases that define it, then over classes.
-pub fn summarise(cases: &[CaseScores]) -> Summary {
-    let classes = cases.first().map_or(0, |c| c.dice.len());
+/// `dataset` is the confusion summed over all cases (for mIoU).
+pub fn summarise(cases: &[CaseScores], dataset: &Confusion, scoring: &Scoring) -> Summary {
+    let classes = scoring.scored().len();
     let class_mean = |pick: &dyn Fn(&CaseScores) -> &Vec<Option<f64>>| -> Vec<Option<f64>> {
-        (0..classes).map(|c| mean(cases.iter().filter_map(|case| pick(case)[c]))).collect()
+        (0..classes)
+            .map(|c| mean(cases.iter().filter_map(|case| pick(case).get(c).copied().flatten())))
+            .collect()
     };
     let dice_per_class = class_mean(&|c| &c.dice);
     let iou_per_class = class_mean(&|c| &c.iou);
+    let hd95_per_class = class_mean(&|c| &c.hd95);
+    let at_resolution = class_mean(&|c| &c.dice_at_resolution);
+    let dataset_iou_per_class: Vec<Option<f64>> = scoring.scored().map(|c| dataset.iou(c, scoring.empty)).collect();
     Summary {
         dice_mean: mean(dice_per_class.iter().flatten().copied()),
         iou_mean: mean(iou_per_class.iter().flatten().copied()),
+        hd95_mean: mean(hd95_per_class.iter().flatten().copied()),
+        dice_at_resolution_mean: mean(at_resolution.iter().flatten().copied()),
+        miou: mean(dataset_iou_per_class.iter().flatten().copied()),
         dice_per_class,
         iou_per_class,
+        hd95_per_class,
+        dataset_iou_per_class,
     }
 }
 
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+/// Mean of the values, None when there are none.
+pub fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
@@ -109,26 +187,54 @@ mod tests {
         let mut confusion = Confusion::new(2);
         // truth: 4 foreground pixels; prediction: 3 of them plus 1 false positive
         confusion.add(&[1, 1, 1, 0, 1, 0], &[1, 1, 1, 1, 0, 0]);
-        let scores = confusion.scores("c");
-        assert!((scores.dice[0].unwrap() - 6.0 / 8.0).abs() < 1e-12);
-        assert!((scores.iou[0].unwrap() - 3.0 / 5.0).abs() < 1e-12);
+        assert!((confusion.dice(1, EmptyClasses::Monai).unwrap() - 6.0 / 8.0).abs() < 1e-12);
+        assert!((confusion.iou(1, EmptyClasses::Monai).unwrap() - 3.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn empty_class_rules() {
+        let mut confusion = Confusion::new(3);
+        // class 2: predicted twice, absent from the truth
+        confusion.add(&[2, 2, 1, 0], &[0, 0, 1, 0]);
+        assert_eq!(confusion.dice(2, EmptyClasses::Monai), None);
+        assert_eq!(confusion.dice(2, EmptyClasses::Strict), Some(0.0));
+        let mut both_empty = Confusion::new(3);
+        both_empty.add(&[1, 0], &[1, 0]);
+        assert_eq!(both_empty.dice(2, EmptyClasses::Strict), None);
+        assert_eq!(both_empty.dice(2, EmptyClasses::Monai), None);
     }
 
     #[test]
     fn absent_class_is_excluded_from_the_mean() {
-        let a = CaseScores {
-            case_id: "a".into(),
-            dice: vec![Some(0.8), None],
-            iou: vec![Some(0.6), None],
+        let scores = |id: &str, dice: Vec<Option<f64>>| CaseScores {
+            case_id: id.into(),
+            iou: dice.clone(),
+            hd95: vec![None; dice.len()],
+            dice_at_resolution: dice.clone(),
+            dice,
         };
-        let b = CaseScores {
-            case_id: "b".into(),
-            dice: vec![Some(0.6), Some(0.5)],
-            iou: vec![Some(0.4), Some(0.3)],
+        let a = scores("a", vec![Some(0.8), None]);
+        let b = scores("b", vec![Some(0.6), Some(0.5)]);
+        let scoring = Scoring {
+            classes: 3,
+            first_class: 1,
+            empty: EmptyClasses::Monai,
         };
-        let summary = summarise(&[a, b]);
+        let summary = summarise(&[a, b], &Confusion::new(3), &scoring);
         assert!((summary.dice_per_class[0].unwrap() - 0.7).abs() < 1e-12);
         assert_eq!(summary.dice_per_class[1], Some(0.5));
         assert!((summary.dice_mean.unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(summary.hd95_mean, None);
+    }
+
+    #[test]
+    fn dataset_iou_sums_confusions_before_dividing() {
+        let mut a = Confusion::new(2);
+        a.add(&[1, 1], &[1, 0]); // class 1: tp 1, fp 1
+        let mut b = Confusion::new(2);
+        b.add(&[0, 0, 1, 1], &[1, 1, 1, 1]); // class 1: tp 2, fn 2
+        a.merge(&b);
+        // class 1: tp 3, fp 1, fn 2 -> 3 / 6
+        assert!((a.iou(1, EmptyClasses::Monai).unwrap() - 0.5).abs() < 1e-12);
     }
 }

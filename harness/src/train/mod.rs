@@ -1,11 +1,13 @@
 //! Training primitives and the one training engine every method runs through.
 
+pub mod augment;
 pub mod batch;
 pub mod engine;
 pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod schedule;
+pub mod surface;
 
 pub use batch::{Example, Pool, Target};
-pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step};
+pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepReport};

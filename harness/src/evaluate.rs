@@ -1,0 +1,203 @@
+//! Scoring a trained model the way papers and outside tools do: per case, on the case's native
+//! grid.
+//!
+//! The network sees slices resized to the training resolution; a paper's Dice is computed on the
+//! original volume. Each case's predicted label slices are therefore resized back to the native
+//! in-plane size by nearest neighbour (as SSL4MIS's `test_2D` zooms its predictions with
+//! order 0), stacked into a volume on the label file's grid, and scored there: Dice and IoU per
+//! class, HD95 in millimetres with the file's voxel spacing. Dice at the training resolution is
+//! kept beside it. On request the native predictions are written as NIfTI on the image's exact
+//! geometry so nibabel, MONAI or medpy can recompute every number.
+
+use crate::data::slices::resize_nearest;
+use crate::data::{Case, Volume};
+use crate::train::infer;
+use crate::train::metrics::{summarise, CaseScores, Confusion, EmptyClasses, Scoring, Summary};
+use crate::train::surface::{self, Mask};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `[evaluation]` of an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSpec {
+    /// How a class absent from a case is scored (see `train::metrics`).
+    #[serde(default)]
+    pub empty_classes: EmptyClasses,
+    /// Compute HD95 per case and class (costs a distance transform per class and case).
+    #[serde(default = "yes")]
+    pub hd95: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EvaluationSpec {
+    fn default() -> Self {
+        Self {
+            empty_classes: EmptyClasses::default(),
+            hd95: true,
+        }
+    }
+}
+
+/// Scores of every evaluated case and their summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub scores: Vec<CaseScores>,
+    pub summary: Summary,
+}
+
+/// Scores `predictions` (class probabilities per slice at the training resolution, per case)
+/// against `cases`. With `save_to`, each case's native prediction is written there as
+/// `<case id>.nii.gz`.
+pub fn score(
+    cases: &[&Case],
+    predictions: &[Vec<Vec<f32>>],
+    scoring: &Scoring,
+    spec: &EvaluationSpec,
+    save_to: Option<&Path>,
+) -> Result<Evaluation> {
+    let mut scores = Vec::with_capacity(cases.len());
+    let mut dataset = Confusion::new(scoring.classes);
+    for (case, probabilities) in cases.iter().zip(predictions) {
+        let labels: Vec<Vec<u8>> = probabilities.iter().map(|p| infer::argmax(p, scoring.classes)).collect();
+        let at_resolution = confusion_at_resolution(case, &labels, scoring.classes);
+        let dice_at_resolution = scoring.scored().map(|c| at_resolution.dice(c, scoring.empty)).collect();
+        let (native, hd95) = match &case.native {
+            Some(source) => {
+                let truth = source
+                    .labels()
+                    .with_context(|| format!("case {}: reading its native labels", case.id))?;
+                let predicted = native_prediction(&truth, source.axis, &labels, case);
+                if let Some(dir) = save_to {
+                    source
+                        .write_prediction(&dir.join(format!("{}.nii.gz", case.id)), &predicted)
+                        .with_context(|| format!("case {}: writing its prediction", case.id))?;
+                }
+                let mut confusion = Confusion::new(scoring.classes);
+                confusion.add(&as_labels(&predicted.data), &as_labels(&truth.data));
+                let hd95 = if spec.hd95 {
+                    hd95_per_class(&predicted, &truth, scoring)
+                } else {
+                    vec![None; scoring.scored().len()]
+                };
+                (confusion, hd95)
+            }
+            None => (at_resolution.clone(), vec![None; scoring.scored().len()]),
+        };
+        dataset.merge(&native);
+        scores.push(CaseScores {
+            case_id: case.id.clone(),
+            dice: scoring.scored().map(|c| native.dice(c, scoring.empty)).collect(),
+            iou: scoring.scored().map(|c| native.iou(c, scoring.empty)).collect(),
+            hd95,
+            dice_at_resolution,
+        });
+    }
+    let summary = summarise(&scores, &dataset, scoring);
+    Ok(Evaluation { scores, summary })
+}
+
+/// Mean Dice at the training resolution only (validation after each stage: cheap, no file IO).
+pub fn dice_at_resolution(cases: &[&Case], predictions: &[Vec<Vec<f32>>], scoring: &Scoring) -> Option<f64> {
+    let scores: Vec<CaseScores> = cases
+        .iter()
+        .zip(predictions)
+        .map(|(case, probabilities)| {
+            let labels: Vec<Vec<u8>> = probabilities.iter().map(|p| infer::argmax(p, scoring.classes)).collect();
+            let confusion = confusion_at_resolution(case, &labels, scoring.classes);
+            let dice: Vec<Option<f64>> = scoring.scored().map(|c| confusion.dice(c, scoring.empty)).collect();
+            CaseScores {
+                case_id: case.id.clone(),
+                iou: dice.clone(),
+                hd95: Vec::new(),
+                dice_at_resolution: dice.clone(),
+                dice,
+            }
+        })
+        .collect();
+    summarise(&scores, &Confusion::new(scoring.classes), scoring).dice_mean
+}
+
+/// Confusion of predicted label slices against a case's slices at the training resolution.
+pub fn confusion_at_resolution(case: &Case, predicted: &[Vec<u8>], classes: usize) -> Confusion {
+    let mut confusion = Confusion::new(classes);
+    for (slice, labels) in case.slices.iter().zip(predicted) {
+        confusion.add(labels, &slice.label);
+    }
+    confusion
+}
+
+/// Predicted label slices resized back to the native plane size and stacked on `truth`'s grid.
+fn native_prediction(truth: &Volume, axis: usize, labels: &[Vec<u8>], case: &Case) -> Volume {
+    let mut volume = Volume::filled(truth.dims, truth.spacing, 0.0);
+    let size = case.slices.first().map_or(0, |s| (s.label.len() as f64).sqrt() as usize);
+    for (at, slice) in labels.iter().enumerate().take(truth.dims[axis]) {
+        let (w, h, _) = truth.plane(axis, at);
+        let as_float: Vec<f32> = slice.iter().map(|&v| v as f32).collect();
+        volume.set_plane(axis, at, &resize_to(&as_float, size, w, h));
+    }
+    volume
+}
+
+/// Nearest-neighbour resize of a square `size x size` map to `w x h`.
+fn resize_to(values: &[f32], size: usize, w: usize, h: usize) -> Vec<f32> {
+    if w == h {
+        return resize_nearest(values, size, size, w);
+    }
+    let mut out = Vec::with_capacity(w * h);
+    for oy in 0..h {
+        let sy = (((oy as f32 + 0.5) * size as f32 / h as f32) as usize).min(size - 1);
+        for ox in 0..w {
+            let sx = (((ox as f32 + 0.5) * size as f32 / w as f32) as usize).min(size - 1);
+            out.push(values[sy * size + sx]);
+        }
+    }
+    out
+}
+
+fn as_labels(values: &[f32]) -> Vec<u8> {
+    values.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect()
+}
+
+fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring) -> Vec<Option<f64>> {
+    let spacing = truth.spacing.map(f64::from);
+    scoring
+        .scored()
+        .map(|class| {
+            let target = class as f32;
+            let p: Vec<bool> = predicted.data.iter().map(|&v| v == target).collect();
+            let t: Vec<bool> = truth.data.iter().map(|&v| v == target).collect();
+            let truth_present = t.iter().any(|&x| x);
+            if scoring.empty == EmptyClasses::Monai && !truth_present {
+                return None;
+            }
+            surface::hd95(
+                &Mask {
+                    dims: predicted.dims,
+                    spacing,
+                    voxels: &p,
+                },
+                &Mask {
+                    dims: truth.dims,
+                    spacing,
+                    voxels: &t,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_square_planes_resize_by_nearest_neighbour() {
+        // 2x2 map to 4 wide, 2 high: each column doubled.
+        assert_eq!(resize_to(&[1.0, 2.0, 3.0, 4.0], 2, 4, 2), [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]);
+    }
+}

@@ -1,0 +1,127 @@
+//! Files that appear whole or not at all.
+//!
+//! Every file the harness writes (records, tables, splits, configs, fingerprints, generated
+//! data, reports) goes through [`write_atomic`]: the bytes go to a temporary file in the target's
+//! folder whose name is unique per process and call, are flushed and fsynced, and the file is
+//! renamed over the target; the folder is fsynced so the rename survives a power cut. A kill at
+//! any moment leaves either the old file or the new one, plus at worst a stray `.<name>.*.tmp`
+//! that readers ignore. Write errors (a full disk) surface as errors naming the file, never as a
+//! silently truncated file: nothing is buffered past the explicit flush.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// Whether an existing target may be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Replace an existing file atomically.
+    Yes,
+    /// Fail if the target exists (records are never overwritten).
+    Never,
+}
+
+/// Writes `bytes` to `path` atomically (see the module doc), creating parent folders.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, Replace::Yes, |w| w.write_all(bytes).map_err(Into::into))
+}
+
+/// Like [`write_atomic`], but refuses to replace an existing file.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, Replace::Never, |w| w.write_all(bytes).map_err(Into::into))
+}
+
+/// Writes `path` atomically with whatever `fill` writes into the temporary file.
+pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file beside it", path.display()))?;
+    fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file_mut().flush().with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("{}: fsync failed", path.display()))?;
+    match replace {
+        Replace::Yes => {
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("renaming into {}", path.display()))?;
+        }
+        Replace::Never => {
+            tmp.persist_noclobber(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("{}: already exists; refusing to overwrite it", path.display()))?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Fsyncs a folder so a rename into it is durable (best effort: not every platform can open a
+/// folder for syncing).
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}
+
+/// Whether a file name is one the harness must never read as data: hidden files (macOS `._x`
+/// resource forks, `.x.tmp` leftovers of an interrupted write).
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_files_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/table.csv");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["table.csv"]);
+    }
+
+    #[test]
+    fn never_mode_keeps_the_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.json");
+        write_new(&path, b"kept").unwrap();
+        let message = format!("{:#}", write_new(&path, b"lost").unwrap_err());
+        assert!(message.contains("record.json") && message.contains("already exists"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_failing_writer_leaves_the_old_file_and_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("splits.json");
+        write_atomic(&path, b"old").unwrap();
+        let error = write_atomic_with(&path, Replace::Yes, |_| anyhow::bail!("disk full")).unwrap_err();
+        assert!(format!("{error:#}").contains("splits.json"), "{error:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hidden_names() {
+        assert!(is_hidden(Path::new("records/._x.json")));
+        assert!(is_hidden(Path::new(".runs.csv.1a2b.tmp")));
+        assert!(!is_hidden(Path::new("records/x.json")));
+    }
+}

@@ -1,0 +1,253 @@
+//! One run, start to record: split, train, evaluate, and the record that says what happened.
+//!
+//! Everything inside a run that can go wrong becomes that run's "failed" record: an error from
+//! any step, a non-finite loss, and a panic anywhere (backend, evaluation, a method bug); the
+//! sweep then goes on with the next run.
+
+use super::plan::RunSpec;
+use crate::backend;
+use crate::config::OutputSpec;
+use crate::data::PreparedDataset;
+use crate::method::{Method, RunContext, RunData, RunSetup};
+use crate::progress::{self, Event, SharedSink};
+use crate::provenance::{Machine, Provenance};
+use crate::records::{RunRecord, Status};
+use crate::rng;
+use anyhow::{anyhow, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// What every run of a sweep shares.
+pub struct RunEnvironment<'a> {
+    pub results: &'a Path,
+    pub backend: &'a str,
+    pub provenance: &'a Provenance,
+    pub machine: &'a Machine,
+    pub threads: usize,
+    pub output: &'a OutputSpec,
+}
+
+/// Identity of a run as the sweep computed it.
+pub struct RunIdentity {
+    pub config_hash: String,
+    pub cell_hash: String,
+    pub data_fingerprint: String,
+}
+
+/// A panic's message.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// A new run id (name and start time, unique per run start) and the start time.
+pub fn new_run_id(run: &RunSpec) -> (String, chrono::DateTime<chrono::Utc>) {
+    let started = chrono::Utc::now();
+    (format!("{}_{}", run.name(), started.format("%Y%m%dT%H%M%S%.3f")), started)
+}
+
+/// Runs `run` as `run_id` and returns its record (ok or failed); never fails itself.
+pub fn execute(
+    run: &RunSpec,
+    (run_id, started): (String, chrono::DateTime<chrono::Utc>),
+    identity: &RunIdentity,
+    dataset: Result<&PreparedDataset, &String>,
+    method: &dyn Method,
+    env: &RunEnvironment,
+    sink: &SharedSink,
+) -> RunRecord {
+    let clock = Instant::now();
+    progress::emit(
+        sink,
+        Event::Started {
+            run: run_id.clone(),
+            steps: run.budget.iterations,
+        },
+    );
+    let mut record = blank_record(run, identity, method, env, &run_id, started);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_and_evaluate(run, dataset, method, env, &run_id, sink, &mut record)
+    }));
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(format!("{error:#}")),
+        Err(panic) => Some(format!("panicked: {}", panic_message(panic.as_ref()))),
+    };
+    record.status = if error.is_none() { Status::Ok } else { Status::Failed };
+    record.error = error;
+    record.wall_seconds = clock.elapsed().as_secs_f64();
+    record.finished_at = chrono::Utc::now().to_rfc3339();
+    progress::emit(
+        sink,
+        Event::Finished {
+            run: run_id,
+            ok: record.status == Status::Ok,
+            dice: record.dice_mean,
+            seconds: record.wall_seconds,
+            error: record.error.clone(),
+        },
+    );
+    record
+}
+
+fn blank_record(
+    run: &RunSpec,
+    identity: &RunIdentity,
+    method: &dyn Method,
+    env: &RunEnvironment,
+    run_id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+) -> RunRecord {
+    let settings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| method.settings(&run.budget).to_string()))
+        .unwrap_or_else(|p| format!("{{\"error\": \"settings panicked: {}\"}}", panic_message(p.as_ref())));
+    RunRecord {
+        run_id: run_id.to_string(),
+        experiment: run.experiment.clone(),
+        dataset: run.dataset.name.clone(),
+        method: run.method.label(),
+        method_kind: run.method.kind().to_string(),
+        labeled_ratio: run.labeled_ratio,
+        labeled_fraction: None,
+        seed: run.seed,
+        status: Status::Failed,
+        error: None,
+        dice_mean: None,
+        iou_mean: None,
+        hd95_mean: None,
+        miou: None,
+        dice_at_resolution_mean: None,
+        val_dice_mean: None,
+        class_dice: Vec::new(),
+        class_hd95: Vec::new(),
+        iterations: run.budget.iterations,
+        iterations_used: 0,
+        batch_size: run.budget.batch_size,
+        resolution: run.budget.resolution,
+        n_labeled: 0,
+        n_unlabeled: 0,
+        n_validation: 0,
+        n_test: 0,
+        wall_seconds: 0.0,
+        backend: backend::label(env.backend),
+        threads: env.threads,
+        cpu: env.machine.cpu.clone(),
+        simd: env.machine.simd.clone(),
+        host: env.machine.host.clone(),
+        git_commit: env.provenance.commit.clone(),
+        git_dirty: env.provenance.dirty,
+        git_branch: env.provenance.branch.clone(),
+        config_hash: identity.config_hash.clone(),
+        cell_hash: identity.cell_hash.clone(),
+        data_fingerprint: identity.data_fingerprint.clone(),
+        method_settings: settings,
+        augmentation: serde_json::to_string(&run.augmentation).unwrap_or_default(),
+        lr_schedule: serde_json::to_value(run.optimizer.schedule)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        empty_classes: serde_json::to_value(run.evaluation.empty_classes)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        diagnostics: Default::default(),
+        split_file: String::new(),
+        predictions_dir: None,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: started.to_rfc3339(),
+        finished_at: String::new(),
+        cases: Vec::new(),
+        class_names: Vec::new(),
+        first_class: 1,
+        stages: Vec::new(),
+        ledger: Vec::new(),
+    }
+}
+
+/// The body of a run; fills `record` as it learns things, so a failure keeps what was known.
+fn train_and_evaluate(
+    run: &RunSpec,
+    dataset: Result<&PreparedDataset, &String>,
+    method: &dyn Method,
+    env: &RunEnvironment,
+    run_id: &str,
+    sink: &SharedSink,
+    record: &mut RunRecord,
+) -> Result<()> {
+    let dataset = dataset.map_err(|e| anyhow!("preparing dataset '{}': {e}", run.dataset.name))?;
+    record.class_names = dataset.classes.clone();
+    record.first_class = dataset.first_class;
+    let ids: Vec<String> = dataset.cases.iter().map(|c| c.id.clone()).collect();
+    let split = run.splits.split(&dataset.name, &ids, run.labeled_ratio, run.seed)?;
+    let split_file = Path::new("splits").join(format!("{}_r{}_s{}.json", dataset.name, run.labeled_ratio, run.seed));
+    split.write(&env.results.join(&split_file))?;
+    record.split_file = split_file.display().to_string();
+    let pick = |wanted: &[String]| dataset.cases.iter().filter(|c| wanted.contains(&c.id)).collect::<Vec<_>>();
+    let data = RunData {
+        class_names: dataset.classes.clone(),
+        in_channels: dataset.in_channels,
+        first_class: dataset.first_class,
+        outside_label: dataset.outside_label,
+        labeled: pick(&split.labeled),
+        unlabeled: pick(&split.unlabeled),
+        validation: pick(&split.validation),
+        test: pick(&split.test),
+    };
+    record.n_labeled = data.labeled.len();
+    record.n_unlabeled = data.unlabeled.len();
+    record.n_validation = data.validation.len();
+    record.n_test = data.test.len();
+    record.labeled_fraction = Some(data.labeled.len() as f64 / (data.labeled.len() + data.unlabeled.len()).max(1) as f64);
+    let device = backend::device(env.backend, rng::derived_seed(run.seed, "device"))?;
+    let setup = RunSetup {
+        model_spec: run.model.clone(),
+        budget: run.budget.clone(),
+        optimizer: run.optimizer.clone(),
+        augmentation: run.augmentation.clone(),
+        evaluation: run.evaluation.clone(),
+        seed: run.seed,
+    };
+    let mut ctx = RunContext::new(data, setup, device);
+    let step_sink = sink.clone();
+    let name = run_id.to_string();
+    ctx.engine.on_step(move |report| {
+        progress::emit(
+            &step_sink,
+            Event::Step {
+                run: name.clone(),
+                done: report.done,
+                total: report.total,
+                loss: report.loss,
+                lr: report.lr,
+            },
+        )
+    });
+    let trained = method.train(&mut ctx);
+    // What the method recorded is kept even when it failed part-way.
+    record.iterations_used = ctx.engine.steps_taken();
+    record.stages = std::mem::take(&mut ctx.stages);
+    record.ledger = std::mem::take(&mut ctx.ledger);
+    record.diagnostics = std::mem::take(&mut ctx.diagnostics);
+    let trained = trained?;
+    let validation = ctx.evaluate(&trained, &ctx.data.validation)?;
+    let predictions = env.output.save_predictions.then(|| Path::new("predictions").join(run_id));
+    let test = ctx.evaluate_into(
+        &trained,
+        &ctx.data.test,
+        predictions.as_ref().map(|p| env.results.join(p)).as_deref(),
+    )?;
+    record.predictions_dir = predictions.map(|p| p.display().to_string());
+    let scored: Vec<String> = dataset.classes.iter().skip(dataset.first_class).cloned().collect();
+    record.dice_mean = test.summary.dice_mean;
+    record.iou_mean = test.summary.iou_mean;
+    record.hd95_mean = test.summary.hd95_mean;
+    record.miou = test.summary.miou;
+    record.dice_at_resolution_mean = test.summary.dice_at_resolution_mean;
+    record.val_dice_mean = validation.summary.dice_mean;
+    record.class_dice = scored.iter().cloned().zip(test.summary.dice_per_class.iter().copied()).collect();
+    record.class_hd95 = scored.into_iter().zip(test.summary.hd95_per_class.iter().copied()).collect();
+    record.cases = test.scores;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! `--jobs N`: independent runs in parallel, as N worker processes over one results folder.
+//!
+//! Processes, not threads: the CPU backend keeps one random stream per process (dropout), and a
+//! process per run keeps every run's arithmetic identical to a serial sweep with the same thread
+//! count. Each worker walks the whole run list and claims runs before it starts them (see
+//! `runner::claims`), so the work spreads by itself and no run is done twice; workers report
+//! their events as JSON lines, which this process draws as one view.
+
+use anyhow::{bail, Context, Result};
+use atso_harness::config::Experiment;
+use atso_harness::progress::{Event, Sink};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+/// How many runs go in parallel and with how many threads each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub jobs: usize,
+    pub threads: usize,
+}
+
+/// Picks jobs x threads for `cores` cores. Parallel runs use the machine better than threads
+/// inside one run (at small sizes the second thread of a run buys nothing: docs/benchmarks.md),
+/// so the default is one single-threaded run per core, fewer when the runs' estimated memory
+/// would not fit in half of the available memory, and one run (all cores) on a GPU backend.
+pub fn choose(experiment: &Experiment, backend: &str, cores: usize, available_memory: Option<u64>) -> (Plan, String) {
+    if backend != "flex" {
+        return (
+            Plan { jobs: 1, threads: cores },
+            format!("1 run at a time on the {backend} backend"),
+        );
+    }
+    let per_run = estimated_run_bytes(experiment);
+    let by_memory = available_memory.map_or(cores, |m| ((m / 2) / per_run.max(1)).max(1) as usize);
+    let jobs = cores.min(by_memory).max(1);
+    let threads = (cores / jobs).max(1);
+    let why = format!(
+        "{jobs} run(s) in parallel, {threads} thread(s) each ({cores} cores; about {} MiB per run{})",
+        per_run >> 20,
+        if by_memory < cores { ", limited by memory" } else { "" }
+    );
+    (Plan { jobs, threads }, why)
+}
+
+/// A rough upper bound of one run's memory: activations of a training step (forward and
+/// backward, a dozen buffers per level) plus the dataset's slices held several times over.
+fn estimated_run_bytes(experiment: &Experiment) -> u64 {
+    let b = &experiment.budget;
+    let pixels = (b.resolution * b.resolution) as u64;
+    let activations: u64 = experiment
+        .model
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(level, &c)| b.batch_size as u64 * c as u64 * (pixels >> (2 * level)) * 4 * 12)
+        .sum();
+    let slices: u64 = experiment
+        .datasets
+        .iter()
+        .map(|d| d.phantom.as_ref().map_or(2000, |p| (p.cases * p.slices) as u64))
+        .max()
+        .unwrap_or(2000);
+    activations + slices * pixels * 5 * 4 + (256 << 20)
+}
+
+/// MemAvailable from /proc/meminfo.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+enum Message {
+    Event(Event),
+    Log(String),
+}
+
+/// Starts `plan.jobs` workers running `worker_args` (the sweep's own arguments plus the worker
+/// flags) and draws their events into `view` until all have finished. Returns how many runs
+/// finished ok, failed, and were recorded before the sweep started.
+pub fn run_workers(plan: Plan, worker_args: &[String], view: &mut dyn Sink) -> Result<(usize, usize, usize)> {
+    let exe = std::env::current_exe().context("finding the atso executable to start workers")?;
+    let (sender, receiver) = mpsc::channel::<Message>();
+    let mut children = Vec::new();
+    for _ in 0..plan.jobs {
+        let mut child = Command::new(&exe)
+            .args(worker_args)
+            .args(["--threads", &plan.threads.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting worker {}", exe.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let events = sender.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let message = serde_json::from_str::<Event>(&line).map_or(Message::Log(line), Message::Event);
+                if events.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        let logs = sender.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if logs.send(Message::Log(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(sender);
+    let (mut ok, mut failed, mut recorded) = (0, 0, 0);
+    let mut planned = false;
+    for message in receiver {
+        match message {
+            // Every worker plans the same list; the view needs it once.
+            Message::Event(Event::Planned { runs, to_run }) => {
+                if !planned {
+                    view.emit(&Event::Planned { runs, to_run });
+                    recorded = runs - to_run;
+                    planned = true;
+                }
+            }
+            Message::Event(event) => {
+                if let Event::Finished { ok: was_ok, .. } = &event {
+                    if *was_ok {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                }
+                view.emit(&event);
+            }
+            Message::Log(line) => view.emit(&Event::Note { message: line }),
+        }
+    }
+    let mut crashed = Vec::new();
+    for mut child in children {
+        let status = child.wait()?;
+        if !matches!(status.code(), Some(0) | Some(3)) {
+            crashed.push(status.to_string());
+        }
+    }
+    if !crashed.is_empty() {
+        bail!(
+            "{} worker(s) stopped abnormally ({}); their runs are listed by `atso status`",
+            crashed.len(),
+            crashed.join(", ")
+        );
+    }
+    Ok((ok, failed, recorded))
+}
