@@ -69,10 +69,53 @@ enum Command {
         #[arg(long, default_value = "flex")]
         backend: String,
     },
-    /// Write report.md and Dice-vs-ratio plots for a results folder.
+    /// Tables (Markdown, LaTeX, CSV, HTML) and plots from one or more results folders.
     Report {
-        /// A results folder, e.g. results/quickstart.
-        results: PathBuf,
+        /// Results folders, e.g. results/quickstart; several are merged.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Output folder (default: the results folder, when there is one).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Average seeds recorded at different commits (marked in the tables) instead of refusing.
+        #[arg(long)]
+        allow_mixed: bool,
+    },
+    /// Compare results with a reference file of expected values and tolerances; exit 2 when a
+    /// value is outside its tolerance or missing.
+    Check {
+        /// Results folders, e.g. results/ci.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// The reference file, e.g. experiments/references/ci.toml.
+        #[arg(long)]
+        reference: PathBuf,
+        /// Rewrite the reference's expected values from these results (tolerances are kept).
+        #[arg(long)]
+        update: bool,
+        /// With --update on an empty reference: the metrics to add (default dice_mean).
+        #[arg(long, value_delimiter = ',', default_value = "dice_mean")]
+        metrics: Vec<String>,
+        /// With --update on an empty reference: the absolute tolerance of new entries.
+        #[arg(long, default_value_t = 0.02)]
+        tolerance: f64,
+        #[arg(long)]
+        allow_mixed: bool,
+    },
+    /// Compare the rows recorded at two commits in the same results folders ("did my change move
+    /// the numbers"); exit 2 when a cell moved beyond the reference tolerance.
+    Compare {
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// The base commit (any git revision: a hash, a branch, HEAD~1).
+        #[arg(long)]
+        base: String,
+        /// The head commit (default: HEAD).
+        #[arg(long, default_value = "HEAD")]
+        head: String,
+        /// Tolerances per cell, from a reference file.
+        #[arg(long)]
+        reference: Option<PathBuf>,
     },
     /// Generate the synthetic abdominal CT phantom in MSD layout.
     Prepare {
@@ -155,6 +198,7 @@ fn main() {
     match run(cli) {
         Ok(Outcome::AllOk) => {}
         Ok(Outcome::SomeRunsFailed) => std::process::exit(3),
+        Ok(Outcome::CheckFailed) => std::process::exit(2),
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::exit(1);
@@ -162,10 +206,11 @@ fn main() {
     }
 }
 
-/// Exit status: 0 all ok, 1 the command could not run, 3 it ran but some runs failed (they are
-/// recorded with their errors).
+/// Exit status: 0 all ok, 1 the command could not run, 2 a check or comparison failed, 3 a
+/// sweep ran but some runs failed (they are recorded with their errors).
 enum Outcome {
     AllOk,
+    CheckFailed,
     SomeRunsFailed,
 }
 
@@ -211,9 +256,39 @@ fn run(cli: Cli) -> Result<Outcome> {
             status(&results, experiment.as_deref(), &backend)?;
             Ok(Outcome::AllOk)
         }
-        Command::Report { results } => {
-            report(&results)?;
+        Command::Report { results, out, allow_mixed } => {
+            let out = match (out, results.as_slice()) {
+                (Some(out), _) => out,
+                (None, [one]) => one.clone(),
+                (None, _) => bail!("several results folders: say where the report goes with --out DIR"),
+            };
+            report(&results, &out, allow_mixed)?;
             Ok(Outcome::AllOk)
+        }
+        Command::Check {
+            results,
+            reference,
+            update,
+            metrics,
+            tolerance,
+            allow_mixed,
+        } => check(&results, &reference, update, &metrics, tolerance, allow_mixed),
+        Command::Compare {
+            results,
+            base,
+            head,
+            reference,
+        } => {
+            let (base, head) = (resolve_commit(&base)?, resolve_commit(&head)?);
+            let reference = reference.as_deref().map(atso_reports::check::Reference::read).transpose()?;
+            let outcome = atso_reports::check::compare(&results, &base, &head, reference.as_ref())?;
+            print!("{}", outcome.table());
+            if outcome.passed() {
+                Ok(Outcome::AllOk)
+            } else {
+                println!("some cells moved beyond their tolerance");
+                Ok(Outcome::CheckFailed)
+            }
         }
         Command::Prepare {
             out,
@@ -248,7 +323,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 embedded
             };
             let (dir, failed) = sweep(&experiment, &source, &file, &run, None)?;
-            report(&dir)?;
+            report(std::slice::from_ref(&dir), &dir, false)?;
             Ok(if failed > 0 { Outcome::SomeRunsFailed } else { Outcome::AllOk })
         }
     }
@@ -463,17 +538,91 @@ fn newest_config(results: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{}: no experiment copies (pass --experiment FILE)", dir.display()))
 }
 
-fn report(results: &Path) -> Result<()> {
+fn report(folders: &[PathBuf], out: &Path, allow_mixed: bool) -> Result<()> {
     // Tables are derived from the per-run records: rebuilding them first keeps a results folder
     // written by an older version readable with this one.
-    if atso_harness::records::records_dir(results).is_dir() {
-        let _lock = atso_harness::runner::claims::FolderLock::acquire(results)?;
-        atso_harness::records::rebuild_tables(results)?;
+    let mut unreadable = 0;
+    for folder in folders {
+        if atso_harness::records::records_dir(folder).is_dir() {
+            let _lock = atso_harness::runner::claims::FolderLock::acquire(folder)?;
+            let loaded = atso_harness::records::rebuild_tables(folder)?;
+            for skipped in &loaded.skipped {
+                eprintln!("warning: skipped {}: {}", skipped.path.display(), skipped.reason);
+            }
+            unreadable += loaded.skipped.len();
+        }
     }
-    let files = atso_reports::render(results)?;
+    let options = atso_reports::ReportOptions {
+        allow_mixed,
+        unreadable_records: unreadable,
+    };
+    let files = atso_reports::render(folders, out, &options)?;
     println!("report: {}", files.markdown.display());
+    println!("        {}", files.html.display());
+    println!("        {}", files.csv.display());
+    println!(
+        "        {} LaTeX tables in {}",
+        files.latex.len().saturating_sub(1),
+        out.join("latex").display()
+    );
     for plot in files.plots {
         println!("plot:   {}", plot.display());
     }
     Ok(())
+}
+
+fn check(
+    folders: &[PathBuf],
+    reference_path: &Path,
+    update: bool,
+    metrics: &[String],
+    tolerance: f64,
+    allow_mixed: bool,
+) -> Result<Outcome> {
+    use atso_reports::check::{self, Reference};
+    for folder in folders {
+        if atso_harness::records::records_dir(folder).is_dir() {
+            let _lock = atso_harness::runner::claims::FolderLock::acquire(folder)?;
+            atso_harness::records::rebuild_tables(folder)?;
+        }
+    }
+    if update {
+        let reference = if reference_path.exists() {
+            Reference::read(reference_path)?
+        } else {
+            Reference::default()
+        };
+        let updated = check::update(folders, &reference, metrics, tolerance, allow_mixed)?;
+        check::write_reference(reference_path, &updated)?;
+        println!(
+            "{}: {} expected values written from commit(s) {}",
+            reference_path.display(),
+            updated.values.len(),
+            updated.commit
+        );
+        return Ok(Outcome::AllOk);
+    }
+    let reference = Reference::read(reference_path)?;
+    let outcome = check::check(folders, &reference, allow_mixed)?;
+    print!("{}", outcome.table());
+    let failed = outcome.lines.iter().filter(|l| !l.pass).count();
+    if failed == 0 {
+        println!("all {} checks pass ({})", outcome.lines.len(), reference_path.display());
+        Ok(Outcome::AllOk)
+    } else {
+        println!("{failed} of {} checks FAILED ({})", outcome.lines.len(), reference_path.display());
+        Ok(Outcome::CheckFailed)
+    }
+}
+
+/// The full commit id of a git revision in the repository around the working directory.
+fn resolve_commit(revision: &str) -> Result<String> {
+    let repo = git2::Repository::discover(".").context("compare needs a git repository to resolve revisions")?;
+    let object = repo
+        .revparse_single(revision)
+        .with_context(|| format!("'{revision}' is not a revision of {}", repo.path().display()))?;
+    let commit = object
+        .peel_to_commit()
+        .with_context(|| format!("'{revision}' does not name a commit"))?;
+    Ok(commit.id().to_string())
 }

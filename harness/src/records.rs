@@ -374,6 +374,7 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("n_unlabeled".into(), int(&|r| r.n_unlabeled as u64)),
         Column::new("n_validation".into(), int(&|r| r.n_validation as u64)),
         Column::new("n_test".into(), int(&|r| r.n_test as u64)),
+        Column::new("first_class".into(), int(&|r| r.first_class as u64)),
         Column::new("wall_seconds".into(), records.iter().map(|r| r.wall_seconds).collect::<Vec<_>>()),
         Column::new("backend".into(), text(&|r| r.backend.clone())),
         Column::new("threads".into(), int(&|r| r.threads as u64)),

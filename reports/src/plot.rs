@@ -1,12 +1,12 @@
-//! Dice vs labeled ratio, one line per method with ±1 std error bars, as PNG and SVG.
+//! Figures, as PNG and SVG (and the SVG text for the HTML report): Dice against labeled ratio
+//! with 95 % interval bars, the lazy-learning view per stage (one column per labeled ratio), and
+//! per-class Dice bars. Legends sit in their own area beside the panels, so they never cover data.
 //!
 //! Text is drawn with a TrueType font found on the system (or named by `ATSO_FONT`), so the plots
-//! need no C font stack at build time.
+//! need no C font stack at build time. Files are written whole or not at all.
 
-use crate::aggregate::{self, Group};
-use crate::stages::StageMean;
 use anyhow::{anyhow, Context, Result};
-use plotters::coord::types::RangedCoordf64;
+use atso_harness::fsio;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -21,16 +21,22 @@ const FONT_CANDIDATES: [&str; 6] = [
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
+/// A colour-blind-safe palette (Okabe-Ito), then greys.
 const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(100, 100, 100),
+    RGBColor(0, 0, 0),
 ];
+
+/// The colour of the `i`-th method.
+pub fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
 
 /// Registers a sans-serif font once per process.
 fn ensure_font() -> Result<()> {
@@ -56,191 +62,365 @@ fn ensure_font() -> Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Draws the plot for `dataset` into `<dir>/dice_vs_ratio_<dataset>.{png,svg}`.
-pub fn dice_vs_ratio(dir: &Path, dataset: &str, groups: &[Group]) -> Result<Vec<PathBuf>> {
-    render_both(
-        dir,
-        "dice_vs_ratio",
-        dataset,
-        (900, 600),
-        |root| draw(root, dataset, groups),
-        |root| draw(root, dataset, groups),
-    )
+/// Something that can draw itself on any plotters backend.
+pub trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
 }
 
-/// Draws one figure as `<dir>/<prefix>_<dataset>.png` and `.svg` (the same drawing code for both
-/// backends).
-fn render_both(
-    dir: &Path,
-    prefix: &str,
-    dataset: &str,
-    size: (u32, u32),
-    draw_png: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
-    draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
-) -> Result<Vec<PathBuf>> {
+/// Files written for a figure, and its SVG text (for embedding).
+pub struct Rendered {
+    pub files: Vec<PathBuf>,
+    pub svg: String,
+}
+
+/// Writes `figure` as `<dir>/<stem>.png` and `.svg`.
+pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> {
     ensure_font()?;
-    let stem = format!("{prefix}_{}", dataset.replace(['/', '\\', ' '], "_"));
     let png = dir.join(format!("{stem}.png"));
-    let svg = dir.join(format!("{stem}.svg"));
+    let svg_path = dir.join(format!("{stem}.svg"));
+    let mut svg = String::new();
     {
-        let root = BitMapBackend::new(&png, size).into_drawing_area();
-        draw_png(&root).with_context(|| format!("drawing {}", png.display()))?;
+        let root = SVGBackend::with_string(&mut svg, figure.size()).into_drawing_area();
+        figure.draw(&root).with_context(|| format!("drawing {}", svg_path.display()))?;
+        root.present().map_err(|e| anyhow!("drawing {}: {e}", svg_path.display()))?;
+    }
+    fsio::write_atomic(&svg_path, svg.as_bytes())?;
+    // The bitmap backend writes to a path: draw into a unique temporary file, then rename.
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{stem}."))
+        .suffix(".png")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file for {}", png.display()))?;
+    {
+        let root = BitMapBackend::new(tmp.path(), figure.size()).into_drawing_area();
+        figure.draw(&root).with_context(|| format!("drawing {}", png.display()))?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
     }
-    {
-        let root = SVGBackend::new(&svg, size).into_drawing_area();
-        draw_svg(&root).with_context(|| format!("drawing {}", svg.display()))?;
-        root.present().map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
-    }
-    Ok(vec![png, svg])
+    tmp.persist(&png)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", png.display()))?;
+    Ok(Rendered {
+        files: vec![png, svg_path],
+        svg,
+    })
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, dataset: &str, groups: &[Group]) -> Result<()>
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("{e:?}")
+}
+
+/// A legend in its own area: one line per entry (colour, dashed or not, label).
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, entries: &[(String, RGBColor, bool)]) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
-    root.fill(&WHITE).map_err(err)?;
-    let ratios = aggregate::ratios(groups);
-    let x_max = ratios.iter().cloned().fold(0.0, f64::max) * 100.0;
-    let x_min = ratios.iter().cloned().fold(f64::INFINITY, f64::min) * 100.0;
-    let pad = ((x_max - x_min) * 0.05).max(1.0);
-    let (low, high) = groups
-        .iter()
-        .filter_map(|g| Some((g.mean()? - g.std()?, g.mean()? + g.std()?)))
-        .fold((1.0f64, 0.0f64), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
-    let y_range = ((low * 100.0 - 5.0).max(0.0))..((high * 100.0 + 5.0).min(100.0));
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("{dataset}: test Dice vs labeled ratio"), ("sans-serif", 24))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x_min - pad)..(x_max + pad), y_range)
+    let font = ("sans-serif", 15).into_font();
+    area.draw(&Text::new(title.to_string(), (10, 30), font.clone().style(FontStyle::Normal)))
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("labeled cases (%)")
-        .y_desc("Dice (%), mean ± std over seeds")
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
-    for (i, method) in aggregate::methods(groups).iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64, f64)> = groups
-            .iter()
-            .filter(|g| &g.method == method)
-            .filter_map(|g| Some((g.labeled_ratio * 100.0, g.mean()? * 100.0, g.std()? * 100.0)))
-            .collect();
-        let line: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.1)).collect();
-        method_series(&mut chart, method, color, &line)?;
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.filled(), 8)),
-            )
-            .map_err(err)?;
+    for (i, (label, color, dashed)) in entries.iter().enumerate() {
+        let y = 58 + 24 * i as i32;
+        let style = color.stroke_width(3);
+        if *dashed {
+            for x in (10..40).step_by(10) {
+                area.draw(&PathElement::new(vec![(x, y), (x + 6, y)], style)).map_err(err)?;
+            }
+        } else {
+            area.draw(&PathElement::new(vec![(10, y), (40, y)], style)).map_err(err)?;
+        }
+        area.draw(&Circle::new((25, y), 4, color.filled())).map_err(err)?;
+        area.draw(&Text::new(label.clone(), (48, y - 8), font.clone())).map_err(err)?;
     }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
-/// Draws the lazy-learning figure for `dataset` into `<dir>/lazy_learning_<dataset>.{png,svg}`:
-/// first-step loss on the stage's pseudo labels (left) and flip rate (right) per stage.
-pub fn lazy_learning(dir: &Path, dataset: &str, means: &[StageMean]) -> Result<Vec<PathBuf>> {
-    render_both(
-        dir,
-        "lazy_learning",
-        dataset,
-        (1100, 480),
-        |root| draw_stages(root, dataset, means),
-        |root| draw_stages(root, dataset, means),
-    )
+/// One method's points with a 95 % interval: (x, mean, low, high).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
 }
 
-/// One per-stage quantity drawn in a panel.
-type Measure = fn(&StageMean) -> f64;
+/// Test Dice against labeled ratio, one line per method, 95 % interval bars.
+pub struct DiceVsRatio {
+    pub title: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// Largest meaningful value (100 for percentages): the axis and whiskers stop there.
+    pub cap: Option<f64>,
+}
 
-fn draw_stages<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, dataset: &str, means: &[StageMean]) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
-    root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(&format!("{dataset}: lazy learning per stage (mean over runs)"), ("sans-serif", 22))
-        .map_err(err)?;
-    let (left, right) = root.split_horizontally(550);
-    let measures: [(&str, Measure); 2] = [
-        ("first-step loss on its pseudo labels", |m| m.first_step_pseudo_loss),
-        ("flip rate over the stage", |m| m.flip_rate),
-    ];
-    let mut methods: Vec<&str> = Vec::new();
-    for m in means {
-        if !methods.contains(&m.method.as_str()) {
-            methods.push(&m.method);
-        }
+impl Figure for DiceVsRatio {
+    fn size(&self) -> (u32, u32) {
+        (1100, 620)
     }
-    let max_stage = means.iter().map(|m| m.stage).max().unwrap_or(1) as f64;
-    for (area, (label, value)) in [&left, &right].into_iter().zip(measures) {
-        let top = means.iter().map(value).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.15 + 1e-6;
-        let mut chart = ChartBuilder::on(area)
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(&self.title, ("sans-serif", 24)).map_err(err)?;
+        let (plot, legend) = root.split_horizontally(820);
+        let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+        let (x_min, x_max) = if x_min.is_finite() { (x_min, x_max) } else { (0.0, 100.0) };
+        let pad = ((x_max - x_min) * 0.06).max(2.0);
+        let (low, high) = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().flat_map(|p| [p.1, p.2, p.3]))
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let (low, high) = if low.is_finite() { (low, high) } else { (0.0, 100.0) };
+        let margin = ((high - low) * 0.08).max(2.0);
+        let y_top = self.cap.map_or(high + margin, |cap| (high + margin).min(cap));
+        let mut chart = ChartBuilder::on(&plot)
             .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.5..(max_stage + 0.5), 0.0..top)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d((x_min - pad)..(x_max + pad), (low - margin).max(0.0)..y_top)
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("stage")
-            .y_desc(label)
-            .label_style(("sans-serif", 14))
+            .light_line_style(RGBColor(238, 238, 238))
+            .x_desc("labeled cases (%)")
+            .y_desc(self.y_label.clone())
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 17))
             .draw()
             .map_err(err)?;
-        for (i, method) in methods.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let points: Vec<(f64, f64)> = means
-                .iter()
-                .filter(|m| m.method == *method)
-                .map(|m| (m.stage as f64, value(m)))
-                .collect();
-            method_series(&mut chart, method, color, &points)?;
+        // Methods sharing an x are nudged apart so their bars do not hide each other.
+        let nudge = (x_max - x_min + 2.0 * pad) * 0.008;
+        let clip = |v: f64| self.cap.map_or(v, |cap| v.min(cap)).max(0.0);
+        let count = self.series.len() as f64;
+        let mut entries = Vec::new();
+        for (i, series) in self.series.iter().enumerate() {
+            let c = color(i);
+            let offset = (i as f64 - (count - 1.0) / 2.0) * nudge;
+            let points: Vec<(f64, f64)> = series.points.iter().map(|p| (p.0 + offset, p.1)).collect();
+            chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2))).map_err(err)?;
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 5, c.filled())))
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    series
+                        .points
+                        .iter()
+                        .filter(|p| p.2.is_finite() && p.3.is_finite())
+                        .map(|p| ErrorBar::new_vertical(p.0 + offset, clip(p.2), p.1, clip(p.3), c.stroke_width(2), 10)),
+                )
+                .map_err(err)?;
+            entries.push((series.label.clone(), c, false));
         }
-        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        draw_legend(&legend, "method (bars: 95% CI)", &entries)
     }
-    Ok(())
 }
 
-type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
-
-/// One method's line with point markers and a legend entry.
-fn method_series<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, method: &str, color: RGBColor, points: &[(f64, f64)]) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
-    chart
-        .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
-        .map_err(err)?
-        .label(method.to_string())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    chart
-        .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-        .map_err(err)?;
-    Ok(())
+/// A line of one panel: label, colour index, dashed, (x, y) points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub label: String,
+    pub color: usize,
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
 }
 
-/// The legend box, in `position`.
-fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, position: SeriesLabelPosition) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    chart
-        .configure_series_labels()
-        .position(position)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| anyhow!("{e:?}"))
+/// One panel of a grid figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panel {
+    pub title: String,
+    pub y_label: String,
+    pub lines: Vec<Line>,
+}
+
+/// Panels in a grid (rows x columns), x = stage, with one shared legend.
+pub struct PanelGrid {
+    pub title: String,
+    pub x_label: String,
+    pub columns: usize,
+    pub panels: Vec<Panel>,
+    pub legend: Vec<(String, usize, bool)>,
+}
+
+impl Figure for PanelGrid {
+    fn size(&self) -> (u32, u32) {
+        let rows = self.panels.len().div_ceil(self.columns.max(1)) as u32;
+        (420 * self.columns as u32 + 300, 300 * rows + 60)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(&self.title, ("sans-serif", 22)).map_err(err)?;
+        let width = 420 * self.columns as u32;
+        let (grid, legend) = root.split_horizontally(width);
+        let rows = self.panels.len().div_ceil(self.columns.max(1));
+        let areas = grid.split_evenly((rows, self.columns.max(1)));
+        for (panel, area) in self.panels.iter().zip(&areas) {
+            let xs: Vec<f64> = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
+            let x_max = xs.iter().copied().fold(1.0, f64::max);
+            let ys: Vec<f64> = panel
+                .lines
+                .iter()
+                .flat_map(|l| l.points.iter().map(|p| p.1))
+                .filter(|v| v.is_finite())
+                .collect();
+            let y_low = ys.iter().copied().fold(f64::INFINITY, f64::min).min(0.0);
+            let y_high = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            // An all-zero panel still gets a readable axis.
+            let y_high = if y_high.is_finite() && y_high - y_low > 1e-3 {
+                y_high
+            } else {
+                y_low + 1.0
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 15))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0.5..(x_max + 0.5), y_low..(y_high * 1.12))
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(self.x_label.clone())
+                .y_desc(panel.y_label.clone())
+                .x_labels(x_max as usize + 1)
+                .x_label_formatter(&|x| {
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("{}", x.round() as i64)
+                    } else {
+                        String::new()
+                    }
+                })
+                .light_line_style(RGBColor(238, 238, 238))
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+            for line in &panel.lines {
+                let c = color(line.color);
+                let points: Vec<(f64, f64)> = line.points.iter().copied().filter(|p| p.1.is_finite()).collect();
+                if line.dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points.clone(), 8, 5, c.stroke_width(2)))
+                        .map_err(err)?;
+                } else {
+                    chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2))).map_err(err)?;
+                }
+                chart
+                    .draw_series(points.iter().map(|p| Circle::new(*p, 4, c.filled())))
+                    .map_err(err)?;
+            }
+        }
+        let entries: Vec<(String, RGBColor, bool)> = self.legend.iter().map(|(l, c, d)| (l.clone(), color(*c), *d)).collect();
+        draw_legend(&legend, "", &entries)
+    }
+}
+
+/// Per method, per category: (mean, low, high) where measured.
+pub type BarValues = Vec<Vec<Option<(f64, f64, f64)>>>;
+
+/// Grouped bars: for each category (class), one bar per method with a 95 % interval whisker;
+/// one panel per group (labeled ratio).
+pub struct GroupedBars {
+    pub title: String,
+    pub y_label: String,
+    pub categories: Vec<String>,
+    pub methods: Vec<String>,
+    /// Per panel: title and, per method, per category, (mean, low, high).
+    pub panels: Vec<(String, BarValues)>,
+    /// Largest meaningful value (100 for percentages).
+    pub cap: Option<f64>,
+}
+
+impl Figure for GroupedBars {
+    fn size(&self) -> (u32, u32) {
+        let per_panel = (120 * self.categories.len().max(1) as u32).max(360);
+        (per_panel * self.panels.len().max(1) as u32 + 280, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(&self.title, ("sans-serif", 22)).map_err(err)?;
+        let (width, _) = root.dim_in_pixel();
+        let (grid, legend) = root.split_horizontally(width.saturating_sub(280));
+        let areas = grid.split_evenly((1, self.panels.len().max(1)));
+        let categories = self.categories.len().max(1);
+        let methods = self.methods.len().max(1);
+        let top = self
+            .panels
+            .iter()
+            .flat_map(|(_, values)| values.iter().flatten().flatten().map(|v| v.2.max(v.0)))
+            .filter(|v| v.is_finite())
+            .fold(1.0, f64::max);
+        let top = self.cap.map_or(top * 1.08, |cap| (top * 1.08).min(cap));
+        let clip = |v: f64| v.clamp(0.0, top);
+        for ((title, values), area) in self.panels.iter().zip(&areas) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 16))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(-0.5..(categories as f64 - 0.5), 0.0..top)
+                .map_err(err)?;
+            let names = self.categories.clone();
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .light_line_style(RGBColor(238, 238, 238))
+                .y_desc(self.y_label.clone())
+                .x_labels(categories)
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 {
+                        names.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+            let slot = 0.8 / methods as f64;
+            for (m, per_category) in values.iter().enumerate() {
+                let c = color(m);
+                for (k, value) in per_category.iter().enumerate() {
+                    let Some((mean, low, high)) = value else { continue };
+                    let left = k as f64 - 0.4 + slot * m as f64;
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(left, 0.0), (left + slot * 0.9, *mean)],
+                            c.filled(),
+                        )))
+                        .map_err(err)?;
+                    if low.is_finite() && high.is_finite() {
+                        let centre = left + slot * 0.45;
+                        chart
+                            .draw_series(std::iter::once(ErrorBar::new_vertical(
+                                centre,
+                                clip(*low),
+                                *mean,
+                                clip(*high),
+                                BLACK.stroke_width(1),
+                                6,
+                            )))
+                            .map_err(err)?;
+                    }
+                }
+            }
+        }
+        let entries: Vec<(String, RGBColor, bool)> = self.methods.iter().enumerate().map(|(i, m)| (m.clone(), color(i), false)).collect();
+        draw_legend(&legend, "method (whiskers: 95% CI)", &entries)
+    }
 }

@@ -1,0 +1,571 @@
+//! What a report says: per dataset, methods x labeled ratios of test Dice (mean ± std, 95 % t
+//! interval over seeds, best per column in bold), Dice per class, HD95 and mIoU where recorded,
+//! paired per-case comparisons against supervised-only and ATSO, the lazy-learning measures per
+//! stage and labeled ratio, method diagnostics, and a provenance footer under every table.
+
+use crate::cells::{self, format_ratio, short, Cell};
+use crate::load::{Run, StageRow, Tables};
+use crate::stats::{self, Paired};
+use crate::table::{Entry, Row, Table};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How a metric is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricView<'m> {
+    /// Column of runs.parquet.
+    pub column: &'m str,
+    pub label: &'m str,
+    /// Multiply by this for display (100 for fractions shown as %).
+    pub scale: f64,
+    pub higher_is_better: bool,
+}
+
+/// Mean test Dice, the headline metric.
+pub const DICE: MetricView<'static> = MetricView {
+    column: "dice_mean",
+    label: "test Dice (%)",
+    scale: 100.0,
+    higher_is_better: true,
+};
+
+/// One dataset's part of the report.
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub dataset: String,
+    pub tables: Vec<Table>,
+}
+
+/// The whole report's content.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    pub sections: Vec<Section>,
+    /// Runs whose seed never succeeded, with their errors.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Method kinds that are bounds, not competitors: never marked best.
+const BOUNDS: [&str; 1] = ["fully-supervised"];
+
+/// Builds the report's tables from aggregated cells.
+pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
+    let per_case = per_case_dice(tables);
+    let mut content = Content::default();
+    for dataset in cells::datasets(cells) {
+        let selected: Vec<Cell> = cells.iter().filter(|c| c.dataset == dataset).cloned().collect();
+        let mut section = Section {
+            dataset: dataset.clone(),
+            tables: Vec::new(),
+        };
+        let mut main = metric_table(&selected, &DICE, &format!("{dataset}: test Dice (%)"));
+        main.notes.extend(paired_notes(&selected, &per_case));
+        section.tables.push(main);
+        for class in class_names(&selected, "dice_") {
+            let column = format!("dice_{class}");
+            let view = MetricView {
+                column: &column,
+                label: "Dice (%)",
+                scale: 100.0,
+                higher_is_better: true,
+            };
+            section
+                .tables
+                .push(metric_table(&selected, &view, &format!("{dataset}: Dice of {class} (%)")));
+        }
+        if has_metric(&selected, "hd95_mean") {
+            let view = MetricView {
+                column: "hd95_mean",
+                label: "HD95 (mm)",
+                scale: 1.0,
+                higher_is_better: false,
+            };
+            section
+                .tables
+                .push(metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)")));
+            for class in class_names(&selected, "hd95_") {
+                let column = format!("hd95_{class}");
+                let view = MetricView {
+                    column: &column,
+                    label: "HD95 (mm)",
+                    scale: 1.0,
+                    higher_is_better: false,
+                };
+                section
+                    .tables
+                    .push(metric_table(&selected, &view, &format!("{dataset}: HD95 of {class} (mm)")));
+            }
+        }
+        if scores_every_class(&selected) && has_metric(&selected, "miou") {
+            let view = MetricView {
+                column: "miou",
+                label: "mIoU (%)",
+                scale: 100.0,
+                higher_is_better: true,
+            };
+            section.tables.push(metric_table(&selected, &view, &format!("{dataset}: mIoU (%)")));
+        }
+        section.tables.extend(lazy_tables(&selected, &tables.stages));
+        if let Some(table) = diagnostics_table(&selected) {
+            section.tables.push(table);
+        }
+        content.sections.push(section);
+    }
+    for cell in cells {
+        for seed in &cell.failed_seeds {
+            let error = tables
+                .runs
+                .iter()
+                .filter(|r| r.cell_hash == cell.cell_hash && r.seed == *seed && r.dataset == cell.dataset)
+                .filter_map(|r| r.error.clone())
+                .next_back()
+                .unwrap_or_else(|| "no error recorded".into());
+            content.failed.push((
+                format!(
+                    "{} / {} / {}% / seed {seed}",
+                    cell.dataset,
+                    cell.method,
+                    format_ratio(cell.labeled_ratio)
+                ),
+                error,
+            ));
+        }
+    }
+    content
+}
+
+fn has_metric(cells: &[Cell], metric: &str) -> bool {
+    cells.iter().any(|c| !c.values(metric).is_empty())
+}
+
+/// Whether the dataset scores every class, class 0 included (driving scenes: no background), as
+/// the runs table's `first_class` column says; mIoU is their headline metric.
+fn scores_every_class(cells: &[Cell]) -> bool {
+    cells.iter().flat_map(|c| &c.runs).any(|r| r.metric("first_class") == Some(0.0))
+}
+
+/// Class names with a `<prefix><class>` metric filled in some counted run.
+fn class_names(cells: &[Cell], prefix: &str) -> Vec<String> {
+    cells::unique(cells.iter().flat_map(|c| c.runs.iter()).flat_map(|r| {
+        r.metrics
+            .iter()
+            .filter(|(n, v)| n.starts_with(prefix) && v.is_some())
+            .filter_map(|(n, _)| n.strip_prefix(prefix))
+            .filter(|c| !c.ends_with("mean"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    }))
+}
+
+/// Column header: nominal ratio and the labeled count actually used.
+fn ratio_header(cells: &[Cell], ratio: f64) -> String {
+    let counts: BTreeSet<(u64, u64)> = cells
+        .iter()
+        .filter(|c| c.labeled_ratio == ratio)
+        .filter_map(|c| c.labeled())
+        .collect();
+    match counts.iter().next() {
+        Some((labeled, total)) if counts.len() == 1 && *total > 0 => format!(
+            "{}% labeled ({labeled}/{total} = {:.0}%)",
+            format_ratio(ratio),
+            100.0 * *labeled as f64 / *total as f64
+        ),
+        _ => format!("{}% labeled", format_ratio(ratio)),
+    }
+}
+
+/// Methods as rows, labeled ratios as columns.
+pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
+    let ratios = cells::ratios(cells);
+    let methods = cells::methods(cells);
+    let mut rows = Vec::new();
+    let mut means: Vec<Vec<Option<f64>>> = Vec::new();
+    let mut any_mixed = false;
+    let mut superseded = 0;
+    for method in &methods {
+        let mut entries = Vec::new();
+        let mut row_means = Vec::new();
+        for ratio in &ratios {
+            let Some(cell) = cells.iter().find(|c| &c.method == method && c.labeled_ratio == *ratio) else {
+                entries.push(Entry::empty());
+                row_means.push(None);
+                continue;
+            };
+            superseded += cell.superseded;
+            let summary = stats::summarise(&cell.values(view.column));
+            let failed = if cell.failed_seeds.is_empty() {
+                String::new()
+            } else {
+                format!(", {} failed", cell.failed_seeds.len())
+            };
+            let entry = match summary {
+                Some(s) => Entry {
+                    value: format!("{:.1} ± {:.1}", view.scale * s.mean, view.scale * s.std),
+                    detail: if s.ci95.is_finite() {
+                        format!(
+                            "[{:.1}, {:.1}] n={}{failed}",
+                            view.scale * (s.mean - s.ci95),
+                            view.scale * (s.mean + s.ci95),
+                            s.n
+                        )
+                    } else {
+                        format!("n={}{failed}", s.n)
+                    },
+                    best: false,
+                    marks: if cell.mixed { "‡".into() } else { String::new() },
+                },
+                None => Entry {
+                    value: "–".into(),
+                    detail: format!("n=0{failed}"),
+                    ..Entry::default()
+                },
+            };
+            any_mixed |= cell.mixed;
+            row_means.push(summary.map(|s| s.mean));
+            entries.push(entry);
+        }
+        rows.push(Row {
+            label: method.clone(),
+            entries,
+        });
+        means.push(row_means);
+    }
+    // Best per column among competitors (bounds excluded).
+    #[allow(clippy::needless_range_loop)] // `column` indexes both `means` rows and `rows` entries
+    for column in 0..ratios.len() {
+        let candidates = methods
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !cells.iter().any(|c| &c.method == *m && BOUNDS.contains(&c.method_kind.as_str())));
+        let scored: Vec<(usize, f64)> = candidates.filter_map(|(i, _)| means[i][column].map(|m| (i, m))).collect();
+        let best = scored
+            .iter()
+            .map(|s| s.1)
+            .reduce(|a, b| if view.higher_is_better { a.max(b) } else { a.min(b) });
+        // Ties are all marked.
+        for (i, mean) in scored {
+            if Some(mean) == best {
+                rows[i].entries[column].best = true;
+            }
+        }
+    }
+    let mut notes = vec![format!(
+        "Cells: {} over seeds, mean ± sample std; below, the 95 % Student-t interval of the mean and the number of seeds. Bold: best per column among the compared methods (bounds such as fully-supervised are not ranked).",
+        view.label
+    )];
+    if any_mixed {
+        notes.push("‡ seeds recorded at different commits averaged together (--allow-mixed).".into());
+    }
+    if superseded > 0 {
+        notes.push(format!(
+            "{superseded} rerun row(s) of a seed were superseded by the seed's latest ok row (each seed counts once)."
+        ));
+    }
+    if methods.iter().any(|m| m.contains("[cfg ")) {
+        notes.push("[cfg …]: one method label ran with several configurations (e.g. an edited setting); each is its own row, never averaged together.".into());
+    }
+    let (provenance, warnings) = provenance(cells);
+    Table {
+        title: title.to_string(),
+        caption: String::new(),
+        corner: "method".into(),
+        columns: ratios.iter().map(|r| ratio_header(cells, *r)).collect(),
+        rows,
+        notes,
+        provenance,
+        warnings,
+    }
+}
+
+/// Provenance lines and warnings for the runs that fed `cells`.
+pub fn provenance(cells: &[Cell]) -> (Vec<String>, Vec<String>) {
+    let runs: Vec<&Run> = cells.iter().flat_map(|c| c.runs.iter().copied()).collect();
+    if runs.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let count = |f: &dyn Fn(&Run) -> String| -> String {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for run in &runs {
+            *counts.entry(f(run)).or_default() += 1;
+        }
+        counts.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ")
+    };
+    let dirty = runs.iter().filter(|r| r.git_dirty == Some(true)).count();
+    let first = runs.iter().map(|r| r.started_at.as_str()).min().unwrap_or("");
+    let last = runs.iter().map(|r| r.finished_at.as_str()).max().unwrap_or("");
+    let lines = vec![
+        format!("{} runs", runs.len()),
+        format!("commits {}", count(&|r| short(&r.git_commit).to_string())),
+        format!(
+            "working tree {}",
+            count(&|r| match r.git_dirty {
+                Some(true) => "dirty".into(),
+                Some(false) => "clean".into(),
+                None => "unknown".into(),
+            })
+        ),
+        format!("backends {}", count(&|r| r.backend.clone())),
+        format!("threads {}", count(&|r| r.threads.to_string())),
+        format!("CPUs {}", count(&|r| r.cpu.clone())),
+        format!("dates {} .. {}", &first[..first.len().min(19)], &last[..last.len().min(19)]),
+    ];
+    let warnings = if dirty > 0 {
+        vec![format!(
+            "{dirty} of {} runs came from a working tree with uncommitted changes: their commit does not identify the code that produced them.",
+            runs.len()
+        )]
+    } else {
+        Vec::new()
+    };
+    (lines, warnings)
+}
+
+/// Per-case mean Dice over the classes a case defines, by run and case.
+pub fn per_case_dice(tables: &Tables) -> HashMap<String, BTreeMap<String, f64>> {
+    let mut sums: HashMap<String, BTreeMap<String, (f64, usize)>> = HashMap::new();
+    for row in &tables.cases {
+        if let Some(d) = row.dice.filter(|d| d.is_finite()) {
+            let entry = sums.entry(row.run_id.clone()).or_default().entry(row.case_id.clone()).or_default();
+            entry.0 += d;
+            entry.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(run, cases)| (run, cases.into_iter().map(|(c, (s, n))| (c, s / n as f64)).collect()))
+        .collect()
+}
+
+/// Per-case Dice pairs of two cells over (seed, case): matched seeds, matched cases.
+pub fn case_pairs(a: &Cell, b: &Cell, per_case: &HashMap<String, BTreeMap<String, f64>>) -> (Vec<f64>, Vec<f64>, usize) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut seeds = 0;
+    for run_a in &a.runs {
+        let Some(run_b) = b.runs.iter().find(|r| r.seed == run_a.seed) else {
+            continue;
+        };
+        let (Some(cases_a), Some(cases_b)) = (per_case.get(&run_a.run_id), per_case.get(&run_b.run_id)) else {
+            continue;
+        };
+        seeds += 1;
+        for (case, da) in cases_a {
+            if let Some(db) = cases_b.get(case) {
+                xs.push(*da);
+                ys.push(*db);
+            }
+        }
+    }
+    (xs, ys, seeds)
+}
+
+/// The reference cells at one ratio: supervised-only and ATSO (the cell labeled as the kind, or
+/// the first of that kind).
+fn reference<'c, 'a>(cells: &'c [Cell<'a>], ratio: f64, kind: &str) -> Option<&'c Cell<'a>> {
+    let at: Vec<&Cell> = cells.iter().filter(|c| c.labeled_ratio == ratio && c.method_kind == kind).collect();
+    at.iter().find(|c| c.method == kind).or(at.first()).copied()
+}
+
+/// "x − y: +d Dice points [lo, hi], Wilcoxon p" notes for every method against supervised-only
+/// and against ATSO, paired over (seed, test case).
+fn paired_notes(cells: &[Cell], per_case: &HashMap<String, BTreeMap<String, f64>>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for ratio in cells::ratios(cells) {
+        for reference_kind in ["supervised", "atso"] {
+            let Some(base) = reference(cells, ratio, reference_kind) else {
+                continue;
+            };
+            let supervised = reference(cells, ratio, "supervised").map(|c| c.method.clone());
+            for cell in cells.iter().filter(|c| c.labeled_ratio == ratio && c.method != base.method) {
+                // "supervised − atso" would repeat "atso − supervised" with the sign flipped.
+                if reference_kind == "atso" && Some(&cell.method) == supervised.as_ref() {
+                    continue;
+                }
+                let (xs, ys, seeds) = case_pairs(cell, base, per_case);
+                if let Some(p) = stats::paired(&xs, &ys) {
+                    notes.push(paired_text(cell, base, ratio, &p, seeds));
+                }
+            }
+        }
+    }
+    if !notes.is_empty() {
+        notes.insert(
+            0,
+            format!(
+                "Paired per-case comparisons (test Dice per case, mean over its classes; pairs = matching seed and test case): mean difference in Dice points with a {}-resample percentile bootstrap 95 % interval, and the two-sided Wilcoxon signed-rank p-value.",
+                stats::BOOTSTRAP_RESAMPLES
+            ),
+        );
+    }
+    notes
+}
+
+fn paired_text(cell: &Cell, base: &Cell, ratio: f64, p: &Paired, seeds: usize) -> String {
+    format!(
+        "{}% labeled, {} − {}: {:+.1} [{:+.1}, {:+.1}], p = {} ({} pairs over {seeds} seed(s))",
+        format_ratio(ratio),
+        cell.method,
+        base.method,
+        100.0 * p.mean_difference,
+        100.0 * p.ci_low,
+        100.0 * p.ci_high,
+        format_p(p.p_value),
+        p.n
+    )
+}
+
+/// p-values to two significant digits, small ones in scientific notation.
+pub fn format_p(p: f64) -> String {
+    if !p.is_finite() {
+        "n/a".into()
+    } else if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// Mean of stage measures over the seeds of one cell, per stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageMean {
+    pub dataset: String,
+    pub method: String,
+    pub labeled_ratio: f64,
+    pub stage: u64,
+    pub seeds: usize,
+    pub self_made: bool,
+    pub loss_trained: Option<f64>,
+    pub loss_self: Option<f64>,
+    pub loss_cross: Option<f64>,
+    pub flip_rate: Option<f64>,
+    pub pseudo_label_dice_all: Option<f64>,
+    pub validation_dice: Option<f64>,
+}
+
+/// Stage means per cell of a staged method (ok runs only).
+pub fn stage_means(cells: &[Cell], stages: &[StageRow]) -> Vec<StageMean> {
+    let mut out = Vec::new();
+    for cell in cells {
+        let ids: BTreeSet<&str> = cell.runs.iter().map(|r| r.run_id.as_str()).collect();
+        let rows: Vec<&StageRow> = stages.iter().filter(|s| ids.contains(s.run_id.as_str())).collect();
+        let numbers: BTreeSet<u64> = rows.iter().map(|s| s.stage).collect();
+        for stage in numbers {
+            let at: Vec<&&StageRow> = rows.iter().filter(|s| s.stage == stage).collect();
+            let mean = |f: &dyn Fn(&StageRow) -> Option<f64>| {
+                stats::summarise(&at.iter().filter_map(|s| f(s)).collect::<Vec<_>>()).map(|s| s.mean)
+            };
+            out.push(StageMean {
+                dataset: cell.dataset.clone(),
+                method: cell.method.clone(),
+                labeled_ratio: cell.labeled_ratio,
+                stage,
+                seeds: at.len(),
+                self_made: at.iter().any(|s| s.labels_self_made),
+                loss_trained: mean(&|s| s.first_step_loss),
+                loss_self: mean(&|s| s.first_step_loss_self),
+                loss_cross: mean(&|s| s.first_step_loss_cross),
+                flip_rate: mean(&|s| s.flip_rate),
+                pseudo_label_dice_all: mean(&|s| s.pseudo_label_dice_all),
+                validation_dice: mean(&|s| s.validation_dice),
+            });
+        }
+    }
+    out
+}
+
+/// One lazy-learning table per labeled ratio: staged methods x stages.
+fn lazy_tables(cells: &[Cell], stages: &[StageRow]) -> Vec<Table> {
+    let means = stage_means(cells, stages);
+    let mut tables = Vec::new();
+    let fmt = |v: Option<f64>, scale: f64, digits: usize| v.map_or("–".to_string(), |x| format!("{:.*}", digits, scale * x));
+    for ratio in cells::ratios(cells) {
+        let at: Vec<&StageMean> = means.iter().filter(|m| m.labeled_ratio == ratio).collect();
+        if at.is_empty() {
+            continue;
+        }
+        let rows = at
+            .iter()
+            .map(|m| Row {
+                label: format!("{} stage {}{}", m.method, m.stage, if m.self_made { " *" } else { "" }),
+                entries: vec![
+                    fmt(m.loss_trained, 1.0, 3),
+                    fmt(m.loss_self, 1.0, 3),
+                    fmt(m.loss_cross, 1.0, 3),
+                    fmt(m.loss_self.zip(m.loss_cross).map(|(s, c)| s - c), 1.0, 3),
+                    fmt(m.flip_rate, 100.0, 1),
+                    fmt(m.pseudo_label_dice_all, 100.0, 1),
+                    fmt(m.validation_dice, 100.0, 1),
+                    m.seeds.to_string(),
+                ]
+                .into_iter()
+                .map(|value| Entry { value, ..Entry::default() })
+                .collect(),
+            })
+            .collect();
+        let dataset = at[0].dataset.clone();
+        let (provenance, warnings) = provenance(&cells.iter().filter(|c| c.labeled_ratio == ratio).cloned().collect::<Vec<_>>());
+        tables.push(Table {
+            title: format!("{dataset}: lazy learning per stage, {}% labeled", format_ratio(ratio)),
+            caption: "Means over seeds. Losses are measured at the stage's first training step, in train mode, on the pseudo-labeled images of that batch: against the labels trained on, against the student's own predictions (self), and against the latest labels made by a model that never trained on those images (cross). A loss near zero on self labels with a clear self − cross gap is the lazy learning the ATSO paper describes.".into(),
+            corner: "method, stage".into(),
+            columns: vec![
+                "loss, trained labels".into(),
+                "loss, self labels".into(),
+                "loss, cross labels".into(),
+                "self − cross".into(),
+                "flip rate, foreground (%)".into(),
+                "pseudo-label Dice, all of U (%)".into(),
+                "validation Dice after (%)".into(),
+                "seeds".into(),
+            ],
+            rows,
+            notes: vec!["* the stage trained on labels made by a model whose lineage had already trained on those images.".into()],
+            provenance,
+            warnings,
+        });
+    }
+    tables
+}
+
+/// Method diagnostics (diag_* columns) x labeled ratios, for methods that record any.
+fn diagnostics_table(cells: &[Cell]) -> Option<Table> {
+    let names = class_names(cells, "diag_");
+    if names.is_empty() {
+        return None;
+    }
+    let ratios = cells::ratios(cells);
+    let mut rows = Vec::new();
+    for method in cells::methods(cells) {
+        for name in &names {
+            let column = format!("diag_{name}");
+            let entries: Vec<Entry> = ratios
+                .iter()
+                .map(|r| {
+                    cells
+                        .iter()
+                        .find(|c| c.method == method && c.labeled_ratio == *r)
+                        .and_then(|c| stats::summarise(&c.values(&column)))
+                        .map_or(Entry::empty(), |s| Entry {
+                            value: format!("{:.4}", s.mean),
+                            detail: format!("n={}", s.n),
+                            ..Entry::default()
+                        })
+                })
+                .collect();
+            if entries.iter().any(|e| e.value != "–") {
+                rows.push(Row {
+                    label: format!("{method}: {}", name.replace('_', " ")),
+                    entries,
+                });
+            }
+        }
+    }
+    let dataset = cells.first()?.dataset.clone();
+    let (provenance, warnings) = provenance(cells);
+    Some(Table {
+        title: format!("{dataset}: method diagnostics"),
+        caption: "Means over seeds of what methods record about themselves; for mean teacher, whether its consistency term did anything at this budget (mean weight, mean consistency loss while active, share of the total loss).".into(),
+        corner: "method: diagnostic".into(),
+        columns: ratios.iter().map(|r| ratio_header(cells, *r)).collect(),
+        rows,
+        notes: Vec::new(),
+        provenance,
+        warnings,
+    })
+}

@@ -1,0 +1,414 @@
+//! The aggregation rules and the check, on a small hand-made records folder whose expected
+//! numbers are computed by hand below; the paired statistics against scipy fixtures; and the
+//! Markdown and LaTeX of a fixed table against stored files.
+
+use atso_harness::records::{self, RunRecord};
+use atso_reports::check::{self, Expected, Order, Reference};
+use atso_reports::{cells, load, report, stats, table};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// A record with the fields these tests vary; everything else fixed.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    run_id: &str,
+    method: &str,
+    kind: &str,
+    seed: u64,
+    ok: bool,
+    dice: f64,
+    cell: &str,
+    commit: &str,
+    dirty: bool,
+    finished: &str,
+    case_dice: [f64; 2],
+) -> RunRecord {
+    let cases = if ok {
+        json!([
+            {"case_id": "c1", "dice": [case_dice[0]], "iou": [null]},
+            {"case_id": "c2", "dice": [case_dice[1]], "iou": [null]},
+        ])
+    } else {
+        json!([])
+    };
+    let mut value = json!({
+        "run_id": run_id, "experiment": "hand", "dataset": "d", "method": method, "method_kind": kind,
+        "labeled_ratio": 0.25, "labeled_fraction": 0.25, "seed": seed,
+        "status": if ok { "ok" } else { "failed" }, "error": if ok { None } else { Some("boom") },
+        "dice_mean": if ok { Some(dice) } else { None }, "iou_mean": null, "val_dice_mean": null,
+        "class_dice": [["liver", if ok { Some(dice) } else { None }]],
+        "iterations": 10, "iterations_used": 10, "batch_size": 2, "resolution": 16,
+        "n_labeled": 1, "n_unlabeled": 3, "n_test": 2, "wall_seconds": 1.0, "backend": "flex", "threads": 1,
+        "cpu": "test cpu", "git_commit": commit, "git_dirty": dirty, "git_branch": null,
+        "config_hash": format!("{cell}-{seed}"), "cell_hash": cell, "method_settings": "{}",
+        "split_file": "", "version": "0", "started_at": finished, "finished_at": finished,
+        "class_names": ["background", "liver"],
+    });
+    value["cases"] = cases;
+    serde_json::from_value(value).unwrap()
+}
+
+/// The hand-made folder:
+/// - supervised (cell S): seeds 0, 1 ok (0.50, 0.70); seed 1 rerun later at 0.60 (the rerun
+///   counts); seed 2 failed then succeeded at 0.80 -> values 0.50, 0.60, 0.80: mean 0.6333.
+/// - atso (cell A1): seeds 0, 1: 0.60, 0.70 -> mean 0.65; one row from a dirty tree.
+/// - atso with an edited setting (cell A2): seed 0: 0.40 -> its own row.
+fn folder() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("hand");
+    let c = "c0ffee";
+    for r in [
+        record(
+            "s0",
+            "supervised",
+            "supervised",
+            0,
+            true,
+            0.50,
+            "S",
+            c,
+            false,
+            "2026-01-01T00:00:01Z",
+            [0.4, 0.6],
+        ),
+        record(
+            "s1",
+            "supervised",
+            "supervised",
+            1,
+            true,
+            0.70,
+            "S",
+            c,
+            false,
+            "2026-01-01T00:00:02Z",
+            [0.6, 0.8],
+        ),
+        record(
+            "s1-rerun",
+            "supervised",
+            "supervised",
+            1,
+            true,
+            0.60,
+            "S",
+            c,
+            false,
+            "2026-01-01T00:00:09Z",
+            [0.5, 0.7],
+        ),
+        record(
+            "s2-failed",
+            "supervised",
+            "supervised",
+            2,
+            false,
+            0.0,
+            "S",
+            c,
+            false,
+            "2026-01-01T00:00:03Z",
+            [0.0, 0.0],
+        ),
+        record(
+            "s2",
+            "supervised",
+            "supervised",
+            2,
+            true,
+            0.80,
+            "S",
+            c,
+            false,
+            "2026-01-01T00:00:04Z",
+            [0.7, 0.9],
+        ),
+        record(
+            "a0",
+            "atso",
+            "atso",
+            0,
+            true,
+            0.60,
+            "A1",
+            c,
+            false,
+            "2026-01-01T00:00:05Z",
+            [0.5, 0.7],
+        ),
+        record(
+            "a1",
+            "atso",
+            "atso",
+            1,
+            true,
+            0.70,
+            "A1",
+            c,
+            true,
+            "2026-01-01T00:00:06Z",
+            [0.65, 0.75],
+        ),
+        record(
+            "a0-edited",
+            "atso",
+            "atso",
+            0,
+            true,
+            0.40,
+            "A2",
+            c,
+            false,
+            "2026-01-01T00:00:07Z",
+            [0.3, 0.5],
+        ),
+    ] {
+        records::save(&results, &r).unwrap();
+    }
+    records::rebuild_tables(&results).unwrap();
+    (dir, results)
+}
+
+#[test]
+fn cells_count_each_seed_once_and_keep_configurations_apart() {
+    let (_dir, results) = folder();
+    let tables = load::read(&[results]).unwrap();
+    let cells = cells::build(&tables.runs, false).unwrap();
+    let labels: Vec<&str> = cells.iter().map(|c| c.method.as_str()).collect();
+    assert_eq!(labels, ["supervised", "atso [cfg A1]", "atso [cfg A2]"]);
+    let supervised = &cells[0];
+    let mut values = supervised.values("dice_mean");
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, [0.5, 0.6, 0.8], "the rerun replaces seed 1; seed 2's later success counts");
+    assert_eq!(supervised.superseded, 1);
+    assert!(supervised.failed_seeds.is_empty());
+    let s = stats::summarise(&values).unwrap();
+    // mean 0.63333, std = sqrt(((0.5-m)^2 + (0.6-m)^2 + (0.8-m)^2) / 2) = 0.152753
+    assert!((s.mean - 0.633_333_333).abs() < 1e-9 && (s.std - 0.152_752_523).abs() < 1e-9);
+    assert_eq!(cells[1].values("dice_mean"), [0.6, 0.7]);
+    assert_eq!(cells[2].values("dice_mean"), [0.4]);
+}
+
+#[test]
+fn rows_from_two_commits_are_refused_unless_allowed() {
+    let (_dir, results) = folder();
+    let mut late = record(
+        "s3",
+        "supervised",
+        "supervised",
+        3,
+        true,
+        0.9,
+        "S",
+        "beefcafe",
+        false,
+        "2026-01-02T00:00:00Z",
+        [0.9, 0.9],
+    );
+    late.experiment = "hand".into();
+    records::save(&results, &late).unwrap();
+    records::rebuild_tables(&results).unwrap();
+    let tables = load::read(&[results]).unwrap();
+    let message = format!("{:#}", cells::build(&tables.runs, false).unwrap_err());
+    assert!(
+        message.contains("c0ffee") && message.contains("beefcafe") && message.contains("--allow-mixed"),
+        "{message}"
+    );
+    let cells = cells::build(&tables.runs, true).unwrap();
+    assert!(cells[0].mixed);
+    let table = report::metric_table(&cells, &report::DICE, "t");
+    assert!(table.rows[0].entries[0].marks.contains('‡'));
+}
+
+#[test]
+fn tables_show_provenance_a_dirty_warning_and_paired_notes() {
+    let (dir, results) = folder();
+    let out = dir.path().join("report");
+    let files = atso_reports::render(&[results], &out, &Default::default()).unwrap();
+    let text = std::fs::read_to_string(&files.markdown).unwrap();
+    assert!(
+        text.contains("**Warning:** 1 of 6 runs came from a working tree with uncommitted changes"),
+        "{text}"
+    );
+    assert!(text.contains("commits c0ffee (6)"), "{text}");
+    assert!(text.contains("25% labeled (1/4 = 25%)"), "{text}");
+    // 63.3 ± 15.3 over three seeds, t(0.975, 2) = 4.3027: [25.4, 101.3]
+    assert!(text.contains("| supervised | 63.3 ± 15.3 <sub>[25.4, 101.3] n=3</sub> |"), "{text}");
+    // Paired over (seed, case): atso [cfg A1] vs supervised on seeds 0 and 1.
+    assert!(text.contains("atso [cfg A1] − supervised"), "{text}");
+    let html = std::fs::read_to_string(&files.html).unwrap();
+    assert!(html.contains("<svg") && html.contains("<table>"));
+    let csv = std::fs::read_to_string(&files.csv).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("d,supervised,supervised,0.25,1,4,dice_mean,3,0.6333")),
+        "{csv}"
+    );
+    assert!(files.latex.iter().any(|p| p.ends_with("all.tex")));
+}
+
+fn reference() -> Reference {
+    Reference {
+        experiment: "hand".into(),
+        values: vec![Expected {
+            dataset: "d".into(),
+            method: "supervised".into(),
+            labeled_ratio: 0.25,
+            metric: "dice_mean".into(),
+            expected: 0.6333,
+            abs_tol: Some(0.01),
+            rel_tol: None,
+            derivation: "hand".into(),
+        }],
+        orders: vec![Order {
+            dataset: "d".into(),
+            labeled_ratio: 0.25,
+            metric: "dice_mean".into(),
+            method: "supervised".into(),
+            at_least_as_good_as: "atso [cfg A2]".into(),
+            margin: 0.0,
+        }],
+        ..Reference::default()
+    }
+}
+
+#[test]
+fn check_passes_on_its_own_reference_and_names_what_fails() {
+    let (dir, results) = folder();
+    let folders = [results];
+    let outcome = check::check(&folders, &reference(), false).unwrap();
+    assert!(outcome.passed(), "{}", outcome.table());
+    // A fresh reference written by --update passes too.
+    let path = dir.path().join("ref.toml");
+    let updated = check::update(&folders, &Reference::default(), &["dice_mean".into()], 0.02, false).unwrap();
+    check::write_reference(&path, &updated).unwrap();
+    let reread = Reference::read(&path).unwrap();
+    assert_eq!(reread.values.len(), 3);
+    assert_eq!(reread.commit, "c0ffee");
+    assert!(check::check(&folders, &reread, false).unwrap().passed());
+    // Perturbed: the offending row is named.
+    let mut perturbed = reference();
+    perturbed.values[0].expected = 0.70;
+    let outcome = check::check(&folders, &perturbed, false).unwrap();
+    assert!(!outcome.passed());
+    let table = outcome.table();
+    assert!(
+        table.contains("d / supervised / 25% / dice_mean") && table.contains("FAIL outside tolerance"),
+        "{table}"
+    );
+    // Missing: a cell that was never run.
+    let mut missing = reference();
+    missing.values[0].method = "mean-teacher".into();
+    let table = check::check(&folders, &missing, false).unwrap().table();
+    assert!(table.contains("missing") && table.contains("FAIL"), "{table}");
+    // A violated order.
+    let mut order = reference();
+    order.orders[0].method = "atso [cfg A2]".into();
+    order.orders[0].at_least_as_good_as = "supervised".into();
+    assert!(!check::check(&folders, &order, false).unwrap().passed());
+}
+
+#[derive(serde::Deserialize)]
+struct Fixtures {
+    cases: Vec<Fixture>,
+}
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    name: String,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    wilcoxon_p: f64,
+    mean_difference: f64,
+    bootstrap_low: f64,
+    bootstrap_high: f64,
+}
+
+#[test]
+fn paired_statistics_match_scipy() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/paired.json");
+    let fixtures: Fixtures = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(fixtures.cases.len(), 6);
+    for case in fixtures.cases {
+        let p = stats::paired(&case.a, &case.b).unwrap();
+        assert!((p.mean_difference - case.mean_difference).abs() < 1e-12, "{}", case.name);
+        assert!(
+            (p.p_value - case.wilcoxon_p).abs() < 1e-9,
+            "{}: p {} vs scipy {}",
+            case.name,
+            p.p_value,
+            case.wilcoxon_p
+        );
+        // Bootstrap intervals are Monte Carlo estimates on both sides.
+        let spread = (case.bootstrap_high - case.bootstrap_low).abs().max(1e-6);
+        assert!(
+            (p.ci_low - case.bootstrap_low).abs() < 0.05 * spread && (p.ci_high - case.bootstrap_high).abs() < 0.05 * spread,
+            "{}: [{}, {}] vs scipy [{}, {}]",
+            case.name,
+            p.ci_low,
+            p.ci_high,
+            case.bootstrap_low,
+            case.bootstrap_high
+        );
+    }
+}
+
+fn fixed_table() -> table::Table {
+    table::Table {
+        title: "phantom: test Dice (%)".into(),
+        caption: "Fixed table for format tests".into(),
+        corner: "method".into(),
+        columns: vec!["10% labeled (1/14 = 7%)".into(), "50% labeled".into()],
+        rows: vec![
+            table::Row {
+                label: "supervised".into(),
+                entries: vec![
+                    table::Entry {
+                        value: "22.7 ± 3.1".into(),
+                        detail: "[15.0, 30.4] n=3".into(),
+                        best: false,
+                        marks: String::new(),
+                    },
+                    table::Entry::empty(),
+                ],
+            },
+            table::Row {
+                label: "atso_k2".into(),
+                entries: vec![
+                    table::Entry {
+                        value: "25.0 ± 2.0".into(),
+                        detail: "n=3".into(),
+                        best: true,
+                        marks: "‡".into(),
+                    },
+                    table::Entry {
+                        value: "48.6 ± 1.0".into(),
+                        detail: String::new(),
+                        best: true,
+                        marks: String::new(),
+                    },
+                ],
+            },
+        ],
+        notes: vec!["‡ mixed commits & more".into()],
+        provenance: vec!["3 runs".into(), "commits abc (3)".into()],
+        warnings: vec!["1 of 3 runs came from a dirty tree".into()],
+    }
+}
+
+#[test]
+fn markdown_and_latex_of_a_fixed_table_match_stored_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let table = fixed_table();
+    for (name, text) in [
+        ("fixed_table.md", table::markdown(&table)),
+        ("fixed_table.tex", table::latex(&table)),
+    ] {
+        let path = dir.join(name);
+        if std::env::var_os("ATSO_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let stored = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing (ATSO_BLESS=1 writes it)", path.display()));
+        assert_eq!(text, stored, "{name} differs from the stored file");
+    }
+}
