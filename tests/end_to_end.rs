@@ -286,6 +286,11 @@ kind = "self-training"
 
 [[methods]]
 kind = "mean-teacher"
+
+[[methods]]
+kind = "atso"
+label = "atso-ensemble"
+final = "ensemble"
 "#;
 
 fn records(results: &Path) -> Vec<atso_harness::records::RunRecord> {
@@ -316,7 +321,8 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
             "atso",
             "atso-base-soft",
             "self-training",
-            "mean-teacher"
+            "mean-teacher",
+            "atso-ensemble"
         ]
     );
     assert!(runs.column("status").unwrap().str().unwrap().iter().all(|s| s == Some("ok")));
@@ -333,6 +339,18 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
     assert_eq!(settings[2]["stage_steps"], serde_json::json!([2, 2, 2, 1]));
     assert_eq!(settings[2]["supervised_steps"], 5);
     assert!(settings[5]["schedule"]["warmup"].as_f64().unwrap() > 0.0);
+    assert_eq!(settings[2]["init"], "base", "ATSO restarts each student from M0 by default");
+    assert_eq!(settings[4]["init"], "teacher", "naive self-training continues from its teacher");
+    assert_eq!(settings[6]["final"], "ensemble");
+    assert_eq!(settings[6]["ensemble_members"], 2);
+    // Mean teacher says whether its consistency term did anything.
+    let diagnostics: Vec<String> = runs
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| n.starts_with("diag_"))
+        .collect();
+    assert!(diagnostics.contains(&"diag_consistency_weight_mean".to_string()), "{diagnostics:?}");
 
     let stages = read_parquet(&results.join("stages.parquet"));
     let staged: Vec<String> = stages
@@ -344,6 +362,11 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
         .map(|m| m.unwrap().to_string())
         .collect();
     assert_eq!(staged.iter().filter(|m| *m == "atso").count(), 4);
+    for column in ["first_step_loss_self", "first_step_loss_cross", "pseudo_label_dice_all", "lr_first"] {
+        assert_eq!(stages.column(column).unwrap().null_count(), 0, "{column}");
+    }
+    // Every stage restarts its learning-rate schedule.
+    assert!(stages.column("lr_first").unwrap().f64().unwrap().iter().all(|lr| lr == Some(0.01)));
     assert_eq!(staged.iter().filter(|m| *m == "self-training").count(), 4);
     assert_eq!(stages.column("first_step_pseudo_loss").unwrap().null_count(), 0);
     assert!(stages
@@ -390,7 +413,7 @@ fn ledger_shows_atso_never_trains_on_self_made_labels_and_self_training_does() {
             .collect();
         assert_eq!(flagged, self_labeled, "{}: stage records and ledger audit agree", record.method);
         match record.method.as_str() {
-            "atso" | "atso-base-soft" => {
+            "atso" | "atso-base-soft" | "atso-ensemble" => {
                 assert!(!record.ledger.is_empty());
                 assert!(
                     self_labeled.is_empty(),
@@ -452,4 +475,46 @@ fn every_shipped_experiment_file_is_valid() {
         checked >= 4,
         "expected the quickstart, ablation, paper-scale and GPU smoke files, found {checked}"
     );
+}
+
+#[test]
+fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [0.5]")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        + "\n[output]\nsave_predictions = true\n";
+    let text = text.replace("iterations = 4", "iterations = 30");
+    std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
+    let output = atso(dir.path(), &["sweep", "tiny.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let results = dir.path().join("results/tiny");
+    let record = records(&results).pop().unwrap();
+    let predictions = results.join(record.predictions_dir.as_deref().expect("predictions recorded"));
+    assert_eq!(record.cases.len(), record.n_test);
+    for scores in &record.cases {
+        let path = predictions.join(format!("{}.nii.gz", scores.case_id));
+        let (predicted, header) = atso_harness::data::nifti::read_with_header(&path).unwrap();
+        let image = dir.path().join(format!("data/phantom/imagesTr/{}.nii.gz", scores.case_id));
+        let (image, image_header) = atso_harness::data::nifti::read_with_header(&image).unwrap();
+        let truth = atso_harness::data::nifti::read(&dir.path().join(format!("data/phantom/labelsTr/{}.nii.gz", scores.case_id))).unwrap();
+        assert_eq!(predicted.dims, image.dims, "{}: prediction on the image grid", scores.case_id);
+        assert_eq!(predicted.spacing, image.spacing);
+        assert_eq!(header.sform(), image_header.sform(), "{}: the image's geometry", scores.case_id);
+        assert_eq!(header.transform_codes(), image_header.transform_codes());
+        // Dice recomputed here, independently of the harness's metrics: 2|P∩T| / (|P| + |T|),
+        // a class absent from the truth is skipped (the MONAI rule the run used).
+        for (i, class) in (1..record.class_names.len()).enumerate() {
+            let c = class as f32;
+            let p = predicted.data.iter().filter(|&&v| v == c).count();
+            let t = truth.data.iter().filter(|&&v| v == c).count();
+            let both = predicted.data.iter().zip(&truth.data).filter(|(a, b)| **a == c && **b == c).count();
+            let recomputed = (t > 0).then(|| 2.0 * both as f64 / (p + t) as f64);
+            let recorded = scores.dice[i];
+            match (recorded, recomputed) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "{} class {class}: {a} vs {b}", scores.case_id),
+                (a, b) => assert_eq!(a, b, "{} class {class}", scores.case_id),
+            }
+        }
+    }
 }

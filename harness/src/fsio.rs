@@ -49,6 +49,7 @@ pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut s
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", path.display()))?;
+    pause_for_tests();
     match replace {
         Replace::Yes => {
             tmp.persist(path)
@@ -63,6 +64,14 @@ pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut s
     }
     sync_dir(dir);
     Ok(())
+}
+
+/// Tests of crash safety set `ATSO_TEST_WRITE_PAUSE_MS` to widen the window between writing a
+/// file and renaming it into place, so they can kill the process inside it.
+fn pause_for_tests() {
+    if let Some(ms) = std::env::var("ATSO_TEST_WRITE_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Fsyncs a folder so a rename into it is durable (best effort: not every platform can open a

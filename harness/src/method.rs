@@ -399,7 +399,7 @@ pub(crate) mod tests {
             validation: pick(&split.validation),
             test: pick(&split.test),
         };
-        let mut ctx = RunContext::new(run_data, setup(200), Device::flex());
+        let mut ctx = RunContext::new(run_data, setup(400), Device::flex());
         let untrained = ctx
             .evaluate(&ctx.new_model().into(), &ctx.data.test)
             .unwrap()
@@ -407,13 +407,13 @@ pub(crate) mod tests {
             .dice_mean
             .unwrap_or(0.0);
         let labeled = ctx.data.labeled.clone();
-        let (model, log) = train_supervised(&mut ctx, &labeled, 200).unwrap();
+        let (model, log) = train_supervised(&mut ctx, &labeled, 400).unwrap();
         let trained = ctx.evaluate(&model.into(), &ctx.data.test).unwrap().summary.dice_mean.unwrap();
         eprintln!(
             "untrained dice {untrained:.3}, trained dice {trained:.3}, loss {:.3} -> {:.3}",
             log.first_loss, log.last_loss
         );
-        assert_eq!(ctx.engine.steps_taken(), 200);
+        assert_eq!(ctx.engine.steps_taken(), 400);
         assert!(log.last_loss < log.first_loss, "loss did not fall: {log:?}");
         assert!(
             trained > untrained + 0.2 && trained > 0.3,

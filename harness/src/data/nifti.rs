@@ -73,6 +73,26 @@ pub struct Header {
     little: bool,
 }
 
+impl Header {
+    /// The sform rows (srow_x, srow_y, srow_z): voxel to world coordinates.
+    pub fn sform(&self) -> [[f32; 4]; 3] {
+        let r = Reader {
+            bytes: &self.bytes,
+            little: self.little,
+        };
+        [280, 296, 312].map(|at| [0, 4, 8, 12].map(|i| r.f32(at + i)))
+    }
+
+    /// The qform and sform codes (which of the two transforms are valid).
+    pub fn transform_codes(&self) -> (i16, i16) {
+        let r = Reader {
+            bytes: &self.bytes,
+            little: self.little,
+        };
+        (r.i16(252), r.i16(254))
+    }
+}
+
 /// Reads a `.nii` or `.nii.gz` file (chosen by the gzip magic bytes, not the name).
 pub fn read(path: &Path) -> Result<Volume, NiftiError> {
     read_with_header(path).map(|(volume, _)| volume)

@@ -3,8 +3,11 @@
 //! is what makes the budget comparable: the engine counts every optimiser step it takes.
 //!
 //! Each call of `train` is a phase (M0, a fine-tuning stage, a whole single-phase method). A
-//! phase starts a fresh optimiser state, reseeds the device's random stream (dropout) from the
-//! run seed and the phase index, and follows the learning-rate schedule of `[optimizer]`. A
+//! phase starts a fresh optimiser state and follows the learning-rate schedule of `[optimizer]`.
+//! Before every step the device's random stream (dropout masks) is reseeded from the run seed
+//! and the global step, so any step's randomness can be recreated on its own (a resumed run
+//! continues exactly as an uninterrupted one would) and no consumer of that stream can shift
+//! what later steps draw. A
 //! non-finite loss stops the run with an error naming the step, so a diverged run is recorded as
 //! failed rather than as a model with Dice ~0.
 
@@ -172,7 +175,6 @@ impl Engine {
             }))
             .init();
         self.phase += 1;
-        self.device.seed(rng::derived_seed(self.seed, &format!("phase-{}", self.phase)));
         let mut log = PhaseLog {
             steps,
             ..PhaseLog::default()
@@ -185,6 +187,7 @@ impl Engine {
                 phase_steps: steps,
                 lr: self.lr(local, steps),
             };
+            self.device.seed(rng::derived_seed(self.seed, &format!("step-{}", self.step)));
             let loss = objective.loss(&model, step, &mut self.rng);
             let value: f64 = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {

@@ -1,0 +1,277 @@
+//! Sweeps that survive kill -9, bad files and each other; and that give the same numbers however
+//! they are run (serial, parallel, rerun). Everything goes through the `atso` binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn atso_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_atso"));
+    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    command
+}
+
+fn atso(dir: &Path, args: &[&str]) -> Output {
+    atso_command(dir, args).output().expect("atso runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Three methods, two seeds; a few seconds per run.
+const SMALL: &str = r#"
+name = "small"
+labeled_ratios = [0.4]
+seeds = [0, 1]
+
+[budget]
+iterations = 40
+batch_size = 4
+resolution = 32
+eval_batch_size = 16
+
+[optimizer]
+lr = 0.05
+
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.1]
+
+[[datasets]]
+name = "phantom"
+format = "phantom"
+path = "data/phantom"
+phantom = { cases = 8, size = 32, slices = 6, seed = 3 }
+
+[[methods]]
+kind = "supervised"
+
+[[methods]]
+kind = "atso"
+
+[[methods]]
+kind = "mean-teacher"
+"#;
+
+/// (method, seed) -> (dice_mean, per-case Dice) of the ok records of a results folder, and the
+/// number of ok records per config hash.
+fn outcomes(results: &Path) -> (BTreeMap<(String, u64), String>, BTreeMap<String, usize>) {
+    let mut by_run = BTreeMap::new();
+    let mut per_hash: BTreeMap<String, usize> = BTreeMap::new();
+    for record in atso_harness::records::load_all(results).unwrap() {
+        if record.status != atso_harness::records::Status::Ok {
+            continue;
+        }
+        *per_hash.entry(record.config_hash.clone()).or_default() += 1;
+        let cases = serde_json::to_string(&record.cases).unwrap();
+        by_run.insert((record.method.clone(), record.seed), format!("{:?} {cases}", record.dice_mean));
+    }
+    (by_run, per_hash)
+}
+
+fn setup(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("small.toml"), text).unwrap();
+    dir
+}
+
+#[test]
+fn same_seed_gives_the_same_dice_serially_in_parallel_and_on_rerun() {
+    let dir = setup(SMALL);
+    let serial = atso(
+        dir.path(),
+        &["sweep", "small.toml", "--results", "serial", "--jobs", "1", "--threads", "1"],
+    );
+    assert!(serial.status.success(), "{}", stderr(&serial));
+    let parallel = atso(
+        dir.path(),
+        &["sweep", "small.toml", "--results", "parallel", "--jobs", "2", "--threads", "1"],
+    );
+    assert!(parallel.status.success(), "{}", stderr(&parallel));
+    assert!(String::from_utf8_lossy(&parallel.stderr).contains("2 run(s) in parallel"));
+    let rerun = atso(
+        dir.path(),
+        &[
+            "sweep",
+            "small.toml",
+            "--results",
+            "serial",
+            "--rerun",
+            "--jobs",
+            "1",
+            "--threads",
+            "1",
+        ],
+    );
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let (serial_runs, serial_hashes) = outcomes(&dir.path().join("serial/small"));
+    let (parallel_runs, parallel_hashes) = outcomes(&dir.path().join("parallel/small"));
+    assert_eq!(serial_runs.len(), 6);
+    assert_eq!(serial_runs, parallel_runs, "a parallel sweep gives a serial sweep's numbers");
+    assert!(
+        parallel_hashes.values().all(|&n| n == 1),
+        "every run exactly once: {parallel_hashes:?}"
+    );
+    // The rerun added a second row per run with identical numbers (the map keeps the last).
+    assert!(serial_hashes.values().all(|&n| n == 2), "{serial_hashes:?}");
+    let records = atso_harness::records::load_all(&dir.path().join("serial/small")).unwrap();
+    let mut by_hash: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in &records {
+        by_hash
+            .entry(r.config_hash.as_str())
+            .or_default()
+            .push(format!("{:?} {}", r.dice_mean, serde_json::to_string(&r.cases).unwrap()));
+    }
+    for (hash, values) in by_hash {
+        assert_eq!(
+            values[0], values[1],
+            "run {hash} trained twice from one seed gave different results"
+        );
+    }
+}
+
+#[test]
+fn unreadable_record_files_do_not_stop_sweeps_or_reports() {
+    let dir = setup(SMALL);
+    assert!(atso(dir.path(), &["sweep", "small.toml"]).status.success());
+    let records = dir.path().join("results/small/records");
+    let first = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(records.join("truncated.json"), &text[..text.len() / 3]).unwrap();
+    std::fs::write(records.join("._resource-fork.json"), [0u8, 5, 22, 7, 0, 2]).unwrap();
+    // What serde_json made of a NaN before floats were written as strings: null in a float field.
+    let with_null = text
+        .replacen("\"wall_seconds\": ", "\"wall_seconds\": null, \"_was\": ", 1)
+        .replace("\"run_id\": \"", "\"run_id\": \"nan-");
+    std::fs::write(records.join("nan-record.json"), with_null).unwrap();
+    let again = atso(dir.path(), &["sweep", "small.toml"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("6 already recorded"));
+    let report = atso(dir.path(), &["report", "results/small"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let warnings = stderr(&report);
+    assert!(warnings.contains("truncated.json"), "the unreadable file is named: {warnings}");
+    let markdown = std::fs::read_to_string(dir.path().join("results/small/report.md")).unwrap();
+    assert!(markdown.contains("1 record file(s) could not be read"), "{markdown}");
+}
+
+#[test]
+fn two_concurrent_sweeps_run_every_run_exactly_once() {
+    let dir = setup(SMALL);
+    let spawn = || {
+        atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    let (runs, per_hash) = outcomes(&dir.path().join("results/small"));
+    assert_eq!(runs.len(), 6);
+    assert_eq!(per_hash.len(), 6);
+    assert!(per_hash.values().all(|&n| n == 1), "a run was done twice: {per_hash:?}");
+}
+
+#[test]
+fn a_diverging_run_fails_alone_and_the_sweep_goes_on() {
+    let text = SMALL.replace("lr = 0.05", "lr = 1e12");
+    let dir = setup(&text);
+    let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let records = atso_harness::records::load_all(&dir.path().join("results/small")).unwrap();
+    assert_eq!(records.len(), 6, "every run was attempted");
+    for record in records {
+        assert_eq!(record.status, atso_harness::records::Status::Failed);
+        let error = record.error.unwrap();
+        assert!(error.contains("non-finite loss") && error.contains("at step"), "{error}");
+        assert_eq!(record.dice_mean, None, "no Dice for a diverged run");
+    }
+}
+
+/// Waits until `ready` holds (polling), or panics after a minute.
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigkill_mid_run_and_mid_write_then_rerun_gives_the_uninterrupted_table() {
+    let text = SMALL.replace("iterations = 40", "iterations = 120");
+    let dir = setup(&text);
+    let reference = atso(
+        dir.path(),
+        &["sweep", "small.toml", "--results", "reference", "--jobs", "1", "--threads", "1"],
+    );
+    assert!(reference.status.success(), "{}", stderr(&reference));
+
+    // Killed in the middle of a run's training.
+    let mut child = atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = dir.path().join("results/small/logs");
+    wait_for("a run halfway through", || {
+        files_in(&logs)
+            .iter()
+            .any(|log| std::fs::read_to_string(log).is_ok_and(|t| t.contains("step 60/120")))
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Killed while a record is being written (between its temporary file and the rename).
+    let records = dir.path().join("results/small/records");
+    let before = atso_harness::records::load_all(&dir.path().join("results/small")).unwrap().len();
+    let mut child = atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"])
+        .env("ATSO_TEST_WRITE_PAUSE_MS", "3000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a record being written", || {
+        files_in(&records).iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = atso_harness::records::load_all(&dir.path().join("results/small")).unwrap().len();
+    assert_eq!(after, before, "a record killed mid-write is absent, not half-written");
+
+    let resumed = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let (runs, per_hash) = outcomes(&dir.path().join("results/small"));
+    let (expected, _) = outcomes(&dir.path().join("reference/small"));
+    assert_eq!(runs, expected, "the resumed sweep's numbers equal an uninterrupted sweep's");
+    assert!(per_hash.values().all(|&n| n == 1), "no run recorded twice: {per_hash:?}");
+    assert_eq!(per_hash.len(), 6);
+}
+
+#[test]
+fn names_that_become_paths_are_validated() {
+    for (replace, with, needle) in [
+        ("name = \"small\"", "name = \"../escape\"", "experiment name"),
+        ("name = \"phantom\"", "name = \"a/b\"", "dataset name"),
+        ("kind = \"atso\"", "kind = \"atso\"\nlabel = \"..\"", "label"),
+    ] {
+        let dir = setup(&SMALL.replace(replace, with));
+        let output = atso(dir.path(), &["sweep", "small.toml"]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stderr(&output).contains(needle), "{needle}: {}", stderr(&output));
+    }
+}
