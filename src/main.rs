@@ -117,6 +117,10 @@ enum Command {
         #[arg(long)]
         reference: Option<PathBuf>,
     },
+    /// Datasets: list the formats and installed data, install real data by package name,
+    /// inspect files and folders, prepare an experiment's datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Generate the synthetic abdominal CT phantom in MSD layout.
     Prepare {
         /// Output folder.
@@ -138,6 +142,34 @@ enum Command {
     },
     /// Time a U-Net training step and inference batch on each backend of this build.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Every known format, and the datasets installed or generated under a data folder.
+    List {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Install real data that comes in system packages (colin27: Debian mricron-data; mni152:
+    /// the nilearn wheel on PyPI) into <into>/<name>/.
+    Install {
+        /// colin27 or mni152.
+        name: String,
+        #[arg(long, default_value = "data")]
+        into: PathBuf,
+    },
+    /// Shape, spacing, intensity range and classes of a NIfTI/DICOM/PNG file or dataset folder.
+    Inspect { path: PathBuf },
+    /// Prepare (generate, read, fingerprint) every dataset of an experiment and write the
+    /// fingerprints to <results>/<experiment>/datasets/, before anything trains.
+    Prepare {
+        file: PathBuf,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long, default_value = ".")]
+        data_base: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -297,9 +329,19 @@ fn run(cli: Cli) -> Result<Outcome> {
             slices,
             seed,
         } => {
-            let spec = PhantomSpec { cases, size, slices, seed };
+            let spec = PhantomSpec {
+                cases,
+                size,
+                slices,
+                seed,
+                ..PhantomSpec::default()
+            };
             phantom::ensure(&out, &spec)?;
             println!("phantom CT ({cases} cases) in {}", out.display());
+            Ok(Outcome::AllOk)
+        }
+        Command::Data(command) => {
+            data(command)?;
             Ok(Outcome::AllOk)
         }
         Command::Bench(args) => {
@@ -453,6 +495,69 @@ fn sweep_worker(
     let sink: SharedSink = Arc::new(Mutex::new(JsonLines(std::io::stdout())));
     let summary = runner::sweep(experiment, source, &options, &methods::build, sink)?;
     Ok(summary.failed)
+}
+
+fn data(command: DataCommand) -> Result<()> {
+    use atso_harness::data::dataset::DataFormat;
+    match command {
+        DataCommand::List { data } => {
+            println!("formats (`format = ...` in [[datasets]]):");
+            for format in DataFormat::ALL {
+                println!("  {:16} {}", format.name(), format.describe());
+            }
+            println!("\ninstallable by package name (`atso data install <name>`):");
+            for (name, what) in atso_harness::data::install::INSTALLABLE {
+                let here = data.join(name);
+                let state = if atso_harness::data::inspect::detect(&here).is_some() {
+                    "installed"
+                } else {
+                    "not installed"
+                };
+                println!("  {name:16} {state:13} {what}");
+            }
+            println!("\nin {}:", data.display());
+            let mut found = false;
+            if let Ok(entries) = std::fs::read_dir(&data) {
+                let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+                paths.sort();
+                for path in paths {
+                    let generated = ["phantom.json", "driving.json"].iter().find(|m| path.join(m).is_file());
+                    let kind = match (generated, atso_harness::data::inspect::detect(&path)) {
+                        (Some(&"phantom.json"), _) => "phantom (generated)".to_string(),
+                        (Some(_), _) => "driving-phantom (generated)".to_string(),
+                        (None, Some(format)) => format.name(),
+                        (None, None) => continue,
+                    };
+                    println!("  {:40} {kind}", path.display());
+                    found = true;
+                }
+            }
+            if !found {
+                println!("  (no datasets)");
+            }
+        }
+        DataCommand::Install { name, into } => {
+            let folder = atso_harness::data::install::install(&name, &into)?;
+            println!("{name} installed in {}", folder.display());
+        }
+        DataCommand::Inspect { path } => print!("{}", atso_harness::data::inspect::inspect(&path)?),
+        DataCommand::Prepare { file, results, data_base } => {
+            let (experiment, _) = read_experiment(&file)?;
+            let dir = results.join(&experiment.name);
+            for spec in &experiment.datasets {
+                let (prepared, hash) =
+                    runner::prepare_dataset(spec, experiment.budget.resolution, &data_base, &dir).map_err(anyhow::Error::msg)?;
+                println!(
+                    "{}: {} cases, classes {:?}, fingerprint {hash} -> {}",
+                    spec.name,
+                    prepared.cases.len(),
+                    prepared.classes,
+                    dir.join("datasets").join(format!("{}.json", spec.name)).display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn emit_job(target: &str, file: &Path, experiment: &Experiment, args: &RunArgs, slurm: &SlurmArgs) -> Result<()> {

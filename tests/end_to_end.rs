@@ -73,6 +73,7 @@ fn loader_round_trip_returns_what_the_generator_wrote() {
         size: 24,
         slices: 5,
         seed: 11,
+        ..PhantomSpec::default()
     };
     phantom::write_msd(dir.path(), &spec).unwrap();
     let index = msd::read_index(dir.path()).unwrap();

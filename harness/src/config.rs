@@ -382,6 +382,20 @@ impl Experiment {
         unique("methods", self.methods.iter().map(MethodSpec::label))?;
         for dataset in &self.datasets {
             dataset.validate()?;
+            if let Some(reference) = &dataset.reference_dataset {
+                let Some(target) = self.datasets.iter().find(|d| &d.name == reference) else {
+                    bail!(
+                        "datasets '{}': reference_dataset '{reference}' is not a [[datasets]] entry",
+                        dataset.name
+                    );
+                };
+                if target.reference_dataset.is_some() {
+                    bail!("datasets '{reference}': a reference dataset cannot have a reference of its own");
+                }
+            }
+        }
+        if self.datasets.iter().all(|d| d.reference_only) {
+            bail!("datasets: every entry is reference_only, so nothing would run");
         }
         for method in &self.methods {
             method.validate()?;

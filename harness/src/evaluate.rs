@@ -71,7 +71,7 @@ pub fn score(
                 let truth = source
                     .labels()
                     .with_context(|| format!("case {}: reading its native labels", case.id))?;
-                let predicted = native_prediction(&truth, source.axis, &labels, case);
+                let predicted = native_prediction(&truth, source.axis(), &labels, case);
                 if let Some(dir) = save_to {
                     source
                         .write_prediction(&dir.join(format!("{}.nii.gz", case.id)), &predicted)

@@ -340,14 +340,14 @@ pub(crate) mod tests {
             name: "p".into(),
             format: DataFormat::Phantom,
             path: dir.join("p"),
-            window: [-125.0, 275.0],
-            axis: 2,
             phantom: Some(PhantomSpec {
                 cases,
                 size: 48,
                 slices: 8,
                 seed: 4,
+                ..PhantomSpec::default()
             }),
+            ..DatasetSpec::default()
         };
         spec.prepare(32, dir).unwrap()
     }
@@ -387,7 +387,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = phantom(dir.path(), 10);
         let ids: Vec<String> = data.cases.iter().map(|c| c.id.clone()).collect();
-        let split = SplitSpec::default().split("p", &ids, 1.0, 0).unwrap();
+        let split = SplitSpec::default().split("p", &ids, None, 1.0, 0).unwrap();
         let pick = |wanted: &[String]| data.cases.iter().filter(|c| wanted.contains(&c.id)).collect::<Vec<_>>();
         let run_data = RunData {
             class_names: data.classes.clone(),

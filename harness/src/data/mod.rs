@@ -4,10 +4,18 @@
 //! real on-disk layout, read back by the loader for that layout, then windowed, sliced and resized
 //! by `slices`. Splits are made per case, never per slice.
 
+pub mod brain;
+pub mod cityscapes;
 pub mod dataset;
+pub mod dicom;
+pub mod driving;
+mod generated;
+pub mod inspect;
+pub mod install;
 pub mod msd;
 pub mod native;
 pub mod nifti;
+pub mod nih;
 pub mod phantom;
 pub mod slices;
 pub mod splits;

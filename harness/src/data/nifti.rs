@@ -83,6 +83,43 @@ impl Header {
         [280, 296, 312].map(|at| [0, 4, 8, 12].map(|i| r.f32(at + i)))
     }
 
+    /// The header of a sub-volume: `count` slices from `start` along `axis`, with dims and both
+    /// transforms (qform offset, sform translation) moved so voxels keep their world positions.
+    pub fn cropped(&self, axis: usize, start: usize, count: usize) -> Header {
+        let mut out = self.clone();
+        let little = self.little;
+        let r = Reader {
+            bytes: &self.bytes,
+            little,
+        };
+        let put16 =
+            |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
+        let put32 =
+            |h: &mut Vec<u8>, at: usize, v: f32| h[at..at + 4].copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
+        put16(&mut out.bytes, 42 + 2 * axis, count as i16);
+        let shift = start as f32;
+        // sform: world = srow . (i, j, k, 1): moving the first index by `start` adds srow[axis].
+        for row in [280, 296, 312] {
+            let moved = r.f32(row + 12) + r.f32(row + 4 * axis) * shift;
+            put32(&mut out.bytes, row + 12, moved);
+        }
+        // qform: world = R (i dx, j dy, qfac k dz) + qoffset, R from the quaternion (b, c, d).
+        let (b, c, d) = (r.f32(256) as f64, r.f32(260) as f64, r.f32(264) as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let rotation = [
+            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ];
+        let qfac = if r.f32(76) < 0.0 { -1.0 } else { 1.0 };
+        let step = r.f32(80 + 4 * axis) as f64 * if axis == 2 { qfac } else { 1.0 } * start as f64;
+        for (i, at) in [268, 272, 276].into_iter().enumerate() {
+            let moved = r.f32(at) as f64 + rotation[i][axis] * step;
+            put32(&mut out.bytes, at, moved as f32);
+        }
+        out
+    }
+
     /// The qform and sform codes (which of the two transforms are valid).
     pub fn transform_codes(&self) -> (i16, i16) {
         let r = Reader {

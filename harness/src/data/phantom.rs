@@ -31,6 +31,23 @@ pub struct PhantomSpec {
     pub slices: usize,
     /// Seed of the generator (independent of run seeds: the data is fixed, runs vary).
     pub seed: u64,
+    /// Added to every soft-tissue intensity (HU): a scanner or protocol shift, for the transfer
+    /// setting (labeled cases from one phantom, unlabeled and test cases from a shifted one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub intensity_shift: f32,
+    /// Multiplies the noise level.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub noise_scale: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+fn one() -> f32 {
+    1.0
+}
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 impl Default for PhantomSpec {
@@ -40,12 +57,13 @@ impl Default for PhantomSpec {
             size: 96,
             slices: 24,
             seed: 2021,
+            intensity_shift: 0.0,
+            noise_scale: 1.0,
         }
     }
 }
 
-/// Writes the phantom into `root` in MSD layout (imagesTr, labelsTr, dataset.json, and the spec
-/// used, as phantom.json). Existing files are replaced only by this function's own output.
+/// Writes the phantom into `root` in MSD layout (imagesTr, labelsTr, dataset.json).
 pub fn write_msd(root: &Path, spec: &PhantomSpec) -> Result<()> {
     std::fs::create_dir_all(root.join("imagesTr")).with_context(|| format!("creating {}", root.display()))?;
     std::fs::create_dir_all(root.join("labelsTr"))?;
@@ -64,67 +82,13 @@ pub fn write_msd(root: &Path, spec: &PhantomSpec) -> Result<()> {
         "CT",
         &CLASSES,
         &names,
-    )?;
-    // Written last: its presence says the folder is complete.
-    crate::fsio::write_atomic(&root.join("phantom.json"), serde_json::to_string_pretty(spec)?.as_bytes())?;
-    Ok(())
-}
-
-/// Writes the phantom unless `root` already holds one made from the same spec.
-///
-/// The folder is generated beside `root` under a name unique to this process and renamed into
-/// place, so a killed generation leaves no half-written dataset and concurrent sweeps (parallel
-/// jobs, array tasks) that both generate it never see each other's partial files: the first
-/// rename wins, the others discard their copy.
-pub fn ensure(root: &Path, spec: &PhantomSpec) -> Result<()> {
-    if matches_spec(root, spec)? {
-        return Ok(());
-    }
-    let occupied = std::fs::read_dir(root).map(|mut entries| entries.next().is_some()).unwrap_or(false);
-    if occupied {
-        anyhow::bail!(
-            "{} is not empty but holds no phantom.json: not a phantom folder; refusing to overwrite it",
-            root.display()
-        );
-    }
-    let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("phantom");
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
-    tracing::info!(path = %root.display(), cases = spec.cases, "generating phantom CT");
-    write_msd(staging.path(), spec)?;
-    let staged = staging.keep();
-    match std::fs::rename(&staged, root) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&staged);
-            if matches_spec(root, spec)? {
-                Ok(()) // another process finished first
-            } else {
-                Err(error).with_context(|| format!("moving the generated phantom into {}", root.display()))
-            }
-        }
-    }
-}
-
-/// Whether `root` holds a complete phantom made from `spec`; an error if it holds another one.
-fn matches_spec(root: &Path, spec: &PhantomSpec) -> Result<bool> {
-    let marker = root.join("phantom.json");
-    let Ok(text) = std::fs::read_to_string(&marker) else {
-        return Ok(false);
-    };
-    let existing: PhantomSpec = serde_json::from_str(&text).with_context(|| format!("reading {}", marker.display()))?;
-    if &existing == spec && root.join("dataset.json").exists() {
-        return Ok(true);
-    }
-    anyhow::bail!(
-        "{} holds a phantom generated with {existing:?}, but the experiment asks for {spec:?}; \
-         remove the folder or point the dataset at another path",
-        root.display()
     )
+}
+
+/// Writes the phantom unless `root` already holds one made from the same spec (the spec is kept
+/// in `phantom.json`); generated beside `root` and renamed into place (see `generated`).
+pub fn ensure(root: &Path, spec: &PhantomSpec) -> Result<()> {
+    super::generated::ensure(root, "phantom.json", spec, |dir| write_msd(dir, spec))
 }
 
 /// Per-case anatomy drawn from the generator's seed.
@@ -239,13 +203,13 @@ pub fn generate_case(spec: &PhantomSpec, case: usize) -> (Volume, Volume) {
                     class = 2;
                 }
                 let i = image.index(x, y, z);
-                image.data[i] = hu;
+                image.data[i] = if body > 0.9 || hu >= 450.0 { hu } else { hu + spec.intensity_shift };
                 label.data[i] = class as f32;
             }
         }
     }
     for value in image.data.iter_mut() {
-        *value += a.noise_sigma * rng::standard_normal(&mut rng);
+        *value += a.noise_sigma * spec.noise_scale * rng::standard_normal(&mut rng);
     }
     (image, label)
 }
@@ -293,6 +257,7 @@ mod tests {
             size: 48,
             slices: 12,
             seed: 1,
+            ..PhantomSpec::default()
         };
         let (image_a, label_a) = generate_case(&spec, 0);
         let (image_b, _) = generate_case(&spec, 1);
@@ -311,6 +276,7 @@ mod tests {
             size: 32,
             slices: 8,
             seed: 5,
+            ..PhantomSpec::default()
         };
         assert_eq!(generate_case(&spec, 0), generate_case(&spec, 0));
     }

@@ -7,13 +7,14 @@
 use super::plan::RunSpec;
 use crate::backend;
 use crate::config::OutputSpec;
+use crate::data::splits::{Split, SplitSpec};
 use crate::data::PreparedDataset;
 use crate::method::{Method, RunContext, RunData, RunSetup};
 use crate::progress::{self, Event, SharedSink};
 use crate::provenance::{Machine, Provenance};
 use crate::records::{RunRecord, Status};
 use crate::rng;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use std::time::Instant;
 
@@ -25,6 +26,37 @@ pub struct RunEnvironment<'a> {
     pub machine: &'a Machine,
     pub threads: usize,
     pub output: &'a OutputSpec,
+}
+
+/// The data of a run: its dataset and, in the transfer setting, the reference dataset that gives
+/// the unlabeled, validation and test cases.
+#[derive(Clone, Copy)]
+pub struct DataSources<'a> {
+    pub primary: &'a PreparedDataset,
+    pub reference: Option<&'a PreparedDataset>,
+}
+
+/// The split of `dataset` for one ratio and seed, with the test cases the dataset or the
+/// `[splits] test_fold` fixes.
+pub fn split_of(spec: &SplitSpec, dataset: &PreparedDataset, ratio: f64, seed: u64) -> Result<Split> {
+    let ids: Vec<String> = dataset.cases.iter().map(|c| c.id.clone()).collect();
+    let fixed: Option<&[String]> = match spec.test_fold {
+        Some(fold) => {
+            let folds = dataset.folds.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "splits.test_fold: dataset '{}' defines no folds (use a preset with folds, e.g. nih-pancreas)",
+                    dataset.name
+                )
+            })?;
+            Some(
+                folds
+                    .get(fold - 1)
+                    .ok_or_else(|| anyhow!("splits.test_fold = {fold}: dataset '{}' has {} folds", dataset.name, folds.len()))?,
+            )
+        }
+        None => dataset.fixed_test.as_deref(),
+    };
+    spec.split(&dataset.name, &ids, fixed, ratio, seed)
 }
 
 /// Identity of a run as the sweep computed it.
@@ -54,7 +86,7 @@ pub fn execute(
     run: &RunSpec,
     (run_id, started): (String, chrono::DateTime<chrono::Utc>),
     identity: &RunIdentity,
-    dataset: Result<&PreparedDataset, &String>,
+    dataset: Result<DataSources, &String>,
     method: &dyn Method,
     env: &RunEnvironment,
     sink: &SharedSink,
@@ -169,31 +201,64 @@ fn blank_record(
 /// The body of a run; fills `record` as it learns things, so a failure keeps what was known.
 fn train_and_evaluate(
     run: &RunSpec,
-    dataset: Result<&PreparedDataset, &String>,
+    dataset: Result<DataSources, &String>,
     method: &dyn Method,
     env: &RunEnvironment,
     run_id: &str,
     sink: &SharedSink,
     record: &mut RunRecord,
 ) -> Result<()> {
-    let dataset = dataset.map_err(|e| anyhow!("preparing dataset '{}': {e}", run.dataset.name))?;
+    let sources = dataset.map_err(|e| anyhow!("preparing dataset '{}': {e}", run.dataset.name))?;
+    let dataset = sources.primary;
     record.class_names = dataset.classes.clone();
     record.first_class = dataset.first_class;
-    let ids: Vec<String> = dataset.cases.iter().map(|c| c.id.clone()).collect();
-    let split = run.splits.split(&dataset.name, &ids, run.labeled_ratio, run.seed)?;
+    let own = split_of(&run.splits, dataset, run.labeled_ratio, run.seed)?;
+    // In the transfer setting the reference dataset gives every case but the labeled ones.
+    let (split, evaluated) = match sources.reference {
+        None => (own, dataset),
+        Some(reference) => {
+            if reference.classes != dataset.classes || reference.in_channels != dataset.in_channels {
+                bail!(
+                    "reference_dataset '{}' has classes {:?} ({} channel(s)); '{}' has {:?} ({}): they must agree",
+                    reference.name,
+                    reference.classes,
+                    reference.in_channels,
+                    dataset.name,
+                    dataset.classes,
+                    dataset.in_channels
+                );
+            }
+            let other = split_of(&run.splits, reference, 1.0, run.seed)?;
+            let mut unlabeled: Vec<String> = other.labeled.iter().chain(&other.unlabeled).cloned().collect();
+            unlabeled.sort();
+            (
+                Split {
+                    labeled: own.labeled,
+                    unlabeled,
+                    validation: other.validation,
+                    test: other.test,
+                    reference_dataset: Some(reference.name.clone()),
+                    ..own
+                },
+                reference,
+            )
+        }
+    };
     let split_file = Path::new("splits").join(format!("{}_r{}_s{}.json", dataset.name, run.labeled_ratio, run.seed));
     split.write(&env.results.join(&split_file))?;
     record.split_file = split_file.display().to_string();
-    let pick = |wanted: &[String]| dataset.cases.iter().filter(|c| wanted.contains(&c.id)).collect::<Vec<_>>();
+    fn pick<'d>(from: &'d PreparedDataset, wanted: &[String]) -> Vec<&'d crate::data::Case> {
+        from.cases.iter().filter(|c| wanted.contains(&c.id)).collect()
+    }
     let data = RunData {
         class_names: dataset.classes.clone(),
         in_channels: dataset.in_channels,
         first_class: dataset.first_class,
         outside_label: dataset.outside_label,
-        labeled: pick(&split.labeled),
-        unlabeled: pick(&split.unlabeled),
-        validation: pick(&split.validation),
-        test: pick(&split.test),
+        labeled: pick(dataset, &split.labeled),
+        unlabeled: pick(evaluated, &split.unlabeled),
+        validation: pick(evaluated, &split.validation),
+        test: pick(evaluated, &split.test),
     };
     record.n_labeled = data.labeled.len();
     record.n_unlabeled = data.unlabeled.len();

@@ -154,7 +154,7 @@ fn should_run(heads: &[RecordHead], hash: &str, commit: &str, options: &SweepOpt
 }
 
 /// A prepared dataset and the hash of its fingerprint, or why preparation failed.
-type Prepared = Result<(PreparedDataset, String), String>;
+pub type Prepared = Result<(PreparedDataset, String), String>;
 
 /// Runs every run of `experiment` (of its shard) that is not yet recorded and records it.
 /// `source` is the experiment file's text, kept with the results.
@@ -194,10 +194,18 @@ pub fn sweep(
     let mut existing = heads(&dir);
     let mut identities = Vec::with_capacity(runs.len());
     for run in &runs {
-        let data = prepared
-            .entry(run.dataset.name.clone())
-            .or_insert_with(|| prepare_dataset(&run.dataset, run.budget.resolution, &options.data_base, &dir));
-        let fingerprint = data.as_ref().map_or("unavailable".to_string(), |(_, f)| f.clone());
+        let mut fingerprints = Vec::new();
+        for spec in std::iter::once(&run.dataset).chain(run.reference.as_ref()) {
+            let data = prepared
+                .entry(spec.name.clone())
+                .or_insert_with(|| prepare_dataset(spec, run.budget.resolution, &options.data_base, &dir));
+            fingerprints.push(data.as_ref().map_or("unavailable".to_string(), |(_, f)| f.clone()));
+        }
+        let fingerprint = if fingerprints.len() == 1 {
+            fingerprints.remove(0)
+        } else {
+            plan::short_hash(&fingerprints)
+        };
         identities.push(RunIdentity {
             config_hash: run.config_hash(&fingerprint, &backend),
             cell_hash: run.cell_hash(&fingerprint, &backend),
@@ -249,7 +257,7 @@ pub fn sweep(
             );
             continue;
         }
-        let dataset = prepared[&run.dataset.name].as_ref().map(|(d, _)| d);
+        let dataset = sources(&prepared, run);
         let method = factory(&run.method);
         let record = execute_logged(run, identity, dataset, method.as_ref(), &env, &sink);
         match record.status {
@@ -268,11 +276,21 @@ pub fn sweep(
     Ok(summary)
 }
 
+/// The prepared data of `run` (and of its reference dataset), or why it is unavailable.
+fn sources<'p>(prepared: &'p HashMap<String, Prepared>, run: &RunSpec) -> Result<execute::DataSources<'p>, &'p String> {
+    let primary = prepared[&run.dataset.name].as_ref().map(|(d, _)| d)?;
+    let reference = match &run.reference {
+        Some(spec) => Some(prepared[&spec.name].as_ref().map(|(d, _)| d)?),
+        None => None,
+    };
+    Ok(execute::DataSources { primary, reference })
+}
+
 /// [`execute::execute`] with the run's events also appended to `logs/<run_id>.log`.
 fn execute_logged(
     run: &RunSpec,
     identity: &RunIdentity,
-    dataset: Result<&PreparedDataset, &String>,
+    dataset: Result<execute::DataSources, &String>,
     method: &dyn Method,
     env: &RunEnvironment,
     sink: &SharedSink,
@@ -361,8 +379,9 @@ fn save_config_copy(dir: &Path, source: &str) -> Result<()> {
     Ok(())
 }
 
-/// Prepares a dataset (a panic becomes an error) and writes its fingerprint.
-fn prepare_dataset(spec: &DatasetSpec, resolution: usize, data_base: &Path, dir: &Path) -> Prepared {
+/// Prepares a dataset (a panic becomes an error) and writes its fingerprint to
+/// `<dir>/datasets/<name>.json`; returns it with the hash of its fingerprint.
+pub fn prepare_dataset(spec: &DatasetSpec, resolution: usize, data_base: &Path, dir: &Path) -> Prepared {
     let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spec.prepare(resolution, data_base)))
         .map_err(|p| format!("panicked: {}", panic_message(p.as_ref())))?
         .map_err(|e| format!("{e:#}"))?;

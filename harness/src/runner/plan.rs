@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 pub struct RunSpec {
     pub experiment: String,
     pub dataset: DatasetSpec,
+    /// The transfer setting's reference dataset (unlabeled, validation and test cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<DatasetSpec>,
     pub method: MethodSpec,
     pub labeled_ratio: f64,
     pub seed: u64,
@@ -93,16 +96,22 @@ impl RunSpec {
     }
 }
 
-/// Datasets x methods x ratios x seeds, in that nesting order.
+/// Datasets x methods x ratios x seeds, in that nesting order (datasets used only as another's
+/// reference get no runs of their own).
 pub fn expand(experiment: &Experiment) -> Vec<RunSpec> {
     let mut runs = Vec::new();
-    for dataset in &experiment.datasets {
+    for dataset in experiment.datasets.iter().filter(|d| !d.reference_only) {
+        let reference = dataset
+            .reference_dataset
+            .as_ref()
+            .and_then(|name| experiment.datasets.iter().find(|d| &d.name == name).cloned());
         for method in &experiment.methods {
             for &labeled_ratio in &experiment.labeled_ratios {
                 for &seed in &experiment.seeds {
                     runs.push(RunSpec {
                         experiment: experiment.name.clone(),
                         dataset: dataset.clone(),
+                        reference: reference.clone(),
                         method: method.clone(),
                         labeled_ratio,
                         seed,

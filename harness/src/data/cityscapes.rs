@@ -1,0 +1,233 @@
+//! The Cityscapes layout: `leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png`
+//! (8-bit RGB) with `gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png` (8-bit
+//! grey label ids 0..33), mapped to the 19 evaluation classes (trainIds) with every other id
+//! ignored (255).
+//!
+//! Each image is one case with one slice: images are resized to the training resolution
+//! (bilinear per channel, the aspect ratio is not kept), label maps by nearest neighbour; metrics
+//! are computed on the label file's own size. The `train` folder gives the labeled, unlabeled and
+//! validation cases, `val` the test cases (as semi-supervised driving papers evaluate on it).
+
+use super::slices::{resize_bilinear, resize_nearest, Case, Slice};
+use super::volume::Volume;
+use crate::train::batch::IGNORE;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The 19 evaluation classes, in trainId order.
+pub const CLASSES: [&str; 19] = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+];
+
+/// Cityscapes labelIds of the 19 classes, in trainId order.
+pub const LABEL_IDS: [u8; 19] = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33];
+
+/// The trainId of a labelId (255 for ignored ids).
+pub fn train_id(label_id: u8) -> u8 {
+    LABEL_IDS.iter().position(|&id| id == label_id).map_or(IGNORE, |i| i as u8)
+}
+
+/// One image of the tree and its label file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `<city>_<seq>_<frame>`.
+    pub id: String,
+    /// "train" or "val".
+    pub split: String,
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+/// Lists the images of the `train` and `val` folders with their label files, checking that
+/// every image has one.
+pub fn index(root: &Path) -> Result<Vec<Entry>> {
+    let images = root.join("leftImg8bit");
+    let labels = root.join("gtFine");
+    if !images.is_dir() {
+        bail!(
+            "{}: no leftImg8bit folder (expected the Cityscapes layout leftImg8bit/{{train,val}}/<city>/)",
+            root.display()
+        );
+    }
+    if !labels.is_dir() {
+        bail!(
+            "{}: no gtFine folder: the fine annotations (gtFine/{{train,val}}/<city>/*_gtFine_labelIds.png) are needed",
+            root.display()
+        );
+    }
+    let mut entries = Vec::new();
+    for split in ["train", "val"] {
+        let dir = images.join(split);
+        if !dir.is_dir() {
+            bail!("{}: missing; Cityscapes needs leftImg8bit/train and leftImg8bit/val", dir.display());
+        }
+        let mut cities: Vec<PathBuf> = read_dir(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
+        cities.sort();
+        for city in cities {
+            let mut files: Vec<PathBuf> = read_dir(&city)?;
+            files.sort();
+            for image in files {
+                let Some(name) = image.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if name.starts_with('.') || !name.ends_with(".png") {
+                    continue;
+                }
+                let id = parse_name(name).with_context(|| format!("{}: unexpected file name", image.display()))?;
+                let city_name = city.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let label = labels.join(split).join(city_name).join(format!("{id}_gtFine_labelIds.png"));
+                if !label.is_file() {
+                    bail!("{}: the label file of {} is missing", label.display(), image.display());
+                }
+                entries.push(Entry {
+                    id,
+                    split: split.to_string(),
+                    image,
+                    label,
+                });
+            }
+        }
+    }
+    if !entries.iter().any(|e| e.split == "train") || !entries.iter().any(|e| e.split == "val") {
+        bail!("{}: leftImg8bit/train and leftImg8bit/val must both hold images", root.display());
+    }
+    Ok(entries)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect())
+}
+
+/// `<city>_<seq:06>_<frame:06>_leftImg8bit.png` -> `<city>_<seq>_<frame>`.
+fn parse_name(name: &str) -> Result<String> {
+    let stem = name
+        .strip_suffix("_leftImg8bit.png")
+        .with_context(|| format!("'{name}' does not end in _leftImg8bit.png"))?;
+    let parts: Vec<&str> = stem.rsplitn(3, '_').collect();
+    let numbered = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() != 3 || !numbered(parts[0]) || !numbered(parts[1]) || parts[2].is_empty() {
+        bail!("'{name}' is not <city>_<seq:6 digits>_<frame:6 digits>_leftImg8bit.png");
+    }
+    Ok(stem.to_string())
+}
+
+/// An RGB image as channel-major floats in [0, 1] and its size.
+pub fn read_image(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    let decoded = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: not a readable PNG", path.display()))?;
+    if decoded.color() != image::ColorType::Rgb8 && decoded.color() != image::ColorType::Rgba8 {
+        bail!("{}: expected an 8-bit RGB image, got {:?}", path.display(), decoded.color());
+    }
+    let rgb = decoded.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut channels = vec![0f32; 3 * w * h];
+    for (i, pixel) in rgb.pixels().enumerate() {
+        for c in 0..3 {
+            channels[c * w * h + i] = pixel.0[c] as f32 / 255.0;
+        }
+    }
+    Ok((channels, w, h))
+}
+
+/// A labelIds PNG mapped to trainIds, as a one-slice volume (`[w, h, 1]`).
+pub fn read_labels(path: &Path) -> Result<Volume> {
+    let decoded = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: not a readable PNG", path.display()))?;
+    if decoded.color() != image::ColorType::L8 {
+        bail!(
+            "{}: expected an 8-bit grey labelIds PNG, got {:?} (color-coded *_gtFine_color.png files are not label maps)",
+            path.display(),
+            decoded.color()
+        );
+    }
+    let grey = decoded.to_luma8();
+    let (w, h) = (grey.width() as usize, grey.height() as usize);
+    if let Some(bad) = grey.pixels().map(|p| p.0[0]).find(|&v| v > 33 && v != 255) {
+        bail!("{}: label id {bad} is not a Cityscapes labelId (0..33)", path.display());
+    }
+    Ok(Volume {
+        dims: [w, h, 1],
+        spacing: [1.0; 3],
+        data: grey.pixels().map(|p| train_id(p.0[0]) as f32).collect(),
+    })
+}
+
+/// One entry as a case at `resolution`.
+pub fn load_case(entry: &Entry, resolution: usize) -> Result<Case> {
+    let (channels, w, h) = read_image(&entry.image)?;
+    let labels = read_labels(&entry.label)?;
+    if labels.dims[..2] != [w, h] {
+        bail!(
+            "{}: label map is {}x{} but its image {} is {w}x{h}",
+            entry.label.display(),
+            labels.dims[0],
+            labels.dims[1],
+            entry.image.display()
+        );
+    }
+    let image: Vec<f32> = (0..3)
+        .flat_map(|c| resize_bilinear(&channels[c * w * h..(c + 1) * w * h], w, h, resolution))
+        .collect();
+    let label = resize_nearest(&labels.data, w, h, resolution)
+        .into_iter()
+        .map(|v| v as u8)
+        .collect();
+    Ok(Case {
+        id: entry.id.clone(),
+        slices: vec![Slice { image, label }],
+        native: Some(super::native::NativeSource::Cityscapes {
+            label: entry.label.clone(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_ids_map_to_train_ids_and_the_rest_is_ignored() {
+        assert_eq!(train_id(7), 0);
+        assert_eq!(train_id(26), 13);
+        assert_eq!(train_id(33), 18);
+        for ignored in [0, 1, 6, 9, 10, 14, 15, 16, 18, 29, 30, 255] {
+            assert_eq!(train_id(ignored), IGNORE, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn file_names_follow_the_published_pattern() {
+        assert_eq!(parse_name("aachen_000012_000019_leftImg8bit.png").unwrap(), "aachen_000012_000019");
+        assert_eq!(
+            parse_name("bad_city_name_000001_000002_leftImg8bit.png").unwrap(),
+            "bad_city_name_000001_000002"
+        );
+        assert!(parse_name("aachen_12_19_leftImg8bit.png").is_err());
+        assert!(parse_name("aachen_000012_000019_gtFine_labelIds.png").is_err());
+    }
+}
