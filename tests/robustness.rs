@@ -275,3 +275,57 @@ fn names_that_become_paths_are_validated() {
         assert!(stderr(&output).contains(needle), "{needle}: {}", stderr(&output));
     }
 }
+
+#[test]
+fn a_run_killed_mid_training_resumes_from_its_checkpoint_to_the_same_dice() {
+    let text = SMALL
+        .replace("iterations = 40", "iterations = 200")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("[[methods]]\nkind = \"supervised\"\n", "")
+        + "\n[checkpoint]\nevery = 25\n";
+    let dir = setup(&text);
+    let reference = atso(
+        dir.path(),
+        &["sweep", "small.toml", "--results", "reference", "--jobs", "1", "--threads", "1"],
+    );
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    let logs = dir.path().join("results/small/logs");
+    // Kill each method's run well past a checkpoint: ATSO inside a fine-tuning stage (M0 and
+    // earlier stages then load from finished-phase files), mean teacher inside its one phase.
+    for method in ["atso", "mean-teacher"] {
+        let mut child = atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let prefix = format!("phantom_{method}_");
+        wait_for(&format!("{method} at step 140"), || {
+            files_in(&logs).iter().any(|log| {
+                log.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix))
+                    && std::fs::read_to_string(log).is_ok_and(|t| t.contains("step 140/200"))
+            })
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let resumed = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1", "--threads", "1"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let records = atso_harness::records::load_all(&dir.path().join("results/small")).unwrap();
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        let step = record
+            .resumed_from_step
+            .unwrap_or_else(|| panic!("{} did not resume from a checkpoint", record.method));
+        assert!((125..200).contains(&step) && step % 25 == 0, "{}: resumed at {step}", record.method);
+    }
+    let (runs, _) = outcomes(&dir.path().join("results/small"));
+    let (expected, _) = outcomes(&dir.path().join("reference/small"));
+    assert_eq!(runs, expected, "resumed runs end exactly as uninterrupted ones");
+    assert!(
+        !dir.path()
+            .join("results/small/checkpoints")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "checkpoints are removed once recorded"
+    );
+}

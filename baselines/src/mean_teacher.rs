@@ -19,14 +19,16 @@
 //! term did anything at a given budget.
 
 use atso_harness::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use atso_harness::burn::store::ModuleRecord;
 use atso_harness::burn::tensor::activation::softmax;
 use atso_harness::burn::tensor::{Device, Tensor, TensorData};
+use atso_harness::checkpoint;
 use atso_harness::config::EmaScaling;
 use atso_harness::method::{Budget, Method, RunContext, Trained};
 use atso_harness::model::UNet;
 use atso_harness::rng::{self, SeededRng};
 use atso_harness::train::augment::Augmentation;
-use atso_harness::train::batch::{self, BatchLayout, Example, Pool, Target, IGNORE};
+use atso_harness::train::batch::{self, BatchLayout, Example, Pool, PoolState, Target, IGNORE};
 use atso_harness::train::{loss, Objective, Step};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -157,7 +159,7 @@ impl Method for MeanTeacher {
 }
 
 /// Sums over steps of what the consistency term did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Tally {
     steps: usize,
     weight: f64,
@@ -229,6 +231,37 @@ impl Objective for MeanTeacherObjective {
         self.tally.consistency += value;
         self.tally.weighted_consistency += weight * value;
         supervised + consistency * weight
+    }
+
+    fn save_state(&self) -> anyhow::Result<Vec<u8>> {
+        let json = serde_json::to_vec(&(self.labeled.state(), self.unlabeled.state(), &self.tally))?;
+        let teacher = self
+            .teacher
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("saving the teacher: {e:?}"))?;
+        Ok(checkpoint::pack(&[&json, &teacher]))
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> anyhow::Result<()> {
+        let parts = checkpoint::unpack(state)?;
+        let [json, teacher]: [Vec<u8>; 2] = parts
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("mean teacher checkpoint: expected 2 parts"))?;
+        let (labeled, unlabeled, tally): (PoolState, PoolState, Tally) = serde_json::from_slice(&json)?;
+        self.labeled.restore(&labeled)?;
+        self.unlabeled.restore(&unlabeled)?;
+        self.tally = tally;
+        let record = ModuleRecord::from_bytes(atso_harness::burn::tensor::Bytes::from_bytes_vec(teacher))
+            .map_err(|e| anyhow::anyhow!("reading the teacher: {e:?}"))?;
+        self.teacher = self
+            .teacher
+            .clone()
+            .try_load_record(record)
+            .map_err(|e| anyhow::anyhow!("loading the teacher: {e:?}"))?
+            .no_grad();
+        Ok(())
     }
 
     fn after_step(&mut self, model: &UNet, step: Step) {

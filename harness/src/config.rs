@@ -43,6 +43,9 @@ pub struct Experiment {
     /// What is written beside the records (does not change results; not hashed).
     #[serde(default)]
     pub output: OutputSpec,
+    /// Checkpoints of long runs (do not change results; not hashed).
+    #[serde(default)]
+    pub checkpoint: crate::checkpoint::CheckpointSpec,
 }
 
 /// `[output]` of an experiment file.

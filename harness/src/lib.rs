@@ -11,6 +11,7 @@
 
 pub mod atso;
 pub mod backend;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod evaluate;

@@ -315,6 +315,23 @@ impl Objective for MixedObjective {
         }
         loss::segmentation(logits, batch.targets, batch.weights)
     }
+
+    fn save_state(&self) -> Result<Vec<u8>> {
+        let pools: Vec<_> = self.pools.iter().map(|(p, _)| p.state()).collect();
+        let probe = self.probe.as_ref().map(|p| p.losses.clone());
+        Ok(serde_json::to_vec(&(pools, probe))?)
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let (pools, probe): (Vec<crate::train::batch::PoolState>, Option<BTreeMap<String, f64>>) = serde_json::from_slice(state)?;
+        for ((pool, _), saved) in self.pools.iter_mut().zip(&pools) {
+            pool.restore(saved)?;
+        }
+        if let (Some(p), Some(losses)) = (self.probe.as_mut(), probe) {
+            p.losses = losses;
+        }
+        Ok(())
+    }
 }
 
 /// Trains a fresh model on the true labels of `cases` for `steps` steps: the supervised-only

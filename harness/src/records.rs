@@ -227,6 +227,9 @@ pub struct RunRecord {
     pub version: String,
     pub started_at: String,
     pub finished_at: String,
+    /// The step a checkpoint let this run resume from, when it was interrupted.
+    #[serde(default)]
+    pub resumed_from_step: Option<usize>,
     #[serde(default)]
     pub cases: Vec<CaseScores>,
     #[serde(default)]
@@ -568,6 +571,7 @@ pub(crate) mod tests {
             version: "0".into(),
             started_at: format!("2026-01-01T00:00:0{}Z", run_id.len() % 10),
             finished_at: String::new(),
+            resumed_from_step: None,
             cases: vec![],
             class_names: vec!["background".into(), "liver".into()],
             first_class: 1,

@@ -26,6 +26,7 @@ pub struct RunEnvironment<'a> {
     pub machine: &'a Machine,
     pub threads: usize,
     pub output: &'a OutputSpec,
+    pub checkpoint: crate::checkpoint::CheckpointSpec,
 }
 
 /// The data of a run: its dataset and, in the transfer setting, the reference dataset that gives
@@ -190,6 +191,7 @@ fn blank_record(
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: started.to_rfc3339(),
         finished_at: String::new(),
+        resumed_from_step: None,
         cases: Vec::new(),
         class_names: Vec::new(),
         first_class: 1,
@@ -275,6 +277,13 @@ fn train_and_evaluate(
         seed: run.seed,
     };
     let mut ctx = RunContext::new(data, setup, device);
+    if env.checkpoint.every > 0 {
+        ctx.engine.with_checkpoints(crate::checkpoint::Checkpoints::new(
+            env.results,
+            &record.config_hash,
+            env.checkpoint.every,
+        ));
+    }
     let step_sink = sink.clone();
     let name = run_id.to_string();
     ctx.engine.on_step(move |report| {
@@ -291,6 +300,15 @@ fn train_and_evaluate(
     });
     let trained = method.train(&mut ctx);
     // What the method recorded is kept even when it failed part-way.
+    record.resumed_from_step = ctx.engine.resumed_at();
+    if let Some(step) = record.resumed_from_step {
+        progress::emit(
+            sink,
+            Event::Note {
+                message: format!("{run_id}: resumed from its checkpoint at step {step}"),
+            },
+        );
+    }
     record.iterations_used = ctx.engine.steps_taken();
     record.stages = std::mem::take(&mut ctx.stages);
     record.ledger = std::mem::take(&mut ctx.ledger);

@@ -177,6 +177,7 @@ pub fn sweep(
         machine: &machine,
         threads: options.threads,
         output: &experiment.output,
+        checkpoint: experiment.checkpoint,
     };
     let backend = crate::backend::label(&options.backend);
     let runs: Vec<RunSpec> = expand(experiment)
@@ -266,6 +267,8 @@ pub fn sweep(
         }
         log_record(&record);
         records::save(&dir, &record)?;
+        // Recorded: its checkpoints are no longer needed.
+        crate::checkpoint::Checkpoints::new(&dir, &identity.config_hash, 0).clear();
         {
             let _lock = claims::FolderLock::acquire(&dir)?;
             records::rebuild_tables(&dir)?;

@@ -29,6 +29,14 @@ pub struct Example {
     pub target: Arc<Target>,
 }
 
+/// A pool's sampling position (see [`Pool::state`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoolState {
+    order: Vec<usize>,
+    position: usize,
+    rng: crate::checkpoint::RngState,
+}
+
 /// A set of examples drawn without replacement, reshuffled each epoch from a seeded stream.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -68,6 +76,30 @@ impl Pool {
     /// The next `count` examples (cloned handles, cheap).
     pub fn draw(&mut self, count: usize) -> Vec<Example> {
         self.draw_indices(count).into_iter().map(|i| self.examples[i].clone()).collect()
+    }
+
+    /// Where the pool stands (order, position, random stream), for checkpoints.
+    pub fn state(&self) -> PoolState {
+        PoolState {
+            order: self.order.clone(),
+            position: self.position,
+            rng: crate::checkpoint::RngState::of(&self.rng),
+        }
+    }
+
+    /// Restores a [`Pool::state`] (of a pool over the same examples).
+    pub fn restore(&mut self, state: &PoolState) -> anyhow::Result<()> {
+        if state.order.len() != self.examples.len() {
+            anyhow::bail!(
+                "checkpoint of a pool of {} examples applied to one of {}",
+                state.order.len(),
+                self.examples.len()
+            );
+        }
+        self.order = state.order.clone();
+        self.position = state.position;
+        self.rng = state.rng.restore();
+        Ok(())
     }
 
     /// The example at `index` of the list the pool was made from.

@@ -12,12 +12,15 @@
 //! failed rather than as a model with Dice ~0.
 
 use super::schedule::{PolySchedule, ScheduleScope};
+use crate::checkpoint::{Checkpoints, Position, RngState, Saved};
 use crate::model::UNet;
 use crate::rng::{self, SeededRng};
 use anyhow::{bail, Result};
+use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
+use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +85,13 @@ pub trait Objective {
 
     /// Called after the optimiser updated `model` (mean teacher's EMA lives here).
     fn after_step(&mut self, _model: &UNet, _step: Step) {}
+
+    /// Everything the objective carries from step to step (sampling positions, a teacher, sums
+    /// it reports), for checkpoints.
+    fn save_state(&self) -> Result<Vec<u8>>;
+
+    /// Restores what [`Objective::save_state`] saved.
+    fn load_state(&mut self, state: &[u8]) -> Result<()>;
 }
 
 /// Loss values and learning rates of one phase.
@@ -115,6 +125,9 @@ pub struct Engine {
     rng: SeededRng,
     device: Device,
     on_step: Option<Box<dyn FnMut(StepReport) + Send>>,
+    checkpoints: Option<Checkpoints>,
+    /// The step a resumed run continued from, if any.
+    resumed_at: Option<usize>,
 }
 
 impl Engine {
@@ -130,7 +143,20 @@ impl Engine {
             rng: rng::stream(seed, "engine"),
             device,
             on_step: None,
+            checkpoints: None,
+            resumed_at: None,
         }
+    }
+
+    /// Writes and resumes from checkpoints (see `checkpoint`).
+    pub fn with_checkpoints(&mut self, checkpoints: Checkpoints) {
+        self.checkpoints = Some(checkpoints);
+    }
+
+    /// The global step a checkpoint let this run resume from (None: it started from scratch or
+    /// only replayed finished phases).
+    pub fn resumed_at(&self) -> Option<usize> {
+        self.resumed_at
     }
 
     /// Calls `report` after every step (progress display).
@@ -163,7 +189,25 @@ impl Engine {
     }
 
     /// Trains `model` for `steps` steps of `objective` as one phase. Fails on a non-finite loss.
+    /// With checkpoints, a phase already finished is loaded instead of trained, and an
+    /// interrupted one continues from its last checkpoint.
     pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective) -> Result<(UNet, PhaseLog)> {
+        self.phase += 1;
+        if let Some(saved) = self.checkpoints.as_ref().map(|c| c.finished(self.phase)).transpose()?.flatten() {
+            let model = self.restore(model, objective, &saved)?;
+            let p = &saved.position;
+            return Ok((
+                model,
+                PhaseLog {
+                    first_loss: p.first_loss,
+                    last_loss: p.last_loss,
+                    mean_loss: if steps > 0 { p.loss_sum / steps as f64 } else { 0.0 },
+                    steps,
+                    lr_first: p.lr_first,
+                    lr_last: p.lr_last,
+                },
+            ));
+        }
         let mut optimizer = SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
                 momentum: self.spec.momentum,
@@ -174,13 +218,23 @@ impl Engine {
                 penalty: self.spec.weight_decay as f32,
             }))
             .init();
-        self.phase += 1;
         let mut log = PhaseLog {
             steps,
             ..PhaseLog::default()
         };
         let mut total = 0.0;
-        for local in 0..steps {
+        let mut start = 0;
+        if let Some(saved) = self.checkpoints.as_ref().map(|c| c.current(self.phase)).transpose()?.flatten() {
+            model = self.restore(model, objective, &saved)?;
+            let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(saved.optimizer.clone()))
+                .map_err(|e| anyhow::anyhow!("reading the optimizer of a checkpoint: {e:?}"))?;
+            optimizer = optimizer.load_record(record);
+            let p = &saved.position;
+            (start, total) = (p.local, p.loss_sum);
+            (log.first_loss, log.last_loss, log.lr_first, log.lr_last) = (p.first_loss, p.last_loss, p.lr_first, p.lr_last);
+            self.resumed_at = Some(p.global);
+        }
+        for local in start..steps {
             let step = Step {
                 global: self.step,
                 local,
@@ -219,8 +273,70 @@ impl Engine {
                     lr: step.lr,
                 });
             }
+            let due = self.checkpoints.as_ref().is_some_and(|c| c.every > 0 && self.step % c.every == 0);
+            if due && local + 1 < steps {
+                let saved = self.snapshot(&model, Some(&optimizer), objective, local + 1, total, &log)?;
+                self.checkpoints.as_ref().expect("due implies checkpoints").save_current(&saved)?;
+            }
+        }
+        if self.checkpoints.as_ref().is_some_and(|c| c.every > 0) {
+            let saved = self.snapshot(&model, None, objective, steps, total, &log)?;
+            self.checkpoints.as_ref().expect("checked").save_finished(&saved)?;
         }
         log.mean_loss = if steps > 0 { total / steps as f64 } else { 0.0 };
         Ok((model, log))
+    }
+
+    fn snapshot(
+        &self,
+        model: &UNet,
+        optimizer: Option<&burn::optim::ModuleOptimizer>,
+        objective: &dyn Objective,
+        local: usize,
+        loss_sum: f64,
+        log: &PhaseLog,
+    ) -> Result<Saved> {
+        let model_bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("saving the model to a checkpoint: {e:?}"))?;
+        let optimizer_bytes = match optimizer {
+            Some(o) => o
+                .to_record()
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("saving the optimizer to a checkpoint: {e:?}"))?
+                .to_vec(),
+            None => Vec::new(),
+        };
+        Ok(Saved {
+            position: Position {
+                phase: self.phase,
+                local,
+                global: self.step,
+                rng: RngState::of(&self.rng),
+                loss_sum,
+                first_loss: log.first_loss,
+                last_loss: log.last_loss,
+                lr_first: log.lr_first,
+                lr_last: log.lr_last,
+            },
+            model: model_bytes.to_vec(),
+            optimizer: optimizer_bytes,
+            objective: objective.save_state()?,
+        })
+    }
+
+    /// Loads a checkpoint's model, objective state, random stream and step.
+    fn restore(&mut self, model: UNet, objective: &mut dyn Objective, saved: &Saved) -> Result<UNet> {
+        let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(saved.model.clone()))
+            .map_err(|e| anyhow::anyhow!("reading the model of a checkpoint: {e:?}"))?;
+        let model = model
+            .try_load_record(record)
+            .map_err(|e| anyhow::anyhow!("loading the model of a checkpoint: {e:?}"))?;
+        objective.load_state(&saved.objective)?;
+        self.rng = saved.position.rng.restore();
+        self.step = saved.position.global;
+        Ok(model)
     }
 }
