@@ -10,6 +10,9 @@ pub fn available() -> Vec<&'static str> {
     if cfg!(feature = "cuda") {
         names.push("cuda");
     }
+    if cfg!(feature = "vulkan") {
+        names.push("vulkan");
+    }
     names
 }
 
@@ -19,6 +22,10 @@ pub fn device(name: &str, seed: u64) -> Result<Device> {
         "flex" => Device::flex(),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
+        // The best adapter Vulkan offers (a discrete GPU first; CUBECL_WGPU_DEFAULT_DEVICE picks
+        // another, e.g. Cpu for a software renderer such as lavapipe).
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         other => bail!(
             "backend '{other}' is not compiled into this build; available: {}",
             available().join(", ")

@@ -478,3 +478,103 @@ mod tests {
         assert!(message.contains("short.nii") && message.contains("348"), "{message}");
     }
 }
+
+/// Property tests: whatever bytes a file holds, reading it returns an error or a volume, never a
+/// panic, and never allocates past what the header (within the limit) claims. The cases are
+/// drawn from a seeded stream (thousands per run), not from a fuzzing crate, so the test build
+/// adds no dependency features the release build lacks.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use rand::Rng;
+
+    fn valid_file() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nii");
+        let volume = Volume {
+            dims: [4, 3, 2],
+            spacing: [1.0, 1.0, 2.0],
+            data: (0..24).map(|v| v as f32).collect(),
+        };
+        write(&path, &volume, Datatype::I16, 352).unwrap();
+        let mut raw = Vec::new();
+        GzDecoder::new(&std::fs::read(&path).unwrap()[..]).read_to_end(&mut raw).unwrap();
+        raw
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn read_bytes(bytes: &[u8]) -> Result<Volume, NiftiError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.nii.gz");
+        std::fs::write(&path, bytes).unwrap();
+        read(&path)
+    }
+
+    #[test]
+    fn random_truncated_and_mutated_files_give_errors_not_panics() {
+        let mut rng = crate::rng::stream(7, "nifti-properties");
+        let valid = valid_file();
+        for _ in 0..1500 {
+            let case: u8 = rng.random_range(0..5);
+            let bytes = match case {
+                // Random bytes, plain or gzipped.
+                0 => (0..rng.random_range(0..1200)).map(|_| rng.random::<u8>()).collect::<Vec<_>>(),
+                1 => gzip(&(0..rng.random_range(0..1200)).map(|_| rng.random::<u8>()).collect::<Vec<_>>()),
+                // A valid file cut anywhere (plain and compressed).
+                2 => valid[..rng.random_range(0..valid.len())].to_vec(),
+                3 => {
+                    let zipped = gzip(&valid);
+                    zipped[..rng.random_range(0..zipped.len())].to_vec()
+                }
+                // A valid header with random fields overwritten (dims, datatype, offset, ...).
+                _ => {
+                    let mut mutated = valid.clone();
+                    for _ in 0..rng.random_range(1..6) {
+                        let at = rng.random_range(0..HEADER_SIZE);
+                        mutated[at] = rng.random();
+                    }
+                    gzip(&mutated)
+                }
+            };
+            let outcome = std::panic::catch_unwind(|| read_bytes(&bytes));
+            assert!(outcome.is_ok(), "the reader panicked on {} bytes (case {case})", bytes.len());
+        }
+    }
+
+    #[test]
+    fn huge_header_fields_are_refused_before_reading_data() {
+        let mut header = valid_file();
+        for (at, value) in [(42, i16::MAX), (44, i16::MAX), (46, i16::MAX)] {
+            header[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        }
+        header[70..72].copy_from_slice(&(Datatype::F64 as i16).to_le_bytes());
+        let message = read_bytes(&gzip(&header)).unwrap_err().to_string();
+        assert!(message.contains("limit"), "{message}");
+        let mut offset = valid_file();
+        offset[108..112].copy_from_slice(&3.0e38f32.to_le_bytes());
+        let message = read_bytes(&gzip(&offset)).unwrap_err().to_string();
+        assert!(message.contains("vox_offset"), "{message}");
+        let mut negative = valid_file();
+        negative[42..44].copy_from_slice(&(-5i16).to_le_bytes());
+        assert!(read_bytes(&gzip(&negative)).unwrap_err().to_string().contains("dim[1] = -5"));
+    }
+
+    #[test]
+    fn a_gzip_bomb_behind_a_small_header_is_not_inflated() {
+        // A valid 24-voxel header followed by 64 MiB of zeros that compress to almost nothing:
+        // the reader inflates only the bytes the header describes.
+        let mut bytes = valid_file();
+        bytes.resize(bytes.len() + (64 << 20), 0);
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder.write_all(&bytes).unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 120_000, "{} bytes", bomb.len());
+        let volume = read_bytes(&bomb).unwrap();
+        assert_eq!(volume.dims, [4, 3, 2]);
+    }
+}

@@ -273,7 +273,10 @@ impl Engine {
                     lr: step.lr,
                 });
             }
-            let due = self.checkpoints.as_ref().is_some_and(|c| c.every > 0 && self.step.is_multiple_of(c.every));
+            let due = self
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| c.every > 0 && self.step.is_multiple_of(c.every));
             if due && local + 1 < steps {
                 let saved = self.snapshot(&model, Some(&optimizer), objective, local + 1, total, &log)?;
                 self.checkpoints.as_ref().expect("due implies checkpoints").save_current(&saved)?;
