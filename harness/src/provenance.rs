@@ -116,7 +116,8 @@ fn cache_geometry() -> String {
     parts.join(", ")
 }
 
-/// The SIMD level of the kernels and of the CPU, e.g. "kernels x86-64-v3, cpu x86-64-v4".
+/// The SIMD levels the CPU backend's kernels dispatch to on this CPU, e.g. "gemm x86-64-v3,
+/// elementwise x86-64-v4 (cpu x86-64-v4)".
 fn simd_level() -> String {
     #[cfg(target_arch = "x86_64")]
     {
@@ -133,10 +134,14 @@ fn simd_level() -> String {
         } else {
             1
         };
-        // The default build's kernels (gemm, macerator) dispatch up to v3; the x86-v4 feature
-        // enables their AVX-512 paths.
-        let build_max = if cfg!(feature = "x86-v4") { 4 } else { 3 };
-        format!("kernels x86-64-v{}, cpu x86-64-v{cpu}", cpu.min(build_max))
+        // burn-flex's GEMM (the gemm crate) dispatches up to v3 unless built with x86-v4; its
+        // elementwise and reduction kernels (macerator, with its default avx512 feature) up to v4.
+        let gemm_max = if cfg!(feature = "x86-v4") { 4 } else { 3 };
+        format!(
+            "gemm x86-64-v{}, elementwise x86-64-v{} (cpu x86-64-v{cpu})",
+            cpu.min(gemm_max),
+            cpu.min(4)
+        )
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

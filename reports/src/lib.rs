@@ -218,7 +218,10 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(
         let mut names = Vec::new();
         for run in cells.iter().flat_map(|c| c.runs.iter()) {
             for (name, value) in &run.metrics {
-                if let Some(class) = name.strip_prefix("dice_").filter(|c| !c.ends_with("mean")) {
+                if let Some(class) = name
+                    .strip_prefix("dice_")
+                    .filter(|c| !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
+                {
                     if value.is_some() && !names.contains(&class.to_string()) {
                         names.push(class.to_string());
                     }

@@ -109,6 +109,15 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
     })
 }
 
+/// Tick labels with no more decimals than the axis span needs.
+fn tick(value: f64, span: f64) -> String {
+    match span {
+        s if s >= 10.0 => format!("{value:.0}"),
+        s if s >= 1.0 => format!("{value:.1}"),
+        _ => format!("{value:.2}"),
+    }
+}
+
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("{e:?}")
 }
@@ -184,9 +193,12 @@ impl Figure for DiceVsRatio {
             .y_label_area_size(70)
             .build_cartesian_2d((x_min - pad)..(x_max + pad), (low - margin).max(0.0)..y_top)
             .map_err(err)?;
+        let (x_span, y_span) = (x_max - x_min + 2.0 * pad, y_top - (low - margin).max(0.0));
         chart
             .configure_mesh()
             .light_line_style(RGBColor(238, 238, 238))
+            .x_label_formatter(&|v| tick(*v, x_span))
+            .y_label_formatter(&|v| tick(*v, y_span))
             .x_desc("labeled cases (%)")
             .y_desc(self.y_label.clone())
             .label_style(("sans-serif", 16))
@@ -299,6 +311,7 @@ impl Figure for PanelGrid {
                         String::new()
                     }
                 })
+                .y_label_formatter(&|v| tick(*v, y_high * 1.12 - y_low))
                 .light_line_style(RGBColor(238, 238, 238))
                 .label_style(("sans-serif", 13))
                 .axis_desc_style(("sans-serif", 14))
@@ -378,6 +391,7 @@ impl Figure for GroupedBars {
                 .configure_mesh()
                 .disable_x_mesh()
                 .light_line_style(RGBColor(238, 238, 238))
+                .y_label_formatter(&|v| tick(*v, top))
                 .y_desc(self.y_label.clone())
                 .x_labels(categories)
                 .x_label_formatter(&|x| {

@@ -149,7 +149,8 @@ fn class_names(cells: &[Cell], prefix: &str) -> Vec<String> {
             .iter()
             .filter(|(n, v)| n.starts_with(prefix) && v.is_some())
             .filter_map(|(n, _)| n.strip_prefix(prefix))
-            .filter(|c| !c.ends_with("mean"))
+            // dice_mean, hd95_mean, dice_at_resolution_mean are summaries, not classes.
+            .filter(|c| prefix == "diag_" || !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
             .map(str::to_string)
             .collect::<Vec<_>>()
     }))
@@ -388,7 +389,7 @@ fn paired_notes(cells: &[Cell], per_case: &HashMap<String, BTreeMap<String, f64>
         notes.insert(
             0,
             format!(
-                "Paired per-case comparisons (test Dice per case, mean over its classes; pairs = matching seed and test case): mean difference in Dice points with a {}-resample percentile bootstrap 95 % interval, and the two-sided Wilcoxon signed-rank p-value.",
+                "Paired per-case comparisons (test Dice per case, mean over its classes; pairs = matching seed and test case): mean difference in Dice points with a {}-resample percentile bootstrap 95 % interval, and the two-sided Wilcoxon signed-rank p-value. Cases of one seed share a trained model, so these treat the cases as independent given the models; across seeds, the intervals of the cells above are the stricter measure.",
                 stats::BOOTSTRAP_RESAMPLES
             ),
         );
