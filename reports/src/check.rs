@@ -55,6 +55,10 @@ pub struct Expected {
     /// How the tolerance was derived (measured spread, machines, seeds).
     #[serde(default)]
     pub derivation: String,
+    /// Applies only when every run of the cell reports this text in its `simd` column (e.g.
+    /// "elementwise x86-64-v4"): expectations per class of machine whose results agree exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simd: Option<String>,
 }
 
 impl Expected {
@@ -167,7 +171,7 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
     let cells = cells::build(&tables.runs, allow_mixed)?;
     let mut lines = Vec::new();
     for value in &reference.values {
-        let what = format!(
+        let mut what = format!(
             "{} / {} / {}% / {}",
             value.dataset,
             value.method,
@@ -175,6 +179,13 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
             value.metric
         );
         let cell = find(&cells, &value.dataset, &value.method, value.labeled_ratio);
+        if let Some(simd) = &value.simd {
+            let applies = cell.is_some_and(|c| !c.runs.is_empty() && c.runs.iter().all(|r| r.simd.contains(simd.as_str())));
+            if !applies {
+                continue; // an expectation for another class of machine
+            }
+            what = format!("{what} [{simd}]");
+        }
         let got = cell_mean(cell, &value.metric);
         let tolerance = value.tolerance();
         let (got_text, delta_text, pass, note) = match got {
@@ -200,7 +211,11 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
             expected: format!("{:.4}", value.expected),
             got: got_text,
             delta: delta_text,
-            tolerance: format!("±{tolerance:.4}"),
+            tolerance: if tolerance > 0.0 && tolerance < 1e-4 {
+                format!("±{tolerance:.0e}")
+            } else {
+                format!("±{tolerance:.4}")
+            },
             pass,
             note,
         });
@@ -275,6 +290,7 @@ pub fn update(
                         derivation: format!(
                             "default tolerance {default_abs_tol} from `atso check --update`; calibrate it from measured spread"
                         ),
+                        simd: None,
                     });
                 }
             }
@@ -282,6 +298,12 @@ pub fn update(
     }
     for value in updated.values.iter_mut() {
         let cell = find(&cells, &value.dataset, &value.method, value.labeled_ratio);
+        if let Some(simd) = &value.simd {
+            // Values for another class of machine are kept as they are.
+            if !cell.is_some_and(|c| c.runs.iter().all(|r| r.simd.contains(simd.as_str()))) {
+                continue;
+            }
+        }
         value.expected = cell_mean(cell, &value.metric).with_context(|| {
             format!(
                 "{} / {} / {}% / {}: not in the results; remove it from the reference or run it",

@@ -30,6 +30,8 @@ pub struct Run {
     pub backend: String,
     pub threads: u64,
     pub cpu: String,
+    /// SIMD levels of the CPU kernels (see provenance).
+    pub simd: String,
     pub git_commit: String,
     pub git_dirty: Option<bool>,
     pub cell_hash: String,
@@ -167,6 +169,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
         }
     }
     let metric_values: Vec<Vec<Option<f64>>> = metric_names.iter().map(|n| c.float_or(n)).collect();
+    let simd = c.text_or("simd");
     let (experiment, kind, error, backend, cpu, commit, cell, config, started, finished) = (
         c.text_or("experiment"),
         c.text_or("method_kind"),
@@ -209,6 +212,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
                 backend: text(&backend),
                 threads: threads[i].unwrap_or(0),
                 cpu: text(&cpu),
+                simd: text(&simd),
                 git_commit: text(&commit),
                 git_dirty: dirty[i],
                 // Older tables have no cell hash: fall back to "unknown" so they still group.

@@ -39,7 +39,7 @@ fn record(
         "class_dice": [["liver", if ok { Some(dice) } else { None }]],
         "iterations": 10, "iterations_used": 10, "batch_size": 2, "resolution": 16,
         "n_labeled": 1, "n_unlabeled": 3, "n_test": 2, "wall_seconds": 1.0, "backend": "flex", "threads": 1,
-        "cpu": "test cpu", "git_commit": commit, "git_dirty": dirty, "git_branch": null,
+        "cpu": "test cpu", "simd": "avx2", "git_commit": commit, "git_dirty": dirty, "git_branch": null,
         "config_hash": format!("{cell}-{seed}"), "cell_hash": cell, "method_settings": "{}",
         "split_file": "", "version": "0", "started_at": finished, "finished_at": finished,
         "class_names": ["background", "liver"],
@@ -259,6 +259,7 @@ fn reference() -> Reference {
             abs_tol: Some(0.01),
             rel_tol: None,
             derivation: "hand".into(),
+            simd: None,
         }],
         orders: vec![Order {
             dataset: "d".into(),
@@ -301,6 +302,16 @@ fn check_passes_on_its_own_reference_and_names_what_fails() {
     missing.values[0].method = "mean-teacher".into();
     let table = check::check(&folders, &missing, false).unwrap().table();
     assert!(table.contains("missing") && table.contains("FAIL"), "{table}");
+    // An expectation for another class of machine does not apply; one for this class does.
+    let mut other_machine = reference();
+    other_machine.values[0].simd = Some("elementwise x86-64-v2".into());
+    other_machine.values[0].expected = 0.99;
+    assert!(check::check(&folders, &other_machine, false).unwrap().passed());
+    let mut this_machine = reference();
+    this_machine.values[0].simd = Some("avx2".into());
+    this_machine.values[0].expected = 0.99;
+    let table = check::check(&folders, &this_machine, false).unwrap().table();
+    assert!(table.contains("[avx2]") && table.contains("FAIL"), "{table}");
     // A violated order.
     let mut order = reference();
     order.orders[0].method = "atso [cfg A2]".into();
