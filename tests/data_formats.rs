@@ -4,6 +4,9 @@
 //! installed brain templates (when present), `atso data`, and one clear error per kind of bad
 //! input, with nothing already recorded touched by a failing dataset.
 
+mod common;
+use common::{atso, stderr};
+
 use atso_harness::data::dataset::{DataFormat, DatasetSpec, Preset};
 use atso_harness::data::nifti::{self, Datatype};
 use atso_harness::data::Volume;
@@ -11,20 +14,7 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn atso(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atso"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("atso runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use std::process::Command;
 
 fn error_of(spec: &DatasetSpec) -> String {
     format!("{:#}", spec.prepare(32, Path::new("/")).unwrap_err())

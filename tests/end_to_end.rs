@@ -1,24 +1,13 @@
 //! End-to-end tests through the `atso` binary: tiny sweeps on generated phantom data, with real
 //! NIfTI files, real parquet tables and a real git checkout for provenance.
 
+mod common;
+use common::{atso, stderr};
+
 use atso_harness::data::msd;
 use atso_harness::data::phantom::{self, PhantomSpec};
 use polars::prelude::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn atso(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atso"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("atso runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// A git repository whose one commit holds `files`, as a user's checkout would be.
 fn git_checkout(dir: &Path, files: &[(&str, &str)]) -> String {

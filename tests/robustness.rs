@@ -1,24 +1,13 @@
 //! Sweeps that survive kill -9, bad files and each other; and that give the same numbers however
 //! they are run (serial, parallel, rerun). Everything goes through the `atso` binary.
 
+mod common;
+use common::{atso, atso_command, stderr};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn atso_command(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_atso"));
-    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
-    command
-}
-
-fn atso(dir: &Path, args: &[&str]) -> Output {
-    atso_command(dir, args).output().expect("atso runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// Three methods, two seeds; a few seconds per run.
 const SMALL: &str = r#"

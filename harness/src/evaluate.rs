@@ -9,7 +9,7 @@
 //! kept beside it. On request the native predictions are written as NIfTI on the image's exact
 //! geometry so nibabel, MONAI or medpy can recompute every number.
 
-use crate::data::slices::resize_nearest;
+use crate::data::slices::resize_nearest_to;
 use crate::data::{Case, Volume};
 use crate::train::infer;
 use crate::train::metrics::{summarise, CaseScores, Confusion, EmptyClasses, Scoring, Summary};
@@ -103,12 +103,21 @@ pub fn score(
 
 /// Mean Dice at the training resolution only (validation after each stage: cheap, no file IO).
 pub fn dice_at_resolution(cases: &[&Case], predictions: &[Vec<Vec<f32>>], scoring: &Scoring) -> Option<f64> {
+    let labels: Vec<Vec<Vec<u8>>> = predictions
+        .iter()
+        .map(|probabilities| probabilities.iter().map(|p| infer::argmax(p, scoring.classes)).collect())
+        .collect();
+    mean_dice_of_labels(cases, &labels, scoring)
+}
+
+/// Mean Dice (per case, then per class) of label slices (per case) against the cases' labels at
+/// the training resolution: validation Dice, and the Dice of pseudo labels.
+pub fn mean_dice_of_labels(cases: &[&Case], labels: &[Vec<Vec<u8>>], scoring: &Scoring) -> Option<f64> {
     let scores: Vec<CaseScores> = cases
         .iter()
-        .zip(predictions)
-        .map(|(case, probabilities)| {
-            let labels: Vec<Vec<u8>> = probabilities.iter().map(|p| infer::argmax(p, scoring.classes)).collect();
-            let confusion = confusion_at_resolution(case, &labels, scoring.classes);
+        .zip(labels)
+        .map(|(case, hard)| {
+            let confusion = confusion_at_resolution(case, hard, scoring.classes);
             let dice: Vec<Option<f64>> = scoring.scored().map(|c| confusion.dice(c, scoring.empty)).collect();
             CaseScores {
                 case_id: case.id.clone(),
@@ -138,25 +147,9 @@ fn native_prediction(truth: &Volume, axis: usize, labels: &[Vec<u8>], case: &Cas
     for (at, slice) in labels.iter().enumerate().take(truth.dims[axis]) {
         let (w, h, _) = truth.plane(axis, at);
         let as_float: Vec<f32> = slice.iter().map(|&v| v as f32).collect();
-        volume.set_plane(axis, at, &resize_to(&as_float, size, w, h));
+        volume.set_plane(axis, at, &resize_nearest_to(&as_float, size, size, w, h));
     }
     volume
-}
-
-/// Nearest-neighbour resize of a square `size x size` map to `w x h`.
-fn resize_to(values: &[f32], size: usize, w: usize, h: usize) -> Vec<f32> {
-    if w == h {
-        return resize_nearest(values, size, size, w);
-    }
-    let mut out = Vec::with_capacity(w * h);
-    for oy in 0..h {
-        let sy = (((oy as f32 + 0.5) * size as f32 / h as f32) as usize).min(size - 1);
-        for ox in 0..w {
-            let sx = (((ox as f32 + 0.5) * size as f32 / w as f32) as usize).min(size - 1);
-            out.push(values[sy * size + sx]);
-        }
-    }
-    out
 }
 
 fn as_labels(values: &[f32]) -> Vec<u8> {
@@ -198,6 +191,9 @@ mod tests {
     #[test]
     fn non_square_planes_resize_by_nearest_neighbour() {
         // 2x2 map to 4 wide, 2 high: each column doubled.
-        assert_eq!(resize_to(&[1.0, 2.0, 3.0, 4.0], 2, 4, 2), [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]);
+        assert_eq!(
+            resize_nearest_to(&[1.0, 2.0, 3.0, 4.0], 2, 2, 4, 2),
+            [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+        );
     }
 }

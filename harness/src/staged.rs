@@ -25,13 +25,12 @@
 
 use crate::config::{FinalModel, PseudoLabelSpec, PseudoLabels, Relabel, StudentInit};
 use crate::data::Case;
-use crate::evaluate::confusion_at_resolution;
+use crate::evaluate::mean_dice_of_labels;
 use crate::method::{train_supervised, Budget, MixedObjective, RunContext, Trained};
 use crate::model::UNet;
 use crate::records::{LedgerEntry, StageRecord};
 use crate::train::batch::{Example, Target, IGNORE};
 use crate::train::infer;
-use crate::train::metrics::{summarise, CaseScores, Confusion};
 use anyhow::{bail, Result};
 use burn::module::Module;
 use std::collections::{BTreeSet, HashMap};
@@ -213,23 +212,7 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
 /// Mean Dice of label slices against the cases' true labels (a diagnostic: methods never see
 /// these labels).
 fn labels_dice(ctx: &RunContext, cases: &[&Case], labels: &[Vec<Vec<u8>>]) -> Option<f64> {
-    let scoring = ctx.scoring();
-    let scores: Vec<CaseScores> = cases
-        .iter()
-        .zip(labels)
-        .map(|(case, hard)| {
-            let confusion = confusion_at_resolution(case, hard, scoring.classes);
-            let dice: Vec<Option<f64>> = scoring.scored().map(|c| confusion.dice(c, scoring.empty)).collect();
-            CaseScores {
-                case_id: case.id.clone(),
-                iou: dice.clone(),
-                hd95: Vec::new(),
-                dice_at_resolution: dice.clone(),
-                dice,
-            }
-        })
-        .collect();
-    summarise(&scores, &Confusion::new(scoring.classes), &scoring).dice_mean
+    mean_dice_of_labels(cases, labels, &ctx.scoring())
 }
 
 /// Pseudo labels of `cases` by `model`: hard (argmax) or soft (probabilities), with pixels below

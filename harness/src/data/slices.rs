@@ -81,13 +81,19 @@ pub fn resize_bilinear(pixels: &[f32], w: usize, h: usize, size: usize) -> Vec<f
     out
 }
 
-/// Nearest-neighbour resize (for label maps, where interpolation would invent classes).
+/// Nearest-neighbour resize to `size x size` (for label maps, where interpolation would invent
+/// classes).
 pub fn resize_nearest(pixels: &[f32], w: usize, h: usize, size: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(size * size);
-    for oy in 0..size {
-        let sy = (((oy as f32 + 0.5) * h as f32 / size as f32) as usize).min(h - 1);
-        for ox in 0..size {
-            let sx = (((ox as f32 + 0.5) * w as f32 / size as f32) as usize).min(w - 1);
+    resize_nearest_to(pixels, w, h, size, size)
+}
+
+/// Nearest-neighbour resize of a `w x h` map to `out_w x out_h` (pixel centres aligned).
+pub fn resize_nearest_to(pixels: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(out_w * out_h);
+    for oy in 0..out_h {
+        let sy = (((oy as f32 + 0.5) * h as f32 / out_h as f32) as usize).min(h - 1);
+        for ox in 0..out_w {
+            let sx = (((ox as f32 + 0.5) * w as f32 / out_w as f32) as usize).min(w - 1);
             out.push(pixels[sy * w + sx]);
         }
     }

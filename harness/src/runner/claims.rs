@@ -77,13 +77,7 @@ fn claim_path(results: &Path, config_hash: &str) -> PathBuf {
 pub fn try_claim(results: &Path, config_hash: &str, run: &str, stale_after: Duration) -> Result<Option<Claim>> {
     let path = claim_path(results, config_hash);
     std::fs::create_dir_all(claims_dir(results)).with_context(|| format!("creating {}", claims_dir(results).display()))?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut file = open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(None),
@@ -126,6 +120,17 @@ pub fn state(results: &Path, config_hash: &str, stale_after: Duration) -> ClaimS
     }
 }
 
+/// Opens (creating, never truncating) a file that is only ever locked or rewritten in place.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 fn read_holder(file: &mut File) -> Option<Holder> {
     let mut text = String::new();
     file.rewind().ok()?;
@@ -154,13 +159,7 @@ impl FolderLock {
     pub fn acquire(results: &Path) -> Result<Self> {
         std::fs::create_dir_all(results)?;
         let path = results.join(".lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         match file.lock() {
             Ok(()) => {}
             // Without locks nothing better can be done; atomic writes keep each table whole.

@@ -224,24 +224,12 @@ pub fn sweep(
                 RunState::Stale => summary.stale += 1,
                 _ => summary.recorded += 1,
             }
-            progress::emit(
-                &sink,
-                Event::Skipped {
-                    run: run.name(),
-                    reason: reason.into(),
-                },
-            );
+            skipped(&sink, run, reason);
             continue;
         }
         let Some(claim) = claims::try_claim(&dir, &identity.config_hash, &run.name(), options.claim_stale_after)? else {
             summary.claimed += 1;
-            progress::emit(
-                &sink,
-                Event::Skipped {
-                    run: run.name(),
-                    reason: "claimed by another process".into(),
-                },
-            );
+            skipped(&sink, run, "claimed by another process");
             continue;
         };
         // Another process may have recorded it between our look and our claim.
@@ -249,13 +237,7 @@ pub fn sweep(
         if let Some(reason) = should_run(&existing, &identity.config_hash, &provenance.commit, options) {
             claim.release();
             summary.recorded += 1;
-            progress::emit(
-                &sink,
-                Event::Skipped {
-                    run: run.name(),
-                    reason: reason.into(),
-                },
-            );
+            skipped(&sink, run, reason);
             continue;
         }
         let dataset = sources(&prepared, run);
@@ -277,6 +259,16 @@ pub fn sweep(
         existing = heads(&dir);
     }
     Ok(summary)
+}
+
+fn skipped(sink: &SharedSink, run: &RunSpec, reason: &str) {
+    progress::emit(
+        sink,
+        Event::Skipped {
+            run: run.name(),
+            reason: reason.into(),
+        },
+    );
 }
 
 /// The prepared data of `run` (and of its reference dataset), or why it is unavailable.
