@@ -168,7 +168,7 @@ pub fn latex(table: &Table) -> String {
         .chain((!table.provenance.is_empty()).then(|| format!("Provenance: {}.", table.provenance.join("; "))))
         .collect();
     if !footer.is_empty() {
-        let _ = writeln!(out, "\\par\\smallskip{{\\footnotesize");
+        let _ = writeln!(out, "\\par\\smallskip{{\\footnotesize\\raggedright");
         for line in footer {
             let _ = writeln!(out, "{}\\par", escape_latex(&line));
         }
