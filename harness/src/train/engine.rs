@@ -153,8 +153,9 @@ impl Engine {
         self.checkpoints = Some(checkpoints);
     }
 
-    /// The global step a checkpoint let this run resume from (None: it started from scratch or
-    /// only replayed finished phases).
+    /// The global step a checkpoint let this run resume from: the end of the last finished phase
+    /// it replayed, or the step of an interrupted phase's checkpoint (None: it started from
+    /// scratch).
     pub fn resumed_at(&self) -> Option<usize> {
         self.resumed_at
     }
@@ -196,6 +197,7 @@ impl Engine {
         if let Some(saved) = self.checkpoints.as_ref().map(|c| c.finished(self.phase)).transpose()?.flatten() {
             let model = self.restore(model, objective, &saved)?;
             let p = &saved.position;
+            self.resumed_at = Some(p.global);
             return Ok((
                 model,
                 PhaseLog {
@@ -281,6 +283,7 @@ impl Engine {
                 let saved = self.snapshot(&model, Some(&optimizer), objective, local + 1, total, &log)?;
                 self.checkpoints.as_ref().expect("due implies checkpoints").save_current(&saved)?;
             }
+            abort_for_tests(self.step, self.resumed_at);
         }
         if self.checkpoints.as_ref().is_some_and(|c| c.every > 0) {
             let saved = self.snapshot(&model, None, objective, steps, total, &log)?;
@@ -341,5 +344,16 @@ impl Engine {
         self.rng = saved.position.rng.restore();
         self.step = saved.position.global;
         Ok(model)
+    }
+}
+
+/// Tests of checkpoint resume set `ATSO_TEST_ABORT_AT_STEP` to end the process abnormally (no
+/// destructors, no flushing: what a kill leaves) at a known global step of a run that started
+/// from scratch, so where it resumes does not depend on how fast the machine is.
+fn abort_for_tests(step: usize, resumed_at: Option<usize>) {
+    static ABORT_AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let abort_at = ABORT_AT.get_or_init(|| std::env::var("ATSO_TEST_ABORT_AT_STEP").ok().and_then(|v| v.parse().ok()));
+    if resumed_at.is_none() && *abort_at == Some(step) {
+        std::process::abort();
     }
 }
