@@ -442,19 +442,7 @@ fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, sha
         if let Ok(mut view) = shared.lock() {
             view.finish();
         }
-        if summary.unreadable > 0 {
-            eprintln!(
-                "warning: {} unreadable record file(s) in {} were skipped",
-                summary.unreadable,
-                dir.join("records").display()
-            );
-        }
-        if summary.stale > 0 {
-            eprintln!(
-                "note: {} run(s) were recorded at another commit and reused; --rerun-stale runs them again",
-                summary.stale
-            );
-        }
+        reuse_notes(&dir, summary.unreadable, summary.stale);
         if summary.claimed > 0 {
             eprintln!("note: {} run(s) are being run by another process", summary.claimed);
         }
@@ -468,6 +456,12 @@ fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, sha
         }
         let counts = parallel::run_workers(plan, &worker_args, &mut view)?;
         view.finish();
+        // The workers' own summaries stay in the workers; the parent counts what a reader must
+        // hear about once: skipped record files and runs reused from another commit.
+        let unreadable = atso_harness::records::load(&dir).map_or(0, |l| l.skipped.len());
+        let stale = runner::status(experiment, &args.options(shard, plan.threads))
+            .map_or(0, |rows| rows.iter().filter(|r| r.state == "stale").count());
+        reuse_notes(&dir, unreadable, stale);
         counts
     };
     println!(
@@ -476,6 +470,20 @@ fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, sha
         dir.display()
     );
     Ok((dir, failed))
+}
+
+/// Warnings a sweep owes its reader about what it did not run: unreadable record files (skipped)
+/// and runs recorded at another commit (reused).
+fn reuse_notes(dir: &std::path::Path, unreadable: usize, stale: usize) {
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} unreadable record file(s) in {} were skipped",
+            dir.join("records").display()
+        );
+    }
+    if stale > 0 {
+        eprintln!("note: {stale} run(s) were recorded at another commit and reused; --rerun-stale runs them again");
+    }
 }
 
 /// A worker process of a parallel sweep: events as JSON lines on stdout.

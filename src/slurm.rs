@@ -37,9 +37,10 @@ pub fn script(spec: &SlurmSpec, job_name: &str, exe: &Path, workdir: &Path, swee
     out.push_str(&format!("#SBATCH --chdir={}\n", workdir.display()));
     out.push_str("set -u\n");
     out.push_str("# One shard per array task; runs claimed by another task are skipped, so tasks may overlap safely.\n");
+    out.push_str("# One run at a time per task, on all of the task's CPUs (Slurm already sized the task).\n");
     let quoted: Vec<String> = sweep_args.iter().map(|a| shell_quote(a)).collect();
     out.push_str(&format!(
-        "exec {} sweep {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\" --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\"\n",
+        "exec {} sweep {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\" --jobs 1 --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\"\n",
         shell_quote(&exe.display().to_string()),
         quoted.join(" "),
         spec.tasks,
@@ -118,5 +119,7 @@ mod tests {
             text.contains("'/opt/atso bench/atso' sweep /work/exp.toml --results /work/results --shard \"${SLURM_ARRAY_TASK_ID}/4\""),
             "{text}"
         );
+        // One run at a time per task: the task's CPUs go to that run's threads, never C x C.
+        assert!(text.contains("--jobs 1 --threads \"${SLURM_CPUS_PER_TASK:-"), "{text}");
     }
 }

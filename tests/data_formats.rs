@@ -5,7 +5,7 @@
 //! input, with nothing already recorded touched by a failing dataset.
 
 mod common;
-use common::{atso, stderr};
+use common::{atso, skip_unless_required, stderr};
 
 use atso_harness::data::dataset::{DataFormat, DatasetSpec, Preset};
 use atso_harness::data::nifti::{self, Datatype};
@@ -588,7 +588,7 @@ reference_dataset = "target"
 name = "target"
 format = "phantom"
 path = "data/target"
-phantom = { cases = 8, size = 16, slices = 3, seed = 2, intensity_shift = 40.0, noise_scale = 2.0 }
+phantom = { cases = 12, size = 16, slices = 3, seed = 2, intensity_shift = 40.0, noise_scale = 2.0 }
 reference_only = true
 [[methods]]
 kind = "supervised"
@@ -604,11 +604,32 @@ kind = "atso"
         atso_harness::data::splits::Split::read(&dir.path().join("results/transfer").join(&records[0].split_file)).unwrap();
     assert_eq!(split.reference_dataset.as_deref(), Some("target"));
     // Source: 8 cases -> 2 test, 1 validation, 5 training, of which half (3) keep their labels.
-    // Target: 8 cases -> 2 test, 1 validation, and all 5 training cases unlabeled.
+    // Target: 12 cases -> 3 test, 2 validation, and all 7 training cases unlabeled. The counts
+    // differ between the two, so they say which dataset each part came from.
     assert_eq!(
         (split.labeled.len(), split.unlabeled.len(), split.validation.len(), split.test.len()),
-        (3, 5, 1, 2)
+        (3, 7, 2, 3)
     );
+    for record in &records {
+        assert_eq!(record.n_test, 3, "{}: evaluated on the target's test cases", record.method);
+        let mut evaluated: Vec<&str> = record.cases.iter().map(|c| c.case_id.as_str()).collect();
+        let mut expected: Vec<&str> = split.test.iter().map(String::as_str).collect();
+        evaluated.sort();
+        expected.sort();
+        assert_eq!(evaluated, expected, "{}", record.method);
+        // The source has phantom_0..7 only: a case it lacks proves the test set is the target's.
+        assert!(
+            evaluated
+                .iter()
+                .any(|id| id.trim_start_matches("phantom_").parse::<usize>().is_ok_and(|i| i >= 8)),
+            "{evaluated:?}"
+        );
+    }
+    // `status` computes each run's identity as the sweep did (both datasets' fingerprints).
+    let status = atso(dir.path(), &["status", "results/transfer", "--experiment", "transfer.toml"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let listing = String::from_utf8_lossy(&status.stdout);
+    assert!(!listing.contains("missing") && listing.matches("done").count() >= 2, "{listing}");
     // The shifted phantom differs from the source: same case names, other intensities.
     let a = nifti::read(&dir.path().join("data/source/imagesTr/phantom_0.nii.gz")).unwrap();
     let b = nifti::read(&dir.path().join("data/target/imagesTr/phantom_0.nii.gz")).unwrap();
@@ -637,7 +658,10 @@ fn every_nifti_file_the_packages_ship_reads_as_nibabel_reads_it() {
         .unwrap_or_default();
     files.retain(|p| p.to_string_lossy().ends_with(".nii.gz"));
     if files.is_empty() || nibabel_sum(&files[0]).is_none() {
-        eprintln!("SKIPPED: needs Debian's mricron-data and python3 with nibabel (.ci/run installs both)");
+        skip_unless_required(
+            "ATSO_REQUIRE_DATA_TESTS",
+            "needs Debian's mricron-data and python3 with nibabel (.ci/run installs both)",
+        );
         return;
     }
     files.sort();
@@ -679,7 +703,10 @@ fn the_installed_brain_templates_prepare_as_slab_cases() {
     let data = dir.path().join("data");
     // Install from the package when it is on the machine; otherwise say why and stop.
     if !Path::new("/usr/share/mricron/templates/aal.nii.gz").is_file() {
-        eprintln!("SKIPPED: Debian's mricron-data is not installed (.ci/run installs it)");
+        skip_unless_required(
+            "ATSO_REQUIRE_DATA_TESTS",
+            "Debian's mricron-data is not installed (.ci/run installs it)",
+        );
         return;
     }
     let output = atso(dir.path(), &["data", "install", "colin27", "--into", "data"]);
@@ -699,6 +726,18 @@ fn the_installed_brain_templates_prepare_as_slab_cases() {
     assert!(inspect.status.success(), "{}", stderr(&inspect));
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("colin27") && text.contains("cerebellum"), "{text}");
+    // One file: its datatype, and an atlas's largest regions rather than 117 lines.
+    let file = atso(dir.path(), &["data", "inspect", "/usr/share/mricron/templates/aal.nii.gz"]);
+    assert!(file.status.success(), "{}", stderr(&file));
+    let text = String::from_utf8_lossy(&file.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        ["uint8", "int16", "uint16", "int32", "float32"]
+            .iter()
+            .any(|t| first.ends_with(&format!("NIfTI-1, {t}"))),
+        "{text}"
+    );
+    assert!(text.contains("distinct values (an atlas?); the 12 largest"), "{text}");
     let list = atso(dir.path(), &["data", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("colin27          installed"));
 }
@@ -717,19 +756,55 @@ fn data_prepare_writes_fingerprints_before_training() {
         "the ego-vehicle band is ignored"
     );
     assert!(!dir.path().join("results/driving/records").exists(), "nothing trained");
+    // One generated label file: a PNG of labelIds, shown as the 19 trainIds.
+    let label = find_files(&dir.path().join("data/streets/gtFine"), "_gtFine_labelIds.png")
+        .into_iter()
+        .next()
+        .expect("the generator wrote label files");
+    let inspect = atso(dir.path(), &["data", "inspect", label.to_str().unwrap()]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains(": PNG ") && text.contains("as Cityscapes trainIds") && text.contains("road"),
+        "{text}"
+    );
+}
+
+/// Files under `root` whose names end with `suffix`, in sorted order.
+fn find_files(root: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 #[test]
 fn mni152_installs_from_the_nilearn_wheel_and_prepares() {
     let pip = Command::new("python3").args(["-m", "pip", "--version"]).output();
     if !pip.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: python3 with pip is not available to download the nilearn wheel");
+        skip_unless_required(
+            "ATSO_REQUIRE_DATA_TESTS",
+            "python3 with pip is not available to download the nilearn wheel",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let output = atso(dir.path(), &["data", "install", "mni152", "--into", "data"]);
     if !output.status.success() && stderr(&output).contains("pip download") {
-        eprintln!("SKIPPED: pip could not download nilearn here: {}", stderr(&output));
+        skip_unless_required(
+            "ATSO_REQUIRE_DATA_TESTS",
+            &format!("pip could not download nilearn here: {}", stderr(&output)),
+        );
         return;
     }
     assert!(output.status.success(), "{}", stderr(&output));
@@ -740,6 +815,28 @@ fn mni152_installs_from_the_nilearn_wheel_and_prepares() {
         labels: Some("tissue-csf".into()),
         ..DatasetSpec::default()
     };
+    // The wheel's NIfTI files have their own header quirks (vox_offset 0): read as nibabel does.
+    let mut installed: Vec<PathBuf> = std::fs::read_dir(dir.path().join("data/mni152"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".nii.gz"))
+        .collect();
+    installed.sort();
+    assert!(installed.len() >= 3, "{installed:?}");
+    for file in &installed {
+        let Some((shape, sum)) = nibabel_sum(file) else {
+            skip_unless_required("ATSO_REQUIRE_DATA_TESTS", "python3 with nibabel is not installed");
+            break;
+        };
+        let ours = nifti::read(file).unwrap();
+        assert_eq!(shape, ours.dims.to_vec(), "{}", file.display());
+        let mine: f64 = ours.data.iter().map(|&v| v as f64).sum();
+        assert!(
+            (mine - sum).abs() <= 1e-4 * sum.abs().max(1.0),
+            "{}: sum {mine} vs nibabel {sum}",
+            file.display()
+        );
+    }
     let prepared = spec.prepare(32, Path::new("/")).unwrap();
     assert_eq!(prepared.classes, ["background", "grey-matter", "white-matter", "csf"]);
     assert!(prepared.cases.len() >= 15, "{} slabs", prepared.cases.len());

@@ -144,6 +144,10 @@ fn unreadable_record_files_do_not_stop_sweeps_or_reports() {
     assert!(warnings.contains("truncated.json"), "the unreadable file is named: {warnings}");
     let markdown = std::fs::read_to_string(dir.path().join("results/small/report.md")).unwrap();
     assert!(markdown.contains("1 record file(s) could not be read"), "{markdown}");
+    assert!(
+        markdown.contains("1 unreadable record file(s) skipped"),
+        "every table's footer says it: {markdown}"
+    );
 }
 
 #[test]

@@ -8,8 +8,11 @@
 //! state, random stream, step). Everything between phases (pseudo-labeling, validation) is
 //! deterministic inference and simply runs again; the device's random stream is reseeded from the
 //! run seed at every step, so it needs no saving. `[checkpoint] every = N` writes a checkpoint
-//! every N steps (0, the default, writes none); files live in `checkpoints/<config hash>/` and are
-//! removed once the run is recorded. Every file is written whole or not at all.
+//! every N steps (0, the default, writes none); files live in
+//! `checkpoints/<config hash>/<commit>/` and are removed once the run is recorded. Only the commit
+//! that wrote a checkpoint resumes from it: after a code change the saved state may not mean what
+//! the new code expects, so a sweep at another commit starts the run over. Every file is written
+//! whole or not at all.
 
 use crate::fsio;
 use crate::rng::SeededRng;
@@ -108,15 +111,21 @@ pub fn unpack(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 /// A run's checkpoint folder.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
+    /// The run's folder (every commit's checkpoints of it).
+    run_dir: PathBuf,
+    /// This commit's checkpoints.
     dir: PathBuf,
     pub every: usize,
 }
 
 impl Checkpoints {
-    /// Checkpoints of the run `config_hash` under `results/checkpoints/`.
-    pub fn new(results: &Path, config_hash: &str, every: usize) -> Self {
+    /// Checkpoints of the run `config_hash`, written by `commit`, under `results/checkpoints/`.
+    pub fn new(results: &Path, config_hash: &str, commit: &str, every: usize) -> Self {
+        let run_dir = results.join("checkpoints").join(config_hash);
+        let commit: String = commit.chars().filter(|c| c.is_ascii_alphanumeric()).take(40).collect();
         Self {
-            dir: results.join("checkpoints").join(config_hash),
+            dir: run_dir.join(if commit.is_empty() { "unknown".into() } else { commit }),
+            run_dir,
             every,
         }
     }
@@ -172,9 +181,9 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Removes the run's checkpoints (once it is recorded).
+    /// Removes the run's checkpoints, every commit's (once it is recorded).
     pub fn clear(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
 
@@ -190,6 +199,45 @@ mod tests {
         let state = RngState::of(&rng);
         let expected = rng.next_u64();
         assert_eq!(state.restore().next_u64(), expected);
+    }
+
+    #[test]
+    fn only_the_commit_that_wrote_a_checkpoint_resumes_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = || Saved {
+            position: Position {
+                phase: 1,
+                local: 5,
+                global: 5,
+                rng: RngState::of(&crate::rng::stream(1, "t")),
+                loss_sum: 1.0,
+                first_loss: 0.5,
+                last_loss: 0.1,
+                lr_first: 0.1,
+                lr_last: 0.05,
+            },
+            model: vec![1, 2, 3],
+            optimizer: vec![4],
+            objective: vec![],
+        };
+        let old = Checkpoints::new(dir.path(), "abc", "1111", 5);
+        old.save_finished(&Saved {
+            position: Position {
+                phase: 0,
+                ..saved().position
+            },
+            ..saved()
+        })
+        .unwrap();
+        old.save_current(&saved()).unwrap();
+        assert!(old.current(1).unwrap().is_some());
+        let new = Checkpoints::new(dir.path(), "abc", "2222", 5);
+        assert!(new.current(1).unwrap().is_none() && new.finished(0).unwrap().is_none());
+        new.clear();
+        assert!(
+            old.finished(0).unwrap().is_none(),
+            "recording the run clears every commit's checkpoints"
+        );
     }
 
     #[test]

@@ -331,8 +331,15 @@ impl MethodSpec {
         };
         match self {
             Self::Atso { subsets, rounds, .. } => {
-                if *subsets < 1 || *rounds < 1 {
-                    bail!("methods '{}': subsets and rounds must be at least 1", self.label());
+                if *subsets < 2 {
+                    bail!(
+                        "methods '{}': subsets must be at least 2, got {subsets} (ATSO relabels a subset the \
+                         student did not train on; with one subset it is synchronous self-training: kind = \"self-training\")",
+                        self.label()
+                    );
+                }
+                if *rounds < 1 {
+                    bail!("methods '{}': rounds must be at least 1", self.label());
                 }
                 check_pseudo(&self.pseudo().expect("atso has pseudo settings"))
             }
@@ -511,6 +518,15 @@ pseudo_labels = "soft"
         let message = error_of(&MINIMAL.replace("[0.5]", "[0.5, 1.5]"));
         assert!(message.contains("labeled_ratios") && message.contains("1.5"), "{message}");
         assert!(error_of(&MINIMAL.replace("[0.5]", "[0.0]")).contains("outside (0, 1]"));
+    }
+
+    #[test]
+    fn atso_with_one_subset_is_rejected_as_self_training_in_disguise() {
+        let message = error_of(&MINIMAL.replace("subsets = 3", "subsets = 1"));
+        assert!(
+            message.contains("subsets must be at least 2") && message.contains("self-training"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct RunRecord {
     /// The same hash without the seed: runs of one configuration cell share it.
     #[serde(default)]
     pub cell_hash: String,
+    /// The same hash without the seed and the labeled ratio: one configuration's row in tables.
+    #[serde(default)]
+    pub series_hash: String,
     /// Hash of the prepared dataset's fingerprint.
     #[serde(default)]
     pub data_fingerprint: String,
@@ -392,6 +395,7 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         ),
         Column::new("config_hash".into(), text(&|r| r.config_hash.clone())),
         Column::new("cell_hash".into(), text(&|r| r.cell_hash.clone())),
+        Column::new("series_hash".into(), text(&|r| r.series_hash.clone())),
         Column::new("data_fingerprint".into(), text(&|r| r.data_fingerprint.clone())),
         Column::new("method_settings".into(), text(&|r| r.method_settings.clone())),
         Column::new("augmentation".into(), text(&|r| r.augmentation.clone())),
@@ -560,6 +564,7 @@ pub(crate) mod tests {
             git_branch: None,
             config_hash: "h".into(),
             cell_hash: "cell".into(),
+            series_hash: "series".into(),
             data_fingerprint: "f".into(),
             method_settings: "{}".into(),
             augmentation: "{}".into(),

@@ -4,8 +4,10 @@
 //! (the run's configuration hash without its seed). Within a cell each seed counts once: its
 //! latest ok row (a rerun replaces, never doubles, a seed; a seed that failed and later succeeded
 //! counts as succeeded); seeds with no ok row are counted as failed. Rows of different
-//! configurations are never averaged: when one (dataset, method, ratio) holds several, each
-//! becomes its own row, labeled with its configuration hash. Rows of one configuration recorded
+//! configurations are never averaged: when one (dataset, method) holds several configurations,
+//! each becomes its own row, labeled by its series (the configuration without seed and labeled
+//! ratio, so one configuration keeps one label at every ratio): with its experiment's name when
+//! the configurations come from different experiments, else with the series hash. Rows of one configuration recorded
 //! at different commits are refused (the error names them) unless mixing is allowed, in which
 //! case the cell is marked.
 
@@ -65,10 +67,7 @@ pub fn build(runs: &[Run], allow_mixed: bool) -> Result<Vec<Cell<'_>>> {
         }
         groups.entry(key).or_default().push(run);
     }
-    let mut variants: BTreeMap<(String, String, u64), usize> = BTreeMap::new();
-    for (dataset, method, ratio, _) in &order {
-        *variants.entry((dataset.clone(), method.clone(), *ratio)).or_default() += 1;
-    }
+    let labels = row_labels(&order, &groups);
     let mut mixing = Vec::new();
     let mut cells = Vec::new();
     for key in &order {
@@ -104,14 +103,9 @@ pub fn build(runs: &[Run], allow_mixed: bool) -> Result<Vec<Cell<'_>>> {
                 commits.iter().map(|c| short(c)).collect::<Vec<_>>().join(", ")
             ));
         }
-        let several = variants[&(dataset.clone(), method.clone(), *ratio)] > 1;
         cells.push(Cell {
             dataset: dataset.clone(),
-            method: if several {
-                format!("{method} [cfg {}]", short(cell_hash))
-            } else {
-                method.clone()
-            },
+            method: labels[key].clone(),
             method_kind: rows[0].method_kind.clone(),
             labeled_ratio: f64::from_bits(*ratio),
             cell_hash: cell_hash.clone(),
@@ -141,6 +135,62 @@ pub fn build(runs: &[Run], allow_mixed: bool) -> Result<Vec<Cell<'_>>> {
         key(a).cmp(&key(b)).then(a.labeled_ratio.total_cmp(&b.labeled_ratio))
     });
     Ok(cells)
+}
+
+type GroupKey = (String, String, u64, String);
+
+/// The row label of each group: the method's name when the (dataset, method) has one series;
+/// otherwise the name tagged with the series (its experiment when the series come from
+/// different experiments, else `cfg <series hash>`); a cell hash is added only where two
+/// configurations still share a label at one ratio (rows written before series hashes existed).
+fn row_labels(order: &[GroupKey], groups: &BTreeMap<GroupKey, Vec<&Run>>) -> BTreeMap<GroupKey, String> {
+    // Rows without a series hash (older tables) fall back to their experiment as the series.
+    let series_of = |key: &GroupKey| {
+        let run = groups[key][0];
+        let series = if run.series_hash.is_empty() {
+            format!("experiment {}", run.experiment)
+        } else {
+            run.series_hash.clone()
+        };
+        (series, run.experiment.clone())
+    };
+    let mut series_per_method: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
+    for key in order {
+        let entry = series_per_method.entry((key.0.clone(), key.1.clone())).or_default();
+        let series = series_of(key);
+        if !entry.contains(&series) {
+            entry.push(series);
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for key in order {
+        let (dataset, method, _, _) = key;
+        let all = &series_per_method[&(dataset.clone(), method.clone())];
+        let (series, experiment) = series_of(key);
+        let label = if all.len() == 1 {
+            method.clone()
+        } else {
+            let experiments = unique(all.iter().map(|(_, e)| e.clone()));
+            let same_experiment_twice = all.iter().filter(|(_, e)| *e == experiment).count() > 1;
+            if (experiments.len() > 1 && !same_experiment_twice) || series.starts_with("experiment ") {
+                format!("{method} [{experiment}]")
+            } else {
+                format!("{method} [cfg {}]", short(&series))
+            }
+        };
+        labels.insert(key.clone(), label);
+    }
+    let mut per_label_ratio: BTreeMap<(String, String, u64), usize> = BTreeMap::new();
+    for key in order {
+        *per_label_ratio.entry((key.0.clone(), labels[key].clone(), key.2)).or_default() += 1;
+    }
+    for key in order {
+        if per_label_ratio[&(key.0.clone(), labels[key].clone(), key.2)] > 1 {
+            let label = labels.get_mut(key).expect("every key is labeled");
+            *label = format!("{label} [cfg {}]", short(&key.3));
+        }
+    }
+    labels
 }
 
 /// The first 10 characters of a hash or commit.

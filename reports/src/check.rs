@@ -13,6 +13,7 @@ use crate::report;
 use crate::stats;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,10 @@ pub struct Line {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub lines: Vec<Line>,
+    /// Expectations written for another class of machine (by kernel level), with how many, and
+    /// the kernel levels of the runs checked: listed under the table, never silently dropped.
+    pub not_applied: Vec<(String, usize)>,
+    pub machine: String,
 }
 
 impl Outcome {
@@ -151,6 +156,13 @@ impl Outcome {
         for row in &rows {
             line(&mut out, row);
         }
+        for (simd, count) in &self.not_applied {
+            let _ = writeln!(
+                out,
+                "not applied: {count} expectation(s) for machines whose kernels are \"{simd}\" (these runs: \"{}\")",
+                self.machine
+            );
+        }
         out
     }
 }
@@ -170,6 +182,7 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
     let tables = load::read(folders)?;
     let cells = cells::build(&tables.runs, allow_mixed)?;
     let mut lines = Vec::new();
+    let mut not_applied: BTreeMap<String, usize> = BTreeMap::new();
     for value in &reference.values {
         let mut what = format!(
             "{} / {} / {}% / {}",
@@ -182,6 +195,7 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
         if let Some(simd) = &value.simd {
             let applies = cell.is_some_and(|c| !c.runs.is_empty() && c.runs.iter().all(|r| r.simd.contains(simd.as_str())));
             if !applies {
+                *not_applied.entry(simd.clone()).or_default() += 1;
                 continue; // an expectation for another class of machine
             }
             what = format!("{what} [{simd}]");
@@ -259,7 +273,14 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
         };
         lines.push(line);
     }
-    Ok(Outcome { lines })
+    let mut machines: Vec<&str> = tables.runs.iter().map(|r| r.simd.as_str()).collect();
+    machines.sort();
+    machines.dedup();
+    Ok(Outcome {
+        lines,
+        not_applied: not_applied.into_iter().collect(),
+        machine: machines.join("; "),
+    })
 }
 
 /// Rewrites the expected values of `reference` from the results in `folders` (tolerances and
@@ -406,5 +427,9 @@ pub fn compare(folders: &[PathBuf], base: &str, head: &str, reference: Option<&R
     if lines.is_empty() {
         bail!("no cell was recorded at both {} and {}", short(base), short(head));
     }
-    Ok(Outcome { lines })
+    Ok(Outcome {
+        lines,
+        not_applied: Vec::new(),
+        machine: String::new(),
+    })
 }

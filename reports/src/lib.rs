@@ -57,7 +57,15 @@ pub fn render(folders: &[PathBuf], out: &Path, options: &ReportOptions) -> Resul
     }
     let tables = load::read(folders)?;
     let cells = cells::build(&tables.runs, options.allow_mixed)?;
-    let content = report::build(&tables, &cells);
+    let mut content = report::build(&tables, &cells);
+    if options.unreadable_records > 0 {
+        // Every table's footer says so too: a table copied into a paper keeps the caveat.
+        for table in content.sections.iter_mut().flat_map(|s| s.tables.iter_mut()) {
+            table
+                .provenance
+                .push(format!("{} unreadable record file(s) skipped", options.unreadable_records));
+        }
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut plots = Vec::new();
     let mut svgs: Vec<(String, Vec<String>)> = Vec::new();

@@ -35,6 +35,8 @@ pub struct Run {
     pub git_commit: String,
     pub git_dirty: Option<bool>,
     pub cell_hash: String,
+    /// One configuration's row over labeled ratios (empty in tables written before it existed).
+    pub series_hash: String,
     pub config_hash: String,
     pub started_at: String,
     pub finished_at: String,
@@ -170,6 +172,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
     }
     let metric_values: Vec<Vec<Option<f64>>> = metric_names.iter().map(|n| c.float_or(n)).collect();
     let simd = c.text_or("simd");
+    let series = c.text_or("series_hash");
     let (experiment, kind, error, backend, cpu, commit, cell, config, started, finished) = (
         c.text_or("experiment"),
         c.text_or("method_kind"),
@@ -217,6 +220,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
                 git_dirty: dirty[i],
                 // Older tables have no cell hash: fall back to "unknown" so they still group.
                 cell_hash: cell[i].clone().unwrap_or_else(|| "unknown".into()),
+                series_hash: text(&series),
                 config_hash: text(&config),
                 started_at: text(&started),
                 finished_at: text(&finished),

@@ -78,9 +78,12 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
                 scale: 1.0,
                 higher_is_better: false,
             };
-            section
-                .tables
-                .push(metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)")));
+            let mut table = metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)"));
+            table.notes.push(
+                "A run's HD95 is the mean over the classes it defines HD95 for (a class it never predicts has none), so runs that miss a class average fewer classes; the per-class tables below show which."
+                    .into(),
+            );
+            section.tables.push(table);
             for class in class_names(&selected, "hd95_") {
                 let column = format!("hd95_{class}");
                 let view = MetricView {
@@ -180,6 +183,7 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
     let mut rows = Vec::new();
     let mut means: Vec<Vec<Option<f64>>> = Vec::new();
     let mut any_mixed = false;
+    let mut any_incomplete = false;
     let mut superseded = 0;
     for method in &methods {
         let mut entries = Vec::new();
@@ -197,18 +201,30 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
             } else {
                 format!(", {} failed", cell.failed_seeds.len())
             };
+            // A metric left undefined in some runs (HD95 of a class a model never predicts)
+            // averages only the runs that have it: shown as "n=k of m", never ranked best.
+            let counted = cell.runs.len();
+            let incomplete = summary.is_some_and(|s| s.n < counted);
+            any_incomplete |= incomplete;
+            let n = |n: usize| {
+                if incomplete {
+                    format!("n={n} of {counted}")
+                } else {
+                    format!("n={n}")
+                }
+            };
             let entry = match summary {
                 Some(s) => Entry {
                     value: format!("{:.1} ± {:.1}", view.scale * s.mean, view.scale * s.std),
                     detail: if s.ci95.is_finite() {
                         format!(
-                            "[{:.1}, {:.1}] n={}{failed}",
+                            "[{:.1}, {:.1}] {}{failed}",
                             view.scale * (s.mean - s.ci95),
                             view.scale * (s.mean + s.ci95),
-                            s.n
+                            n(s.n)
                         )
                     } else {
-                        format!("n={}{failed}", s.n)
+                        format!("{}{failed}", n(s.n))
                     },
                     best: false,
                     marks: if cell.mixed { "‡".into() } else { String::new() },
@@ -220,7 +236,7 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
                 },
             };
             any_mixed |= cell.mixed;
-            row_means.push(summary.map(|s| s.mean));
+            row_means.push(summary.filter(|_| !incomplete).map(|s| s.mean));
             entries.push(entry);
         }
         rows.push(Row {
@@ -254,6 +270,12 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
     )];
     if any_mixed {
         notes.push("‡ seeds recorded at different commits averaged together (--allow-mixed).".into());
+    }
+    if any_incomplete {
+        notes.push(
+            "n=k of m: the value is undefined in m − k of the cell's runs (for HD95: the class was not predicted, or is absent) and the mean is over the other k; such cells are not ranked."
+                .into(),
+        );
     }
     if superseded > 0 {
         notes.push(format!(

@@ -190,6 +190,60 @@ fn cells_count_each_seed_once_and_keep_configurations_apart() {
 }
 
 #[test]
+fn one_configuration_keeps_one_row_label_at_every_ratio() {
+    // Folder "evidence": supervised (series SE) and two atso configurations (AE1, AE2: an
+    // edited setting under one experiment name) at ratios 0.1 and 0.2. Folder "ablation":
+    // supervised (series SA) at 0.2 only. Cell hashes differ per ratio, as real ones do.
+    let dir = tempfile::tempdir().unwrap();
+    let save = |folder: &str, method: &str, ratio: f64, series: &str| {
+        let cell = format!("{series}-{ratio}");
+        let id = format!("{folder}-{cell}");
+        let mut r = record(
+            &id,
+            method,
+            method,
+            0,
+            true,
+            0.5,
+            &cell,
+            "c0ffee",
+            false,
+            "2026-01-01T00:00:01Z",
+            [0.5, 0.5],
+        );
+        r.experiment = folder.into();
+        r.labeled_ratio = ratio;
+        r.series_hash = series.into();
+        records::save(&dir.path().join(folder), &r).unwrap();
+    };
+    for ratio in [0.1, 0.2] {
+        save("evidence", "supervised", ratio, "SE");
+        save("evidence", "atso", ratio, "AE1");
+        save("evidence", "atso", ratio, "AE2");
+    }
+    save("ablation", "supervised", 0.2, "SA");
+    for folder in ["evidence", "ablation"] {
+        records::rebuild_tables(&dir.path().join(folder)).unwrap();
+    }
+    let tables = load::read(&[dir.path().join("evidence"), dir.path().join("ablation")]).unwrap();
+    let cells = cells::build(&tables.runs, false).unwrap();
+    let mut ratios_per_label: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for cell in &cells {
+        ratios_per_label.entry(cell.method.clone()).or_default().push(cell.labeled_ratio);
+    }
+    let expected: std::collections::BTreeMap<String, Vec<f64>> = [
+        ("atso [cfg AE1]", vec![0.1, 0.2]),
+        ("atso [cfg AE2]", vec![0.1, 0.2]),
+        ("supervised [ablation]", vec![0.2]),
+        ("supervised [evidence]", vec![0.1, 0.2]),
+    ]
+    .into_iter()
+    .map(|(l, r)| (l.to_string(), r))
+    .collect();
+    assert_eq!(ratios_per_label, expected, "one label per configuration, the same at every ratio");
+}
+
+#[test]
 fn rows_from_two_commits_are_refused_unless_allowed() {
     let (_dir, results) = folder();
     let mut late = record(
@@ -306,7 +360,15 @@ fn check_passes_on_its_own_reference_and_names_what_fails() {
     let mut other_machine = reference();
     other_machine.values[0].simd = Some("elementwise x86-64-v2".into());
     other_machine.values[0].expected = 0.99;
-    assert!(check::check(&folders, &other_machine, false).unwrap().passed());
+    let outcome = check::check(&folders, &other_machine, false).unwrap();
+    assert!(outcome.passed());
+    assert!(
+        outcome
+            .table()
+            .contains("not applied: 1 expectation(s) for machines whose kernels are \"elementwise x86-64-v2\" (these runs: \"avx2\")"),
+        "a skipped expectation is listed, not dropped silently: {}",
+        outcome.table()
+    );
     let mut this_machine = reference();
     this_machine.values[0].simd = Some("avx2".into());
     this_machine.values[0].expected = 0.99;

@@ -20,3 +20,13 @@ pub fn atso(dir: &Path, args: &[&str]) -> Output {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Skips a test whose prerequisite (a system package, a daemon) is missing, saying why, unless
+/// `requirement` is set to 1: `.ci/run` sets it after installing that prerequisite, so in CI a
+/// test that could not run fails instead of passing silently.
+pub fn skip_unless_required(requirement: &str, reason: &str) {
+    if std::env::var(requirement).is_ok_and(|v| v == "1") {
+        panic!("{requirement}=1 (.ci/run installed what this test needs), yet: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}

@@ -19,7 +19,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         let (volume, header) = nifti::read_with_header(path)?;
-        let mut out = format!("{}: NIfTI-1\n", path.display());
+        let mut out = format!("{}: NIfTI-1, {}\n", path.display(), header.datatype_name());
         let (q, s) = header.transform_codes();
         let _ = writeln!(out, "  qform_code {q}, sform_code {s}");
         describe_volume(&mut out, &volume);
@@ -79,12 +79,18 @@ fn describe_volume(out: &mut String, volume: &Volume) {
             counts[v as usize] += 1;
         }
         let present = counts.iter().filter(|&&c| c > 0).count();
+        let total = volume.data.len() as f64;
+        let mut listed: Vec<(usize, u64)> = counts.iter().copied().enumerate().filter(|(_, c)| *c > 0).collect();
         if present <= 40 {
             let _ = writeln!(out, "  {present} distinct values (a label map?):");
-            let total = volume.data.len() as f64;
-            for (value, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
-                let _ = writeln!(out, "    {value:>3}: {:.4} %", 100.0 * count as f64 / total);
-            }
+        } else {
+            // An atlas (AAL has 117 regions): the largest ones, not a page of numbers.
+            listed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            listed.truncate(12);
+            let _ = writeln!(out, "  {present} distinct values (an atlas?); the 12 largest:");
+        }
+        for (value, count) in listed {
+            let _ = writeln!(out, "    {value:>3}: {:.4} %", 100.0 * count as f64 / total);
         }
     }
 }

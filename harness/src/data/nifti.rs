@@ -60,9 +60,10 @@ impl Datatype {
 const HEADER_SIZE: usize = 348;
 const DEFAULT_VOX_OFFSET: usize = 352;
 
-/// Largest volume (header + voxel bytes) this reader will inflate: a corrupt or hostile header or
-/// gzip stream is refused with an error instead of exhausting memory. 4 GiB holds a 1024^3
-/// float32 volume.
+/// Largest volume this reader will inflate, and largest it will expand to float32: a corrupt or
+/// hostile header or gzip stream (a few MB of gzip can claim gigabytes of one-byte voxels) is
+/// refused with an error before anything is allocated, so reading one file never needs more than
+/// twice this. 4 GiB holds a 1024^3 float32 volume.
 pub const MAX_VOLUME_BYTES: u64 = 4 << 30;
 
 /// A file's 348-byte header as read, kept so predictions can be written on the image's exact
@@ -120,6 +121,26 @@ impl Header {
         out
     }
 
+    /// The stored datatype (as the header names it), e.g. `uint8`, `int16`, `float32`.
+    pub fn datatype_name(&self) -> String {
+        let r = Reader {
+            bytes: &self.bytes,
+            little: self.little,
+        };
+        let code = r.i16(70);
+        match Datatype::from_code(code) {
+            Some(Datatype::U8) => "uint8".into(),
+            Some(Datatype::I8) => "int8".into(),
+            Some(Datatype::I16) => "int16".into(),
+            Some(Datatype::U16) => "uint16".into(),
+            Some(Datatype::I32) => "int32".into(),
+            Some(Datatype::U32) => "uint32".into(),
+            Some(Datatype::F32) => "float32".into(),
+            Some(Datatype::F64) => "float64".into(),
+            None => format!("code {code}"),
+        }
+    }
+
     /// The qform and sform codes (which of the two transforms are valid).
     pub fn transform_codes(&self) -> (i16, i16) {
         let r = Reader {
@@ -157,10 +178,21 @@ pub fn read_with_header(path: &Path) -> Result<(Volume, Header), NiftiError> {
     // The header says how many bytes follow; nothing past that (or past the limit) is inflated.
     let mut bytes = Vec::with_capacity(HEADER_SIZE);
     (&mut stream).take(HEADER_SIZE as u64).read_to_end(&mut bytes).map_err(io)?;
-    let needed = layout(&bytes).map_err(format)?.end().ok_or_else(|| format(OVERFLOW.into()))?;
+    let layout = layout(&bytes).map_err(format)?;
+    let needed = layout.end().ok_or_else(|| format(OVERFLOW.into()))?;
     if needed > MAX_VOLUME_BYTES {
         return Err(format(format!(
             "the header describes {needed} bytes of data, more than the {MAX_VOLUME_BYTES}-byte limit"
+        )));
+    }
+    let as_float = layout
+        .voxels()
+        .and_then(|n| n.checked_mul(4))
+        .ok_or_else(|| format(OVERFLOW.into()))?;
+    if as_float > MAX_VOLUME_BYTES {
+        return Err(format(format!(
+            "the header describes {} voxels, {as_float} bytes as float32, more than the {MAX_VOLUME_BYTES}-byte limit",
+            as_float / 4
         )));
     }
     let rest = needed.saturating_sub(bytes.len() as u64);
@@ -194,12 +226,18 @@ struct Layout {
 }
 
 impl Layout {
+    /// Voxels of the volume, with overflow checked.
+    fn voxels(&self) -> Option<u64> {
+        (self.dims[0] as u64)
+            .checked_mul(self.dims[1] as u64)?
+            .checked_mul(self.dims[2] as u64)
+    }
+
     /// Bytes from the start of the file to the end of the voxel data, with overflow checked.
     fn end(&self) -> Option<u64> {
-        let count = (self.dims[0] as u64)
-            .checked_mul(self.dims[1] as u64)?
-            .checked_mul(self.dims[2] as u64)?;
-        count.checked_mul(self.datatype.bytes() as u64)?.checked_add(self.offset as u64)
+        self.voxels()?
+            .checked_mul(self.datatype.bytes() as u64)?
+            .checked_add(self.offset as u64)
     }
 }
 
@@ -562,6 +600,18 @@ mod properties {
         let mut negative = valid_file();
         negative[42..44].copy_from_slice(&(-5i16).to_le_bytes());
         assert!(read_bytes(&gzip(&negative)).unwrap_err().to_string().contains("dim[1] = -5"));
+    }
+
+    #[test]
+    fn one_byte_voxels_that_would_not_fit_as_float32_are_refused_before_reading() {
+        // 2^31 uint8 voxels: 2 GiB stored (under the limit) but 8 GiB as float32.
+        let mut header = valid_file();
+        for (at, value) in [(42, 1024i16), (44, 1024), (46, 2048)] {
+            header[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        }
+        header[70..72].copy_from_slice(&(Datatype::U8 as i16).to_le_bytes());
+        let message = read_bytes(&gzip(&header)).unwrap_err().to_string();
+        assert!(message.contains("as float32") && message.contains("limit"), "{message}");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn split_of(spec: &SplitSpec, dataset: &PreparedDataset, ratio: f64, seed: u
 pub struct RunIdentity {
     pub config_hash: String,
     pub cell_hash: String,
+    pub series_hash: String,
     pub data_fingerprint: String,
 }
 
@@ -174,6 +175,7 @@ fn blank_record(
         git_branch: env.provenance.branch.clone(),
         config_hash: identity.config_hash.clone(),
         cell_hash: identity.cell_hash.clone(),
+        series_hash: identity.series_hash.clone(),
         data_fingerprint: identity.data_fingerprint.clone(),
         method_settings: settings,
         augmentation: serde_json::to_string(&run.augmentation).unwrap_or_default(),
@@ -281,6 +283,7 @@ fn train_and_evaluate(
         ctx.engine.with_checkpoints(crate::checkpoint::Checkpoints::new(
             env.results,
             &record.config_hash,
+            &env.provenance.commit,
             env.checkpoint.every,
         ));
     }

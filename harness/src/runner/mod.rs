@@ -202,14 +202,11 @@ pub fn sweep(
                 .or_insert_with(|| prepare_dataset(spec, run.budget.resolution, &options.data_base, &dir));
             fingerprints.push(data.as_ref().map_or("unavailable".to_string(), |(_, f)| f.clone()));
         }
-        let fingerprint = if fingerprints.len() == 1 {
-            fingerprints.remove(0)
-        } else {
-            plan::short_hash(&fingerprints)
-        };
+        let fingerprint = plan::combined_fingerprint(fingerprints);
         identities.push(RunIdentity {
             config_hash: run.config_hash(&fingerprint, &backend),
             cell_hash: run.cell_hash(&fingerprint, &backend),
+            series_hash: run.series_hash(&fingerprint, &backend),
             data_fingerprint: fingerprint,
         });
     }
@@ -250,7 +247,7 @@ pub fn sweep(
         log_record(&record);
         records::save(&dir, &record)?;
         // Recorded: its checkpoints are no longer needed.
-        crate::checkpoint::Checkpoints::new(&dir, &identity.config_hash, 0).clear();
+        crate::checkpoint::Checkpoints::new(&dir, &identity.config_hash, "", 0).clear();
         {
             let _lock = claims::FolderLock::acquire(&dir)?;
             records::rebuild_tables(&dir)?;
@@ -314,15 +311,23 @@ pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<Sta
     let existing = heads(&dir);
     let mut rows = Vec::new();
     for run in expand(experiment) {
-        let fingerprint = recorded_fingerprint(&dir, &run.dataset.name);
-        let Some(fingerprint) = fingerprint else {
+        let datasets: Vec<&str> = std::iter::once(&run.dataset)
+            .chain(run.reference.as_ref())
+            .map(|d| d.name.as_str())
+            .collect();
+        let fingerprints: Option<Vec<String>> = datasets.iter().map(|name| recorded_fingerprint(&dir, name)).collect();
+        let Some(fingerprints) = fingerprints else {
             rows.push(StatusRow {
                 run: run.name(),
                 state: "missing".into(),
-                detail: format!("dataset '{}' not prepared yet", run.dataset.name),
+                detail: format!(
+                    "dataset {} not prepared yet",
+                    datasets.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(" or ")
+                ),
             });
             continue;
         };
+        let fingerprint = plan::combined_fingerprint(fingerprints);
         let hash = run.config_hash(&fingerprint, &backend);
         let (state, detail) = match claims::state(&dir, &hash, options.claim_stale_after) {
             claims::ClaimState::Held(holder) => (

@@ -84,6 +84,23 @@ impl RunSpec {
         ))
     }
 
+    /// The identity of the run's table row (a series over labeled ratios): the config hash
+    /// with the seed and the labeled ratio left out. Reports label configurations of one method
+    /// by it, so one configuration keeps one row label at every ratio.
+    pub fn series_hash(&self, data_fingerprint: &str, backend: &str) -> String {
+        let mut series = self.clone();
+        series.seed = 0;
+        series.labeled_ratio = 0.0;
+        short_hash(&(
+            HashInput {
+                run: &series,
+                data_fingerprint,
+                backend,
+            },
+            "series",
+        ))
+    }
+
     /// Short human-readable name: dataset/method/ratio/seed.
     pub fn name(&self) -> String {
         format!(
@@ -152,6 +169,17 @@ impl Shard {
     /// every shard gets a mix of methods and seeds).
     pub fn contains(&self, position: usize) -> bool {
         position % self.count == self.index - 1
+    }
+}
+
+/// The data fingerprint a run's hashes cover: its dataset's, or, in the transfer setting, one
+/// hash of its dataset's and its reference dataset's. `sweep` and `status` both use it, so they
+/// agree on every run's identity.
+pub fn combined_fingerprint(mut fingerprints: Vec<String>) -> String {
+    if fingerprints.len() == 1 {
+        fingerprints.remove(0)
+    } else {
+        short_hash(&fingerprints)
     }
 }
 

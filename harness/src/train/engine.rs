@@ -349,11 +349,18 @@ impl Engine {
 
 /// Tests of checkpoint resume set `ATSO_TEST_ABORT_AT_STEP` to end the process abnormally (no
 /// destructors, no flushing: what a kill leaves) at a known global step of a run that started
-/// from scratch, so where it resumes does not depend on how fast the machine is.
+/// from scratch, so where it resumes does not depend on how fast the machine is. Tests of failure
+/// handling set `ATSO_TEST_PANIC_AT_STEP` to panic there instead (a bug inside a run).
 fn abort_for_tests(step: usize, resumed_at: Option<usize>) {
-    static ABORT_AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let abort_at = ABORT_AT.get_or_init(|| std::env::var("ATSO_TEST_ABORT_AT_STEP").ok().and_then(|v| v.parse().ok()));
+    static AT: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
+    let (abort_at, panic_at) = AT.get_or_init(|| {
+        let step_of = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        (step_of("ATSO_TEST_ABORT_AT_STEP"), step_of("ATSO_TEST_PANIC_AT_STEP"))
+    });
     if resumed_at.is_none() && *abort_at == Some(step) {
         std::process::abort();
+    }
+    if *panic_at == Some(step) {
+        panic!("test panic at step {step} (ATSO_TEST_PANIC_AT_STEP)");
     }
 }

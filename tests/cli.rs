@@ -1,0 +1,114 @@
+//! The verbs a CI pipeline and a cluster user script against, through the binary: `status`
+//! after a sweep, `check` passing on its own reference and exiting 2 with the failing row named,
+//! and a panic inside a run recorded as that run's failure while the sweep goes on (exit 3).
+
+mod common;
+use common::{atso, atso_command, stderr};
+
+const TINY: &str = r#"
+name = "tiny"
+labeled_ratios = [0.4]
+seeds = [0]
+
+[budget]
+iterations = 12
+batch_size = 4
+resolution = 16
+eval_batch_size = 16
+
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.0]
+
+[[datasets]]
+name = "phantom"
+format = "phantom"
+path = "data/phantom"
+phantom = { cases = 8, size = 16, slices = 3, seed = 5 }
+
+[[methods]]
+kind = "supervised"
+
+[[methods]]
+kind = "fully-supervised"
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    dir
+}
+
+#[test]
+fn status_lists_done_runs_and_check_exits_2_naming_the_row_outside_its_tolerance() {
+    let dir = setup();
+    let before = atso(dir.path(), &["status", "results/tiny", "--experiment", "tiny.toml"]);
+    let listing = String::from_utf8_lossy(&before.stdout);
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("missing")).count(),
+        2,
+        "nothing has run yet: {listing}"
+    );
+
+    let sweep = atso(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    let after = atso(dir.path(), &["status", "results/tiny", "--experiment", "tiny.toml"]);
+    assert!(after.status.success(), "{}", stderr(&after));
+    let listing = String::from_utf8_lossy(&after.stdout);
+    assert_eq!(listing.lines().filter(|l| l.starts_with("done")).count(), 2, "{listing}");
+    assert!(!listing.contains("missing"), "{listing}");
+
+    // A reference written from these results passes.
+    std::fs::write(dir.path().join("reference.toml"), "").unwrap();
+    let update = atso(dir.path(), &["check", "results/tiny", "--reference", "reference.toml", "--update"]);
+    assert!(update.status.success(), "{}", stderr(&update));
+    let check = atso(dir.path(), &["check", "results/tiny", "--reference", "reference.toml"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        stderr(&check)
+    );
+
+    // Moving one expected value outside its tolerance fails with exit 2 and names the row.
+    let text = std::fs::read_to_string(dir.path().join("reference.toml")).unwrap();
+    let mut reference: toml::Table = toml::from_str(&text).unwrap();
+    let values = reference["values"].as_array_mut().unwrap();
+    let entry = values
+        .iter_mut()
+        .find(|v| v["method"].as_str() == Some("supervised"))
+        .unwrap()
+        .as_table_mut()
+        .unwrap();
+    let expected = entry["expected"].as_float().unwrap();
+    entry.insert("expected".into(), toml::Value::Float(expected + 0.5));
+    std::fs::write(dir.path().join("moved.toml"), toml::to_string(&reference).unwrap()).unwrap();
+    let moved = atso(dir.path(), &["check", "results/tiny", "--reference", "moved.toml"]);
+    assert_eq!(moved.status.code(), Some(2), "{}", stderr(&moved));
+    let table = String::from_utf8_lossy(&moved.stdout);
+    let failing: Vec<&str> = table.lines().filter(|l| l.contains("FAIL outside tolerance")).collect();
+    assert_eq!(failing.len(), 1, "{table}");
+    assert!(failing[0].contains("phantom / supervised / 40% / dice_mean"), "{table}");
+}
+
+#[test]
+fn a_panic_inside_a_run_is_recorded_as_its_failure_and_the_sweep_goes_on() {
+    let dir = setup();
+    // Both runs panic at step 5: each is recorded as failed, with the panic's message.
+    let output = atso_command(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1"])
+        .env("ATSO_TEST_PANIC_AT_STEP", "5")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let records = atso_harness::records::load_all(&dir.path().join("results/tiny")).unwrap();
+    assert_eq!(records.len(), 2, "every run recorded, the second after the first failed");
+    for record in &records {
+        assert_eq!(record.status, atso_harness::records::Status::Failed);
+        let error = record.error.as_deref().unwrap_or_default();
+        assert!(error.contains("test panic at step 5"), "{error}");
+    }
+    // A later sweep runs the failed runs again and succeeds.
+    let again = atso(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
