@@ -11,20 +11,23 @@ labeled_ratios = [0.4]
 seeds = [0]
 
 [budget]
-iterations = 12
-batch_size = 4
-resolution = 16
+iterations = 150
+batch_size = 8
+resolution = 32
 eval_batch_size = 16
 
+[optimizer]
+lr = 0.05
+
 [model]
-channels = [4, 8]
+channels = [8, 16]
 dropout = [0.0, 0.0]
 
 [[datasets]]
 name = "phantom"
 format = "phantom"
 path = "data/phantom"
-phantom = { cases = 8, size = 16, slices = 3, seed = 5 }
+phantom = { cases = 8, size = 32, slices = 6, seed = 5 }
 
 [[methods]]
 kind = "supervised"
@@ -111,4 +114,68 @@ fn a_panic_inside_a_run_is_recorded_as_its_failure_and_the_sweep_goes_on() {
     // A later sweep runs the failed runs again and succeeds.
     let again = atso(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1"]);
     assert!(again.status.success(), "{}", stderr(&again));
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", stderr(&output));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn compare_sets_the_rows_of_two_commits_side_by_side() {
+    let dir = setup();
+    std::fs::write(dir.path().join(".gitignore"), "results/\ndata/\n").unwrap();
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-qm", "base"]);
+    let base = git(dir.path(), &["rev-parse", "HEAD"]);
+    let first = atso(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // A second commit (no change to the numerics); --rerun-stale records every run again there.
+    std::fs::write(dir.path().join("NOTES"), "a change\n").unwrap();
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-qm", "head"]);
+    let head = git(dir.path(), &["rev-parse", "HEAD"]);
+    let second = atso(
+        dir.path(),
+        &["sweep", "tiny.toml", "--jobs", "1", "--threads", "1", "--rerun-stale"],
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    let records = atso_harness::records::load_all(&dir.path().join("results/tiny")).unwrap();
+    assert_eq!(records.iter().filter(|r| r.git_commit == base).count(), 2);
+    assert_eq!(records.iter().filter(|r| r.git_commit == head).count(), 2);
+
+    std::fs::write(dir.path().join("reference.toml"), "").unwrap();
+    let update = atso(
+        dir.path(),
+        &[
+            "check",
+            "results/tiny",
+            "--reference",
+            "reference.toml",
+            "--update",
+            "--allow-mixed",
+        ],
+    );
+    assert!(update.status.success(), "{}", stderr(&update));
+    let compare = atso(
+        dir.path(),
+        &["compare", "results/tiny", "--base", &base, "--reference", "reference.toml"],
+    );
+    let table = String::from_utf8_lossy(&compare.stdout);
+    assert_eq!(compare.status.code(), Some(0), "{table}{}", stderr(&compare));
+    // Both configurations appear, with the same numbers at both commits.
+    for method in ["supervised", "fully-supervised"] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(&format!("/ {method} /")))
+            .unwrap_or_else(|| panic!("{method} missing: {table}"));
+        assert!(line.contains("+0.0000") && line.contains("pass"), "{line}");
+    }
 }

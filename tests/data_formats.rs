@@ -192,6 +192,13 @@ fn driving_scenes_run_every_method_through_the_cityscapes_loader_with_miou() {
 /// Writes one CT slice as a DICOM file (explicit VR little endian), raw values `pixels`,
 /// HU = raw * 1 - 1024.
 fn write_dicom_slice(path: &Path, series: &str, instance: i32, z: f64, pixels: &[u16], rows: u16, cols: u16) {
+    write_dicom_slice_with(path, series, instance, Some(z), "1", pixels, rows, cols)
+}
+
+/// As [`write_dicom_slice`], with the position optional (older series have only InstanceNumber)
+/// and any RescaleSlope: HU = raw * slope - 1024.
+#[allow(clippy::too_many_arguments)]
+fn write_dicom_slice_with(path: &Path, series: &str, instance: i32, z: Option<f64>, slope: &str, pixels: &[u16], rows: u16, cols: u16) {
     let sop = format!("1.2.826.0.1.3680043.2.1125.{series}.{instance}");
     let mut object = InMemDicomObject::new_empty();
     let mut put = |tag, vr, value: PrimitiveValue| {
@@ -206,11 +213,13 @@ fn write_dicom_slice(path: &Path, series: &str, instance: i32, z: f64, pixels: &
         format!("1.2.826.0.1.3680043.2.1125.{series}").into(),
     );
     put(tags::INSTANCE_NUMBER, VR::IS, instance.to_string().into());
-    put(
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        PrimitiveValue::Strs(["-100".to_string(), "-100".to_string(), format!("{z}")].as_slice().into()),
-    );
+    if let Some(z) = z {
+        put(
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            PrimitiveValue::Strs(["-100".to_string(), "-100".to_string(), format!("{z}")].as_slice().into()),
+        );
+    }
     put(
         tags::IMAGE_ORIENTATION_PATIENT,
         VR::DS,
@@ -231,7 +240,7 @@ fn write_dicom_slice(path: &Path, series: &str, instance: i32, z: f64, pixels: &
     put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
     put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16));
     put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
-    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
+    put(tags::RESCALE_SLOPE, VR::DS, slope.into());
     put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.iter().copied().collect()));
     let file = object
         .with_meta(
@@ -318,6 +327,33 @@ fn nih_dicom_series_read_in_slice_order_with_hounsfield_units() {
     assert_eq!(prepared.classes, ["background", "pancreas"]);
     assert_eq!(prepared.cases[0].id, "PANCREAS_0001");
     assert_eq!(prepared.cases[0].slices.len(), 4);
+}
+
+#[test]
+fn a_dicom_series_without_positions_is_ordered_by_instance_number_with_its_rescale_slope() {
+    // Files named against their order; no ImagePositionPatient; RescaleSlope 2.
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, cols) = (3u16, 4u16);
+    for (file, instance) in [("c.dcm", 1), ("a.dcm", 3), ("b.dcm", 2)] {
+        let pixels: Vec<u16> = (0..rows * cols).map(|i| 100 * instance as u16 + i).collect();
+        write_dicom_slice_with(&dir.path().join(file), "77", instance, None, "2", &pixels, rows, cols);
+    }
+    let volume = atso_harness::data::dicom::read_series(dir.path()).unwrap();
+    assert_eq!(volume.dims, [4, 3, 3], "x = columns, y = rows, z = slices");
+    for z in 0..3 {
+        for y in 0..3 {
+            for x in 0..4 {
+                let raw = 100.0 * (z as f32 + 1.0) + (y * 4 + x) as f32;
+                assert_eq!(
+                    volume.get(x, y, z),
+                    2.0 * raw - 1024.0,
+                    "voxel ({x}, {y}, {z}): slice z is InstanceNumber z + 1"
+                );
+            }
+        }
+    }
+    // PixelSpacing is (between rows, between columns) = (y, x); the slice thickness gives z.
+    assert_eq!(volume.spacing, [0.8, 0.7, 2.5]);
 }
 
 #[test]
