@@ -100,6 +100,8 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
         figure.draw(&root).with_context(|| format!("drawing {}", png.display()))?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
     }
+    // The backend wrote through its own handle; syncing ours flushes the same file's data.
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", png.display()))?;
     tmp.persist(&png)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", png.display()))?;
