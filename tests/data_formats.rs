@@ -330,6 +330,48 @@ fn nih_dicom_series_read_in_slice_order_with_hounsfield_units() {
 }
 
 #[test]
+fn the_converted_nih_layout_prepares_as_the_dicom_tree_does_with_the_pancreas_window() {
+    // The DICOM tree, and the same case converted the common way: PANCREAS_0001.nii.gz (HU) with
+    // label0001.nii.gz beside it.
+    let dicom = tempfile::tempdir().unwrap();
+    nih_tree(dicom.path(), 1);
+    let converted = tempfile::tempdir().unwrap();
+    let volume = atso_harness::data::dicom::read_series(
+        &dicom
+            .path()
+            .join("Pancreas-CT/PANCREAS_0001/11-24-2015-PANCREAS0001-Pancreas-1/Pancreas-1"),
+    )
+    .unwrap();
+    nifti::write(&converted.path().join("PANCREAS_0001.nii.gz"), &volume, Datatype::I16, 352).unwrap();
+    std::fs::copy(
+        dicom.path().join("TCIA_pancreas_labels-02-05-2017/label0001.nii.gz"),
+        converted.path().join("label0001.nii.gz"),
+    )
+    .unwrap();
+    let spec = nih_spec(converted.path());
+    assert_eq!(spec.window(), [-100.0, 240.0], "the NIH preset's HU window (RSTN's)");
+    let from_nifti = spec.prepare(8, Path::new("/")).unwrap();
+    let from_dicom = nih_spec(dicom.path()).prepare(8, Path::new("/")).unwrap();
+    assert_eq!(from_nifti.cases[0].id, "PANCREAS_0001");
+    assert_eq!(from_nifti.cases[0].slices, from_dicom.cases[0].slices, "the same slices either way");
+    // HU 0 .. 100 in this phantom: inside the window, so intensities are (HU + 100) / 340.
+    let all: Vec<f32> = from_nifti.cases[0].slices.iter().flat_map(|s| s.image.iter().copied()).collect();
+    let (lo, hi) = all.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let hu = |x, y, z| raw(1, x, y, z) as f32 - 1024.0;
+    let (hu_lo, hu_hi) = (hu(0, 0, 0), hu(5, 4, 3));
+    assert!(
+        (lo - (hu_lo + 100.0) / 340.0).abs() < 0.02 && (hi - (hu_hi + 100.0) / 340.0).abs() < 0.02,
+        "{lo} {hi}"
+    );
+    let msd = DatasetSpec {
+        preset: Some(Preset::MsdPancreas),
+        format: DataFormat::Msd,
+        ..DatasetSpec::default()
+    };
+    assert_eq!(msd.window(), [-100.0, 240.0], "MSD Task07_Pancreas uses the same window");
+}
+
+#[test]
 fn a_dicom_series_without_positions_is_ordered_by_instance_number_with_its_rescale_slope() {
     // Files named against their order; no ImagePositionPatient; RescaleSlope 2.
     let dir = tempfile::tempdir().unwrap();

@@ -65,7 +65,9 @@ impl Augmentation {
     }
 
     /// Draws the transform of one image. Draws nothing from `rng` when every part is off, so
-    /// switching augmentation off does not shift other random draws of the step.
+    /// switching augmentation off does not shift other random draws of the step; with only some
+    /// parts off it draws exactly what the default would, so the parts left on apply to the
+    /// same images as with every part on.
     pub fn draw(&self, rng: &mut SeededRng) -> Transform {
         if self.is_off() {
             return Transform::Identity;
@@ -78,11 +80,16 @@ impl Augmentation {
                 flip: self.flip.then_some(flip_rows),
             };
         }
-        if rng.random::<f64>() > 0.5 && self.rotate_degrees > 0 {
-            let max = self.rotate_degrees as i32;
-            return Transform::Rotate {
-                degrees: rng.random_range(-max..max),
-            };
+        if rng.random::<f64>() > 0.5 {
+            if self.rotate_degrees > 0 {
+                let max = self.rotate_degrees as i32;
+                return Transform::Rotate {
+                    degrees: rng.random_range(-max..max),
+                };
+            }
+            // Switched off: draw what the default rotation would have, so the rest of the stream
+            // (and with it every other part's draws) is the same as with rotation on.
+            let _ = rng.random_range(-(default_degrees() as i32)..default_degrees() as i32);
         }
         Transform::Identity
     }
@@ -209,5 +216,44 @@ mod tests {
         assert!((1800..2200).contains(&rotate), "{rotate}");
         assert!((1800..2200).contains(&identity), "{identity}");
         assert_eq!(Augmentation::none().draw(&mut rng), Transform::Identity);
+    }
+
+    #[test]
+    fn each_switch_turns_off_its_part_only_and_keeps_the_others_frequencies() {
+        let count = |spec: Augmentation| {
+            let mut rng = rng::stream(0, "t");
+            let (mut turned, mut flipped, mut rotated, mut identity) = (0, 0, 0, 0);
+            for _ in 0..8000 {
+                match spec.draw(&mut rng) {
+                    Transform::RotFlip { quarter_turns, flip } => {
+                        turned += usize::from(quarter_turns != 0);
+                        flipped += usize::from(flip.is_some());
+                        identity += usize::from(quarter_turns == 0 && flip.is_none());
+                    }
+                    Transform::Rotate { .. } => rotated += 1,
+                    Transform::Identity => identity += 1,
+                }
+            }
+            (turned, flipped, rotated, identity)
+        };
+        let all = count(Augmentation::default());
+        let no_rot90 = count(Augmentation {
+            rot90: false,
+            ..Augmentation::default()
+        });
+        assert_eq!(no_rot90.0, 0, "no quarter turns");
+        assert_eq!((no_rot90.1, no_rot90.2), (all.1, all.2), "flips and rotations as often as before");
+        let no_flip = count(Augmentation {
+            flip: false,
+            ..Augmentation::default()
+        });
+        assert_eq!(no_flip.1, 0, "no flips");
+        assert_eq!((no_flip.0, no_flip.2), (all.0, all.2));
+        let no_rotation = count(Augmentation {
+            rotate_degrees: 0,
+            ..Augmentation::default()
+        });
+        assert_eq!(no_rotation.2, 0, "no small rotations");
+        assert_eq!((no_rotation.0, no_rotation.1), (all.0, all.1));
     }
 }

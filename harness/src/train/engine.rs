@@ -364,3 +364,30 @@ fn abort_for_tests(step: usize, resumed_at: Option<usize>) {
         panic!("test panic at step {step} (ATSO_TEST_PANIC_AT_STEP)");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_at_step(schedule: &str, step: usize) -> Engine {
+        let spec: OptimizerSpec = toml::from_str(&format!("lr = 0.1\nschedule = \"{schedule}\"")).unwrap();
+        let mut engine = Engine::new(spec, 100, 0, crate::backend::device("flex", 0).unwrap());
+        engine.step = step;
+        engine
+    }
+
+    #[test]
+    fn the_poly_schedule_restarts_in_every_phase_or_spans_the_run() {
+        // Step 60 of a 100-step run, the first step of a 40-step phase.
+        let per_phase = engine_at_step("per-phase", 60);
+        assert_eq!(per_phase.lr(0, 40), 0.1, "a phase starts at the base rate");
+        assert!((per_phase.lr(20, 40) - 0.1 * 0.5f64.powf(0.9)).abs() < 1e-12);
+        let run = engine_at_step("run", 60);
+        let expected = 0.1 * 0.4f64.powf(0.9);
+        assert!(
+            (run.lr(0, 40) - expected).abs() < 1e-12,
+            "the run's decay continues: {}",
+            run.lr(0, 40)
+        );
+    }
+}

@@ -54,6 +54,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_ensemble_predicts_the_mean_of_its_members_softmax() {
+        let device = Device::flex();
+        let spec = crate::model::ModelSpec {
+            channels: vec![4, 8],
+            dropout: vec![0.0, 0.0],
+        };
+        // Two differently initialised members (burn draws initial weights from the device's stream).
+        device.seed(1);
+        let a = spec.init(1, 3, &device);
+        device.seed(2);
+        let b = spec.init(1, 3, &device);
+        let images: Vec<Vec<f32>> = (0..3)
+            .map(|i| (0..64).map(|p| ((p * 7 + i * 13) % 17) as f32 / 17.0).collect())
+            .collect();
+        let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+        let pa = probabilities(std::slice::from_ref(&a), &refs, 8, 2, &device);
+        let pb = probabilities(std::slice::from_ref(&b), &refs, 8, 2, &device);
+        let both = probabilities(&[a, b], &refs, 8, 2, &device);
+        assert_ne!(pa, pb, "the members differ");
+        for ((x, y), m) in pa.iter().flatten().zip(pb.iter().flatten()).zip(both.iter().flatten()) {
+            assert!((m - (x + y) / 2.0).abs() < 1e-6, "{m} vs mean of {x} and {y}");
+        }
+    }
+
+    #[test]
     fn argmax_picks_largest_class() {
         // two pixels, three classes, class-major
         let probs = [0.1, 0.7, 0.8, 0.2, 0.1, 0.1];
