@@ -38,6 +38,27 @@ pub fn color(i: usize) -> RGBColor {
     COLORS[i % COLORS.len()]
 }
 
+/// The marker of the `i`-th method at `at`: a filled circle for the first eight methods, then,
+/// as the colours repeat, a triangle, then a cross, so no two methods look alike.
+fn marker<'a, DB: DrawingBackend, C: Clone + 'static>(i: usize, at: C, size: i32) -> DynElement<'a, DB, C> {
+    let c = color(i);
+    match (i / COLORS.len()) % 3 {
+        0 => Circle::new(at, size, c.filled()).into_dyn(),
+        1 => TriangleMarker::new(at, size + 4, c.filled()).into_dyn(),
+        _ => Cross::new(at, size + 2, c.stroke_width(3)).into_dyn(),
+    }
+}
+
+/// The bar style of the `i`-th method: filled for the first eight, then outlined.
+fn bar_style(i: usize) -> ShapeStyle {
+    let c = color(i);
+    if i < COLORS.len() {
+        c.filled()
+    } else {
+        c.stroke_width(2)
+    }
+}
+
 /// Registers a sans-serif font once per process.
 fn ensure_font() -> Result<()> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -125,16 +146,17 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// A legend in its own area: one line per entry (colour, dashed or not, label).
-fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, entries: &[(String, RGBColor, bool)]) -> Result<()>
+/// `entries`: (label, method index, dashed).
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, entries: &[(String, usize, bool)]) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let font = ("sans-serif", 15).into_font();
     area.draw(&Text::new(title.to_string(), (10, 30), font.clone().style(FontStyle::Normal)))
         .map_err(err)?;
-    for (i, (label, color, dashed)) in entries.iter().enumerate() {
+    for (i, (label, method, dashed)) in entries.iter().enumerate() {
         let y = 58 + 24 * i as i32;
-        let style = color.stroke_width(3);
+        let style = color(*method).stroke_width(3);
         if *dashed {
             for x in (10..40).step_by(10) {
                 area.draw(&PathElement::new(vec![(x, y), (x + 6, y)], style)).map_err(err)?;
@@ -142,7 +164,7 @@ where
         } else {
             area.draw(&PathElement::new(vec![(10, y), (40, y)], style)).map_err(err)?;
         }
-        area.draw(&Circle::new((25, y), 4, color.filled())).map_err(err)?;
+        area.draw(&marker(*method, (25, y), 4)).map_err(err)?;
         area.draw(&Text::new(label.clone(), (48, y - 8), font.clone())).map_err(err)?;
     }
     Ok(())
@@ -216,10 +238,16 @@ impl Figure for DiceVsRatio {
             let c = color(i);
             let offset = (i as f64 - (count - 1.0) / 2.0) * nudge;
             let points: Vec<(f64, f64)> = series.points.iter().map(|p| (p.0 + offset, p.1)).collect();
-            chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2))).map_err(err)?;
-            chart
-                .draw_series(points.iter().map(|p| Circle::new(*p, 5, c.filled())))
-                .map_err(err)?;
+            // Once the colours repeat, lines are dashed too (this chart gives dashes no other meaning).
+            let dashed = i >= COLORS.len();
+            if dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(points.clone(), 8, 5, c.stroke_width(2)))
+                    .map_err(err)?;
+            } else {
+                chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2))).map_err(err)?;
+            }
+            chart.draw_series(points.iter().map(|p| marker(i, *p, 5))).map_err(err)?;
             chart
                 .draw_series(
                     series
@@ -229,7 +257,7 @@ impl Figure for DiceVsRatio {
                         .map(|p| ErrorBar::new_vertical(p.0 + offset, clip(p.2), p.1, clip(p.3), c.stroke_width(2), 10)),
                 )
                 .map_err(err)?;
-            entries.push((series.label.clone(), c, false));
+            entries.push((series.label.clone(), i, dashed));
         }
         draw_legend(&legend, "method (bars: 95% CI)", &entries)
     }
@@ -329,12 +357,10 @@ impl Figure for PanelGrid {
                 } else {
                     chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2))).map_err(err)?;
                 }
-                chart
-                    .draw_series(points.iter().map(|p| Circle::new(*p, 4, c.filled())))
-                    .map_err(err)?;
+                chart.draw_series(points.iter().map(|p| marker(line.color, *p, 4))).map_err(err)?;
             }
         }
-        let entries: Vec<(String, RGBColor, bool)> = self.legend.iter().map(|(l, c, d)| (l.clone(), color(*c), *d)).collect();
+        let entries: Vec<(String, usize, bool)> = self.legend.iter().map(|(l, c, d)| (l.clone(), *c, *d)).collect();
         draw_legend(&legend, "", &entries)
     }
 }
@@ -410,14 +436,13 @@ impl Figure for GroupedBars {
                 .map_err(err)?;
             let slot = 0.8 / methods as f64;
             for (m, per_category) in values.iter().enumerate() {
-                let c = color(m);
                 for (k, value) in per_category.iter().enumerate() {
                     let Some((mean, low, high)) = value else { continue };
                     let left = k as f64 - 0.4 + slot * m as f64;
                     chart
                         .draw_series(std::iter::once(Rectangle::new(
                             [(left, 0.0), (left + slot * 0.9, *mean)],
-                            c.filled(),
+                            bar_style(m),
                         )))
                         .map_err(err)?;
                     if low.is_finite() && high.is_finite() {
@@ -436,7 +461,7 @@ impl Figure for GroupedBars {
                 }
             }
         }
-        let entries: Vec<(String, RGBColor, bool)> = self.methods.iter().enumerate().map(|(i, m)| (m.clone(), color(i), false)).collect();
+        let entries: Vec<(String, usize, bool)> = self.methods.iter().enumerate().map(|(i, m)| (m.clone(), i, false)).collect();
         draw_legend(&legend, "method (whiskers: 95% CI)", &entries)
     }
 }
