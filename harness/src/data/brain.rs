@@ -154,14 +154,7 @@ pub fn colin27(root: &Path, grouping: &str) -> Result<Subject> {
     let image_path = root.join("ch2bet.nii.gz");
     let image = nifti::read(&image_path)?;
     let labels = derive_labels(&recipe)?;
-    if image.dims != labels.dims {
-        bail!(
-            "{}: aal.nii.gz {:?} and ch2bet.nii.gz {:?} differ in shape",
-            root.display(),
-            labels.dims,
-            image.dims
-        );
-    }
+    image.ensure_label_fits(&labels, &root.join("aal.nii.gz"), &image_path.display().to_string())?;
     Ok(Subject {
         image,
         labels,

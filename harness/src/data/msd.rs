@@ -105,15 +105,7 @@ pub fn read_index(root: &Path) -> Result<Index> {
 pub fn load_case(entry: &Entry, class_count: usize) -> Result<(Volume, Volume)> {
     let image = nifti::read(&entry.image)?;
     let label = nifti::read(&entry.label)?;
-    if image.dims != label.dims {
-        bail!(
-            "{}: label shape {:?} differs from image shape {:?} ({})",
-            entry.label.display(),
-            label.dims,
-            image.dims,
-            entry.image.display()
-        );
-    }
+    image.ensure_label_fits(&label, &entry.label, &entry.image.display().to_string())?;
     if let Some(bad) = label
         .data
         .iter()

@@ -136,18 +136,11 @@ pub fn load_case(entry: &Entry) -> Result<(Volume, Volume)> {
         ImageSource::Nifti(path) => nifti::read(path)?,
     };
     let label = nifti::read(&entry.label)?;
-    if image.dims != label.dims {
-        bail!(
-            "{}: label shape {:?} differs from the image's {:?} ({})",
-            entry.label.display(),
-            label.dims,
-            image.dims,
-            match &entry.image {
-                ImageSource::Dicom(d) => d.display().to_string(),
-                ImageSource::Nifti(p) => p.display().to_string(),
-            }
-        );
-    }
+    let source = match &entry.image {
+        ImageSource::Dicom(d) => d.display().to_string(),
+        ImageSource::Nifti(p) => p.display().to_string(),
+    };
+    image.ensure_label_fits(&label, &entry.label, &source)?;
     if let Some(bad) = label.data.iter().find(|&&v| v != 0.0 && v != 1.0) {
         bail!("{}: label value {bad} is not background (0) or pancreas (1)", entry.label.display());
     }

@@ -12,6 +12,20 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Checks that `label` (read from `label_path`) lies on this image's grid; the error names
+    /// the label file and `image_source`.
+    pub fn ensure_label_fits(&self, label: &Volume, label_path: &std::path::Path, image_source: &str) -> anyhow::Result<()> {
+        if self.dims != label.dims {
+            anyhow::bail!(
+                "{}: label shape {:?} differs from image shape {:?} ({image_source})",
+                label_path.display(),
+                label.dims,
+                self.dims
+            );
+        }
+        Ok(())
+    }
+
     /// A volume filled with `value`.
     pub fn filled(dims: [usize; 3], spacing: [f32; 3], value: f32) -> Self {
         Self {
