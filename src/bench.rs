@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
+    /// Convolution kernels for flex: `own` (the project's, the default in training) and/or `burn`
+    /// (burn's ops), timed one after the other in this run.
+    #[arg(long, value_delimiter = ',', default_value = "burn,own")]
+    pub kernels: Vec<String>,
     /// Also time the same network in PyTorch (benchmarks/pytorch_unet.py; needs python3 with
     /// torch) and print the ratio.
     #[arg(long)]
@@ -125,16 +129,24 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     };
     model_spec.validate(size)?;
     let mut results = Vec::new();
-    let configurations: Vec<(String, Option<usize>)> = args
+    if let Some(unknown) = args.kernels.iter().find(|k| !matches!(k.as_str(), "own" | "burn")) {
+        bail!("--kernels takes own and/or burn, got '{unknown}'");
+    }
+    let configurations: Vec<(String, Option<usize>, bool)> = args
         .backends
         .iter()
         .flat_map(|name| match name.as_str() {
-            "flex" => args.threads.iter().map(|&t| (name.clone(), Some(t))).collect::<Vec<_>>(),
-            _ => vec![(name.clone(), None)],
+            "flex" => args
+                .kernels
+                .iter()
+                .flat_map(|k| args.threads.iter().map(move |&t| (name.clone(), Some(t), k == "own")))
+                .collect::<Vec<_>>(),
+            _ => vec![(name.clone(), None, true)],
         })
         .collect();
-    for (name, threads) in configurations {
+    for (name, threads, own_kernels) in configurations {
         let measure = || -> Result<(f64, f64, f64)> {
+            atso_harness::kernels::use_own_kernels(own_kernels);
             let (train, inference) = measure(args, &name, &examples, &model_spec)?;
             Ok((train, inference, gemm_gflops(&name)?))
         };
@@ -142,8 +154,13 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure)?,
             None => measure()?,
         };
+        let kernels = if name == "flex" && !own_kernels {
+            ", burn's convolutions"
+        } else {
+            ""
+        };
         let label = match threads {
-            Some(t) => format!("{} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
+            Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
             None => backend::label(&name),
         };
         results.push(BenchResult {

@@ -1,7 +1,7 @@
 //! atso-harness: everything a benchmark run needs between an experiment file and a results row.
 //!
 //! The crate is split by job: `data` turns files on disk into 2D training slices grouped by case,
-//! `model` holds the U-Net, `train` the one training engine and its primitives (loss, schedule,
+//! `model` holds the U-Net, `kernels` the CPU kernels for its convolutions, `train` the one training engine and its primitives (loss, schedule,
 //! augmentation, batching, inference, metrics), `method` the strategy trait every method
 //! implements, `staged` the pseudo-labeling loop ATSO and self-training share, `atso` the paper's
 //! method, `evaluate` scoring on each case's native grid, `runner` the sweep driver (plans,
@@ -17,6 +17,7 @@ pub mod data;
 pub mod evaluate;
 pub mod fsio;
 pub mod json_float;
+pub mod kernels;
 pub mod method;
 pub mod model;
 pub mod progress;

@@ -10,6 +10,8 @@ use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode}
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LeakyRelu, LeakyReluConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
+
+use crate::kernels;
 use serde::{Deserialize, Serialize};
 
 /// `[model]` of an experiment file.
@@ -114,9 +116,9 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.act.forward(self.norm_a.forward(self.conv_a.forward(x)));
+        let x = kernels::leaky_relu(&self.act, kernels::batch_norm(&self.norm_a, kernels::conv2d(&self.conv_a, x)));
         let x = self.dropout.forward(x);
-        self.act.forward(self.norm_b.forward(self.conv_b.forward(x)))
+        kernels::leaky_relu(&self.act, kernels::batch_norm(&self.norm_b, kernels::conv2d(&self.conv_b, x)))
     }
 }
 
@@ -141,7 +143,7 @@ impl UpBlock {
     }
 
     fn forward(&self, deep: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
-        let x = self.upsample.forward(self.reduce.forward(deep));
+        let x = self.upsample.forward(kernels::conv2d(&self.reduce, deep));
         self.block.forward(Tensor::cat(vec![skip, x], 1))
     }
 }
@@ -168,7 +170,7 @@ impl UNet {
         for up in &self.up {
             x = up.forward(x, skips.pop().unwrap());
         }
-        self.head.forward(x)
+        kernels::conv2d(&self.head, x)
     }
 }
 

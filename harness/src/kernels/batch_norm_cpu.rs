@@ -1,0 +1,188 @@
+//! Batch normalization in training mode on plain `f32` slices in NCHW order: statistics, output
+//! and gradients in a few passes over the activation.
+//!
+//! Why: burn's default (which flex uses) builds the statistics and the gradient from a dozen
+//! generic ops, several of them transposing the whole activation. Here each channel's sums are
+//! one pass in `f64`, computed by one thread in a fixed order, so results do not depend on the
+//! thread count.
+
+use rayon::prelude::*;
+
+/// `[batch, channels, positions]` of an NCHW activation (positions = H x W).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub positions: usize,
+}
+
+impl NormShape {
+    fn samples(&self) -> f64 {
+        (self.batch * self.positions) as f64
+    }
+
+    /// The values of channel `c`, one contiguous run per image.
+    fn runs<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (stride, len) = (self.channels * self.positions, self.positions);
+        (0..self.batch).map(move |b| &data[b * stride + c * len..][..len])
+    }
+}
+
+/// What the forward pass returns: the output, and the batch mean and biased variance per channel.
+pub struct NormForward {
+    pub output: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics.
+pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &NormShape) -> NormForward {
+    let (mean, variance): (Vec<f32>, Vec<f32>) = (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = shape.runs(x, c).flat_map(|run| run.iter()).map(|&v| v as f64).sum();
+            let mean = sum / shape.samples();
+            let squares: f64 = shape
+                .runs(x, c)
+                .flat_map(|run| run.iter())
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum();
+            (mean as f32, (squares / shape.samples()) as f32)
+        })
+        .unzip();
+    let (scale, shift) = affine(gamma, beta, &mean, &variance, epsilon);
+    let mut output = vec![0.0f32; x.len()];
+    per_channel_runs(&mut output, shape, |c, b, out| {
+        let input = &x[(b * shape.channels + c) * shape.positions..][..shape.positions];
+        for (o, &v) in out.iter_mut().zip(input) {
+            *o = v * scale[c] + shift[c];
+        }
+    });
+    NormForward { output, mean, variance }
+}
+
+/// The gradients of `forward` with respect to `x`, `gamma` and `beta`.
+pub struct NormGrads {
+    pub x: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// Backward pass, from the input, `gamma`, the statistics `forward` returned and `dL/dy`:
+/// `dx = gamma / std * (dy - mean(dy) - x̂ * mean(dy * x̂))`.
+pub fn backward(
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    epsilon: f64,
+    output_grad: &[f32],
+    shape: &NormShape,
+) -> NormGrads {
+    let inv_std: Vec<f64> = variance.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
+    let (beta, gamma_grad): (Vec<f32>, Vec<f32>) = (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            for (xs, dys) in shape.runs(x, c).zip(shape.runs(output_grad, c)) {
+                for (&v, &dy) in xs.iter().zip(dys) {
+                    sum_dy += dy as f64;
+                    sum_dy_xhat += dy as f64 * (v as f64 - mean[c] as f64);
+                }
+            }
+            (sum_dy as f32, (sum_dy_xhat * inv_std[c]) as f32)
+        })
+        .unzip();
+    let n = shape.samples();
+    let mut x_grad = vec![0.0f32; x.len()];
+    per_channel_runs(&mut x_grad, shape, |c, b, out| {
+        let offset = (b * shape.channels + c) * shape.positions;
+        let (xs, dys) = (&x[offset..][..shape.positions], &output_grad[offset..][..shape.positions]);
+        let scale = (gamma[c] as f64 * inv_std[c]) as f32;
+        let mean_dy = (beta[c] as f64 / n) as f32;
+        // mean(dy * x̂) is the gamma gradient over n; x̂ = (x - mean) * inv_std.
+        let projection = (gamma_grad[c] as f64 / n) as f32;
+        let (mu, inv) = (mean[c], inv_std[c] as f32);
+        for ((o, &v), &dy) in out.iter_mut().zip(xs).zip(dys) {
+            *o = scale * (dy - mean_dy - (v - mu) * inv * projection);
+        }
+    });
+    NormGrads {
+        x: x_grad,
+        gamma: gamma_grad,
+        beta,
+    }
+}
+
+/// Per channel, `y = x * scale + shift` folds normalization and the affine map.
+fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+    (0..gamma.len())
+        .map(|c| {
+            let scale = gamma[c] as f64 / (variance[c] as f64 + epsilon).sqrt();
+            (scale as f32, (beta[c] as f64 - mean[c] as f64 * scale) as f32)
+        })
+        .unzip()
+}
+
+/// Calls `fill(channel, image, run)` for every channel run of `data`, images in parallel.
+fn per_channel_runs(data: &mut [f32], shape: &NormShape, fill: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    data.par_chunks_mut(shape.channels * shape.positions)
+        .enumerate()
+        .for_each(|(b, image)| {
+            for (c, run) in image.chunks_mut(shape.positions).enumerate() {
+                fill(c, b, run);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    const SHAPE: NormShape = NormShape {
+        batch: 3,
+        channels: 4,
+        positions: 10,
+    };
+
+    #[test]
+    fn output_has_zero_mean_unit_variance_before_the_affine_map() {
+        let x = values(120, 1);
+        let out = forward(&x, &[1.0; 4], &[0.0; 4], 0.0, &SHAPE);
+        for c in 0..4 {
+            let ys: Vec<f64> = SHAPE.runs(&out.output, c).flatten().map(|&v| v as f64).collect();
+            let mean = ys.iter().sum::<f64>() / 30.0;
+            let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / 30.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "channel {c}: {mean} {var}");
+        }
+    }
+
+    /// The x gradient against central finite differences of `sum(y * r)`.
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        let (x, gamma, beta, r) = (values(120, 2), values(4, 3), values(4, 4), values(120, 5));
+        let loss = |x: &[f32]| -> f64 {
+            let y = forward(x, &gamma, &beta, 1e-5, &SHAPE).output;
+            y.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum()
+        };
+        let stats = forward(&x, &gamma, &beta, 1e-5, &SHAPE);
+        let grads = backward(&x, &gamma, &stats.mean, &stats.variance, 1e-5, &r, &SHAPE);
+        for i in [0, 17, 59, 119] {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += 1e-2;
+            down[i] -= 1e-2;
+            let numeric = (loss(&up) - loss(&down)) / 2e-2;
+            assert!(
+                (numeric - grads.x[i] as f64).abs() < 2e-2 * (1.0 + numeric.abs()),
+                "x[{i}]: {numeric} vs {}",
+                grads.x[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The U-Net's convolutions on the CPU as matrix products over an im2col buffer, forward and both
+//! gradients, on plain `f32` slices in NCHW order.
+//!
+//! Why not burn's generic path: flex runs the input gradient as a transposed convolution and the
+//! weight gradient as a convolution whose kernel is the whole output image, at a fraction of the
+//! machine's GEMM rate. Here all three are GEMMs of the shapes a textbook gives (`W · col`,
+//! `Wᵀ · dY` then col2im, `dY · colᵀ`), run by the `gemm` crate flex itself links.
+//!
+//! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
+//! four sides. Work is split across images, never inside one sum, and per-image weight gradients
+//! are added in image order, so a result does not depend on how many threads ran it.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Shapes of one stride-1 convolution with symmetric zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub channels_out: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: [usize; 2],
+    pub padding: usize,
+}
+
+impl ConvShape {
+    pub fn out_height(&self) -> usize {
+        self.height + 2 * self.padding + 1 - self.kernel[0]
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.width + 2 * self.padding + 1 - self.kernel[1]
+    }
+
+    /// Output positions per image (the GEMM's `n`).
+    fn positions(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// Rows of the im2col matrix (the GEMM's inner dimension for the forward pass).
+    fn patch_len(&self) -> usize {
+        self.channels_in * self.kernel[0] * self.kernel[1]
+    }
+
+    fn input_len(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    fn output_len(&self) -> usize {
+        self.channels_out * self.positions()
+    }
+
+    /// A 1x1 kernel without padding reads the image itself as its im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.padding == 0
+    }
+
+    /// Whether this shape is one the kernels compute (a kernel no larger than the padded input).
+    pub fn is_valid(&self) -> bool {
+        self.kernel[0] >= 1
+            && self.kernel[1] >= 1
+            && self.height + 2 * self.padding >= self.kernel[0]
+            && self.width + 2 * self.padding >= self.kernel[1]
+    }
+
+    /// For kernel column `kx`: the output columns whose input column lies inside the image.
+    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
+        let start = self.padding.saturating_sub(kx);
+        let end = (self.width + self.padding).saturating_sub(kx).min(self.out_width());
+        start..end.max(start)
+    }
+
+    /// For kernel row `ky` and output row `oy`: the input row, if it lies inside the image.
+    fn input_row(&self, ky: usize, oy: usize) -> Option<usize> {
+        (oy + ky).checked_sub(self.padding).filter(|&iy| iy < self.height)
+    }
+}
+
+/// Fills `col` (`patch_len` rows of `positions` values) with one image's patches.
+fn im2col(image: &[f32], shape: &ConvShape, col: &mut [f32]) {
+    let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
+    let (ow, n) = (shape.out_width(), shape.positions());
+    let plane = shape.height * shape.width;
+    for ci in 0..shape.channels_in {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &mut col[((ci * kh + ky) * kw + kx) * n..][..n];
+                let columns = shape.valid_columns(kx);
+                for oy in 0..shape.out_height() {
+                    let out = &mut row[oy * ow..][..ow];
+                    match shape.input_row(ky, oy) {
+                        Some(iy) => {
+                            let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
+                            out[..columns.start].fill(0.0);
+                            out[columns.clone()].copy_from_slice(&image[first..][..columns.len()]);
+                            out[columns.end..].fill(0.0);
+                        }
+                        None => out.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the patch gradients in `col` back onto one image's gradient (the adjoint of `im2col`).
+fn col2im_add(col: &[f32], shape: &ConvShape, image: &mut [f32]) {
+    let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
+    let (ow, n) = (shape.out_width(), shape.positions());
+    let plane = shape.height * shape.width;
+    for ci in 0..shape.channels_in {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &col[((ci * kh + ky) * kw + kx) * n..][..n];
+                let columns = shape.valid_columns(kx);
+                for oy in 0..shape.out_height() {
+                    if let Some(iy) = shape.input_row(ky, oy) {
+                        let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
+                        let target = &mut image[first..][..columns.len()];
+                        let source = &row[oy * ow + columns.start..][..columns.len()];
+                        for (t, s) in target.iter_mut().zip(source) {
+                            *t += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row-major matrix view for the `gemm` call: pointer, rows, columns, row and column strides.
+#[derive(Clone, Copy)]
+struct Matrix {
+    ptr: *const f32,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Matrix {
+    fn rows(data: &[f32], columns: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            row_stride: columns as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `columns` columns, without copying.
+    fn transposed(data: &[f32], columns: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            row_stride: 1,
+            col_stride: columns as isize,
+        }
+    }
+}
+
+/// `dst (m x n, row-major) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: callers split work
+/// across images, which keeps every sum's order fixed.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    // SAFETY: `dst` holds m x n values (checked above); the callers build `lhs` and `rhs` from
+    // slices holding m x k and k x n values with the strides given, and nothing else aliases `dst`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// The im2col matrix of image `b`: borrowed for a pointwise kernel, else built in `scratch`.
+fn patches<'a>(input: &'a [f32], b: usize, shape: &ConvShape, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    let image = &input[b * shape.input_len()..][..shape.input_len()];
+    if shape.is_pointwise() {
+        return image;
+    }
+    scratch.resize(shape.patch_len() * shape.positions(), 0.0);
+    im2col(image, shape, scratch);
+    scratch
+}
+
+/// `y = conv(x, weight) + bias`: `x` is `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
+/// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`.
+pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let (n, k) = (shape.positions(), shape.patch_len());
+    let mut output = vec![0.0f32; shape.batch * shape.output_len()];
+    output
+        .par_chunks_mut(shape.output_len())
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (b, out)| {
+            for (row, value) in out.chunks_mut(n).zip(bias) {
+                row.fill(*value);
+            }
+            let col = patches(input, b, shape, scratch);
+            matmul(out, shape.channels_out, n, k, Matrix::rows(weight, k), Matrix::rows(col, n), true);
+        });
+    output
+}
+
+/// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): `Wᵀ · dY` per image, then col2im.
+pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let (n, k) = (shape.positions(), shape.patch_len());
+    let mut grad = vec![0.0f32; shape.batch * shape.input_len()];
+    grad.par_chunks_mut(shape.input_len())
+        .enumerate()
+        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (b, image_grad)| {
+            let dy = &output_grad[b * shape.output_len()..][..shape.output_len()];
+            let lhs = Matrix::transposed(weight, k);
+            if shape.is_pointwise() {
+                matmul(image_grad, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
+            } else {
+                scratch.resize(k * n, 0.0);
+                matmul(scratch, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
+                col2im_add(scratch, shape, image_grad);
+            }
+        });
+    grad
+}
+
+/// `dL/dW` (`[c_out, c_in, kh, kw]`): `dY · colᵀ` per image, summed over images in order.
+pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let (n, k) = (shape.positions(), shape.patch_len());
+    let per_image = shape.channels_out * k;
+    let mut partial = vec![0.0f32; shape.batch * per_image];
+    partial
+        .par_chunks_mut(per_image)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (b, image_part)| {
+            let dy = &output_grad[b * shape.output_len()..][..shape.output_len()];
+            let col = patches(input, b, shape, scratch);
+            matmul(
+                image_part,
+                shape.channels_out,
+                k,
+                n,
+                Matrix::rows(dy, n),
+                Matrix::transposed(col, n),
+                false,
+            );
+        });
+    sum_in_order(partial, per_image)
+}
+
+/// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, in a fixed order.
+pub fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let n = shape.positions();
+    let mut grad = vec![0.0f32; shape.channels_out];
+    for image in output_grad.chunks(shape.output_len()) {
+        for (g, row) in grad.iter_mut().zip(image.chunks(n)) {
+            *g += row.iter().sum::<f32>();
+        }
+    }
+    grad
+}
+
+/// Adds consecutive `len`-long blocks of `blocks` together, first to last.
+fn sum_in_order(mut blocks: Vec<f32>, len: usize) -> Vec<f32> {
+    let (first, rest) = blocks.split_at_mut(len);
+    for block in rest.chunks(len) {
+        for (a, b) in first.iter_mut().zip(block) {
+            *a += b;
+        }
+    }
+    blocks.truncate(len);
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, written out: a loop per output value.
+    fn naive_forward(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape) -> Vec<f32> {
+        let (oh, ow) = (s.out_height(), s.out_width());
+        let mut y = vec![0.0; s.batch * s.channels_out * oh * ow];
+        for b in 0..s.batch {
+            for co in 0..s.channels_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias[co] as f64;
+                        for ci in 0..s.channels_in {
+                            for ky in 0..s.kernel[0] {
+                                for kx in 0..s.kernel[1] {
+                                    let (iy, ix) = ((oy + ky) as isize - s.padding as isize, (ox + kx) as isize - s.padding as isize);
+                                    if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * s.channels_in + ci) * s.height + iy as usize) * s.width + ix as usize];
+                                    let wv = w[((co * s.channels_in + ci) * s.kernel[0] + ky) * s.kernel[1] + kx];
+                                    acc += (xv * wv) as f64;
+                                }
+                            }
+                        }
+                        y[((b * s.channels_out + co) * oh + oy) * ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    fn shapes() -> Vec<ConvShape> {
+        let shape = |batch, channels_in, channels_out, height, width, kernel, padding| ConvShape {
+            batch,
+            channels_in,
+            channels_out,
+            height,
+            width,
+            kernel,
+            padding,
+        };
+        vec![
+            shape(2, 3, 4, 5, 7, [3, 3], 1),
+            shape(3, 2, 5, 4, 4, [1, 1], 0),
+            shape(1, 2, 3, 6, 5, [3, 3], 0),
+            shape(2, 1, 2, 3, 3, [5, 3], 2),
+        ]
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "value {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for s in shapes() {
+            let x = values(s.batch * s.input_len(), 1);
+            let w = values(s.channels_out * s.patch_len(), 2);
+            let bias = values(s.channels_out, 3);
+            close(&forward(&x, &w, &bias, &s), &naive_forward(&x, &w, &bias, &s));
+        }
+    }
+
+    /// Both gradients are the adjoints of the forward map: <conv(x, w), dy> = <x, input_grad(dy)>
+    /// = <w, weight_grad(x, dy)> for any x, w, dy (bias zero), which pins them down exactly.
+    #[test]
+    fn gradients_are_the_adjoints_of_the_forward_pass() {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        for s in shapes() {
+            let x = values(s.batch * s.input_len(), 4);
+            let w = values(s.channels_out * s.patch_len(), 5);
+            let dy = values(s.batch * s.output_len(), 6);
+            let y = forward(&x, &w, &vec![0.0; s.channels_out], &s);
+            let reference = dot(&y, &dy);
+            let via_input = dot(&x, &input_grad(&w, &dy, &s));
+            let via_weight = dot(&w, &weight_grad(&x, &dy, &s));
+            assert!(
+                (reference - via_input).abs() < 1e-3 * (1.0 + reference.abs()),
+                "{s:?}: {reference} vs {via_input}"
+            );
+            assert!(
+                (reference - via_weight).abs() < 1e-3 * (1.0 + reference.abs()),
+                "{s:?}: {reference} vs {via_weight}"
+            );
+            let db = bias_grad(&dy, &s);
+            let per_channel: Vec<f32> = (0..s.channels_out)
+                .map(|co| {
+                    (0..s.batch)
+                        .flat_map(|b| dy[(b * s.channels_out + co) * s.positions()..][..s.positions()].iter())
+                        .sum()
+                })
+                .collect();
+            close(&db, &per_channel);
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let s = ConvShape {
+            batch: 5,
+            channels_in: 3,
+            channels_out: 4,
+            height: 9,
+            width: 8,
+            kernel: [3, 3],
+            padding: 1,
+        };
+        let x = values(s.batch * s.input_len(), 7);
+        let w = values(s.channels_out * s.patch_len(), 8);
+        let dy = values(s.batch * s.output_len(), 9);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                (
+                    forward(&x, &w, &vec![0.5; 4], &s),
+                    input_grad(&w, &dy, &s),
+                    weight_grad(&x, &dy, &s),
+                )
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}

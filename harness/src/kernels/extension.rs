@@ -1,0 +1,419 @@
+//! The U-Net's kernels plugged into burn through its backend-extension traits: a `Flex`
+//! implementation (convolutions from `conv_cpu`, a one-pass LeakyReLU gradient), and an
+//! `Autodiff` implementation that records each op as one graph node whose gradients come from the
+//! same kernels.
+//!
+//! The trait's default bodies are burn's own ops, so any backend the macro routes to stays
+//! correct; only `Flex` overrides them. The gradients of a gradient (never taken here) would use
+//! those defaults.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::ops::binary::binary_op;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
+
+use super::batch_norm_cpu::{self, NormShape};
+use super::conv_cpu::{self, ConvShape};
+
+/// A stride-1, dilation-1, single-group 2D convolution with `padding` zeros on every side and a
+/// bias: the only convolution the U-Net uses.
+#[backend_extension(Flex, Autodiff)]
+pub trait UnetKernels: Backend {
+    /// `[batch, c_in, h, w]` x `[c_out, c_in, kh, kw]` + `[c_out]` -> `[batch, c_out, h', w']`.
+    fn padded_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, Some(bias), options(padding))
+    }
+
+    /// The gradient with respect to `x`, given the gradient of the output.
+    fn padded_conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, options(padding))
+    }
+
+    /// The gradient with respect to the weight, given the gradient of the output.
+    fn padded_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, options(padding))
+    }
+
+    /// The gradient with respect to the bias, given the gradient of the output.
+    fn padded_conv2d_bias_grad(x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::conv2d_bias_backward(x, bias, output_grad)
+    }
+
+    /// `x` where `x >= 0`, else `negative_slope * x` (burn's `leaky_relu`, one graph node).
+    fn leaky_relu_node(x: FloatTensor<Self>, negative_slope: f64) -> FloatTensor<Self> {
+        Self::leaky_relu(x, negative_slope.into())
+    }
+
+    /// The gradient of `leaky_relu_node` at input `x`: `output_grad` where `x >= 0` (and where
+    /// `x` is NaN), else `negative_slope * output_grad`; exactly what burn's composed version
+    /// computes.
+    fn leaky_relu_node_grad(x: FloatTensor<Self>, output_grad: FloatTensor<Self>, negative_slope: f64) -> FloatTensor<Self> {
+        let bool_dtype = burn::backend::get_or_init_device_settings::<Self>(&x.device()).bool_dtype;
+        let negative = Self::float_lower_elem(x, 0f32.into(), bool_dtype);
+        let scaled = Self::float_mul_scalar(output_grad.clone(), negative_slope.into());
+        Self::float_mask_where(output_grad, negative, scaled)
+    }
+
+    /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
+    fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
+        let result = Self::batch_norm_train(x, gamma, beta, epsilon);
+        NormOutput {
+            output: result.output,
+            mean: result.mean,
+            variance: result.variance,
+        }
+    }
+
+    /// The gradients of `batch_norm_train_node` (burn's `batch_norm_train_backward`).
+    fn batch_norm_train_node_grad(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> NormGrads<Self> {
+        let grads = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+        NormGrads {
+            x: grads.x_grad,
+            gamma: grads.gamma_grad,
+            beta: grads.beta_grad,
+        }
+    }
+}
+
+/// Batch normalization's training-mode outputs: the output and the batch statistics.
+#[derive(ExtensionType)]
+pub struct NormOutput<B: Backend> {
+    pub output: FloatTensor<B>,
+    pub mean: FloatTensor<B>,
+    pub variance: FloatTensor<B>,
+}
+
+/// The gradients of batch normalization with respect to its input, `gamma` and `beta`.
+#[derive(ExtensionType)]
+pub struct NormGrads<B: Backend> {
+    pub x: FloatTensor<B>,
+    pub gamma: FloatTensor<B>,
+    pub beta: FloatTensor<B>,
+}
+
+fn options(padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
+}
+
+/// The kernel-facing shape of a convolution, from the input and weight tensors.
+fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape {
+    let [batch, channels_in, height, width] = x.shape().dims();
+    let [channels_out, _, kh, kw] = weight.shape().dims();
+    ConvShape {
+        batch,
+        channels_in,
+        channels_out,
+        height,
+        width,
+        kernel: [kh, kw],
+        padding,
+    }
+}
+
+/// Runs `kernel` over contiguous `f32` views of `tensors`, or returns `None` for another dtype
+/// (which then takes burn's path).
+fn with_f32<const N: usize>(tensors: [&FlexTensor; N], kernel: impl FnOnce([&[f32]; N]) -> Vec<f32>) -> Option<Vec<f32>> {
+    if tensors.iter().any(|t| t.dtype() != DType::F32) {
+        return None;
+    }
+    let owned = tensors.map(|t| {
+        if t.as_slice::<f32>().is_some() {
+            None
+        } else {
+            Some(t.to_contiguous())
+        }
+    });
+    let mut views = [&[][..]; N];
+    for ((view, tensor), copy) in views.iter_mut().zip(tensors).zip(&owned) {
+        *view = copy.as_ref().unwrap_or(tensor).as_slice::<f32>().expect("contiguous after copy");
+    }
+    Some(kernel(views))
+}
+
+/// The kernel-facing shape of a 4-D activation; `None` for another rank (burn's path).
+fn norm_shape(x: &FlexTensor) -> Option<NormShape> {
+    let shape = x.shape();
+    (shape.num_dims() == 4).then(|| NormShape {
+        batch: shape[0],
+        channels: shape[1],
+        positions: shape[2] * shape[3],
+    })
+}
+
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl UnetKernels for Flex {
+    fn batch_norm_train_node(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> NormOutput<Self> {
+        let Some(shape) = norm_shape(&x) else {
+            let result = Self::batch_norm_train(x, gamma, beta, epsilon);
+            return NormOutput {
+                output: result.output,
+                mean: result.mean,
+                variance: result.variance,
+            };
+        };
+        let mut stats = None;
+        let output = with_f32([&x, &gamma, &beta], |[x, g, b]| {
+            let result = batch_norm_cpu::forward(x, g, b, epsilon, &shape);
+            stats = Some((result.mean, result.variance));
+            result.output
+        });
+        match (output, stats) {
+            (Some(output), Some((mean, variance))) => NormOutput {
+                output: flex_tensor(output, x.shape().dims::<4>().to_vec()),
+                mean: flex_tensor(mean, vec![shape.channels]),
+                variance: flex_tensor(variance, vec![shape.channels]),
+            },
+            _ => {
+                let result = Self::batch_norm_train(x, gamma, beta, epsilon);
+                NormOutput {
+                    output: result.output,
+                    mean: result.mean,
+                    variance: result.variance,
+                }
+            }
+        }
+    }
+
+    fn batch_norm_train_node_grad(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        output_grad: FlexTensor,
+    ) -> NormGrads<Self> {
+        let mut parameter_grads = None;
+        let x_grad = norm_shape(&x).and_then(|shape| {
+            with_f32([&x, &gamma, &mean, &variance, &output_grad], |[x, g, m, v, dy]| {
+                let grads = batch_norm_cpu::backward(x, g, m, v, epsilon, dy, &shape);
+                parameter_grads = Some((grads.gamma, grads.beta));
+                grads.x
+            })
+        });
+        match (x_grad, parameter_grads) {
+            (Some(x_grad), Some((gamma_grad, beta_grad))) => {
+                let channels = gamma_grad.len();
+                NormGrads {
+                    x: flex_tensor(x_grad, x.shape().dims::<4>().to_vec()),
+                    gamma: flex_tensor(gamma_grad, vec![channels]),
+                    beta: flex_tensor(beta_grad, vec![channels]),
+                }
+            }
+            _ => {
+                let grads = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+                NormGrads {
+                    x: grads.x_grad,
+                    gamma: grads.gamma_grad,
+                    beta: grads.beta_grad,
+                }
+            }
+        }
+    }
+
+    fn leaky_relu_node_grad(x: FlexTensor, output_grad: FlexTensor, negative_slope: f64) -> FlexTensor {
+        let (slope32, slope64) = (negative_slope as f32, negative_slope);
+        binary_op(
+            x,
+            output_grad,
+            // `+ 0.0`: burn adds the two branches' gradients, which turns -0 into +0.
+            move |x: f32, g: f32| (if x < 0.0 { g * slope32 } else { g }) + 0.0,
+            move |x: f64, g: f64| (if x < 0.0 { g * slope64 } else { g }) + 0.0,
+            None,
+        )
+    }
+
+    fn padded_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, padding: usize) -> FlexTensor {
+        let shape = conv_shape(&x, &weight, padding);
+        if !shape.is_valid() {
+            return Self::conv2d(x, weight, Some(bias), options(padding));
+        }
+        match with_f32([&x, &weight, &bias], |[x, w, b]| conv_cpu::forward(x, w, b, &shape)) {
+            Some(y) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
+            None => Self::conv2d(x, weight, Some(bias), options(padding)),
+        }
+    }
+
+    fn padded_conv2d_input_grad(x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, padding: usize) -> FlexTensor {
+        let shape = conv_shape(&x, &weight, padding);
+        match with_f32([&weight, &output_grad], |[w, dy]| conv_cpu::input_grad(w, dy, &shape)) {
+            Some(dx) => flex_tensor(dx, x.shape().dims::<4>().to_vec()),
+            None => Self::conv2d_x_backward(x, weight, output_grad, options(padding)),
+        }
+    }
+
+    fn padded_conv2d_weight_grad(x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, padding: usize) -> FlexTensor {
+        let shape = conv_shape(&x, &weight, padding);
+        match with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_grad(x, dy, &shape)) {
+            Some(dw) => flex_tensor(dw, weight.shape().dims::<4>().to_vec()),
+            None => Self::conv2d_weight_backward(x, weight, output_grad, options(padding)),
+        }
+    }
+
+    fn padded_conv2d_bias_grad(x: FlexTensor, bias: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+        let [batch, channels_out, height, width] = output_grad.shape().dims();
+        let shape = ConvShape {
+            batch,
+            channels_in: 0,
+            channels_out,
+            height,
+            width,
+            kernel: [1, 1],
+            padding: 0,
+        };
+        match with_f32([&output_grad], |[dy]| conv_cpu::bias_grad(dy, &shape)) {
+            Some(db) => flex_tensor(db, vec![channels_out]),
+            None => Self::conv2d_bias_backward(x, bias, output_grad),
+        }
+    }
+}
+
+/// The backward step of `padded_conv2d`: each tracked parent gets its gradient from the kernels.
+#[derive(Debug)]
+struct PaddedConv2dBackward;
+
+impl<B: UnetKernels> Backward<B, 3> for PaddedConv2dBackward {
+    type State = (NodeId, NodeId, NodeId, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, bias_state, padding) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+        let bias: FloatTensor<B> = checkpointer.retrieve_node_output(bias_state);
+        if let Some(node) = node_x {
+            let grad = B::padded_conv2d_input_grad(x.clone(), weight.clone(), output_grad.clone(), padding);
+            grads.register::<B>(node.id, grad);
+        }
+        if let Some(node) = node_weight {
+            let grad = B::padded_conv2d_weight_grad(x.clone(), weight, output_grad.clone(), padding);
+            grads.register::<B>(node.id, grad);
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, B::padded_conv2d_bias_grad(x, bias, output_grad));
+        }
+    }
+}
+
+/// The backward step of `leaky_relu_node`, from its saved input.
+#[derive(Debug)]
+struct LeakyReluBackward;
+
+impl<B: UnetKernels> Backward<B, 1> for LeakyReluBackward {
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x, negative_slope) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::leaky_relu_node_grad(x, output_grad, negative_slope));
+        }
+    }
+}
+
+/// The backward step of `batch_norm_train_node`, from the saved input, `gamma` and statistics.
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: UnetKernels> Backward<B, 3> for BatchNormBackward {
+    type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma_state);
+        let result = B::batch_norm_train_node_grad(x, gamma, mean, variance, epsilon, output_grad);
+        for (node, grad) in [(node_x, result.x), (node_gamma, result.gamma), (node_beta, result.beta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
+    fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
+        let prep = BatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (output, mean, variance) = match prep {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                let state = (x_state, gamma_state, result.mean.clone(), result.variance.clone(), epsilon);
+                (prep.finish(state, result.output), result.mean, result.variance)
+            }
+            OpsKind::UnTracked(prep) => {
+                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                (prep.finish(result.output), result.mean, result.variance)
+            }
+        };
+        NormOutput {
+            output,
+            // The statistics leave the graph, as burn's own batch norm returns them.
+            mean: <FloatTensor<Self>>::new(mean),
+            variance: <FloatTensor<Self>>::new(variance),
+        }
+    }
+
+    fn leaky_relu_node(x: FloatTensor<Self>, negative_slope: f64) -> FloatTensor<Self> {
+        match LeakyReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let output = B::leaky_relu_node(input.clone(), negative_slope);
+                prep.finish((input, negative_slope), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::leaky_relu_node(x.into_primitive(), negative_slope)),
+        }
+    }
+
+    fn padded_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        match PaddedConv2dBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), prep.checkpoint(&bias), padding);
+                let output = B::padded_conv2d(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), padding);
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::padded_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                padding,
+            )),
+        }
+    }
+}

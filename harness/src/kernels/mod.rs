@@ -1,0 +1,249 @@
+//! The project's own CPU kernels for the U-Net's hot ops, used on the flex backend.
+//!
+//! A training step spends most of its time in convolutions, and burn's generic gradients for them
+//! run far below the machine's GEMM rate on flex (docs/benchmarks.md has the profile). The
+//! kernels here compute the same functions as GEMMs over an im2col buffer (`conv_cpu`) and plug
+//! into burn's autodiff through a backend extension (`extension`). Other backends (GPUs) and other
+//! convolution shapes keep burn's ops. `tests/kernels.rs` checks values and gradients against
+//! burn's.
+
+pub mod batch_norm_cpu;
+pub mod conv_cpu;
+pub mod extension;
+
+use std::cell::Cell;
+
+use burn::backend::{Dispatch, DispatchDevice, DispatchTensor};
+use burn::module::RunningState;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, LeakyRelu, PaddingConfig2d};
+use burn::tensor::Tensor;
+
+use extension::UnetKernels;
+
+thread_local! {
+    static OWN_KERNELS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Switches the calling thread between the project's kernels (the default) and burn's ops, so a
+/// benchmark can time both in one run. The choice is made where a model's forward pass runs, so
+/// it is per thread: parallel runs and tests never see each other's setting. Results differ in
+/// the last bits between the two (another summation order), so runs meant to reproduce a record
+/// keep the default.
+pub fn use_own_kernels(on: bool) {
+    OWN_KERNELS.with(|own| own.set(on));
+}
+
+/// Whether the calling thread uses the project's kernels.
+pub fn own_kernels() -> bool {
+    OWN_KERNELS.with(Cell::get)
+}
+
+/// `conv.forward(x)`, through the project's kernel when the tensor lives on flex and the
+/// convolution is one it covers (stride 1, no dilation, one group, equal padding, a bias).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match covered_padding(conv) {
+        Some(padding) if own_kernels() && is_flex(&x) => {
+            let bias = conv.bias.as_ref().expect("covered_padding checked the bias").val();
+            let out = <Dispatch as UnetKernels>::padded_conv2d(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                bias.into_dispatch(),
+                padding,
+            );
+            Tensor::from_dispatch(out)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// burn's `LeakyRelu::forward`, as one graph node with a one-pass gradient on flex (burn records
+/// three ops whose gradients take several passes). Values and gradients are bit-for-bit burn's.
+pub fn leaky_relu(act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
+    if own_kernels() && is_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::leaky_relu_node(x.into_dispatch(), act.negative_slope))
+    } else {
+        act.forward(x)
+    }
+}
+
+/// burn's `BatchNorm::forward` on a 4-D activation. In training on flex the normalization and
+/// its gradients come from `batch_norm_cpu`; the running statistics are updated as burn does.
+pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if !(own_kernels() && is_flex(&x) && device.is_autodiff() && norm.training.is_enabled()) {
+        return norm.forward(x);
+    }
+    let result = <Dispatch as UnetKernels>::batch_norm_train_node(
+        x.into_dispatch(),
+        norm.gamma.val().into_dispatch(),
+        norm.beta.val().into_dispatch(),
+        norm.epsilon,
+    );
+    let update = |state: &RunningState<Tensor<1>>, batch: DispatchTensor| {
+        let batch = Tensor::<1>::from_dispatch(batch).detach();
+        let running = state.value_sync().to_device(&device);
+        let updated = running.mul_scalar(1.0 - norm.momentum).add(batch.mul_scalar(norm.momentum));
+        state.update(updated.detach());
+    };
+    update(&norm.running_mean, result.mean);
+    update(&norm.running_var, result.variance);
+    Tensor::from_dispatch(result.output)
+}
+
+/// The padding of `conv` when the kernels cover it: the same on all four sides (a `Same` padding
+/// only for odd kernels, where it is symmetric).
+fn covered_padding(conv: &Conv2d) -> Option<usize> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => 0,
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == left && top == bottom && top == right => top,
+        PaddingConfig2d::Same if conv.kernel_size[0] == conv.kernel_size[1] && conv.kernel_size[0] % 2 == 1 => conv.kernel_size[0] / 2,
+        _ => return None,
+    };
+    let plain = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1 && conv.bias.is_some();
+    plain.then_some(padding)
+}
+
+fn is_flex(x: &Tensor<4>) -> bool {
+    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{BatchNormConfig, LeakyReluConfig};
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+    /// The same convolution and input twice: once through the project's kernel, once through
+    /// burn's `Conv2d::forward`. Returns the output and the three gradients of `sum(y * r)`.
+    fn run(conv: &Conv2d, x: &TensorData, r: &TensorData, own: bool) -> [TensorData; 4] {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+        assert!(is_flex(&x), "the kernel path needs a flex tensor");
+        use_own_kernels(own);
+        let y = conv2d(&conv, x.clone());
+        use_own_kernels(true);
+        let loss = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum();
+        let grads = loss.backward();
+        let weight: &Param<Tensor<4>> = &conv.weight;
+        let bias = conv.bias.as_ref().unwrap();
+        [
+            y.into_data(),
+            x.grad(&grads).unwrap().into_data(),
+            weight.val().grad(&grads).unwrap().into_data(),
+            bias.val().grad(&grads).unwrap().into_data(),
+        ]
+    }
+
+    #[test]
+    fn values_and_gradients_match_burns_convolution() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        for (channels, kernel, padding) in [
+            ([3, 5], [3, 3], PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            ([6, 4], [1, 1], PaddingConfig2d::Valid),
+            ([2, 3], [3, 3], PaddingConfig2d::Same),
+            ([4, 2], [3, 3], PaddingConfig2d::Valid),
+        ] {
+            let conv = Conv2dConfig::new(channels, kernel).with_padding(padding.clone()).init(&device);
+            assert!(covered_padding(&conv).is_some(), "{padding:?} should take the project's kernel");
+            let x = Tensor::<4>::random([3, channels[0], 9, 7], Distribution::Normal(0.0, 1.0), &device);
+            let out = conv.forward(x.clone()).dims();
+            let r = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
+            let (x, r) = (x.into_data(), r.into_data());
+            let own = run(&conv, &x, &r, true);
+            let burn = run(&conv, &x, &r, false);
+            for (what, (a, b)) in ["output", "input gradient", "weight gradient", "bias gradient"]
+                .iter()
+                .zip(own.iter().zip(&burn))
+            {
+                assert_close(what, a, b, 1e-4);
+            }
+        }
+    }
+
+    fn assert_close(what: &str, a: &TensorData, b: &TensorData, tolerance: f32) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let (a, b) = (a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+            assert!((u - v).abs() <= tolerance * (1.0 + v.abs()), "{what} {i}: {u} vs {v}");
+        }
+    }
+
+    /// Batch norm and LeakyReLU in training: the project's nodes against burn's modules, values,
+    /// running statistics and the gradients of `sum(leaky_relu(batch_norm(x)) * r)`.
+    #[test]
+    fn batch_norm_and_leaky_relu_match_burns_modules() {
+        let device = Device::flex().autodiff();
+        device.seed(12);
+        let x = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.5, 2.0), &device).into_data();
+        let r = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let act = LeakyReluConfig::new().init();
+        let run = |own: bool| {
+            use_own_kernels(own);
+            // A fresh layer per run: clones of a layer share their running statistics.
+            let mut norm = BatchNormConfig::new(3).init(&device);
+            norm.gamma = Param::from_tensor(Tensor::<1>::from_floats([1.5, 0.7, -1.2], &device));
+            let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+            let y = leaky_relu(&act, batch_norm(&norm, x.clone()));
+            let grads = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum().backward();
+            use_own_kernels(true);
+            [
+                y.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                norm.gamma.val().grad(&grads).unwrap().into_data(),
+                norm.beta.val().grad(&grads).unwrap().into_data(),
+                norm.running_mean.value_sync().into_data(),
+                norm.running_var.value_sync().into_data(),
+            ]
+        };
+        let (own, burn) = (run(true), run(false));
+        let names = [
+            "output",
+            "input gradient",
+            "gamma gradient",
+            "beta gradient",
+            "running mean",
+            "running variance",
+        ];
+        for ((what, a), b) in names.iter().zip(&own).zip(&burn) {
+            assert_close(what, a, b, 1e-4);
+        }
+    }
+
+    /// LeakyReLU's node gives burn's values and gradients bit for bit.
+    #[test]
+    fn leaky_relu_is_bitwise_burns() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<4>::from_floats([[[[-2.0, -0.0, 0.0, 3.0], [f32::MIN_POSITIVE, -1e-30, 7.5, -0.25]]]], &device);
+        let act = LeakyReluConfig::new().with_negative_slope(0.2).init();
+        let run = |own: bool| {
+            use_own_kernels(own);
+            let x = x.clone().require_grad();
+            let y = leaky_relu(&act, x.clone());
+            let grads = (y.clone() * y.clone()).sum().backward();
+            use_own_kernels(true);
+            (y.into_data(), x.grad(&grads).unwrap().into_data())
+        };
+        let bits = |(y, dx): (TensorData, TensorData)| {
+            let bits = |t: TensorData| t.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(y), bits(dx))
+        };
+        assert_eq!(bits(run(true)), bits(run(false)));
+    }
+
+    #[test]
+    fn other_convolutions_keep_burns_path() {
+        let device = Device::flex();
+        let strided = Conv2dConfig::new([2, 2], [3, 3]).with_stride([2, 2]).init(&device);
+        let no_bias = Conv2dConfig::new([2, 2], [3, 3]).with_bias(false).init(&device);
+        let uneven = Conv2dConfig::new([2, 2], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 0, 1, 0))
+            .init(&device);
+        for conv in [strided, no_bias, uneven] {
+            assert_eq!(covered_padding(&conv), None);
+        }
+    }
+}
