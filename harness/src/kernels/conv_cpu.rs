@@ -78,18 +78,50 @@ impl ConvShape {
     }
 }
 
-/// Fills `col` (`patch_len` rows of `positions` values) with one image's patches.
-fn im2col(image: &[f32], shape: &ConvShape, col: &mut [f32]) {
+/// A band of output rows, `rows.start..rows.end`: the unit im2col works in, sized so its patch
+/// matrix stays in the core's cache (building a whole 128 x 128 image's matrix first and letting
+/// the GEMM stream it from memory ran the top layers at a third of the GEMM rate).
+#[derive(Debug, Clone)]
+struct Band {
+    rows: std::ops::Range<usize>,
+}
+
+impl Band {
+    /// Output positions in the band (columns of its patch matrix).
+    fn len(&self, shape: &ConvShape) -> usize {
+        self.rows.len() * shape.out_width()
+    }
+
+    /// Index of the band's first output position within the image.
+    fn first_position(&self, shape: &ConvShape) -> usize {
+        self.rows.start * shape.out_width()
+    }
+}
+
+/// Patch-matrix bytes a band aims for (about half a typical L2) and the fewest positions a band
+/// holds so the GEMM keeps a useful width. Both depend only on the shape, never on threads.
+const BAND_BYTES: usize = 512 * 1024;
+const MIN_BAND_POSITIONS: usize = 256;
+
+/// The row bands covering an image's output for `shape`.
+fn bands(shape: &ConvShape) -> Vec<Band> {
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let by_cache = BAND_BYTES / (4 * shape.patch_len() * ow).max(1);
+    let rows = by_cache.max(MIN_BAND_POSITIONS.div_ceil(ow)).clamp(1, oh);
+    (0..oh).step_by(rows).map(|start| Band { rows: start..(start + rows).min(oh) }).collect()
+}
+
+/// Fills `col` (`patch_len` rows of `band.len()` values) with one image's patches for `band`.
+fn im2col(image: &[f32], shape: &ConvShape, band: &Band, col: &mut [f32]) {
     let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
-    let (ow, n) = (shape.out_width(), shape.positions());
+    let (ow, n) = (shape.out_width(), band.len(shape));
     let plane = shape.height * shape.width;
     for ci in 0..shape.channels_in {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &mut col[((ci * kh + ky) * kw + kx) * n..][..n];
                 let columns = shape.valid_columns(kx);
-                for oy in 0..shape.out_height() {
-                    let out = &mut row[oy * ow..][..ow];
+                for (out, oy) in row.chunks_mut(ow).zip(band.rows.clone()) {
                     match shape.input_row(ky, oy) {
                         Some(iy) => {
                             let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
@@ -105,22 +137,22 @@ fn im2col(image: &[f32], shape: &ConvShape, col: &mut [f32]) {
     }
 }
 
-/// Adds the patch gradients in `col` back onto one image's gradient (the adjoint of `im2col`).
-fn col2im_add(col: &[f32], shape: &ConvShape, image: &mut [f32]) {
+/// Adds the patch gradients in `col` (one band) back onto one image's gradient: the adjoint of
+/// `im2col`.
+fn col2im_add(col: &[f32], shape: &ConvShape, band: &Band, image: &mut [f32]) {
     let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
-    let (ow, n) = (shape.out_width(), shape.positions());
+    let (ow, n) = (shape.out_width(), band.len(shape));
     let plane = shape.height * shape.width;
     for ci in 0..shape.channels_in {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &col[((ci * kh + ky) * kw + kx) * n..][..n];
                 let columns = shape.valid_columns(kx);
-                for oy in 0..shape.out_height() {
+                for (source_row, oy) in row.chunks(ow).zip(band.rows.clone()) {
                     if let Some(iy) = shape.input_row(ky, oy) {
                         let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
                         let target = &mut image[first..][..columns.len()];
-                        let source = &row[oy * ow + columns.start..][..columns.len()];
-                        for (t, s) in target.iter_mut().zip(source) {
+                        for (t, s) in target.iter_mut().zip(&source_row[columns.clone()]) {
                             *t += s;
                         }
                     }
@@ -157,12 +189,14 @@ impl Matrix {
     }
 }
 
-/// `dst (m x n, row-major) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: callers split work
-/// across images, which keeps every sum's order fixed.
-fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
-    // SAFETY: `dst` holds m x n values (checked above); the callers build `lhs` and `rhs` from
-    // slices holding m x k and k x n values with the strides given, and nothing else aliases `dst`.
+/// `dst (m x n, rows `dst_row_stride` apart) = [dst +] lhs (m x k) · rhs (k x n)`,
+/// single-threaded: callers split work across images, which keeps every sum's order fixed.
+#[allow(clippy::too_many_arguments)]
+fn matmul(dst: &mut [f32], dst_row_stride: usize, m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
+    assert!(m == 0 || dst.len() >= (m - 1) * dst_row_stride + n, "gemm destination too small");
+    // SAFETY: `dst` holds the m x n values at the strides given (checked above); the callers
+    // build `lhs` and `rhs` over slices that hold m x k and k x n values at their strides, and
+    // nothing else aliases `dst`.
     unsafe {
         gemm(
             m,
@@ -170,7 +204,7 @@ fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matri
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.ptr,
             lhs.col_stride,
@@ -188,21 +222,31 @@ fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matri
     }
 }
 
-/// The im2col matrix of image `b`: borrowed for a pointwise kernel, else built in `scratch`.
-fn patches<'a>(input: &'a [f32], b: usize, shape: &ConvShape, scratch: &'a mut Vec<f32>) -> &'a [f32] {
-    let image = &input[b * shape.input_len()..][..shape.input_len()];
+/// The patch matrix of one band of `image`: the image itself for a pointwise kernel (its rows
+/// are channels, `row_stride` apart), else built in `scratch`.
+fn patches(image: &[f32], shape: &ConvShape, band: &Band, scratch: &mut Vec<f32>) -> Matrix {
     if shape.is_pointwise() {
-        return image;
+        return Matrix {
+            ptr: image[band.first_position(shape)..].as_ptr(),
+            row_stride: shape.positions() as isize,
+            col_stride: 1,
+        };
     }
-    scratch.resize(shape.patch_len() * shape.positions(), 0.0);
-    im2col(image, shape, scratch);
-    scratch
+    scratch.resize(shape.patch_len() * band.len(shape), 0.0);
+    im2col(image, shape, band, scratch);
+    Matrix::rows(scratch, band.len(shape))
+}
+
+/// The input and output-gradient slices of image `b`.
+fn image<'a>(data: &'a [f32], b: usize, len: usize) -> &'a [f32] {
+    &data[b * len..][..len]
 }
 
 /// `y = conv(x, weight) + bias`: `x` is `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
 /// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`.
 pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (n, k) = (shape.positions(), shape.patch_len());
+    let bands = bands(shape);
     let mut output = vec![0.0f32; shape.batch * shape.output_len()];
     output
         .par_chunks_mut(shape.output_len())
@@ -211,52 +255,72 @@ pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -
             for (row, value) in out.chunks_mut(n).zip(bias) {
                 row.fill(*value);
             }
-            let col = patches(input, b, shape, scratch);
-            matmul(out, shape.channels_out, n, k, Matrix::rows(weight, k), Matrix::rows(col, n), true);
+            let x = image(input, b, shape.input_len());
+            for band in &bands {
+                let col = patches(x, shape, band, scratch);
+                let dst = &mut out[band.first_position(shape)..];
+                matmul(dst, n, shape.channels_out, band.len(shape), k, Matrix::rows(weight, k), col, true);
+            }
         });
     output
 }
 
-/// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): `Wᵀ · dY` per image, then col2im.
+/// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): `Wᵀ · dY` per band, then col2im.
 pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (n, k) = (shape.positions(), shape.patch_len());
+    let bands = bands(shape);
     let mut grad = vec![0.0f32; shape.batch * shape.input_len()];
     grad.par_chunks_mut(shape.input_len())
         .enumerate()
         .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (b, image_grad)| {
-            let dy = &output_grad[b * shape.output_len()..][..shape.output_len()];
+            let dy = image(output_grad, b, shape.output_len());
             let lhs = Matrix::transposed(weight, k);
             if shape.is_pointwise() {
-                matmul(image_grad, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
-            } else {
-                scratch.resize(k * n, 0.0);
-                matmul(scratch, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
-                col2im_add(scratch, shape, image_grad);
+                matmul(image_grad, n, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
+                return;
+            }
+            for band in &bands {
+                let columns = band.len(shape);
+                scratch.resize(k * columns, 0.0);
+                let rhs = Matrix {
+                    ptr: dy[band.first_position(shape)..].as_ptr(),
+                    row_stride: n as isize,
+                    col_stride: 1,
+                };
+                matmul(scratch, columns, k, columns, shape.channels_out, lhs, rhs, false);
+                col2im_add(scratch, shape, band, image_grad);
             }
         });
     grad
 }
 
-/// `dL/dW` (`[c_out, c_in, kh, kw]`): `dY · colᵀ` per image, summed over images in order.
+/// `dL/dW` (`[c_out, c_in, kh, kw]`): `dY · colᵀ` per band, per image, summed over images in
+/// order.
 pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (n, k) = (shape.positions(), shape.patch_len());
+    let bands = bands(shape);
     let per_image = shape.channels_out * k;
     let mut partial = vec![0.0f32; shape.batch * per_image];
     partial
         .par_chunks_mut(per_image)
         .enumerate()
         .for_each_init(Vec::new, |scratch, (b, image_part)| {
-            let dy = &output_grad[b * shape.output_len()..][..shape.output_len()];
-            let col = patches(input, b, shape, scratch);
-            matmul(
-                image_part,
-                shape.channels_out,
-                k,
-                n,
-                Matrix::rows(dy, n),
-                Matrix::transposed(col, n),
-                false,
-            );
+            let (x, dy) = (image(input, b, shape.input_len()), image(output_grad, b, shape.output_len()));
+            for (i, band) in bands.iter().enumerate() {
+                let columns = band.len(shape);
+                let col = patches(x, shape, band, scratch);
+                let col_t = Matrix {
+                    ptr: col.ptr,
+                    row_stride: col.col_stride,
+                    col_stride: col.row_stride,
+                };
+                let lhs = Matrix {
+                    ptr: dy[band.first_position(shape)..].as_ptr(),
+                    row_stride: n as isize,
+                    col_stride: 1,
+                };
+                matmul(image_part, k, shape.channels_out, k, columns, lhs, col_t, i > 0);
+            }
         });
     sum_in_order(partial, per_image)
 }
@@ -325,6 +389,15 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn bands_cover_every_output_row_once() {
+        for s in shapes() {
+            let rows: Vec<usize> = bands(&s).iter().flat_map(|b| b.rows.clone()).collect();
+            assert_eq!(rows, (0..s.out_height()).collect::<Vec<_>>(), "{s:?}");
+        }
+        assert_eq!(bands(&shapes()[4]).len(), 3);
+    }
+
     fn shapes() -> Vec<ConvShape> {
         let shape = |batch, channels_in, channels_out, height, width, kernel, padding| ConvShape {
             batch,
@@ -340,6 +413,8 @@ mod tests {
             shape(3, 2, 5, 4, 4, [1, 1], 0),
             shape(1, 2, 3, 6, 5, [3, 3], 0),
             shape(2, 1, 2, 3, 3, [5, 3], 2),
+            // Wide enough for several row bands, the last one partial.
+            shape(2, 64, 2, 10, 64, [3, 3], 1),
         ]
     }
 
