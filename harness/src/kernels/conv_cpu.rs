@@ -57,10 +57,12 @@ impl ConvShape {
         self.kernel == [1, 1] && self.padding == 0
     }
 
-    /// Whether this shape is one the kernels compute (a kernel no larger than the padded input).
+    /// Whether this shape is one the kernels compute: a square kernel no larger than the padded
+    /// input, padded by less than its size (so the input gradient is a convolution too).
     pub fn is_valid(&self) -> bool {
         self.kernel[0] >= 1
-            && self.kernel[1] >= 1
+            && self.kernel[0] == self.kernel[1]
+            && self.padding < self.kernel[0]
             && self.height + 2 * self.padding >= self.kernel[0]
             && self.width + 2 * self.padding >= self.kernel[1]
     }
@@ -108,7 +110,12 @@ fn bands(shape: &ConvShape) -> Vec<Band> {
     let (oh, ow) = (shape.out_height(), shape.out_width());
     let by_cache = BAND_BYTES / (4 * shape.patch_len() * ow).max(1);
     let rows = by_cache.max(MIN_BAND_POSITIONS.div_ceil(ow)).clamp(1, oh);
-    (0..oh).step_by(rows).map(|start| Band { rows: start..(start + rows).min(oh) }).collect()
+    (0..oh)
+        .step_by(rows)
+        .map(|start| Band {
+            rows: start..(start + rows).min(oh),
+        })
+        .collect()
 }
 
 /// Fills `col` (`patch_len` rows of `band.len()` values) with one image's patches for `band`.
@@ -137,31 +144,6 @@ fn im2col(image: &[f32], shape: &ConvShape, band: &Band, col: &mut [f32]) {
     }
 }
 
-/// Adds the patch gradients in `col` (one band) back onto one image's gradient: the adjoint of
-/// `im2col`.
-fn col2im_add(col: &[f32], shape: &ConvShape, band: &Band, image: &mut [f32]) {
-    let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
-    let (ow, n) = (shape.out_width(), band.len(shape));
-    let plane = shape.height * shape.width;
-    for ci in 0..shape.channels_in {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = &col[((ci * kh + ky) * kw + kx) * n..][..n];
-                let columns = shape.valid_columns(kx);
-                for (source_row, oy) in row.chunks(ow).zip(band.rows.clone()) {
-                    if let Some(iy) = shape.input_row(ky, oy) {
-                        let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
-                        let target = &mut image[first..][..columns.len()];
-                        for (t, s) in target.iter_mut().zip(&source_row[columns.clone()]) {
-                            *t += s;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A row-major matrix view for the `gemm` call: pointer, rows, columns, row and column strides.
 #[derive(Clone, Copy)]
 struct Matrix {
@@ -179,12 +161,12 @@ impl Matrix {
         }
     }
 
-    /// The transpose of a row-major matrix with `columns` columns, without copying.
-    fn transposed(data: &[f32], columns: usize) -> Self {
+    /// The transpose, without copying.
+    fn t(self) -> Self {
         Self {
-            ptr: data.as_ptr(),
-            row_stride: 1,
-            col_stride: columns as isize,
+            ptr: self.ptr,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
         }
     }
 }
@@ -265,33 +247,38 @@ pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -
     output
 }
 
-/// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): `Wᵀ · dY` per band, then col2im.
+/// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): the "full" convolution of `dL/dy` with
+/// the kernel flipped in space and its channel axes swapped, padded by `k - 1 - padding`. Written
+/// as a forward convolution it gets the forward pass's GEMM shape (`c_in x 9 c_out` by the
+/// positions); `Wᵀ · dY` then col2im would reduce over only `c_out` values per GEMM, which runs the
+/// 16-channel layers far below the GEMM rate.
 pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
-    let (n, k) = (shape.positions(), shape.patch_len());
-    let bands = bands(shape);
-    let mut grad = vec![0.0f32; shape.batch * shape.input_len()];
-    grad.par_chunks_mut(shape.input_len())
-        .enumerate()
-        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (b, image_grad)| {
-            let dy = image(output_grad, b, shape.output_len());
-            let lhs = Matrix::transposed(weight, k);
-            if shape.is_pointwise() {
-                matmul(image_grad, n, k, n, shape.channels_out, lhs, Matrix::rows(dy, n), false);
-                return;
+    let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
+    let (ci_n, co_n) = (shape.channels_in, shape.channels_out);
+    let mut flipped = vec![0.0f32; weight.len()];
+    for co in 0..co_n {
+        for ci in 0..ci_n {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    flipped[((ci * co_n + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] = weight[((co * ci_n + ci) * kh + ky) * kw + kx];
+                }
             }
-            for band in &bands {
-                let columns = band.len(shape);
-                scratch.resize(k * columns, 0.0);
-                let rhs = Matrix {
-                    ptr: dy[band.first_position(shape)..].as_ptr(),
-                    row_stride: n as isize,
-                    col_stride: 1,
-                };
-                matmul(scratch, columns, k, columns, shape.channels_out, lhs, rhs, false);
-                col2im_add(scratch, shape, band, image_grad);
-            }
-        });
-    grad
+        }
+    }
+    assert!(
+        kh == kw && shape.padding < kh,
+        "input_grad covers square kernels padded by less than their size"
+    );
+    let transposed = ConvShape {
+        batch: shape.batch,
+        channels_in: co_n,
+        channels_out: ci_n,
+        height: shape.out_height(),
+        width: shape.out_width(),
+        kernel: shape.kernel,
+        padding: kh - 1 - shape.padding,
+    };
+    forward(output_grad, &flipped, &vec![0.0; ci_n], &transposed)
 }
 
 /// `dL/dW` (`[c_out, c_in, kh, kw]`): `dY · colᵀ` per band, per image, summed over images in
@@ -308,12 +295,7 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
             let (x, dy) = (image(input, b, shape.input_len()), image(output_grad, b, shape.output_len()));
             for (i, band) in bands.iter().enumerate() {
                 let columns = band.len(shape);
-                let col = patches(x, shape, band, scratch);
-                let col_t = Matrix {
-                    ptr: col.ptr,
-                    row_stride: col.col_stride,
-                    col_stride: col.row_stride,
-                };
+                let col_t = patches(x, shape, band, scratch).t();
                 let lhs = Matrix {
                     ptr: dy[band.first_position(shape)..].as_ptr(),
                     row_stride: n as isize,
@@ -390,6 +372,20 @@ mod tests {
     }
 
     #[test]
+    fn shapes_outside_the_kernels_are_refused() {
+        let base = shapes()[0];
+        assert!(base.is_valid());
+        assert!(!ConvShape { kernel: [3, 1], ..base }.is_valid());
+        assert!(!ConvShape { padding: 3, ..base }.is_valid());
+        assert!(!ConvShape {
+            height: 1,
+            padding: 0,
+            ..base
+        }
+        .is_valid());
+    }
+
+    #[test]
     fn bands_cover_every_output_row_once() {
         for s in shapes() {
             let rows: Vec<usize> = bands(&s).iter().flat_map(|b| b.rows.clone()).collect();
@@ -412,7 +408,7 @@ mod tests {
             shape(2, 3, 4, 5, 7, [3, 3], 1),
             shape(3, 2, 5, 4, 4, [1, 1], 0),
             shape(1, 2, 3, 6, 5, [3, 3], 0),
-            shape(2, 1, 2, 3, 3, [5, 3], 2),
+            shape(2, 1, 2, 3, 4, [5, 5], 2),
             // Wide enough for several row bands, the last one partial.
             shape(2, 64, 2, 10, 64, [3, 3], 1),
         ]

@@ -261,7 +261,10 @@ impl UnetKernels for Flex {
 
     fn padded_conv2d_input_grad(x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, padding: usize) -> FlexTensor {
         let shape = conv_shape(&x, &weight, padding);
-        match with_f32([&weight, &output_grad], |[w, dy]| conv_cpu::input_grad(w, dy, &shape)) {
+        let grad = shape
+            .is_valid()
+            .then(|| with_f32([&weight, &output_grad], |[w, dy]| conv_cpu::input_grad(w, dy, &shape)));
+        match grad.flatten() {
             Some(dx) => flex_tensor(dx, x.shape().dims::<4>().to_vec()),
             None => Self::conv2d_x_backward(x, weight, output_grad, options(padding)),
         }
@@ -269,7 +272,10 @@ impl UnetKernels for Flex {
 
     fn padded_conv2d_weight_grad(x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, padding: usize) -> FlexTensor {
         let shape = conv_shape(&x, &weight, padding);
-        match with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_grad(x, dy, &shape)) {
+        let grad = shape
+            .is_valid()
+            .then(|| with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_grad(x, dy, &shape)));
+        match grad.flatten() {
             Some(dw) => flex_tensor(dw, weight.shape().dims::<4>().to_vec()),
             None => Self::conv2d_weight_backward(x, weight, output_grad, options(padding)),
         }
