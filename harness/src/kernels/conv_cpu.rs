@@ -100,15 +100,17 @@ impl Band {
     }
 }
 
-/// Patch-matrix bytes a band aims for (about half a typical L2) and the fewest positions a band
-/// holds so the GEMM keeps a useful width. Both depend only on the shape, never on threads.
+/// Patch-matrix bytes a band aims for (about half a typical L2), and the fewest positions a band
+/// holds so the GEMM keeps a useful width. A band also holds at most `MAX_REDUCTION` positions
+/// when rows allow, since the weight gradient sums over a band's positions. All of it depends on
+/// the shape alone, never on the machine or the threads.
 const BAND_BYTES: usize = 512 * 1024;
 const MIN_BAND_POSITIONS: usize = 256;
 
 /// The row bands covering an image's output for `shape`.
 fn bands(shape: &ConvShape) -> Vec<Band> {
     let (oh, ow) = (shape.out_height(), shape.out_width());
-    let by_cache = BAND_BYTES / (4 * shape.patch_len() * ow).max(1);
+    let by_cache = (BAND_BYTES / (4 * shape.patch_len() * ow).max(1)).min(MAX_REDUCTION / ow);
     let rows = by_cache.max(MIN_BAND_POSITIONS.div_ceil(ow)).clamp(1, oh);
     (0..oh)
         .step_by(rows)
@@ -171,36 +173,48 @@ impl Matrix {
     }
 }
 
+/// The longest sum one `gemm` call is given. `gemm` splits longer sums into blocks sized from the
+/// L1 cache it detects (never below 512), which would make results depend on the machine; sums
+/// split here, at boundaries set by their length alone, do not.
+const MAX_REDUCTION: usize = 512;
+
 /// `dst (m x n, rows `dst_row_stride` apart) = [dst +] lhs (m x k) · rhs (k x n)`,
 /// single-threaded: callers split work across images, which keeps every sum's order fixed.
 #[allow(clippy::too_many_arguments)]
 fn matmul(dst: &mut [f32], dst_row_stride: usize, m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
     assert!(m == 0 || dst.len() >= (m - 1) * dst_row_stride + n, "gemm destination too small");
-    // SAFETY: `dst` holds the m x n values at the strides given (checked above); the callers
-    // build `lhs` and `rhs` over slices that hold m x k and k x n values at their strides, and
-    // nothing else aliases `dst`.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row_stride as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+    let parts = k.div_ceil(MAX_REDUCTION).max(1);
+    let part_len = k.div_ceil(parts);
+    for part in 0..parts {
+        let start = part * part_len;
+        let len = part_len.min(k - start);
+        // SAFETY: `dst` holds the m x n values at the strides given (checked above); the callers
+        // build `lhs` and `rhs` over slices that hold m x k and k x n values at their strides, this
+        // part reads columns `start..start + len` of `lhs` and the same rows of `rhs`, and nothing
+        // else aliases `dst`.
+        unsafe {
+            gemm(
+                m,
+                n,
+                len,
+                dst.as_mut_ptr(),
+                1,
+                dst_row_stride as isize,
+                accumulate || part > 0,
+                lhs.ptr.offset(start as isize * lhs.col_stride),
+                lhs.col_stride,
+                lhs.row_stride,
+                rhs.ptr.offset(start as isize * rhs.row_stride),
+                rhs.col_stride,
+                rhs.row_stride,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
     }
 }
 
@@ -409,7 +423,7 @@ mod tests {
             shape(3, 2, 5, 4, 4, [1, 1], 0),
             shape(1, 2, 3, 6, 5, [3, 3], 0),
             shape(2, 1, 2, 3, 4, [5, 5], 2),
-            // Wide enough for several row bands, the last one partial.
+            // Wide enough for several row bands, the last one partial; 576-long sums, split in two.
             shape(2, 64, 2, 10, 64, [3, 3], 1),
         ]
     }
