@@ -12,6 +12,7 @@ pub mod conv_cpu;
 pub mod extension;
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use burn::backend::{Dispatch, DispatchDevice, DispatchTensor};
 use burn::module::RunningState;
@@ -22,7 +23,14 @@ use burn::tensor::Tensor;
 use extension::UnetKernels;
 
 thread_local! {
-    static OWN_KERNELS: Cell<bool> = const { Cell::new(true) };
+    static OWN_KERNELS: Cell<bool> = Cell::new(default_own_kernels());
+}
+
+/// The process-wide default: the project's kernels unless `ATSO_KERNELS=burn` (for comparing
+/// against burn's ops, e.g. when reproducing records written before the kernels existed).
+fn default_own_kernels() -> bool {
+    static DEFAULT: OnceLock<bool> = OnceLock::new();
+    *DEFAULT.get_or_init(|| std::env::var("ATSO_KERNELS").map_or(true, |v| v != "burn"))
 }
 
 /// Switches the calling thread between the project's kernels (the default) and burn's ops, so a
@@ -44,13 +52,11 @@ pub fn own_kernels() -> bool {
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match covered_padding(conv) {
         Some(padding) if own_kernels() && is_flex(&x) => {
+            // Weight before bias, as burn's `Conv2d::forward` reads them: parameters initialise
+            // lazily on first read, drawing from the run's random stream in that order.
+            let weight = conv.weight.val();
             let bias = conv.bias.as_ref().expect("covered_padding checked the bias").val();
-            let out = <Dispatch as UnetKernels>::padded_conv2d(
-                x.into_dispatch(),
-                conv.weight.val().into_dispatch(),
-                bias.into_dispatch(),
-                padding,
-            );
+            let out = <Dispatch as UnetKernels>::padded_conv2d(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), padding);
             Tensor::from_dispatch(out)
         }
         _ => conv.forward(x),
@@ -139,6 +145,7 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_convolution() {
+        let _serial = crate::method::tests::serial();
         let device = Device::flex().autodiff();
         device.seed(11);
         for (channels, kernel, padding) in [
@@ -176,6 +183,7 @@ mod tests {
     /// running statistics and the gradients of `sum(leaky_relu(batch_norm(x)) * r)`.
     #[test]
     fn batch_norm_and_leaky_relu_match_burns_modules() {
+        let _serial = crate::method::tests::serial();
         let device = Device::flex().autodiff();
         device.seed(12);
         let x = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.5, 2.0), &device).into_data();
@@ -232,6 +240,29 @@ mod tests {
             (bits(y), bits(dx))
         };
         assert_eq!(bits(run(true)), bits(run(false)));
+    }
+
+    /// Parameters initialise lazily on first read, so the kernels must read them in burn's order:
+    /// a U-Net seeded the same way gives the same first forward pass on either path (reading the
+    /// bias first once drew other initial weights and moved every result).
+    #[test]
+    fn a_seeded_model_draws_the_same_weights_on_either_path() {
+        let spec = crate::model::ModelSpec {
+            channels: vec![4, 8],
+            dropout: vec![0.0, 0.2],
+        };
+        let run = |own: bool| {
+            use_own_kernels(own);
+            let device = Device::flex().autodiff();
+            device.seed(5);
+            let x = Tensor::<4>::ones([2, 1, 8, 8], &device);
+            let y = spec.init(1, 3, &device).forward(x).into_data();
+            use_own_kernels(true);
+            y
+        };
+        let _serial = crate::method::tests::serial();
+        let (own, burn) = (run(true), run(false));
+        assert_close("logits", &own, &burn, 1e-4);
     }
 
     #[test]
