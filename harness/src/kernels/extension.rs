@@ -14,12 +14,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::ops::binary::binary_op;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::ops::{ConvOptions, InterpolateMode, InterpolateOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
 
 use super::batch_norm_cpu::{self, NormShape};
 use super::conv_cpu::{self, ConvShape};
+use super::resize_cpu;
 
 /// A stride-1, dilation-1, single-group 2D convolution with `padding` zeros on every side and a
 /// bias: the only convolution the U-Net uses.
@@ -70,6 +71,30 @@ pub trait UnetKernels: Backend {
         Self::float_mask_where(output_grad, negative, scaled)
     }
 
+    /// Batch normalization with given statistics (burn's `batch_norm`, inference).
+    fn batch_norm_eval_node(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+
+    /// Bilinear resizing of `[batch, channels, h, w]` to `[batch, channels, height, width]`
+    /// (burn's `interpolate` in bilinear mode).
+    fn resize_bilinear(x: FloatTensor<Self>, height: usize, width: usize, align_corners: bool) -> FloatTensor<Self> {
+        Self::interpolate(x, [height, width], bilinear(align_corners))
+    }
+
+    /// The gradient of `resize_bilinear` with respect to its input `x`.
+    fn resize_bilinear_grad(x: FloatTensor<Self>, output_grad: FloatTensor<Self>, align_corners: bool) -> FloatTensor<Self> {
+        let [_, _, height, width] = output_grad.shape().dims();
+        Self::interpolate_backward(x, output_grad, [height, width], bilinear(align_corners))
+    }
+
     /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
     fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
         let result = Self::batch_norm_train(x, gamma, beta, epsilon);
@@ -112,6 +137,10 @@ pub struct NormGrads<B: Backend> {
     pub x: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub beta: FloatTensor<B>,
+}
+
+fn bilinear(align_corners: bool) -> InterpolateOptions {
+    InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(align_corners)
 }
 
 fn options(padding: usize) -> ConvOptions<2> {
@@ -168,6 +197,52 @@ fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 }
 
 impl UnetKernels for Flex {
+    fn batch_norm_eval_node(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let output = norm_shape(&x).and_then(|shape| {
+            with_f32([&x, &gamma, &beta, &mean, &variance], |[x, g, b, m, v]| {
+                batch_norm_cpu::inference(x, g, b, m, v, epsilon, &shape)
+            })
+        });
+        match output {
+            Some(y) => flex_tensor(y, x.shape().dims::<4>().to_vec()),
+            None => Self::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn resize_bilinear(x: FlexTensor, height: usize, width: usize, align_corners: bool) -> FlexTensor {
+        let [batch, channels, h, w] = x.shape().dims();
+        let output = (h > 0 && w > 0).then(|| {
+            with_f32([&x], |[x]| {
+                resize_cpu::forward(x, batch * channels, [h, w], [height, width], align_corners)
+            })
+        });
+        match output.flatten() {
+            Some(y) => flex_tensor(y, vec![batch, channels, height, width]),
+            None => Self::interpolate(x, [height, width], bilinear(align_corners)),
+        }
+    }
+
+    fn resize_bilinear_grad(x: FlexTensor, output_grad: FlexTensor, align_corners: bool) -> FlexTensor {
+        let [batch, channels, h, w] = x.shape().dims();
+        let [_, _, height, width] = output_grad.shape().dims();
+        let grad = (h > 0 && w > 0).then(|| {
+            with_f32([&output_grad], |[dy]| {
+                resize_cpu::backward(dy, batch * channels, [h, w], [height, width], align_corners)
+            })
+        });
+        match grad.flatten() {
+            Some(dx) => flex_tensor(dx, vec![batch, channels, h, w]),
+            None => Self::interpolate_backward(x, output_grad, [height, width], bilinear(align_corners)),
+        }
+    }
+
     fn batch_norm_train_node(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> NormOutput<Self> {
         let Some(shape) = norm_shape(&x) else {
             let result = Self::batch_norm_train(x, gamma, beta, epsilon);
@@ -366,7 +441,35 @@ impl<B: UnetKernels> Backward<B, 3> for BatchNormBackward {
     }
 }
 
+/// The backward step of `resize_bilinear`, from the saved input.
+#[derive(Debug)]
+struct ResizeBilinearBackward;
+
+impl<B: UnetKernels> Backward<B, 1> for ResizeBilinearBackward {
+    type State = (NodeId, bool);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x_state, align_corners) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::resize_bilinear_grad(x, output_grad, align_corners));
+        }
+    }
+}
+
 impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
+    fn resize_bilinear(x: FloatTensor<Self>, height: usize, width: usize, align_corners: bool) -> FloatTensor<Self> {
+        match ResizeBilinearBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), align_corners);
+                prep.finish(state, B::resize_bilinear(x.into_primitive(), height, width, align_corners))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::resize_bilinear(x.into_primitive(), height, width, align_corners)),
+        }
+    }
+
     fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
         let prep = BatchNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])

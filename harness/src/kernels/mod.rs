@@ -10,6 +10,7 @@
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
 pub mod extension;
+pub mod resize_cpu;
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use burn::backend::{Dispatch, DispatchDevice, DispatchTensor};
 use burn::module::RunningState;
 use burn::nn::conv::Conv2d;
+use burn::nn::interpolate::{Interpolate2d, InterpolateMode};
 use burn::nn::{BatchNorm, LeakyRelu, PaddingConfig2d};
 use burn::tensor::Tensor;
 
@@ -77,8 +79,20 @@ pub fn leaky_relu(act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
 /// its gradients come from `batch_norm_cpu`; the running statistics are updated as burn does.
 pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    if !(own_kernels() && is_flex(&x) && device.is_autodiff() && norm.training.is_enabled()) {
+    if !(own_kernels() && is_flex(&x)) {
         return norm.forward(x);
+    }
+    if !(device.is_autodiff() && norm.training.is_enabled()) {
+        // Inference, as `BatchNorm::forward` does it: the running statistics, in one pass.
+        let out = <Dispatch as UnetKernels>::batch_norm_eval_node(
+            x.into_dispatch(),
+            norm.gamma.val().into_dispatch(),
+            norm.beta.val().into_dispatch(),
+            norm.running_mean.value().to_device(&device).into_dispatch(),
+            norm.running_var.value().to_device(&device).into_dispatch(),
+            norm.epsilon,
+        );
+        return Tensor::from_dispatch(out);
     }
     let result = <Dispatch as UnetKernels>::batch_norm_train_node(
         x.into_dispatch(),
@@ -95,6 +109,23 @@ pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     update(&norm.running_mean, result.mean);
     update(&norm.running_var, result.variance);
     Tensor::from_dispatch(result.output)
+}
+
+/// `up.forward(x)`; bilinear resizing on flex goes through the project's kernel (bit for bit
+/// flex's values and gradients, with the coordinates computed once per call).
+pub fn interpolate(up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
+    if !(own_kernels() && is_flex(&x) && matches!(up.mode, InterpolateMode::Linear)) {
+        return up.forward(x);
+    }
+    let [_, _, height, width] = x.dims();
+    let [out_h, out_w] = match (up.output_size, up.scale_factor) {
+        (Some(size), None) => size,
+        // burn's rule: floor(input size x scale factor).
+        (None, Some([sh, sw])) => [(height as f64 * sh as f64) as usize, (width as f64 * sw as f64) as usize],
+        _ => return up.forward(x),
+    };
+    let out = <Dispatch as UnetKernels>::resize_bilinear(x.into_dispatch(), out_h, out_w, up.align_corners);
+    Tensor::from_dispatch(out)
 }
 
 /// The padding of `conv` when the kernels cover it: the same on all four sides (a `Same` padding
@@ -119,6 +150,7 @@ mod tests {
     use super::*;
     use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
+    use burn::nn::interpolate::Interpolate2dConfig;
     use burn::nn::{BatchNormConfig, LeakyReluConfig};
     use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
@@ -235,11 +267,65 @@ mod tests {
             use_own_kernels(true);
             (y.into_data(), x.grad(&grads).unwrap().into_data())
         };
-        let bits = |(y, dx): (TensorData, TensorData)| {
-            let bits = |t: TensorData| t.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            (bits(y), bits(dx))
+        let both = |(y, dx): (TensorData, TensorData)| (bits(y), bits(dx));
+        assert_eq!(both(run(true)), both(run(false)));
+    }
+
+    fn bits(t: TensorData) -> Vec<u32> {
+        t.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Batch norm in inference: the one-pass kernel gives burn's four ops' values bit for bit.
+    #[test]
+    fn batch_norm_inference_is_bitwise_burns() {
+        let _serial = crate::method::tests::serial();
+        let device = Device::flex();
+        device.seed(13);
+        let mut norm = BatchNormConfig::new(3).init(&device);
+        norm.gamma = Param::from_tensor(Tensor::<1>::from_floats([1.5, 0.7, -1.2], &device));
+        norm.beta = Param::from_tensor(Tensor::<1>::from_floats([0.1, -0.2, 0.3], &device));
+        norm.running_mean = RunningState::new(Tensor::<1>::from_floats([0.3, -1.0, 2.5], &device));
+        norm.running_var = RunningState::new(Tensor::<1>::from_floats([0.5, 2.0, 1e-3], &device));
+        let x = Tensor::<4>::random([2, 3, 5, 4], Distribution::Normal(0.0, 2.0), &device);
+        let run = |own: bool| {
+            use_own_kernels(own);
+            let y = batch_norm(&norm, x.clone()).into_data();
+            use_own_kernels(true);
+            bits(y)
         };
-        assert_eq!(bits(run(true)), bits(run(false)));
+        assert_eq!(run(true), run(false));
+    }
+
+    /// Bilinear resizing: values and input gradients bit for bit burn's, for both corner
+    /// conventions, a scale factor and an explicit size.
+    #[test]
+    fn bilinear_resizing_is_bitwise_burns() {
+        let _serial = crate::method::tests::serial();
+        let device = Device::flex().autodiff();
+        device.seed(14);
+        let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
+        for align_corners in [true, false] {
+            for size in [None, Some([9, 16])] {
+                let mut config = Interpolate2dConfig::new()
+                    .with_mode(InterpolateMode::Linear)
+                    .with_align_corners(align_corners);
+                config = match size {
+                    Some(size) => config.with_output_size(Some(size)),
+                    None => config.with_scale_factor(Some([2.0, 2.0])),
+                };
+                let up = config.init();
+                let run = |own: bool| {
+                    use_own_kernels(own);
+                    let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+                    let y = interpolate(&up, x.clone());
+                    let r = Tensor::<4>::ones(y.dims(), &device) * y.clone().detach();
+                    let grads = (y.clone() * r).sum().backward();
+                    use_own_kernels(true);
+                    (bits(y.into_data()), bits(x.grad(&grads).unwrap().into_data()))
+                };
+                assert_eq!(run(true), run(false), "align_corners {align_corners}, size {size:?}");
+            }
+        }
     }
 
     /// Parameters initialise lazily on first read, so the kernels must read them in burn's order:

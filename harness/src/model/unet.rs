@@ -143,7 +143,7 @@ impl UpBlock {
     }
 
     fn forward(&self, deep: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
-        let x = self.upsample.forward(kernels::conv2d(&self.reduce, deep));
+        let x = kernels::interpolate(&self.upsample, kernels::conv2d(&self.reduce, deep));
         self.block.forward(Tensor::cat(vec![skip, x], 1))
     }
 }
