@@ -234,7 +234,7 @@ fn patches(image: &[f32], shape: &ConvShape, band: &Band, scratch: &mut Vec<f32>
 }
 
 /// The input and output-gradient slices of image `b`.
-fn image<'a>(data: &'a [f32], b: usize, len: usize) -> &'a [f32] {
+fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
     &data[b * len..][..len]
 }
 
@@ -494,13 +494,7 @@ mod tests {
         let dy = values(s.batch * s.output_len(), 9);
         let run = |threads| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                (
-                    forward(&x, &w, &vec![0.5; 4], &s),
-                    input_grad(&w, &dy, &s),
-                    weight_grad(&x, &dy, &s),
-                )
-            })
+            pool.install(|| (forward(&x, &w, &[0.5; 4], &s), input_grad(&w, &dy, &s), weight_grad(&x, &dy, &s)))
         };
         assert_eq!(run(1), run(3));
     }

@@ -161,7 +161,7 @@ mod tests {
         let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
         assert!(is_flex(&x), "the kernel path needs a flex tensor");
         use_own_kernels(own);
-        let y = conv2d(&conv, x.clone());
+        let y = conv2d(conv, x.clone());
         use_own_kernels(true);
         let loss = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum();
         let grads = loss.backward();

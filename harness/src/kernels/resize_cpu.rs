@@ -70,10 +70,10 @@ pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_siz
             let (top, bottom, yw, one) = (rows.low[y] * iw, rows.high[y] * iw, rows.weight[y], 1.0f32);
             for (x, &g) in grad_row.iter().enumerate() {
                 let (l, h, xw) = (cols.low[x], cols.high[x], cols.weight[x]);
-                plane[top + l] = plane[top + l] + g * (one - xw) * (one - yw);
-                plane[top + h] = plane[top + h] + g * xw * (one - yw);
-                plane[bottom + l] = plane[bottom + l] + g * (one - xw) * yw;
-                plane[bottom + h] = plane[bottom + h] + g * xw * yw;
+                plane[top + l] += g * (one - xw) * (one - yw);
+                plane[top + h] += g * xw * (one - yw);
+                plane[bottom + l] += g * (one - xw) * yw;
+                plane[bottom + h] += g * xw * yw;
             }
         }
     });
