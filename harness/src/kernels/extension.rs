@@ -1,7 +1,7 @@
 //! The U-Net's kernels plugged into burn through its backend-extension traits: a `Flex`
-//! implementation (convolutions from `conv_cpu`, a one-pass LeakyReLU gradient), and an
-//! `Autodiff` implementation that records each op as one graph node whose gradients come from the
-//! same kernels.
+//! implementation (convolutions from `conv_cpu`, batch norm from `batch_norm_cpu`, bilinear
+//! resizing from `resize_cpu`, a one-pass LeakyReLU gradient), and an `Autodiff` implementation
+//! that records each op as one graph node whose gradients come from the same kernels.
 //!
 //! The trait's default bodies are burn's own ops, so any backend the macro routes to stays
 //! correct; only `Flex` overrides them. The gradients of a gradient (never taken here) would use
@@ -22,8 +22,9 @@ use super::batch_norm_cpu::{self, NormShape};
 use super::conv_cpu::{self, ConvShape};
 use super::resize_cpu;
 
-/// A stride-1, dilation-1, single-group 2D convolution with `padding` zeros on every side and a
-/// bias: the only convolution the U-Net uses.
+/// The ops of a U-Net training step that the project computes itself on flex. Each default body
+/// is burn's op. `padded_conv2d` is a stride-1, dilation-1, single-group 2D convolution with
+/// `padding` zeros on every side and a bias: the only convolution the U-Net uses.
 #[backend_extension(Flex, Autodiff)]
 pub trait UnetKernels: Backend {
     /// `[batch, c_in, h, w]` x `[c_out, c_in, kh, kw]` + `[c_out]` -> `[batch, c_out, h', w']`.
