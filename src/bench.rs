@@ -6,7 +6,8 @@
 //! second, achieved GFLOP/s (convolution FLOPs counted from the architecture: forward 2 x
 //! C_in x C_out x k^2 x H x W per conv and image, a training step 3x forward) and that as a
 //! fraction of the machine's fp32 GEMM rate, measured in the same run with a 1024^3 matrix
-//! product on the same backend and threads. The first configuration is the reference the others
+//! product on the same backend and threads. On flex each thread count is timed with burn's ops and
+//! with the project's kernels (`--kernels`). The first configuration is the reference the others
 //! are reported against. `--vs-pytorch` runs benchmarks/pytorch_unet.py on the same network and
 //! batch right after and prints the ratio.
 
@@ -42,8 +43,9 @@ pub struct BenchArgs {
     /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Convolution kernels for flex: `own` (the project's, the default in training) and/or `burn`
-    /// (burn's ops), timed one after the other in this run.
+    /// Kernels for flex: `own` (the project's convolutions, batch norms, LeakyReLUs and
+    /// upsamplings, the default everywhere else) and/or `burn` (burn's ops), timed one after the
+    /// other in this run.
     #[arg(long, value_delimiter = ',', default_value = "burn,own")]
     pub kernels: Vec<String>,
     /// Also time the same network in PyTorch (benchmarks/pytorch_unet.py; needs python3 with
@@ -154,11 +156,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure)?,
             None => measure()?,
         };
-        let kernels = if name == "flex" && !own_kernels {
-            ", burn's convolutions"
-        } else {
-            ""
-        };
+        let kernels = if name == "flex" && !own_kernels { ", burn's ops" } else { "" };
         let label = match threads {
             Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
             None => backend::label(&name),
