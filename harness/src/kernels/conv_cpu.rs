@@ -69,8 +69,9 @@ impl ConvShape {
 
     /// For kernel column `kx`: the output columns whose input column lies inside the image.
     fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
-        let start = self.padding.saturating_sub(kx);
-        let end = (self.width + self.padding).saturating_sub(kx).min(self.out_width());
+        let ow = self.out_width();
+        let start = self.padding.saturating_sub(kx).min(ow);
+        let end = (self.width + self.padding).saturating_sub(kx).min(ow);
         start..end.max(start)
     }
 
@@ -132,12 +133,14 @@ fn im2col(image: &[f32], shape: &ConvShape, band: &Band, col: &mut [f32]) {
                 let columns = shape.valid_columns(kx);
                 for (out, oy) in row.chunks_mut(ow).zip(band.rows.clone()) {
                     match shape.input_row(ky, oy) {
-                        Some(iy) => {
+                        Some(iy) if !columns.is_empty() => {
                             let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
                             out[..columns.start].fill(0.0);
                             out[columns.clone()].copy_from_slice(&image[first..][..columns.len()]);
                             out[columns.end..].fill(0.0);
                         }
+                        // A kernel column that sees only padding on an image this narrow.
+                        Some(_) => out.fill(0.0),
                         None => out.fill(0.0),
                     }
                 }
@@ -242,6 +245,8 @@ fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
 /// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`.
 pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (n, k) = (shape.positions(), shape.patch_len());
+    check_lengths(shape, input, weight, None);
+    assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
     let bands = bands(shape);
     let mut output = vec![0.0f32; shape.batch * shape.output_len()];
     output
@@ -268,6 +273,7 @@ pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -
 /// 16-channel layers far below the GEMM rate.
 pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
+    check_lengths(shape, &[], weight, Some(output_grad));
     let (ci_n, co_n) = (shape.channels_in, shape.channels_out);
     let mut flipped = vec![0.0f32; weight.len()];
     for co in 0..co_n {
@@ -299,6 +305,7 @@ pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
 /// order.
 pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (n, k) = (shape.positions(), shape.patch_len());
+    check_lengths(shape, input, &[], Some(output_grad));
     let bands = bands(shape);
     let per_image = shape.channels_out * k;
     let mut partial = vec![0.0f32; shape.batch * per_image];
@@ -319,6 +326,27 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
             }
         });
     sum_in_order(partial, per_image)
+}
+
+/// Panics unless the given slices hold what `shape` says (an empty slice is not checked): the GEMM
+/// reads through raw pointers, so a short buffer must stop here rather than be read past.
+fn check_lengths(shape: &ConvShape, input: &[f32], weight: &[f32], output_grad: Option<&[f32]>) {
+    let check = |what: &str, data: &[f32], expected: usize| {
+        assert!(
+            data.is_empty() || data.len() == expected,
+            "conv {what}: {} values for shape {shape:?}, expected {expected}",
+            data.len()
+        );
+    };
+    check("input", input, shape.batch * shape.input_len());
+    check("weight", weight, shape.channels_out * shape.patch_len());
+    if let Some(dy) = output_grad {
+        assert_eq!(
+            dy.len(),
+            shape.batch * shape.output_len(),
+            "conv output gradient for shape {shape:?}"
+        );
+    }
 }
 
 /// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, in a fixed order.
@@ -397,6 +425,41 @@ mod tests {
             ..base
         }
         .is_valid());
+    }
+
+    /// A 5 x 5 kernel with padding 2 on a one-pixel-wide image: most kernel columns see only
+    /// padding. Still the definition's values, and its gradients are still adjoint.
+    #[test]
+    fn narrow_images_with_wide_kernels() {
+        let s = ConvShape {
+            batch: 2,
+            channels_in: 2,
+            channels_out: 3,
+            height: 4,
+            width: 1,
+            kernel: [5, 5],
+            padding: 2,
+        };
+        assert!(s.is_valid());
+        let (x, w, b) = (
+            values(s.batch * s.input_len(), 10),
+            values(s.channels_out * s.patch_len(), 11),
+            values(3, 12),
+        );
+        close(&forward(&x, &w, &b, &s), &naive_forward(&x, &w, &b, &s));
+        let dy = values(s.batch * s.output_len(), 13);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let reference = dot(&forward(&x, &w, &[0.0; 3], &s), &dy);
+        assert!((reference - dot(&x, &input_grad(&w, &dy, &s))).abs() < 1e-3 * (1.0 + reference.abs()));
+        assert!((reference - dot(&w, &weight_grad(&x, &dy, &s))).abs() < 1e-3 * (1.0 + reference.abs()));
+    }
+
+    #[test]
+    #[should_panic(expected = "conv weight")]
+    fn a_weight_of_the_wrong_size_is_refused() {
+        let s = shapes()[0];
+        let x = values(s.batch * s.input_len(), 1);
+        forward(&x, &values(5, 2), &values(s.channels_out, 3), &s);
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl UnetKernels for Flex {
 
     fn resize_bilinear(x: FlexTensor, height: usize, width: usize, align_corners: bool) -> FlexTensor {
         let [batch, channels, h, w] = x.shape().dims();
-        let output = (h > 0 && w > 0).then(|| {
+        let output = (h > 0 && w > 0 && height > 0 && width > 0).then(|| {
             with_f32([&x], |[x]| {
                 resize_cpu::forward(x, batch * channels, [h, w], [height, width], align_corners)
             })
@@ -233,7 +233,7 @@ impl UnetKernels for Flex {
     fn resize_bilinear_grad(x: FlexTensor, output_grad: FlexTensor, align_corners: bool) -> FlexTensor {
         let [batch, channels, h, w] = x.shape().dims();
         let [_, _, height, width] = output_grad.shape().dims();
-        let grad = (h > 0 && w > 0).then(|| {
+        let grad = (h > 0 && w > 0 && height > 0 && width > 0).then(|| {
             with_f32([&output_grad], |[dy]| {
                 resize_cpu::backward(dy, batch * channels, [h, w], [height, width], align_corners)
             })
@@ -326,7 +326,9 @@ impl UnetKernels for Flex {
 
     fn padded_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, padding: usize) -> FlexTensor {
         let shape = conv_shape(&x, &weight, padding);
-        if !shape.is_valid() {
+        // Mismatched shapes go to burn, whose op names the problem.
+        let matching = weight.shape()[1] == shape.channels_in && bias.shape().num_elements() == shape.channels_out;
+        if !shape.is_valid() || !matching {
             return Self::conv2d(x, weight, Some(bias), options(padding));
         }
         match with_f32([&x, &weight, &bias], |[x, w, b]| conv_cpu::forward(x, w, b, &shape)) {

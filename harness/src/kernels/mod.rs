@@ -4,8 +4,7 @@
 //! run far below the machine's GEMM rate on flex (docs/benchmarks.md has the profile). The
 //! kernels here compute the same functions as GEMMs over an im2col buffer (`conv_cpu`) and plug
 //! into burn's autodiff through a backend extension (`extension`). Other backends (GPUs) and other
-//! convolution shapes keep burn's ops. `tests/kernels.rs` checks values and gradients against
-//! burn's.
+//! convolution shapes keep burn's ops. The tests below check values and gradients against burn's.
 
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
