@@ -13,7 +13,7 @@ bin="${ATSO_BIN:-.gpu/atso}"
 backend="${ATSO_GPU_BACKEND:-vulkan}"
 status=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; vulkaninfo --summary 2>/dev/null | grep -E 'deviceName|driverName|apiVersion'; } | tee "$out/gpu.txt"
-RUST_LOG=warn timeout 300 "$bin" bench --backends "flex,$backend" --threads "$(nproc)" --steps 10 --warmup 3 2>&1 | tee "$out/bench.md" || status=1
+RUST_LOG=warn timeout 300 "$bin" bench --backends "flex,$backend" --kernels own --threads "$(nproc)" --steps 10 --warmup 3 2>&1 | tee "$out/bench.md" || status=1
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   python3 benchmarks/pytorch_unet.py --device cuda --steps 10 --warmup 3 --json | tee "$out/pytorch-cuda.json" || status=1
 else
