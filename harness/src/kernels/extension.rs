@@ -14,7 +14,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::ops::binary::binary_op;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ConvOptions, InterpolateMode, InterpolateOptions, ModuleOps};
+use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward, ConvOptions, InterpolateMode, InterpolateOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
 
@@ -98,12 +98,7 @@ pub trait UnetKernels: Backend {
 
     /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
     fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
-        let result = Self::batch_norm_train(x, gamma, beta, epsilon);
-        NormOutput {
-            output: result.output,
-            mean: result.mean,
-            variance: result.variance,
-        }
+        Self::batch_norm_train(x, gamma, beta, epsilon).into()
     }
 
     /// The gradients of `batch_norm_train_node` (burn's `batch_norm_train_backward`).
@@ -115,12 +110,7 @@ pub trait UnetKernels: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> NormGrads<Self> {
-        let grads = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
-        NormGrads {
-            x: grads.x_grad,
-            gamma: grads.gamma_grad,
-            beta: grads.beta_grad,
-        }
+        Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
 }
 
@@ -138,6 +128,26 @@ pub struct NormGrads<B: Backend> {
     pub x: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub beta: FloatTensor<B>,
+}
+
+impl<B: Backend> From<BatchNormTrain<B>> for NormOutput<B> {
+    fn from(result: BatchNormTrain<B>) -> Self {
+        Self {
+            output: result.output,
+            mean: result.mean,
+            variance: result.variance,
+        }
+    }
+}
+
+impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
+    fn from(grads: BatchNormTrainBackward<B>) -> Self {
+        Self {
+            x: grads.x_grad,
+            gamma: grads.gamma_grad,
+            beta: grads.beta_grad,
+        }
+    }
 }
 
 fn bilinear(align_corners: bool) -> InterpolateOptions {
@@ -165,7 +175,7 @@ fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape 
 
 /// Runs `kernel` over contiguous `f32` views of `tensors`, or returns `None` for another dtype
 /// (which then takes burn's path).
-fn with_f32<const N: usize>(tensors: [&FlexTensor; N], kernel: impl FnOnce([&[f32]; N]) -> Vec<f32>) -> Option<Vec<f32>> {
+fn with_f32<const N: usize, R>(tensors: [&FlexTensor; N], kernel: impl FnOnce([&[f32]; N]) -> R) -> Option<R> {
     if tensors.iter().any(|t| t.dtype() != DType::F32) {
         return None;
     }
@@ -245,34 +255,15 @@ impl UnetKernels for Flex {
     }
 
     fn batch_norm_train_node(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> NormOutput<Self> {
-        let Some(shape) = norm_shape(&x) else {
-            let result = Self::batch_norm_train(x, gamma, beta, epsilon);
-            return NormOutput {
-                output: result.output,
-                mean: result.mean,
-                variance: result.variance,
-            };
-        };
-        let mut stats = None;
-        let output = with_f32([&x, &gamma, &beta], |[x, g, b]| {
-            let result = batch_norm_cpu::forward(x, g, b, epsilon, &shape);
-            stats = Some((result.mean, result.variance));
-            result.output
-        });
-        match (output, stats) {
-            (Some(output), Some((mean, variance))) => NormOutput {
-                output: flex_tensor(output, x.shape().dims::<4>().to_vec()),
-                mean: flex_tensor(mean, vec![shape.channels]),
-                variance: flex_tensor(variance, vec![shape.channels]),
+        let result =
+            norm_shape(&x).and_then(|shape| with_f32([&x, &gamma, &beta], |[x, g, b]| batch_norm_cpu::forward(x, g, b, epsilon, &shape)));
+        match result {
+            Some(result) => NormOutput {
+                output: flex_tensor(result.output, x.shape().dims::<4>().to_vec()),
+                mean: flex_tensor(result.mean, vec![gamma.shape().num_elements()]),
+                variance: flex_tensor(result.variance, vec![gamma.shape().num_elements()]),
             },
-            _ => {
-                let result = Self::batch_norm_train(x, gamma, beta, epsilon);
-                NormOutput {
-                    output: result.output,
-                    mean: result.mean,
-                    variance: result.variance,
-                }
-            }
+            None => Self::batch_norm_train(x, gamma, beta, epsilon).into(),
         }
     }
 
@@ -284,31 +275,18 @@ impl UnetKernels for Flex {
         epsilon: f64,
         output_grad: FlexTensor,
     ) -> NormGrads<Self> {
-        let mut parameter_grads = None;
-        let x_grad = norm_shape(&x).and_then(|shape| {
+        let grads = norm_shape(&x).and_then(|shape| {
             with_f32([&x, &gamma, &mean, &variance, &output_grad], |[x, g, m, v, dy]| {
-                let grads = batch_norm_cpu::backward(x, g, m, v, epsilon, dy, &shape);
-                parameter_grads = Some((grads.gamma, grads.beta));
-                grads.x
+                batch_norm_cpu::backward(x, g, m, v, epsilon, dy, &shape)
             })
         });
-        match (x_grad, parameter_grads) {
-            (Some(x_grad), Some((gamma_grad, beta_grad))) => {
-                let channels = gamma_grad.len();
-                NormGrads {
-                    x: flex_tensor(x_grad, x.shape().dims::<4>().to_vec()),
-                    gamma: flex_tensor(gamma_grad, vec![channels]),
-                    beta: flex_tensor(beta_grad, vec![channels]),
-                }
-            }
-            _ => {
-                let grads = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
-                NormGrads {
-                    x: grads.x_grad,
-                    gamma: grads.gamma_grad,
-                    beta: grads.beta_grad,
-                }
-            }
+        match grads {
+            Some(grads) => NormGrads {
+                x: flex_tensor(grads.x, x.shape().dims::<4>().to_vec()),
+                gamma: flex_tensor(grads.gamma, vec![gamma.shape().num_elements()]),
+                beta: flex_tensor(grads.beta, vec![gamma.shape().num_elements()]),
+            },
+            None => Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into(),
         }
     }
 
