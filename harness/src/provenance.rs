@@ -116,7 +116,7 @@ fn cache_geometry() -> String {
     parts.join(", ")
 }
 
-/// The SIMD levels the CPU backend's kernels dispatch to on this CPU, e.g. "gemm x86-64-v3,
+/// The SIMD levels the CPU kernels dispatch to on this CPU, e.g. "conv avx2+fma,
 /// elementwise x86-64-v4 (cpu x86-64-v4)".
 fn simd_level() -> String {
     #[cfg(target_arch = "x86_64")]
@@ -134,14 +134,11 @@ fn simd_level() -> String {
         } else {
             1
         };
-        // burn-flex's GEMM (the gemm crate) dispatches up to v3 unless built with x86-v4; its
-        // elementwise and reduction kernels (macerator, with its default avx512 feature) up to v4.
-        let gemm_max = if cfg!(feature = "x86-v4") { 4 } else { 3 };
-        format!(
-            "gemm x86-64-v{}, elementwise x86-64-v{} (cpu x86-64-v{cpu})",
-            cpu.min(gemm_max),
-            cpu.min(4)
-        )
+        // The project's convolution kernels run AVX2 + FMA or portable code with the same bits;
+        // flex's elementwise and reduction kernels (macerator, with its default avx512 feature)
+        // dispatch up to v4, and their width changes summation orders.
+        let conv = if cpu >= 3 { "avx2+fma" } else { "portable" };
+        format!("conv {conv}, elementwise x86-64-v{} (cpu x86-64-v{cpu})", cpu.min(4))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -1,17 +1,26 @@
-//! The U-Net's convolutions on the CPU as matrix products over an im2col buffer, forward and both
-//! gradients, on plain `f32` slices in NCHW order.
+//! The U-Net's convolutions on the CPU, forward and both gradients, on plain `f32` slices in
+//! NCHW order.
 //!
 //! Why not burn's generic path: flex runs the input gradient as a transposed convolution and the
 //! weight gradient as a convolution whose kernel is the whole output image, at a fraction of the
-//! machine's GEMM rate. Here all three are GEMMs of the shapes a textbook gives (`W · col`,
-//! `Wᵀ · dY` then col2im, `dY · colᵀ`), run by the `gemm` crate flex itself links.
+//! machine's arithmetic rate. Why not im2col and a GEMM crate (this module's first version): at
+//! the 16-channel layers, building the patch matrix and packing it for the GEMM cost as much as
+//! the arithmetic. Here each image is copied once into zero-padded planes whose rows are
+//! `width + 2 padding` wide. In that layout every kernel tap is a constant offset from the output
+//! position, so the forward pass is a matrix product whose right operand is read straight from
+//! the padded image (`microkernel::forward_tile`), and the weight gradient one whose sum runs
+//! over positions (`microkernel::weight_tile`). Each output row then carries `kernel - 1` junk
+//! columns, computed and dropped (1.5 % extra work at 128 pixels, 20 % at 8).
 //!
 //! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
-//! four sides. Work is split across images, never inside one sum, and per-image weight gradients
-//! are added in image order, so a result does not depend on how many threads ran it.
+//! four sides. Every value is one sum in an order fixed by the shape alone: work is split across
+//! images, never inside a sum, and per-image weight gradients are added in image order. So a
+//! result depends neither on the thread count nor on the CPU (the micro-kernels' SIMD and plain
+//! versions give the same bits).
 
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+
+use super::microkernel::{self, BLOCK, LANES, TILE};
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +43,12 @@ impl ConvShape {
         self.width + 2 * self.padding + 1 - self.kernel[1]
     }
 
-    /// Output positions per image (the GEMM's `n`).
+    /// Output positions per image.
     fn positions(&self) -> usize {
         self.out_height() * self.out_width()
     }
 
-    /// Rows of the im2col matrix (the GEMM's inner dimension for the forward pass).
+    /// Taps per output channel: `channels_in * kh * kw` (the sums' length).
     fn patch_len(&self) -> usize {
         self.channels_in * self.kernel[0] * self.kernel[1]
     }
@@ -52,11 +61,6 @@ impl ConvShape {
         self.channels_out * self.positions()
     }
 
-    /// A 1x1 kernel without padding reads the image itself as its im2col matrix.
-    fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.padding == 0
-    }
-
     /// Whether this shape is one the kernels compute: a square kernel no larger than the padded
     /// input, padded by less than its size (so the input gradient is a convolution too).
     pub fn is_valid(&self) -> bool {
@@ -67,173 +71,103 @@ impl ConvShape {
             && self.width + 2 * self.padding >= self.kernel[1]
     }
 
-    /// For kernel column `kx`: the output columns whose input column lies inside the image.
-    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
-        let ow = self.out_width();
-        let start = self.padding.saturating_sub(kx).min(ow);
-        let end = (self.width + self.padding).saturating_sub(kx).min(ow);
-        start..end.max(start)
+    /// Row length of the padded planes, and of output rows in the padded layout.
+    fn padded_width(&self) -> usize {
+        self.width + 2 * self.padding
     }
 
-    /// For kernel row `ky` and output row `oy`: the input row, if it lies inside the image.
-    fn input_row(&self, ky: usize, oy: usize) -> Option<usize> {
-        (oy + ky).checked_sub(self.padding).filter(|&iy| iy < self.height)
+    fn padded_plane(&self) -> usize {
+        (self.height + 2 * self.padding) * self.padded_width()
+    }
+
+    /// Output positions per channel in the padded layout (`out_height` rows of `padded_width`),
+    /// rounded up to whole tiles.
+    fn padded_positions(&self) -> usize {
+        (self.out_height() * self.padded_width()).next_multiple_of(TILE)
+    }
+
+    /// Length of one image's padded copy: the planes, then zeros for the last tile's reads.
+    fn padded_len(&self) -> usize {
+        self.channels_in * self.padded_plane() + TILE + self.kernel[1]
+    }
+
+    /// For each tap `(ci, ky, kx)`, in that order: where its input lies relative to the output
+    /// position in the padded layout.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let (kh, kw, pw) = (self.kernel[0], self.kernel[1], self.padded_width());
+        (0..self.channels_in)
+            .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| ci * self.padded_plane() + ky * pw + kx)))
+            .collect()
+    }
+
+    /// Output positions (in the padded layout) processed together, so that the padded input they
+    /// read stays in the core's cache: about `BAND_BYTES` of input. A multiple of `TILE`; it
+    /// depends on the shape alone.
+    fn band_positions(&self) -> usize {
+        let per_position = 4 * self.channels_in;
+        let positions = (BAND_BYTES / per_position).saturating_sub(2 * self.padded_width());
+        (positions / TILE * TILE).clamp(TILE, MAX_BAND)
     }
 }
 
-/// A band of output rows, `rows.start..rows.end`: the unit im2col works in, sized so its patch
-/// matrix stays in the core's cache (building a whole 128 x 128 image's matrix first and letting
-/// the GEMM stream it from memory ran the top layers at a third of the GEMM rate).
-#[derive(Debug, Clone)]
-struct Band {
-    rows: std::ops::Range<usize>,
-}
+/// Padded input one band reads (about a quarter of a typical L2), and the most positions a band
+/// holds (so a weight-gradient block of output-gradient rows stays in L1).
+const BAND_BYTES: usize = 256 * 1024;
+const MAX_BAND: usize = 512;
 
-impl Band {
-    /// Output positions in the band (columns of its patch matrix).
-    fn len(&self, shape: &ConvShape) -> usize {
-        self.rows.len() * shape.out_width()
-    }
-
-    /// Index of the band's first output position within the image.
-    fn first_position(&self, shape: &ConvShape) -> usize {
-        self.rows.start * shape.out_width()
+/// Copies one image into `padded` (`shape.padded_len()` values whose borders are zero): each
+/// channel padded by `shape.padding` on every side, rows `padded_width` apart, then zeros. Only
+/// the interior is written, so a zeroed buffer is reused across the images of a call.
+fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut [f32]) {
+    assert_eq!(padded.len(), shape.padded_len());
+    let (w, pw, p) = (shape.width, shape.padded_width(), shape.padding);
+    for (plane, channel) in padded.chunks_mut(shape.padded_plane()).zip(image.chunks(shape.height * w)) {
+        for (row, source) in plane[p * pw..].chunks_mut(pw).zip(channel.chunks(w)) {
+            row[p..p + w].copy_from_slice(source);
+        }
     }
 }
 
-/// Patch-matrix bytes a band aims for (about half a typical L2), and the fewest positions a band
-/// holds so the GEMM keeps a useful width. A band also holds at most `MAX_REDUCTION` positions
-/// when rows allow, since the weight gradient sums over a band's positions. All of it depends on
-/// the shape alone, never on the machine or the threads.
-const BAND_BYTES: usize = 512 * 1024;
-const MIN_BAND_POSITIONS: usize = 256;
-
-/// The row bands covering an image's output for `shape`.
-fn bands(shape: &ConvShape) -> Vec<Band> {
-    let (oh, ow) = (shape.out_height(), shape.out_width());
-    let by_cache = (BAND_BYTES / (4 * shape.patch_len() * ow).max(1)).min(MAX_REDUCTION / ow);
-    let rows = by_cache.max(MIN_BAND_POSITIONS.div_ceil(ow)).clamp(1, oh);
-    (0..oh)
-        .step_by(rows)
-        .map(|start| Band {
-            rows: start..(start + rows).min(oh),
-        })
-        .collect()
+/// Copies `[channels, out_height, padded_width]` values in the padded layout (channel rows
+/// `stride` apart) into a dense `[channels, out_height, out_width]` block, dropping the junk
+/// columns.
+fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut [f32]) {
+    let (ow, pw) = (shape.out_width(), shape.padded_width());
+    for (c, dense_channel) in dense.chunks_mut(shape.positions()).enumerate().take(channels) {
+        for (oy, row) in dense_channel.chunks_mut(ow).enumerate() {
+            row.copy_from_slice(&padded[c * stride + oy * pw..][..ow]);
+        }
+    }
 }
 
-/// Fills `col` (`patch_len` rows of `band.len()` values) with one image's patches for `band`.
-fn im2col(image: &[f32], shape: &ConvShape, band: &Band, col: &mut [f32]) {
-    let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
-    let (ow, n) = (shape.out_width(), band.len(shape));
-    let plane = shape.height * shape.width;
-    for ci in 0..shape.channels_in {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = &mut col[((ci * kh + ky) * kw + kx) * n..][..n];
-                let columns = shape.valid_columns(kx);
-                for (out, oy) in row.chunks_mut(ow).zip(band.rows.clone()) {
-                    match shape.input_row(ky, oy) {
-                        Some(iy) if !columns.is_empty() => {
-                            let first = ci * plane + iy * shape.width + columns.start + kx - shape.padding;
-                            out[..columns.start].fill(0.0);
-                            out[columns.clone()].copy_from_slice(&image[first..][..columns.len()]);
-                            out[columns.end..].fill(0.0);
-                        }
-                        // A kernel column that sees only padding on an image this narrow.
-                        Some(_) => out.fill(0.0),
-                        None => out.fill(0.0),
-                    }
-                }
+/// One image's output gradient laid out for the weight-gradient tile: position-major in the
+/// padded layout (`[padded_positions][channels_out rounded up to LANES]`), zeros in the junk
+/// columns, the tail and the extra channels (`dyt` arrives zeroed; only those values are written).
+fn transpose_output(dense: &[f32], shape: &ConvShape, dyt: &mut [f32]) {
+    let lanes = shape.channels_out.next_multiple_of(LANES);
+    assert_eq!(dyt.len(), shape.padded_positions() * lanes);
+    let (ow, pw) = (shape.out_width(), shape.padded_width());
+    for (c, dense_channel) in dense.chunks(shape.positions()).enumerate() {
+        for (oy, row) in dense_channel.chunks(ow).enumerate() {
+            for (ox, &value) in row.iter().enumerate() {
+                dyt[(oy * pw + ox) * lanes + c] = value;
             }
         }
     }
 }
 
-/// A row-major matrix view for the `gemm` call: pointer, rows, columns, row and column strides.
-#[derive(Clone, Copy)]
-struct Matrix {
-    ptr: *const f32,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-impl Matrix {
-    fn rows(data: &[f32], columns: usize) -> Self {
-        Self {
-            ptr: data.as_ptr(),
-            row_stride: columns as isize,
-            col_stride: 1,
+/// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `BLOCK` output channels,
+/// each `[taps][BLOCK]`, zero where the last block has fewer channels.
+fn pack_weights(weight: &[f32], channels_out: usize, taps: usize) -> Vec<f32> {
+    let blocks = channels_out.div_ceil(BLOCK);
+    let mut packed = vec![0.0f32; blocks * taps * BLOCK];
+    for (co, row) in weight.chunks(taps).enumerate() {
+        let block = &mut packed[co / BLOCK * taps * BLOCK..];
+        for (k, &value) in row.iter().enumerate() {
+            block[k * BLOCK + co % BLOCK] = value;
         }
     }
-
-    /// The transpose, without copying.
-    fn t(self) -> Self {
-        Self {
-            ptr: self.ptr,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-}
-
-/// The longest sum one `gemm` call is given. `gemm` splits longer sums into blocks sized from the
-/// L1 cache it detects (never below 512), which would make results depend on the machine; sums
-/// split here, at boundaries set by their length alone, do not.
-const MAX_REDUCTION: usize = 512;
-
-/// `dst (m x n, rows `dst_row_stride` apart) = [dst +] lhs (m x k) · rhs (k x n)`,
-/// single-threaded: callers split work across images, which keeps every sum's order fixed.
-#[allow(clippy::too_many_arguments)]
-fn matmul(dst: &mut [f32], dst_row_stride: usize, m: usize, n: usize, k: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
-    assert!(m == 0 || dst.len() >= (m - 1) * dst_row_stride + n, "gemm destination too small");
-    let parts = k.div_ceil(MAX_REDUCTION).max(1);
-    let part_len = k.div_ceil(parts);
-    for part in 0..parts {
-        let start = part * part_len;
-        let len = part_len.min(k - start);
-        // SAFETY: `dst` holds the m x n values at the strides given (checked above); the callers
-        // build `lhs` and `rhs` over slices that hold m x k and k x n values at their strides, this
-        // part reads columns `start..start + len` of `lhs` and the same rows of `rhs`, and nothing
-        // else aliases `dst`.
-        unsafe {
-            gemm(
-                m,
-                n,
-                len,
-                dst.as_mut_ptr(),
-                1,
-                dst_row_stride as isize,
-                accumulate || part > 0,
-                lhs.ptr.offset(start as isize * lhs.col_stride),
-                lhs.col_stride,
-                lhs.row_stride,
-                rhs.ptr.offset(start as isize * rhs.row_stride),
-                rhs.col_stride,
-                rhs.row_stride,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-    }
-}
-
-/// The patch matrix of one band of `image`: the image itself for a pointwise kernel (its rows
-/// are channels, `row_stride` apart), else built in `scratch`.
-fn patches(image: &[f32], shape: &ConvShape, band: &Band, scratch: &mut Vec<f32>) -> Matrix {
-    if shape.is_pointwise() {
-        return Matrix {
-            ptr: image[band.first_position(shape)..].as_ptr(),
-            row_stride: shape.positions() as isize,
-            col_stride: 1,
-        };
-    }
-    scratch.resize(shape.patch_len() * band.len(shape), 0.0);
-    im2col(image, shape, band, scratch);
-    Matrix::rows(scratch, band.len(shape))
+    packed
 }
 
 /// The input and output-gradient slices of image `b`.
@@ -242,35 +176,62 @@ fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
 }
 
 /// `y = conv(x, weight) + bias`: `x` is `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
-/// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`.
+/// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`. Each output is `bias` plus its taps
+/// in `(ci, ky, kx)` order, one fused multiply-add each.
 pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
-    let (n, k) = (shape.positions(), shape.patch_len());
     check_lengths(shape, input, weight, None);
     assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
-    let bands = bands(shape);
+    let (taps, stride) = (shape.patch_len(), shape.padded_positions());
+    let offsets = shape.tap_offsets();
+    let packed = pack_weights(weight, shape.channels_out, taps);
+    let band = shape.band_positions();
     let mut output = vec![0.0f32; shape.batch * shape.output_len()];
-    output
-        .par_chunks_mut(shape.output_len())
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (b, out)| {
-            for (row, value) in out.chunks_mut(n).zip(bias) {
-                row.fill(*value);
+    output.par_chunks_mut(shape.output_len()).enumerate().for_each_init(
+        || (vec![0.0f32; shape.padded_len()], vec![0.0f32; shape.channels_out * stride]),
+        |(padded, local), (b, out)| {
+            pad_into(image(input, b, shape.input_len()), shape, padded);
+            // The tiles' reads and writes stay inside `padded` and `local`: the last tile
+            // starts at `stride - TILE` and reads up to `stride + max offset <= padded_len`.
+            assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
+            for band_start in (0..stride).step_by(band) {
+                // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
+                // from one chunk to the next through `local`, so the chunks change no bit.
+                for chunk_start in (0..taps).step_by(TAP_CHUNK) {
+                    let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
+                    for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
+                        let first = block * BLOCK;
+                        let channels = BLOCK.min(shape.channels_out - first);
+                        let init = (chunk_start == 0).then(|| &bias[first..]);
+                        for position in (band_start..(band_start + band).min(stride)).step_by(TILE) {
+                            // SAFETY: checked above (`position + TILE <= stride`, channels
+                            // `first..first + channels` rows of `local`).
+                            unsafe {
+                                microkernel::forward_tile(
+                                    channels,
+                                    padded.as_ptr().add(position),
+                                    &offsets[chunk.clone()],
+                                    &weights[chunk.start * BLOCK..chunk.end * BLOCK],
+                                    init,
+                                    local.as_mut_ptr().add(first * stride + position),
+                                    stride,
+                                );
+                            }
+                        }
+                    }
+                }
             }
-            let x = image(input, b, shape.input_len());
-            for band in &bands {
-                let col = patches(x, shape, band, scratch);
-                let dst = &mut out[band.first_position(shape)..];
-                matmul(dst, n, shape.channels_out, band.len(shape), k, Matrix::rows(weight, k), col, true);
-            }
-        });
+            unpad_output(local, stride, shape, shape.channels_out, out);
+        },
+    );
     output
 }
 
+/// Taps per forward chunk: `BLOCK` x 256 packed weights are 6 KiB.
+const TAP_CHUNK: usize = 256;
+
 /// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): the "full" convolution of `dL/dy` with
 /// the kernel flipped in space and its channel axes swapped, padded by `k - 1 - padding`. Written
-/// as a forward convolution it gets the forward pass's GEMM shape (`c_in x 9 c_out` by the
-/// positions); `Wᵀ · dY` then col2im would reduce over only `c_out` values per GEMM, which runs the
-/// 16-channel layers far below the GEMM rate.
+/// as a forward convolution it runs the forward pass's tiles.
 pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
     check_lengths(shape, &[], weight, Some(output_grad));
@@ -301,35 +262,82 @@ pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
     forward(output_grad, &flipped, &vec![0.0; ci_n], &transposed)
 }
 
-/// `dL/dW` (`[c_out, c_in, kh, kw]`): `dY · colᵀ` per band, per image, summed over images in
-/// order.
+/// `dL/dW` (`[c_out, c_in, kh, kw]`). For each tap and output channel, the products of each
+/// shifted input value with `dL/dy` are chained over an image's positions in order
+/// (`microkernel::weight_tile`, output channels along the registers), and the images' sums are
+/// added in image order. Threads split the taps, so no sum is ever split.
 pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
-    let (n, k) = (shape.positions(), shape.patch_len());
     check_lengths(shape, input, &[], Some(output_grad));
-    let bands = bands(shape);
-    let per_image = shape.channels_out * k;
-    let mut partial = vec![0.0f32; shape.batch * per_image];
-    partial
-        .par_chunks_mut(per_image)
+    let (taps, stride) = (shape.patch_len(), shape.padded_positions());
+    let lanes = shape.channels_out.next_multiple_of(LANES);
+    let offsets = shape.tap_offsets();
+    let mut padded = vec![0.0f32; shape.batch * shape.padded_len()];
+    padded
+        .par_chunks_mut(shape.padded_len())
         .enumerate()
-        .for_each_init(Vec::new, |scratch, (b, image_part)| {
-            let (x, dy) = (image(input, b, shape.input_len()), image(output_grad, b, shape.output_len()));
-            for (i, band) in bands.iter().enumerate() {
-                let columns = band.len(shape);
-                let col_t = patches(x, shape, band, scratch).t();
-                let lhs = Matrix {
-                    ptr: dy[band.first_position(shape)..].as_ptr(),
-                    row_stride: n as isize,
-                    col_stride: 1,
-                };
-                matmul(image_part, k, shape.channels_out, k, columns, lhs, col_t, i > 0);
+        .for_each(|(b, dst)| pad_into(image(input, b, shape.input_len()), shape, dst));
+    let mut dyt = vec![0.0f32; shape.batch * stride * lanes];
+    dyt.par_chunks_mut(stride * lanes)
+        .enumerate()
+        .for_each(|(b, dst)| transpose_output(image(output_grad, b, shape.output_len()), shape, dst));
+    let max_offset = offsets.last().copied().unwrap_or(0);
+    assert!(stride + max_offset <= shape.padded_len());
+    // Positions per band: a band's output-gradient rows (`lanes` values each) take about 64 KiB.
+    let band = (16 * 1024 / lanes).max(TILE);
+    // Tasks of whole tap blocks; how many there are changes no sum (each task owns its taps).
+    let blocks = taps.div_ceil(BLOCK);
+    let tasks = (4 * rayon::current_num_threads()).clamp(1, blocks);
+    let task_taps = blocks.div_ceil(tasks) * BLOCK;
+    let mut transposed = vec![0.0f32; taps * lanes];
+    transposed
+        .par_chunks_mut(task_taps * lanes)
+        .zip(offsets.par_chunks(task_taps))
+        .for_each(|(total, task_offsets)| {
+            let mut image_sum = vec![0.0f32; total.len()];
+            for b in 0..shape.batch {
+                image_sum.fill(0.0);
+                let (src, dy) = (image(&padded, b, shape.padded_len()), image(&dyt, b, stride * lanes));
+                for band_start in (0..stride).step_by(band) {
+                    let len = band.min(stride - band_start);
+                    for (block, block_offsets) in task_offsets.chunks(BLOCK).enumerate() {
+                        for first in (0..lanes).step_by(2 * LANES) {
+                            let regs = ((lanes - first) / LANES).min(2);
+                            // SAFETY: reads of `src` end before `stride + max_offset <=
+                            // padded_len` (checked), of `dy` at row `band_start + len <= stride`
+                            // and column `first + 8 regs <= lanes`; `image_sum` holds this task's
+                            // taps x `lanes`.
+                            unsafe {
+                                microkernel::weight_tile(
+                                    regs,
+                                    src.as_ptr().add(band_start),
+                                    block_offsets,
+                                    dy.as_ptr().add(band_start * lanes + first),
+                                    lanes,
+                                    len,
+                                    image_sum.as_mut_ptr().add(block * BLOCK * lanes + first),
+                                    lanes,
+                                );
+                            }
+                        }
+                    }
+                }
+                for (t, s) in total.iter_mut().zip(&image_sum) {
+                    *t += s;
+                }
             }
         });
-    sum_in_order(partial, per_image)
+    let mut grad = vec![0.0f32; shape.channels_out * taps];
+    for (k, row) in transposed.chunks(lanes).enumerate() {
+        for (co, &value) in row.iter().enumerate().take(shape.channels_out) {
+            grad[co * taps + k] = value;
+        }
+    }
+    grad
 }
 
-/// Panics unless the given slices hold what `shape` says (an empty slice is not checked): the GEMM
-/// reads through raw pointers, so a short buffer must stop here rather than be read past.
+/// Panics unless the given slices hold what `shape` says (an empty slice is not checked): the
+/// micro-kernels read through raw pointers, so a short buffer must stop here rather than be read
+/// past.
 fn check_lengths(shape: &ConvShape, input: &[f32], weight: &[f32], output_grad: Option<&[f32]>) {
     let check = |what: &str, data: &[f32], expected: usize| {
         assert!(
@@ -349,28 +357,27 @@ fn check_lengths(shape: &ConvShape, input: &[f32], weight: &[f32], output_grad: 
     }
 }
 
-/// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, in a fixed order.
+/// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, each channel in `LANES`
+/// running sums (positions `LANES` apart) added first to last per image, images in order.
 pub fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let n = shape.positions();
     let mut grad = vec![0.0f32; shape.channels_out];
     for image in output_grad.chunks(shape.output_len()) {
         for (g, row) in grad.iter_mut().zip(image.chunks(n)) {
-            *g += row.iter().sum::<f32>();
+            let mut lanes = [0.0f32; LANES];
+            let mut chunks = row.chunks_exact(LANES);
+            for chunk in &mut chunks {
+                for (lane, value) in lanes.iter_mut().zip(chunk) {
+                    *lane += value;
+                }
+            }
+            for (lane, value) in lanes.iter_mut().zip(chunks.remainder()) {
+                *lane += value;
+            }
+            *g += lanes.iter().sum::<f32>();
         }
     }
     grad
-}
-
-/// Adds consecutive `len`-long blocks of `blocks` together, first to last.
-fn sum_in_order(mut blocks: Vec<f32>, len: usize) -> Vec<f32> {
-    let (first, rest) = blocks.split_at_mut(len);
-    for block in rest.chunks(len) {
-        for (a, b) in first.iter_mut().zip(block) {
-            *a += b;
-        }
-    }
-    blocks.truncate(len);
-    blocks
 }
 
 #[cfg(test)]
@@ -463,12 +470,38 @@ mod tests {
     }
 
     #[test]
-    fn bands_cover_every_output_row_once() {
+    fn bands_are_whole_tiles_within_bounds() {
         for s in shapes() {
-            let rows: Vec<usize> = bands(&s).iter().flat_map(|b| b.rows.clone()).collect();
-            assert_eq!(rows, (0..s.out_height()).collect::<Vec<_>>(), "{s:?}");
+            let band = s.band_positions();
+            assert!(band % TILE == 0 && (TILE..=MAX_BAND).contains(&band), "{s:?}: {band}");
         }
-        assert_eq!(bands(&shapes()[4]).len(), 3);
+    }
+
+    /// The two padded layouts put each value where the tiles look for it, and zeros elsewhere.
+    #[test]
+    fn padded_layouts_hold_each_value_once() {
+        for s in shapes() {
+            let (pw, ow, stride) = (s.padded_width(), s.out_width(), s.padded_positions());
+            let dense = values(s.output_len(), 3);
+            let lanes = s.channels_out.next_multiple_of(LANES);
+            let mut dyt = vec![0.0; stride * lanes];
+            transpose_output(&dense, &s, &mut dyt);
+            let mut padded = vec![0.0; s.channels_out * stride];
+            for (i, &value) in dense.iter().enumerate() {
+                let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
+                assert_eq!(dyt[(oy * pw + ox) * lanes + c], value, "{s:?}");
+                padded[c * stride + oy * pw + ox] = value;
+            }
+            let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
+            assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
+            let mut back = vec![0.0; dense.len()];
+            unpad_output(&padded, stride, &s, s.channels_out, &mut back);
+            assert_eq!(back, dense, "{s:?}");
+            let image = values(s.input_len(), 4);
+            let mut src = vec![0.0; s.padded_len()];
+            pad_into(&image, &s, &mut src);
+            assert_eq!(total(&src), total(&image), "{s:?}: input values outside their places");
+        }
     }
 
     fn shapes() -> Vec<ConvShape> {
@@ -486,7 +519,7 @@ mod tests {
             shape(3, 2, 5, 4, 4, [1, 1], 0),
             shape(1, 2, 3, 6, 5, [3, 3], 0),
             shape(2, 1, 2, 3, 4, [5, 5], 2),
-            // Wide enough for several row bands, the last one partial; 576-long sums, split in two.
+            // Wide enough for several bands, the last one partial; 576-long sums.
             shape(2, 64, 2, 10, 64, [3, 3], 1),
         ]
     }

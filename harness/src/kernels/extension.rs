@@ -17,9 +17,11 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward, ConvOptions, InterpolateMode, InterpolateOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
+use burn::tensor::IntDType;
 
 use super::batch_norm_cpu::{self, NormShape};
 use super::conv_cpu::{self, ConvShape};
+use super::pool_cpu;
 use super::resize_cpu;
 
 /// The ops of a U-Net training step that the project computes itself on flex. Each default body
@@ -94,6 +96,17 @@ pub trait UnetKernels: Backend {
     fn resize_bilinear_grad(x: FloatTensor<Self>, output_grad: FloatTensor<Self>, align_corners: bool) -> FloatTensor<Self> {
         let [_, _, height, width] = output_grad.shape().dims();
         Self::interpolate_backward(x, output_grad, [height, width], bilinear(align_corners))
+    }
+
+    /// 2 x 2 max pooling with stride 2, no padding (burn's `max_pool2d` with those options).
+    fn max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+    }
+
+    /// The gradient of `max_pool2x2` with respect to its input `x`.
+    fn max_pool2x2_grad(x: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let indices = Self::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
+        Self::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
     }
 
     /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
@@ -224,6 +237,25 @@ impl UnetKernels for Flex {
         match output {
             Some(y) => flex_tensor(y, x.shape().dims::<4>().to_vec()),
             None => Self::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn max_pool2x2(x: FlexTensor) -> FlexTensor {
+        let [batch, channels, h, w] = x.shape().dims();
+        match with_f32([&x], |[x]| pool_cpu::forward(x, batch * channels, [h, w])) {
+            Some(y) => flex_tensor(y, vec![batch, channels, h / 2, w / 2]),
+            None => Self::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false),
+        }
+    }
+
+    fn max_pool2x2_grad(x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+        let [batch, channels, h, w] = x.shape().dims();
+        match with_f32([&x, &output_grad], |[x, dy]| pool_cpu::backward(x, dy, batch * channels, [h, w])) {
+            Some(dx) => flex_tensor(dx, vec![batch, channels, h, w]),
+            None => {
+                let indices = Self::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
+                Self::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+            }
         }
     }
 
@@ -400,6 +432,22 @@ impl<B: UnetKernels> Backward<B, 1> for LeakyReluBackward {
     }
 }
 
+/// The backward step of `max_pool2x2`, from its saved input (the winners are recomputed).
+#[derive(Debug)]
+struct MaxPool2x2Backward;
+
+impl<B: UnetKernels> Backward<B, 1> for MaxPool2x2Backward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::max_pool2x2_grad(ops.state, output_grad));
+        }
+    }
+}
+
 /// The backward step of `batch_norm_train_node`, from the saved input, `gamma` and statistics.
 #[derive(Debug)]
 struct BatchNormBackward;
@@ -473,6 +521,17 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
             // The statistics leave the graph, as burn's own batch norm returns them.
             mean: <FloatTensor<Self>>::new(mean),
             variance: <FloatTensor<Self>>::new(variance),
+        }
+    }
+
+    fn max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MaxPool2x2Backward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let output = B::max_pool2x2(input.clone());
+                prep.finish(input, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool2x2(x.into_primitive())),
         }
     }
 

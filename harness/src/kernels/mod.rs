@@ -9,6 +9,8 @@
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
 pub mod extension;
+pub mod microkernel;
+pub mod pool_cpu;
 pub mod resize_cpu;
 
 use std::cell::Cell;
@@ -18,6 +20,7 @@ use burn::backend::{Dispatch, DispatchDevice, DispatchTensor};
 use burn::module::RunningState;
 use burn::nn::conv::Conv2d;
 use burn::nn::interpolate::{Interpolate2d, InterpolateMode};
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, LeakyRelu, PaddingConfig2d};
 use burn::tensor::Tensor;
 
@@ -108,6 +111,21 @@ pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     update(&norm.running_mean, result.mean);
     update(&norm.running_var, result.variance);
     Tensor::from_dispatch(result.output)
+}
+
+/// `pool.forward(x)`; a 2 x 2, stride-2 pooling without padding on flex goes through the
+/// project's kernel (bit for bit flex's values and gradients).
+pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let plain = pool.kernel_size == [2, 2]
+        && pool.stride == [2, 2]
+        && pool.dilation == [1, 1]
+        && !pool.ceil_mode
+        && matches!(pool.padding, PaddingConfig2d::Valid);
+    if plain && own_kernels() && is_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::max_pool2x2(x.into_dispatch()))
+    } else {
+        pool.forward(x)
+    }
 }
 
 /// `up.forward(x)`; bilinear resizing on flex goes through the project's kernel (bit for bit
@@ -324,6 +342,43 @@ mod tests {
                 };
                 assert_eq!(run(true), run(false), "align_corners {align_corners}, size {size:?}");
             }
+        }
+    }
+
+    /// Max pooling: values and gradients bit for bit burn's, with ties (first value wins), NaNs
+    /// (the last NaN wins), signed zeros and an odd size (the last row and column dropped).
+    #[test]
+    fn max_pooling_is_bitwise_burns() {
+        let _serial = crate::method::tests::serial();
+        let device = Device::flex().autodiff();
+        device.seed(15);
+        let random = Tensor::<4>::random([2, 3, 6, 8], Distribution::Normal(0.0, 1.0), &device).into_data();
+        #[rustfmt::skip]
+        let special = TensorData::new(vec![
+            1.0, 1.0, -0.0, 0.0, f32::NAN, 2.0,
+            1.0, 1.0, 0.0, -0.0, 3.0, f32::NAN,
+            -5.0, f32::NAN, -1.0, -1.0, 4.0, 9.0,
+            f32::NAN, -7.0, -1.0, -2.0, 9.0, 4.0,
+            8.0, 8.0, 8.0, 8.0, 8.0, 8.0,
+        ], [1, 1, 5, 6]);
+        let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).init();
+        for x in [random, special] {
+            let run = |own: bool| {
+                use_own_kernels(own);
+                let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+                let y = max_pool(&pool, x.clone());
+                let r = Tensor::<4>::from_data(
+                    TensorData::new(
+                        (0..y.shape().num_elements()).map(|i| i as f32 - 3.0).collect::<Vec<f32>>(),
+                        y.dims(),
+                    ),
+                    &device,
+                );
+                let grads = (y.clone() * r).sum().backward();
+                use_own_kernels(true);
+                (bits(y.into_data()), bits(x.grad(&grads).unwrap().into_data()))
+            };
+            assert_eq!(run(true), run(false), "{x:?}");
         }
     }
 

@@ -163,7 +163,7 @@ impl UNet {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
         let mut skips = vec![self.input.forward(images)];
         for block in &self.down {
-            let below = self.pool.forward(skips.last().unwrap().clone());
+            let below = kernels::max_pool(&self.pool, skips.last().unwrap().clone());
             skips.push(block.forward(below));
         }
         let mut x = skips.pop().unwrap();
