@@ -6,6 +6,7 @@
 //! another commit, `prepare` writes the embedded phantom data, `quickstart` does it all on the
 //! embedded data, and `bench` times the training step.
 
+mod allocator;
 mod bench;
 mod methods;
 mod parallel;
@@ -217,6 +218,7 @@ struct SlurmArgs {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     // A worker's stderr is relayed by its parent: warnings only, no colour codes.
     let worker = matches!(cli.command, Command::Sweep { worker: true, .. });
