@@ -61,10 +61,15 @@ impl ConvShape {
         self.channels_out * self.positions()
     }
 
-    /// Whether this shape is one the kernels compute: a square kernel no larger than the padded
-    /// input, padded by less than its size (so the input gradient is a convolution too).
+    /// Whether this shape is one the kernels compute: no empty axis, a square kernel no larger
+    /// than the padded input, padded by less than its size (so the input gradient is a
+    /// convolution too). Other shapes take burn's path.
     pub fn is_valid(&self) -> bool {
-        self.kernel[0] >= 1
+        self.channels_in > 0
+            && self.channels_out > 0
+            && self.height > 0
+            && self.width > 0
+            && self.kernel[0] >= 1
             && self.kernel[0] == self.kernel[1]
             && self.padding < self.kernel[0]
             && self.height + 2 * self.padding >= self.kernel[0]
@@ -426,6 +431,8 @@ mod tests {
         assert!(base.is_valid());
         assert!(!ConvShape { kernel: [3, 1], ..base }.is_valid());
         assert!(!ConvShape { padding: 3, ..base }.is_valid());
+        assert!(!ConvShape { channels_in: 0, ..base }.is_valid());
+        assert!(!ConvShape { width: 0, ..base }.is_valid());
         assert!(!ConvShape {
             height: 1,
             padding: 0,

@@ -44,7 +44,7 @@ pub unsafe fn forward_tile(
     out: *mut f32,
     out_stride: usize,
 ) {
-    assert!(weights.len() >= offsets.len() * BLOCK && init.is_none_or(|i| i.len() >= channels) && channels <= BLOCK);
+    assert!(weights.len() >= offsets.len() * BLOCK && init.is_none_or(|i| i.len() >= channels) && (1..=BLOCK).contains(&channels));
     macro_rules! dispatch {
         ($f:ident) => {
             match channels {

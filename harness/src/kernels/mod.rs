@@ -1,10 +1,11 @@
 //! The project's own CPU kernels for the U-Net's hot ops, used on the flex backend.
 //!
 //! A training step spends most of its time in convolutions, and burn's generic gradients for them
-//! run far below the machine's GEMM rate on flex (docs/benchmarks.md has the profile). The
-//! kernels here compute the same functions as GEMMs over an im2col buffer (`conv_cpu`) and plug
-//! into burn's autodiff through a backend extension (`extension`). Other backends (GPUs) and other
-//! convolution shapes keep burn's ops. The tests below check values and gradients against burn's.
+//! run far below the machine's arithmetic rate on flex (docs/benchmarks.md has the profile). The
+//! kernels here compute the same functions directly over zero-padded images (`conv_cpu`, with the
+//! inner loops in `microkernel`), and batch norm, max pooling and bilinear resizing in few passes;
+//! they plug into burn's autodiff through a backend extension (`extension`). Other backends (GPUs)
+//! and other shapes keep burn's ops. The tests below check values and gradients against burn's.
 
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
