@@ -105,8 +105,7 @@ pub trait UnetKernels: Backend {
 
     /// The gradient of `max_pool2x2` with respect to its input `x`.
     fn max_pool2x2_grad(x: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let indices = Self::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
-        Self::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+        burns_max_pool2x2_grad::<Self>(x, output_grad)
     }
 
     /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
@@ -161,6 +160,12 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
             beta: grads.beta_grad,
         }
     }
+}
+
+/// burn's gradient of a 2 x 2, stride-2 max pooling: indices of the winners, then their scatter.
+fn burns_max_pool2x2_grad<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
+    let indices = B::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
+    B::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
 }
 
 fn bilinear(align_corners: bool) -> InterpolateOptions {
@@ -252,10 +257,7 @@ impl UnetKernels for Flex {
         let [batch, channels, h, w] = x.shape().dims();
         match with_f32([&x, &output_grad], |[x, dy]| pool_cpu::backward(x, dy, batch * channels, [h, w])) {
             Some(dx) => flex_tensor(dx, vec![batch, channels, h, w]),
-            None => {
-                let indices = Self::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
-                Self::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
-            }
+            None => burns_max_pool2x2_grad::<Self>(x, output_grad),
         }
     }
 
