@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::elementwise;
+
 /// `[batch, channels, positions]` of an NCHW activation (positions = H x W).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NormShape {
@@ -54,9 +56,8 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &Nor
     let mut output = vec![0.0f32; x.len()];
     per_channel_runs(&mut output, shape, |c, b, out| {
         let input = &x[(b * shape.channels + c) * shape.positions..][..shape.positions];
-        for (o, &v) in out.iter_mut().zip(input) {
-            *o = v * scale[c] + shift[c];
-        }
+        let (scale, shift) = (scale[c], shift[c]);
+        elementwise::map(input, out, move |v| v * scale + shift);
     });
     NormForward { output, mean, variance }
 }
@@ -103,9 +104,7 @@ pub fn backward(
         // mean(dy * x̂) is the gamma gradient over n; x̂ = (x - mean) * inv_std.
         let projection = (gamma_grad[c] as f64 / n) as f32;
         let (mu, inv) = (mean[c], inv_std[c] as f32);
-        for ((o, &v), &dy) in out.iter_mut().zip(xs).zip(dys) {
-            *o = scale * (dy - mean_dy - (v - mu) * inv * projection);
-        }
+        elementwise::zip_map(xs, dys, out, move |v, dy| scale * (dy - mean_dy - (v - mu) * inv * projection));
     });
     NormGrads {
         x: x_grad,
@@ -118,16 +117,45 @@ pub fn backward(
 /// gamma + beta`, the operations of burn's `batch_norm` in its order, in one pass instead of four,
 /// so bit for bit the same values.
 pub fn inference(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64, shape: &NormShape) -> Vec<f32> {
-    let std: Vec<f32> = variance.iter().map(|&v| (v + epsilon as f32).sqrt()).collect();
+    let norm = EvalNorm::new(gamma, beta, mean, variance, epsilon);
     let mut output = vec![0.0f32; x.len()];
     per_channel_runs(&mut output, shape, |c, b, out| {
-        let input = &x[(b * shape.channels + c) * shape.positions..][..shape.positions];
-        let (m, s, g, bt) = (mean[c], std[c], gamma[c], beta[c]);
-        for (o, &v) in out.iter_mut().zip(input) {
-            *o = (v - m) / s * g + bt;
-        }
+        norm.apply(c, &x[(b * shape.channels + c) * shape.positions..][..shape.positions], out, |y| y);
     });
     output
+}
+
+/// Batch normalization with given statistics, per channel: what `inference` computes, kept as
+/// constants so a convolution can normalize its output rows as it writes them.
+pub struct EvalNorm {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl EvalNorm {
+    pub fn new(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64) -> Self {
+        let channels = gamma.len();
+        assert!(
+            beta.len() == channels && mean.len() == channels && variance.len() == channels,
+            "batch norm: gamma, beta, mean and variance need one value per channel ({channels})"
+        );
+        Self {
+            mean: mean.to_vec(),
+            std: variance.iter().map(|&v| (v + epsilon as f32).sqrt()).collect(),
+            gamma: gamma.to_vec(),
+            beta: beta.to_vec(),
+        }
+    }
+
+    /// `out = then(normalized row)` for a row of channel `c`: `then` is applied to each value
+    /// burn's `batch_norm` gives (the identity, or the activation that follows).
+    #[inline]
+    pub fn apply(&self, c: usize, row: &[f32], out: &mut [f32], then: impl Fn(f32) -> f32) {
+        let (m, s, g, bt) = (self.mean[c], self.std[c], self.gamma[c], self.beta[c]);
+        elementwise::map(row, out, move |v| then((v - m) / s * g + bt));
+    }
 }
 
 /// Per channel, `y = x * scale + shift` folds normalization and the affine map. Folding costs

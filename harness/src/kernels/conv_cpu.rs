@@ -133,16 +133,26 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut [f32]) {
     }
 }
 
-/// Copies `[channels, out_height, padded_width]` values in the padded layout (channel rows
+/// Writes `[channels, out_height, padded_width]` values in the padded layout (channel rows
 /// `stride` apart) into a dense `[channels, out_height, out_width]` block, dropping the junk
-/// columns.
-fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut [f32]) {
+/// columns: each row through `finish(channel, row, dense_row)` (a copy, or what follows the
+/// convolution).
+fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut [f32], finish: &impl RowFinish) {
     let (ow, pw) = (shape.out_width(), shape.padded_width());
     for (c, dense_channel) in dense.chunks_mut(shape.positions()).enumerate().take(channels) {
         for (oy, row) in dense_channel.chunks_mut(ow).enumerate() {
-            row.copy_from_slice(&padded[c * stride + oy * pw..][..ow]);
+            finish(c, &padded[c * stride + oy * pw..][..ow], row);
         }
     }
+}
+
+/// What happens to a row of output channel `c` as it leaves the convolution: `(c, row, out)`.
+pub trait RowFinish: Fn(usize, &[f32], &mut [f32]) + Sync {}
+impl<F: Fn(usize, &[f32], &mut [f32]) + Sync> RowFinish for F {}
+
+/// The plain convolution's finish: the row as computed.
+fn copy_row(_channel: usize, row: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(row);
 }
 
 /// One image's output gradient laid out for the weight-gradient tile: position-major in the
@@ -184,6 +194,12 @@ fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
 /// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`. Each output is `bias` plus its taps
 /// in `(ci, ky, kx)` order, one fused multiply-add each.
 pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
+    forward_then(input, weight, bias, shape, &copy_row)
+}
+
+/// `forward`, with each output row passed through `finish` while it is still in the core's cache
+/// (inference fuses the normalization and activation that follow the convolution this way).
+pub fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
     check_lengths(shape, input, weight, None);
     assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
@@ -225,7 +241,7 @@ pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -
                     }
                 }
             }
-            unpad_output(local, stride, shape, shape.channels_out, out);
+            unpad_output(local, stride, shape, shape.channels_out, out, finish);
         },
     );
     output
@@ -502,7 +518,7 @@ mod tests {
             let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
             assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
             let mut back = vec![0.0; dense.len()];
-            unpad_output(&padded, stride, &s, s.channels_out, &mut back);
+            unpad_output(&padded, stride, &s, s.channels_out, &mut back, &copy_row);
             assert_eq!(back, dense, "{s:?}");
             let image = values(s.input_len(), 4);
             let mut src = vec![0.0; s.padded_len()];

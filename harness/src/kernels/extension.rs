@@ -19,7 +19,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
 use burn::tensor::IntDType;
 
-use super::batch_norm_cpu::{self, NormShape};
+use super::batch_norm_cpu::{self, EvalNorm, NormShape};
+use super::elementwise;
 use super::conv_cpu::{self, ConvShape};
 use super::pool_cpu;
 use super::resize_cpu;
@@ -84,6 +85,26 @@ pub trait UnetKernels: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         Self::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+
+    /// `leaky_relu_node(batch_norm_eval_node(padded_conv2d(x, weight, bias, padding), ...))`, for
+    /// inference (no gradient): one op, so that flex normalizes and activates each output row as
+    /// the convolution writes it instead of in two more passes over the activation.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_norm_leaky_eval(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        negative_slope: f64,
+    ) -> FloatTensor<Self> {
+        let y = Self::padded_conv2d(x, weight, bias, padding);
+        Self::leaky_relu_node(Self::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
     }
 
     /// Bilinear resizing of `[batch, channels, h, w]` to `[batch, channels, height, width]`
@@ -346,6 +367,40 @@ impl UnetKernels for Flex {
         match with_f32([&x, &weight, &bias], |[x, w, b]| conv_cpu::forward(x, w, b, &shape)) {
             Some(y) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
             None => Self::conv2d(x, weight, Some(bias), options(padding)),
+        }
+    }
+
+    fn conv_norm_leaky_eval(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: usize,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        negative_slope: f64,
+    ) -> FlexTensor {
+        let shape = conv_shape(&x, &weight, padding);
+        let channels = shape.channels_out;
+        let matching = weight.shape()[1] == shape.channels_in
+            && [&bias, &gamma, &beta, &mean, &variance].iter().all(|t| t.shape().num_elements() == channels);
+        let output = (shape.is_valid() && matching).then(|| {
+            with_f32([&x, &weight, &bias, &gamma, &beta, &mean, &variance], |[x, w, b, g, bt, m, v]| {
+                let norm = EvalNorm::new(g, bt, m, v, epsilon);
+                let slope = negative_slope as f32;
+                conv_cpu::forward_then(x, w, b, &shape, &|c: usize, row: &[f32], out: &mut [f32]| {
+                    norm.apply(c, row, out, move |y| elementwise::leaky(y, slope))
+                })
+            })
+        });
+        match output.flatten() {
+            Some(y) => flex_tensor(y, vec![shape.batch, channels, shape.out_height(), shape.out_width()]),
+            None => {
+                let y = Self::padded_conv2d(x, weight, bias, padding);
+                Self::leaky_relu_node(Self::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::elementwise;
+
 /// Which of a window's four values `(0,0), (0,1), (1,0), (1,1)` flex's pooling picks.
 fn winner(values: [f32; 4]) -> usize {
     let mut best = 0;
@@ -17,6 +19,25 @@ fn winner(values: [f32; 4]) -> usize {
         }
     }
     best
+}
+
+/// `best` or, where flex's rule prefers it, the next value `v` of the window: what `winner`
+/// picks, written as selects so that a row of windows vectorizes.
+#[inline(always)]
+fn prefer(best: f32, v: f32) -> f32 {
+    if v > best || v.is_nan() {
+        v
+    } else {
+        best
+    }
+}
+
+/// One row of outputs from the two input rows under it.
+#[inline(always)]
+fn pool_row(top: &[f32], bottom: &[f32], out: &mut [f32]) {
+    for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+        *o = prefer(prefer(prefer(t[0], t[1]), b[0]), b[1]);
+    }
 }
 
 /// The window of output `(oy, ox)` in one plane of width `w`.
@@ -34,12 +55,11 @@ pub fn forward(x: &[f32], planes: usize, [h, w]: [usize; 2]) -> Vec<f32> {
         return out;
     }
     out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
-        for (oy, row) in out.chunks_mut(ow).enumerate() {
-            for (ox, value) in row.iter_mut().enumerate() {
-                let values = window(plane, w, oy, ox);
-                *value = values[winner(values)];
+        elementwise::vectorized(|| {
+            for (row, pair) in out.chunks_mut(ow).zip(plane.chunks(2 * w)) {
+                pool_row(&pair[..2 * ow], &pair[w..w + 2 * ow], row);
             }
-        }
+        })
     });
     out
 }

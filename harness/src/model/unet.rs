@@ -116,9 +116,9 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = kernels::leaky_relu(&self.act, kernels::batch_norm(&self.norm_a, kernels::conv2d(&self.conv_a, x)));
+        let x = kernels::conv_norm_leaky(&self.conv_a, &self.norm_a, &self.act, x);
         let x = self.dropout.forward(x);
-        kernels::leaky_relu(&self.act, kernels::batch_norm(&self.norm_b, kernels::conv2d(&self.conv_b, x)))
+        kernels::conv_norm_leaky(&self.conv_b, &self.norm_b, &self.act, x)
     }
 }
 
