@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// PyTorch device for --vs-pytorch (cpu or cuda).
     #[arg(long, default_value = "cpu")]
     pub pytorch_device: String,
+    /// The PyTorch script for --vs-pytorch (default: benchmarks/pytorch_unet.py under the current
+    /// directory, else in the source tree this binary was built from).
+    #[arg(long)]
+    pub pytorch_script: Option<std::path::PathBuf>,
 }
 
 /// One configuration's medians.
@@ -293,9 +297,14 @@ struct PyTorchResult {
 }
 
 fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch_unet.py");
+    let relative = std::path::Path::new("benchmarks/pytorch_unet.py");
+    let script = match &args.pytorch_script {
+        Some(script) => script.clone(),
+        None if relative.is_file() => relative.to_path_buf(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative),
+    };
     if !script.is_file() {
-        bail!("{} not found", script.display());
+        bail!("{} not found (give its path with --pytorch-script)", script.display());
     }
     let channels: Vec<String> = args.channels.iter().map(|c| c.to_string()).collect();
     let output = std::process::Command::new("python3")

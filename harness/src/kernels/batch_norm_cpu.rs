@@ -37,8 +37,37 @@ pub struct NormForward {
     pub variance: Vec<f32>,
 }
 
-/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's statistics.
-pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &NormShape) -> NormForward {
+/// What follows the normalization inside the same op. A LeakyReLU fused here saves a pass over
+/// the activation in each direction: its backward step recomputes the normalized value from the
+/// input (the same operations, so the same bits) instead of reading a stored one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Then {
+    Nothing,
+    /// burn's LeakyReLU with this negative slope.
+    LeakyRelu(f32),
+}
+
+impl Then {
+    #[inline(always)]
+    fn value(self, y: f32) -> f32 {
+        match self {
+            Then::Nothing => y,
+            Then::LeakyRelu(slope) => elementwise::leaky(y, slope),
+        }
+    }
+
+    /// The gradient reaching the normalized value `y` from the gradient `g` of `value(y)`.
+    #[inline(always)]
+    fn grad(self, y: f32, g: f32) -> f32 {
+        match self {
+            Then::Nothing => g,
+            Then::LeakyRelu(slope) => elementwise::leaky_grad(y, g, slope),
+        }
+    }
+}
+
+/// `then((x - mean) / sqrt(var + eps) * gamma + beta)` with the batch's statistics.
+pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &NormShape, then: Then) -> NormForward {
     let (mean, variance): (Vec<f32>, Vec<f32>) = (0..shape.channels)
         .into_par_iter()
         .map(|c| {
@@ -57,7 +86,7 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &Nor
     per_channel_runs(&mut output, shape, |c, b, out| {
         let input = &x[(b * shape.channels + c) * shape.positions..][..shape.positions];
         let (scale, shift) = (scale[c], shift[c]);
-        elementwise::map(input, out, move |v| v * scale + shift);
+        elementwise::map(input, out, move |v| then.value(v * scale + shift));
     });
     NormForward { output, mean, variance }
 }
@@ -69,24 +98,37 @@ pub struct NormGrads {
     pub beta: Vec<f32>,
 }
 
-/// Backward pass, from the input, `gamma`, the statistics `forward` returned and `dL/dy`:
-/// `dx = gamma / std * (dy - mean(dy) - x̂ * mean(dy * x̂))`.
+/// Backward pass, from the input, `gamma`, `beta`, the statistics `forward` returned, the
+/// gradient of its output and what it applied after normalizing:
+/// `dx = gamma / std * (dy - mean(dy) - x̂ * mean(dy * x̂))`, where `dy` (the gradient of the
+/// normalized value) is `then`'s gradient at the recomputed normalized value.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: &[f32],
     gamma: &[f32],
+    beta: &[f32],
     mean: &[f32],
     variance: &[f32],
     epsilon: f64,
     output_grad: &[f32],
     shape: &NormShape,
+    then: Then,
 ) -> NormGrads {
     let inv_std: Vec<f64> = variance.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
+    let (norm_scale, norm_shift) = affine(gamma, beta, mean, variance, epsilon);
+    // The normalized value as `forward` computed it, and the gradient reaching it.
+    let normalized_grad = |c: usize| {
+        let (scale, shift) = (norm_scale[c], norm_shift[c]);
+        move |v: f32, g: f32| then.grad(v * scale + shift, g)
+    };
     let (beta, gamma_grad): (Vec<f32>, Vec<f32>) = (0..shape.channels)
         .into_par_iter()
         .map(|c| {
             let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-            for (xs, dys) in shape.runs(x, c).zip(shape.runs(output_grad, c)) {
-                for (&v, &dy) in xs.iter().zip(dys) {
+            let dy_at = normalized_grad(c);
+            for (xs, gs) in shape.runs(x, c).zip(shape.runs(output_grad, c)) {
+                for (&v, &g) in xs.iter().zip(gs) {
+                    let dy = dy_at(v, g);
                     sum_dy += dy as f64;
                     sum_dy_xhat += dy as f64 * (v as f64 - mean[c] as f64);
                 }
@@ -104,7 +146,10 @@ pub fn backward(
         // mean(dy * x̂) is the gamma gradient over n; x̂ = (x - mean) * inv_std.
         let projection = (gamma_grad[c] as f64 / n) as f32;
         let (mu, inv) = (mean[c], inv_std[c] as f32);
-        elementwise::zip_map(xs, dys, out, move |v, dy| scale * (dy - mean_dy - (v - mu) * inv * projection));
+        let dy_at = normalized_grad(c);
+        elementwise::zip_map(xs, dys, out, move |v, g| {
+            scale * (dy_at(v, g) - mean_dy - (v - mu) * inv * projection)
+        });
     });
     NormGrads {
         x: x_grad,
@@ -201,7 +246,7 @@ mod tests {
     #[test]
     fn output_has_zero_mean_unit_variance_before_the_affine_map() {
         let x = values(120, 1);
-        let out = forward(&x, &[1.0; 4], &[0.0; 4], 0.0, &SHAPE);
+        let out = forward(&x, &[1.0; 4], &[0.0; 4], 0.0, &SHAPE, Then::Nothing);
         for c in 0..4 {
             let ys: Vec<f64> = SHAPE.runs(&out.output, c).flatten().map(|&v| v as f64).collect();
             let mean = ys.iter().sum::<f64>() / 30.0;
@@ -210,26 +255,29 @@ mod tests {
         }
     }
 
-    /// The x gradient against central finite differences of `sum(y * r)`.
+    /// The x gradient against central finite differences of `sum(y * r)`, with and without a
+    /// LeakyReLU after the normalization.
     #[test]
     fn input_gradient_matches_finite_differences() {
         let (x, gamma, beta, r) = (values(120, 2), values(4, 3), values(4, 4), values(120, 5));
-        let loss = |x: &[f32]| -> f64 {
-            let y = forward(x, &gamma, &beta, 1e-5, &SHAPE).output;
-            y.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum()
-        };
-        let stats = forward(&x, &gamma, &beta, 1e-5, &SHAPE);
-        let grads = backward(&x, &gamma, &stats.mean, &stats.variance, 1e-5, &r, &SHAPE);
-        for i in [0, 17, 59, 119] {
-            let (mut up, mut down) = (x.clone(), x.clone());
-            up[i] += 1e-2;
-            down[i] -= 1e-2;
-            let numeric = (loss(&up) - loss(&down)) / 2e-2;
-            assert!(
-                (numeric - grads.x[i] as f64).abs() < 2e-2 * (1.0 + numeric.abs()),
-                "x[{i}]: {numeric} vs {}",
-                grads.x[i]
-            );
+        for then in [Then::Nothing, Then::LeakyRelu(0.1)] {
+            let loss = |x: &[f32]| -> f64 {
+                let y = forward(x, &gamma, &beta, 1e-5, &SHAPE, then).output;
+                y.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum()
+            };
+            let stats = forward(&x, &gamma, &beta, 1e-5, &SHAPE, then);
+            let grads = backward(&x, &gamma, &beta, &stats.mean, &stats.variance, 1e-5, &r, &SHAPE, then);
+            for i in [0, 17, 59, 119] {
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[i] += 1e-2;
+                down[i] -= 1e-2;
+                let numeric = (loss(&up) - loss(&down)) / 2e-2;
+                assert!(
+                    (numeric - grads.x[i] as f64).abs() < 2e-2 * (1.0 + numeric.abs()),
+                    "{then:?}, x[{i}]: {numeric} vs {}",
+                    grads.x[i]
+                );
+            }
         }
     }
 }

@@ -155,20 +155,44 @@ fn copy_row(_channel: usize, row: &[f32], out: &mut [f32]) {
     out.copy_from_slice(row);
 }
 
+/// One image's padded copy (what `pad_into` writes into a zeroed buffer), built in one
+/// sequential pass that writes every value once, borders included, so no buffer is zeroed first.
+fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let (w, pw, p) = (shape.width, shape.padded_width(), shape.padding);
+    let mut padded = Vec::with_capacity(shape.padded_len());
+    for channel in image.chunks(shape.height * w) {
+        padded.resize(padded.len() + p * pw, 0.0);
+        for row in channel.chunks(w) {
+            padded.resize(padded.len() + p, 0.0);
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + p, 0.0);
+        }
+        padded.resize(padded.len() + p * pw, 0.0);
+    }
+    padded.resize(shape.padded_len(), 0.0);
+    padded
+}
+
 /// One image's output gradient laid out for the weight-gradient tile: position-major in the
 /// padded layout (`[padded_positions][channels_out rounded up to LANES]`), zeros in the junk
-/// columns, the tail and the extra channels (`dyt` arrives zeroed; only those values are written).
-fn transpose_output(dense: &[f32], shape: &ConvShape, dyt: &mut [f32]) {
+/// columns, the tail and the extra channels. Built a row of positions at a time: each row's
+/// block (`padded_width x lanes` values) is zeroed and filled while it sits in L1.
+fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
     let lanes = shape.channels_out.next_multiple_of(LANES);
-    assert_eq!(dyt.len(), shape.padded_positions() * lanes);
-    let (ow, pw) = (shape.out_width(), shape.padded_width());
-    for (c, dense_channel) in dense.chunks(shape.positions()).enumerate() {
-        for (oy, row) in dense_channel.chunks(ow).enumerate() {
-            for (ox, &value) in row.iter().enumerate() {
-                dyt[(oy * pw + ox) * lanes + c] = value;
+    let (ow, pw, positions) = (shape.out_width(), shape.padded_width(), shape.positions());
+    let mut dyt = Vec::with_capacity(shape.padded_positions() * lanes);
+    for oy in 0..shape.out_height() {
+        let start = dyt.len();
+        dyt.resize(start + pw * lanes, 0.0);
+        let block = &mut dyt[start..];
+        for (c, channel) in dense.chunks(positions).enumerate() {
+            for (ox, &value) in channel[oy * ow..][..ow].iter().enumerate() {
+                block[ox * lanes + c] = value;
             }
         }
     }
+    dyt.resize(shape.padded_positions() * lanes, 0.0);
+    dyt
 }
 
 /// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `BLOCK` output channels,
@@ -292,17 +316,16 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let offsets = shape.tap_offsets();
-    let mut padded = vec![0.0f32; shape.batch * shape.padded_len()];
-    padded
-        .par_chunks_mut(shape.padded_len())
-        .enumerate()
-        .for_each(|(b, dst)| pad_into(image(input, b, shape.input_len()), shape, dst));
-    let mut dyt = vec![0.0f32; shape.batch * stride * lanes];
-    dyt.par_chunks_mut(stride * lanes)
-        .enumerate()
-        .for_each(|(b, dst)| transpose_output(image(output_grad, b, shape.output_len()), shape, dst));
+    let padded: Vec<Vec<f32>> = (0..shape.batch)
+        .into_par_iter()
+        .map(|b| padded_image(image(input, b, shape.input_len()), shape))
+        .collect();
+    let dyt: Vec<Vec<f32>> = (0..shape.batch)
+        .into_par_iter()
+        .map(|b| transposed_output(image(output_grad, b, shape.output_len()), shape))
+        .collect();
     let max_offset = offsets.last().copied().unwrap_or(0);
-    assert!(stride + max_offset <= shape.padded_len());
+    assert!(stride + max_offset <= shape.padded_len() && padded.iter().all(|p| p.len() == shape.padded_len()));
     // Positions per band: a band's output-gradient rows (`lanes` values each) take about 64 KiB.
     let band = (16 * 1024 / lanes).max(TILE);
     // Tasks of whole tap blocks; how many there are changes no sum (each task owns its taps).
@@ -317,7 +340,7 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
             let mut image_sum = vec![0.0f32; total.len()];
             for b in 0..shape.batch {
                 image_sum.fill(0.0);
-                let (src, dy) = (image(&padded, b, shape.padded_len()), image(&dyt, b, stride * lanes));
+                let (src, dy) = (&padded[b], &dyt[b]);
                 for band_start in (0..stride).step_by(band) {
                     let len = band.min(stride - band_start);
                     for (block, block_offsets) in task_offsets.chunks(BLOCK).enumerate() {
@@ -507,8 +530,8 @@ mod tests {
             let (pw, ow, stride) = (s.padded_width(), s.out_width(), s.padded_positions());
             let dense = values(s.output_len(), 3);
             let lanes = s.channels_out.next_multiple_of(LANES);
-            let mut dyt = vec![0.0; stride * lanes];
-            transpose_output(&dense, &s, &mut dyt);
+            let dyt = transposed_output(&dense, &s);
+            assert_eq!(dyt.len(), stride * lanes);
             let mut padded = vec![0.0; s.channels_out * stride];
             for (i, &value) in dense.iter().enumerate() {
                 let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
@@ -524,6 +547,7 @@ mod tests {
             let mut src = vec![0.0; s.padded_len()];
             pad_into(&image, &s, &mut src);
             assert_eq!(total(&src), total(&image), "{s:?}: input values outside their places");
+            assert_eq!(padded_image(&image, &s), src, "{s:?}: the two padded copies differ");
         }
     }
 

@@ -91,7 +91,14 @@ mod tests {
     #[test]
     fn both_instantiations_give_the_same_bits() {
         let mut src: Vec<f32> = (0..1003).map(|i| ((i * 7919) % 2001) as f32 / 37.0 - 27.0).collect();
-        src.extend([0.0, -0.0, f32::NAN, f32::MIN_POSITIVE / 4.0, -f32::MIN_POSITIVE / 4.0, f32::INFINITY]);
+        src.extend([
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::MIN_POSITIVE / 4.0,
+            -f32::MIN_POSITIVE / 4.0,
+            f32::INFINITY,
+        ]);
         let other: Vec<f32> = src.iter().rev().copied().collect();
         let f = |x: f32| leaky((x - 0.3) / 1.7 * 0.9 + 0.1, 0.01);
         let g = |x: f32, y: f32| leaky_grad(x, y, 0.01);

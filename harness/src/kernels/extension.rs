@@ -19,9 +19,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
 use burn::tensor::IntDType;
 
-use super::batch_norm_cpu::{self, EvalNorm, NormShape};
-use super::elementwise;
+use super::batch_norm_cpu::{self, EvalNorm, NormShape, Then};
 use super::conv_cpu::{self, ConvShape};
+use super::elementwise;
 use super::pool_cpu;
 use super::resize_cpu;
 
@@ -129,21 +129,32 @@ pub trait UnetKernels: Backend {
         burns_max_pool2x2_grad::<Self>(x, output_grad)
     }
 
-    /// Batch normalization with the batch's statistics (burn's `batch_norm_train`).
-    fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
-        Self::batch_norm_train(x, gamma, beta, epsilon).into()
+    /// Batch normalization with the batch's statistics (burn's `batch_norm_train`), followed by
+    /// `then` in the same op (burn's LeakyReLU, or nothing).
+    fn batch_norm_train_node(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        then: Then,
+    ) -> NormOutput<Self> {
+        burns_batch_norm_train::<Self>(x, gamma, beta, epsilon, then)
     }
 
-    /// The gradients of `batch_norm_train_node` (burn's `batch_norm_train_backward`).
+    /// The gradients of `batch_norm_train_node` (burn's `batch_norm_train_backward`, after
+    /// `then`'s gradient at the normalized value, which is recomputed from `x`).
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_train_node_grad(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         epsilon: f64,
+        then: Then,
         output_grad: FloatTensor<Self>,
     ) -> NormGrads<Self> {
-        Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
+        burns_batch_norm_train_grad::<Self>(x, gamma, beta, mean, variance, epsilon, then, output_grad)
     }
 }
 
@@ -187,6 +198,44 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
 fn burns_max_pool2x2_grad<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let indices = B::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
     B::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+}
+
+/// burn's ops for `batch_norm_train_node`: its batch norm, then `then`.
+fn burns_batch_norm_train<B: UnetKernels>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+    then: Then,
+) -> NormOutput<B> {
+    let mut result: NormOutput<B> = B::batch_norm_train(x, gamma, beta, epsilon).into();
+    if let Then::LeakyRelu(slope) = then {
+        result.output = B::leaky_relu_node(result.output, slope as f64);
+    }
+    result
+}
+
+/// burn's ops for `batch_norm_train_node_grad`: `then`'s gradient at the normalized value
+/// recomputed with the batch statistics, then burn's batch-norm gradient.
+#[allow(clippy::too_many_arguments)]
+fn burns_batch_norm_train_grad<B: UnetKernels>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    epsilon: f64,
+    then: Then,
+    output_grad: FloatTensor<B>,
+) -> NormGrads<B> {
+    let output_grad = match then {
+        Then::Nothing => output_grad,
+        Then::LeakyRelu(slope) => {
+            let normalized = B::batch_norm(x.clone(), gamma.clone(), beta, mean.clone(), variance.clone(), epsilon);
+            B::leaky_relu_node_grad(normalized, output_grad, slope as f64)
+        }
+    };
+    B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
 }
 
 fn bilinear(align_corners: bool) -> InterpolateOptions {
@@ -309,39 +358,45 @@ impl UnetKernels for Flex {
         }
     }
 
-    fn batch_norm_train_node(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> NormOutput<Self> {
-        let result =
-            norm_shape(&x).and_then(|shape| with_f32([&x, &gamma, &beta], |[x, g, b]| batch_norm_cpu::forward(x, g, b, epsilon, &shape)));
+    fn batch_norm_train_node(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64, then: Then) -> NormOutput<Self> {
+        let result = norm_shape(&x).and_then(|shape| {
+            with_f32([&x, &gamma, &beta], |[x, g, b]| {
+                batch_norm_cpu::forward(x, g, b, epsilon, &shape, then)
+            })
+        });
         match result {
             Some(result) => NormOutput {
                 output: flex_tensor(result.output, x.shape().dims::<4>().to_vec()),
                 mean: flex_tensor(result.mean, vec![gamma.shape().num_elements()]),
                 variance: flex_tensor(result.variance, vec![gamma.shape().num_elements()]),
             },
-            None => Self::batch_norm_train(x, gamma, beta, epsilon).into(),
+            None => burns_batch_norm_train::<Self>(x, gamma, beta, epsilon, then),
         }
     }
 
     fn batch_norm_train_node_grad(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         mean: FlexTensor,
         variance: FlexTensor,
         epsilon: f64,
+        then: Then,
         output_grad: FlexTensor,
     ) -> NormGrads<Self> {
         let grads = norm_shape(&x).and_then(|shape| {
-            with_f32([&x, &gamma, &mean, &variance, &output_grad], |[x, g, m, v, dy]| {
-                batch_norm_cpu::backward(x, g, m, v, epsilon, dy, &shape)
+            with_f32([&x, &gamma, &beta, &mean, &variance, &output_grad], |[x, g, b, m, v, dy]| {
+                batch_norm_cpu::backward(x, g, b, m, v, epsilon, dy, &shape, then)
             })
         });
+        let channels = gamma.shape().num_elements();
         match grads {
             Some(grads) => NormGrads {
                 x: flex_tensor(grads.x, x.shape().dims::<4>().to_vec()),
-                gamma: flex_tensor(grads.gamma, vec![gamma.shape().num_elements()]),
-                beta: flex_tensor(grads.beta, vec![gamma.shape().num_elements()]),
+                gamma: flex_tensor(grads.gamma, vec![channels]),
+                beta: flex_tensor(grads.beta, vec![channels]),
             },
-            None => Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into(),
+            None => burns_batch_norm_train_grad::<Self>(x, gamma, beta, mean, variance, epsilon, then, output_grad),
         }
     }
 
@@ -385,7 +440,9 @@ impl UnetKernels for Flex {
         let shape = conv_shape(&x, &weight, padding);
         let channels = shape.channels_out;
         let matching = weight.shape()[1] == shape.channels_in
-            && [&bias, &gamma, &beta, &mean, &variance].iter().all(|t| t.shape().num_elements() == channels);
+            && [&bias, &gamma, &beta, &mean, &variance]
+                .iter()
+                .all(|t| t.shape().num_elements() == channels);
         let output = (shape.is_valid() && matching).then(|| {
             with_f32([&x, &weight, &bias, &gamma, &beta, &mean, &variance], |[x, w, b, g, bt, m, v]| {
                 let norm = EvalNorm::new(g, bt, m, v, epsilon);
@@ -505,20 +562,22 @@ impl<B: UnetKernels> Backward<B, 1> for MaxPool2x2Backward {
     }
 }
 
-/// The backward step of `batch_norm_train_node`, from the saved input, `gamma` and statistics.
+/// The backward step of `batch_norm_train_node`, from the saved input, `gamma`, `beta` and
+/// statistics.
 #[derive(Debug)]
 struct BatchNormBackward;
 
 impl<B: UnetKernels> Backward<B, 3> for BatchNormBackward {
-    type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+    type State = (NodeId, NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64, Then);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let output_grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
+        let (x_state, gamma_state, beta_state, mean, variance, epsilon, then) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
         let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma_state);
-        let result = B::batch_norm_train_node_grad(x, gamma, mean, variance, epsilon, output_grad);
+        let beta: FloatTensor<B> = checkpointer.retrieve_node_output(beta_state);
+        let result = B::batch_norm_train_node_grad(x, gamma, beta, mean, variance, epsilon, then, output_grad);
         for (node, grad) in [(node_x, result.x), (node_gamma, result.gamma), (node_beta, result.beta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -556,20 +615,34 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
         }
     }
 
-    fn batch_norm_train_node(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> NormOutput<Self> {
+    fn batch_norm_train_node(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        then: Then,
+    ) -> NormOutput<Self> {
         let prep = BatchNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
         let (output, mean, variance) = match prep {
             OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
-                let state = (x_state, gamma_state, result.mean.clone(), result.variance.clone(), epsilon);
+                let saved = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta));
+                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon, then);
+                let state = (
+                    saved.0,
+                    saved.1,
+                    saved.2,
+                    result.mean.clone(),
+                    result.variance.clone(),
+                    epsilon,
+                    then,
+                );
                 (prep.finish(state, result.output), result.mean, result.variance)
             }
             OpsKind::UnTracked(prep) => {
-                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                let result = B::batch_norm_train_node(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon, then);
                 (prep.finish(result.output), result.mean, result.variance)
             }
         };

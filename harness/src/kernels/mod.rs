@@ -26,6 +26,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, LeakyRelu, PaddingConfig2d};
 use burn::tensor::Tensor;
 
+use batch_norm_cpu::Then;
 use extension::UnetKernels;
 
 thread_local! {
@@ -69,10 +70,10 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// `leaky_relu(act, batch_norm(norm, conv2d(conv, x)))`: a convolution block's layer. In
-/// inference on flex (a plain device, so batch norm uses its running statistics) it is one op
-/// that normalizes and activates each output row as the convolution writes it: bit for bit the
-/// three ops' values, in one pass over the activation instead of three.
+/// `leaky_relu(act, batch_norm(norm, conv2d(conv, x)))`: a convolution block's layer, bit for
+/// bit the three ops' values (and gradients). In inference on flex (a plain device, so batch
+/// norm uses its running statistics) it is one op that normalizes and activates each output row
+/// as the convolution writes it; in training, normalization and activation are one graph node.
 pub fn conv_norm_leaky(conv: &Conv2d, norm: &BatchNorm, act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
     match covered_padding(conv) {
         Some(padding) if own_kernels() && is_flex(&x) && !x.device().is_autodiff() => {
@@ -94,7 +95,7 @@ pub fn conv_norm_leaky(conv: &Conv2d, norm: &BatchNorm, act: &LeakyRelu, x: Tens
             );
             Tensor::from_dispatch(out)
         }
-        _ => leaky_relu(act, batch_norm(norm, conv2d(conv, x))),
+        _ => batch_norm_then(norm, Some(act), conv2d(conv, x)),
     }
 }
 
@@ -111,9 +112,20 @@ pub fn leaky_relu(act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
 /// burn's `BatchNorm::forward` on a 4-D activation. In training on flex the normalization and
 /// its gradients come from `batch_norm_cpu`; the running statistics are updated as burn does.
 pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    batch_norm_then(norm, None, x)
+}
+
+/// `act` (when given) after `batch_norm(norm, x)`. In training on flex both are one graph node
+/// whose backward step recomputes the normalized value, saving a pass over the activation in
+/// each direction; values and gradients are bit for bit the two ops'.
+fn batch_norm_then(norm: &BatchNorm, act: Option<&LeakyRelu>, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
+    let activate = |y: Tensor<4>| match act {
+        Some(act) => leaky_relu(act, y),
+        None => y,
+    };
     if !(own_kernels() && is_flex(&x)) {
-        return norm.forward(x);
+        return activate(norm.forward(x));
     }
     if !(device.is_autodiff() && norm.training.is_enabled()) {
         // Inference, as `BatchNorm::forward` does it: the running statistics, in one pass.
@@ -125,13 +137,15 @@ pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
             norm.running_var.value().to_device(&device).into_dispatch(),
             norm.epsilon,
         );
-        return Tensor::from_dispatch(out);
+        return activate(Tensor::from_dispatch(out));
     }
+    let then = act.map_or(Then::Nothing, |act| Then::LeakyRelu(act.negative_slope as f32));
     let result = <Dispatch as UnetKernels>::batch_norm_train_node(
         x.into_dispatch(),
         norm.gamma.val().into_dispatch(),
         norm.beta.val().into_dispatch(),
         norm.epsilon,
+        then,
     );
     let update = |state: &RunningState<Tensor<1>>, batch: DispatchTensor| {
         let batch = Tensor::<1>::from_dispatch(batch).detach();
@@ -268,14 +282,24 @@ mod tests {
         device.seed(12);
         let x = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.5, 2.0), &device).into_data();
         let r = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.0, 1.0), &device).into_data();
-        let act = LeakyReluConfig::new().init();
-        let run = |own: bool| {
-            use_own_kernels(own);
+        let act = LeakyReluConfig::new().with_negative_slope(0.1).init();
+        #[derive(PartialEq)]
+        enum Path {
+            Burn,
+            OwnOps,
+            OwnFused,
+        }
+        let run = |path: Path| {
+            use_own_kernels(path != Path::Burn);
             // A fresh layer per run: clones of a layer share their running statistics.
             let mut norm = BatchNormConfig::new(3).init(&device);
             norm.gamma = Param::from_tensor(Tensor::<1>::from_floats([1.5, 0.7, -1.2], &device));
+            norm.beta = Param::from_tensor(Tensor::<1>::from_floats([0.2, -0.4, 0.0], &device));
             let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
-            let y = leaky_relu(&act, batch_norm(&norm, x.clone()));
+            let y = match path {
+                Path::OwnFused => batch_norm_then(&norm, Some(&act), x.clone()),
+                _ => leaky_relu(&act, batch_norm(&norm, x.clone())),
+            };
             let grads = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum().backward();
             use_own_kernels(true);
             [
@@ -287,7 +311,7 @@ mod tests {
                 norm.running_var.value_sync().into_data(),
             ]
         };
-        let (own, burn) = (run(true), run(false));
+        let (own, burn, fused) = (run(Path::OwnOps), run(Path::Burn), run(Path::OwnFused));
         let names = [
             "output",
             "input gradient",
@@ -296,8 +320,10 @@ mod tests {
             "running mean",
             "running variance",
         ];
-        for ((what, a), b) in names.iter().zip(&own).zip(&burn) {
+        for (((what, a), b), f) in names.iter().zip(&own).zip(&burn).zip(&fused) {
             assert_close(what, a, b, 1e-4);
+            // Fusing normalization and activation into one node changes no bit.
+            assert_eq!(bits(f.clone()), bits(a.clone()), "{what}: fused node against the two nodes");
         }
     }
 
