@@ -4,7 +4,7 @@
 //! Width, depth and dropout come from the experiment file so tiny CI runs and paper-scale runs
 //! share this one definition. The code is backend-agnostic: the device picks flex, CUDA, ...
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -78,13 +78,27 @@ impl ModelSpec {
         let head = Conv2dConfig::new([c[0], classes], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(device);
-        UNet {
+        let model = UNet {
             input,
             down,
             up,
             head,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-        }
+        };
+        model.visit(&mut DrawParameters);
+        model
+    }
+}
+
+/// Reads every parameter once, in the modules' field order. burn initialises a parameter
+/// lazily, on its first read, from the device's generator at that moment; drawing them all in
+/// `init` makes the initial weights depend on the seed the device holds then, and not on what a
+/// first training step draws before or between the layers' first reads (dropout masks, say).
+struct DrawParameters;
+
+impl ModuleVisitor for DrawParameters {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 
@@ -117,7 +131,7 @@ impl ConvBlock {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = kernels::conv_norm_leaky(&self.conv_a, &self.norm_a, &self.act, x);
-        let x = self.dropout.forward(x);
+        let x = kernels::dropout(&self.dropout, x);
         kernels::conv_norm_leaky(&self.conv_b, &self.norm_b, &self.act, x)
     }
 }
@@ -188,6 +202,26 @@ mod tests {
         let model = spec.init(1, 3, &device);
         let x = Tensor::<4>::zeros([2, 1, 16, 16], &device);
         assert_eq!(model.forward(x).dims(), [2, 3, 16, 16]);
+    }
+
+    /// The initial weights are drawn in `init`: random draws made afterwards (a training step's
+    /// dropout masks, say) leave them alone.
+    #[test]
+    fn initial_weights_are_drawn_at_init() {
+        let device = Device::flex();
+        let spec = ModelSpec {
+            channels: vec![4, 8],
+            dropout: vec![0.0, 0.0],
+        };
+        let logits = |draw_in_between: bool| {
+            device.seed(3);
+            let model = spec.init(1, 2, &device);
+            if draw_in_between {
+                let _ = Tensor::<1>::random([100], burn::tensor::Distribution::Default, &device).into_data();
+            }
+            model.forward(Tensor::<4>::ones([1, 1, 8, 8], &device)).into_data()
+        };
+        assert_eq!(logits(true), logits(false));
     }
 
     #[test]
