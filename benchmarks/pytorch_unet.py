@@ -76,6 +76,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--channels", default="16,32,64,128,256")
+    parser.add_argument("--dropout", default="0.05,0.1,0.2,0.3,0.5", help="encoder dropout per level")
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -85,7 +86,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     channels = [int(c) for c in args.channels.split(",")]
-    dropout = [0.0] * len(channels)  # as `atso bench`: timing without dropout
+    dropout = [float(p) for p in args.dropout.split(",")]
+    if len(dropout) != len(channels):
+        parser.error(f"--dropout has {len(dropout)} values for {len(channels)} levels")
     classes = 4
     device = torch.device(args.device)
     model = UNet(channels, dropout, classes).to(device)

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// U-Net channels per level (default: SSL4MIS).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub channels: Vec<usize>,
+    /// Encoder dropout per level, as the experiment files' `model.dropout` (default: SSL4MIS's
+    /// 0.05, 0.1, 0.2, 0.3, 0.5 for the first levels, 0.5 below; `--dropout 0` times without).
+    #[arg(long, value_delimiter = ',')]
+    pub dropout: Vec<f64>,
     #[arg(long, default_value_t = 7)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -119,6 +123,19 @@ pub fn unet_forward_flops(channels: &[usize], resolution: usize, in_channels: us
     flops + conv(channels[0], classes, 3, resolution)
 }
 
+/// `--dropout` per level: the list given (one value meaning every level), or SSL4MIS's.
+fn dropout_per_level(args: &BenchArgs) -> Vec<f64> {
+    let levels = args.channels.len();
+    match args.dropout.as_slice() {
+        [] => {
+            let ssl4mis = ModelSpec::default().dropout;
+            (0..levels).map(|i| ssl4mis.get(i).copied().unwrap_or(0.5)).collect()
+        }
+        [single] => vec![*single; levels],
+        list => list.to_vec(),
+    }
+}
+
 /// Measures every backend (and thread count) of `args`.
 pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let size = args.resolution;
@@ -131,7 +148,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
         .collect();
     let model_spec = ModelSpec {
         channels: args.channels.clone(),
-        dropout: vec![0.0; args.channels.len()],
+        dropout: dropout_per_level(args),
     };
     model_spec.validate(size)?;
     let mut results = Vec::new();
@@ -256,10 +273,11 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
     let forward = unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64;
     let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
-        "U-Net channels {:?}, batch {} x 1 x {} x {}, median of {} steps after {} warm-up; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
+        "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, median of {} steps after {} warm-up; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
          | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         args.channels,
+        dropout_per_level(args),
         args.batch_size,
         args.resolution,
         args.resolution,
@@ -312,6 +330,10 @@ fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
         .args(["--batch-size", &args.batch_size.to_string()])
         .args(["--resolution", &args.resolution.to_string()])
         .args(["--channels", &channels.join(",")])
+        .args([
+            "--dropout",
+            &dropout_per_level(args).iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+        ])
         .args(["--steps", &args.steps.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--threads", &args.threads.last().copied().unwrap_or(1).to_string()])

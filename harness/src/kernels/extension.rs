@@ -21,6 +21,7 @@ use burn::tensor::IntDType;
 
 use super::batch_norm_cpu::{self, EvalNorm, NormShape, Then};
 use super::conv_cpu::{self, ConvShape};
+use super::dropout_cpu::DropoutMask;
 use super::elementwise;
 use super::pool_cpu;
 use super::resize_cpu;
@@ -105,6 +106,17 @@ pub trait UnetKernels: Backend {
     ) -> FloatTensor<Self> {
         let y = Self::padded_conv2d(x, weight, bias, padding);
         Self::leaky_relu_node(Self::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
+    }
+
+    /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
+    /// `mask` describes (`dropout_cpu`: the same on every backend and thread count).
+    fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        burns_dropout::<Self>(x, mask)
+    }
+
+    /// The gradient of `dropout_node` with respect to its input.
+    fn dropout_node_grad(output_grad: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        burns_dropout_grad::<Self>(output_grad, mask)
     }
 
     /// Bilinear resizing of `[batch, channels, h, w]` to `[batch, channels, height, width]`
@@ -198,6 +210,24 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
 fn burns_max_pool2x2_grad<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let indices = B::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
     B::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+}
+
+/// `mask`'s 0 / 1 values as a tensor shaped like `like`.
+fn mask_tensor<B: Backend>(like: &FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+    let shape = like.shape();
+    B::float_from_data(TensorData::new(mask.values(shape.num_elements()), shape), &like.device())
+}
+
+/// burn's ops for `dropout_node`: two products, the mask's then the scale's.
+fn burns_dropout<B: Backend>(x: FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+    let keep = mask_tensor::<B>(&x, mask);
+    B::float_mul_scalar(B::float_mul(x, keep), (1.0 / (1.0 - mask.prob)).into())
+}
+
+/// burn's ops for `dropout_node_grad`: the gradients of the two products, in reverse order.
+fn burns_dropout_grad<B: Backend>(output_grad: FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+    let keep = mask_tensor::<B>(&output_grad, mask);
+    B::float_mul(B::float_mul_scalar(output_grad, (1.0 / (1.0 - mask.prob)).into()), keep)
 }
 
 /// burn's ops for `batch_norm_train_node`: its batch norm, then `then`.
@@ -312,6 +342,20 @@ impl UnetKernels for Flex {
         match output {
             Some(y) => flex_tensor(y, x.shape().dims::<4>().to_vec()),
             None => Self::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn dropout_node(x: FlexTensor, mask: DropoutMask) -> FlexTensor {
+        match with_f32([&x], |[x]| mask.forward(x)) {
+            Some(y) => flex_tensor(y, x.shape().dims::<4>().to_vec()),
+            None => burns_dropout::<Self>(x, mask),
+        }
+    }
+
+    fn dropout_node_grad(output_grad: FlexTensor, mask: DropoutMask) -> FlexTensor {
+        match with_f32([&output_grad], |[dy]| mask.backward(dy)) {
+            Some(dx) => flex_tensor(dx, output_grad.shape().dims::<4>().to_vec()),
+            None => burns_dropout_grad::<Self>(output_grad, mask),
         }
     }
 
@@ -546,6 +590,22 @@ impl<B: UnetKernels> Backward<B, 1> for LeakyReluBackward {
     }
 }
 
+/// The backward step of `dropout_node`: the mask is regenerated from its seed.
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl<B: UnetKernels> Backward<B, 1> for DropoutBackward {
+    type State = DropoutMask;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::dropout_node_grad(output_grad, ops.state));
+        }
+    }
+}
+
 /// The backward step of `max_pool2x2`, from its saved input (the winners are recomputed).
 #[derive(Debug)]
 struct MaxPool2x2Backward;
@@ -665,6 +725,13 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
         }
     }
 
+    fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        match DropoutBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(mask, B::dropout_node(x.into_primitive(), mask)),
+            OpsKind::UnTracked(prep) => prep.finish(B::dropout_node(x.into_primitive(), mask)),
+        }
+    }
+
     fn leaky_relu_node(x: FloatTensor<Self>, negative_slope: f64) -> FloatTensor<Self> {
         match LeakyReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -694,5 +761,39 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
                 padding,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flex's dropout kernels give the bits of the default bodies (burn's products with the same
+    /// mask), forward and backward.
+    #[test]
+    fn flex_dropout_is_bitwise_the_default_ops() {
+        let values: Vec<f32> = (0..2 * 3 * 7 * 5).map(|i| (i as f32 * 0.61).sin() * 3.0).collect();
+        let tensor = || flex_tensor(values.clone(), vec![2, 3, 7, 5]);
+        let mask = DropoutMask {
+            prob: 0.3,
+            seed: 9,
+            plane: 35,
+        };
+        let bits = |t: FlexTensor| {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bits(<Flex as UnetKernels>::dropout_node(tensor(), mask)),
+            bits(burns_dropout::<Flex>(tensor(), mask))
+        );
+        assert_eq!(
+            bits(<Flex as UnetKernels>::dropout_node_grad(tensor(), mask)),
+            bits(burns_dropout_grad::<Flex>(tensor(), mask))
+        );
     }
 }

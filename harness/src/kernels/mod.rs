@@ -9,6 +9,7 @@
 
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
+pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;
 pub mod microkernel;
@@ -23,10 +24,11 @@ use burn::module::RunningState;
 use burn::nn::conv::Conv2d;
 use burn::nn::interpolate::{Interpolate2d, InterpolateMode};
 use burn::nn::pool::MaxPool2d;
-use burn::nn::{BatchNorm, LeakyRelu, PaddingConfig2d};
-use burn::tensor::Tensor;
+use burn::nn::{BatchNorm, Dropout, LeakyRelu, PaddingConfig2d};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use batch_norm_cpu::Then;
+use dropout_cpu::DropoutMask;
 use extension::UnetKernels;
 
 thread_local! {
@@ -158,6 +160,32 @@ fn batch_norm_then(norm: &BatchNorm, act: Option<&LeakyRelu>, x: Tensor<4>) -> T
     Tensor::from_dispatch(result.output)
 }
 
+/// `layer.forward(x)`. In training on flex the mask comes from `dropout_cpu`, keyed by a seed
+/// drawn from the device's generator (so it follows the run's seed, as burn's mask does); values
+/// and gradients are burn's formula with another draw of the mask.
+pub fn dropout(layer: &Dropout, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let active = layer.training.is_enabled() && device.is_autodiff() && layer.prob != 0.0;
+    if !(active && own_kernels() && is_flex(&x)) {
+        return layer.forward(x);
+    }
+    let [_, _, height, width] = x.dims();
+    let mask = DropoutMask {
+        prob: layer.prob,
+        seed: seed_from_device(&device),
+        plane: height * width,
+    };
+    Tensor::from_dispatch(<Dispatch as UnetKernels>::dropout_node(x.into_dispatch(), mask))
+}
+
+/// 46 random bits from the device's generator (two uniform `f32` draws' mantissas), as a seed.
+fn seed_from_device(device: &Device) -> u64 {
+    let draws = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), device).into_data();
+    let draws: Vec<f32> = draws.try_to_vec().expect("f32 draws");
+    let mantissa = |v: f32| (v.to_bits() & 0x7f_ffff) as u64;
+    mantissa(draws[0]) << 23 | mantissa(draws[1])
+}
+
 /// `pool.forward(x)`; a 2 x 2, stride-2 pooling without padding on flex goes through the
 /// project's kernel (bit for bit flex's values and gradients).
 pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
@@ -210,7 +238,7 @@ fn is_flex(x: &Tensor<4>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::Param;
+    use burn::module::{Module, Param};
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::interpolate::Interpolate2dConfig;
     use burn::nn::{BatchNormConfig, LeakyReluConfig};
@@ -370,6 +398,45 @@ mod tests {
         assert_eq!(run(true), run(false));
     }
 
+    /// Dropout in training: the mask follows the device's seed, about `prob` of the values are
+    /// dropped and the rest scaled by `1 / (1 - prob)`, and the gradient passes (scaled) exactly
+    /// where values were kept. Outside training it is the identity.
+    #[test]
+    fn dropout_follows_the_seed_and_its_gradient_the_mask() {
+        let _serial = crate::method::tests::serial();
+        let device = Device::flex().autodiff();
+        let layer = burn::nn::DropoutConfig::new(0.25).init();
+        let x = Tensor::<4>::random([4, 3, 20, 20], Distribution::Uniform(1.0, 2.0), &device);
+        let run = |seed: u64| {
+            device.seed(seed);
+            let x = x.clone().require_grad();
+            let y = dropout(&layer, x.clone());
+            let grads = y.clone().sum().backward();
+            let values = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+            (
+                values(x.clone().inner()),
+                values(y.inner()),
+                x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap(),
+            )
+        };
+        let (xs, ys, dxs) = run(3);
+        let scale = (1.0 / 0.75f64) as f32;
+        let dropped = ys.iter().filter(|&&v| v == 0.0).count() as f64 / ys.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.03, "dropped fraction {dropped}");
+        for ((x, y), dx) in xs.iter().zip(&ys).zip(&dxs) {
+            if *y == 0.0 {
+                assert_eq!(*dx, 0.0);
+            } else {
+                assert_eq!((*y, *dx), (x * scale, scale));
+            }
+        }
+        assert_eq!(run(3).1, ys, "the same seed, the same mask");
+        assert_ne!(run(4).1, ys, "another seed, another mask");
+        let plain = x.clone().inner();
+        let evaluated = dropout(&layer, plain.clone());
+        assert_eq!(evaluated.into_data(), plain.into_data(), "no dropout outside autodiff");
+    }
+
     /// A block's layer in inference: the fused op gives the values of the three ops it replaces
     /// (convolution, batch norm with running statistics, LeakyReLU) bit for bit, for a 3 x 3 and
     /// a 1 x 1 kernel, more output channels than one tile holds, and odd image sizes.
@@ -466,9 +533,11 @@ mod tests {
         }
     }
 
-    /// Parameters initialise lazily on first read, so the kernels must read them in burn's order:
-    /// a U-Net seeded the same way gives the same first forward pass on either path (reading the
-    /// bias first once drew other initial weights and moved every result).
+    /// A U-Net seeded the same way gives the same first forward pass (in evaluation, so without
+    /// dropout masks) on either path: the kernels read the same weights. (burn initialises
+    /// parameters lazily; `ModelSpec::init` draws them all, and the wrappers read a convolution's
+    /// weight before its bias as burn does, which once mattered: the other order drew other
+    /// initial weights.)
     #[test]
     fn a_seeded_model_draws_the_same_weights_on_either_path() {
         let spec = crate::model::ModelSpec {
@@ -480,7 +549,7 @@ mod tests {
             let device = Device::flex().autodiff();
             device.seed(5);
             let x = Tensor::<4>::ones([2, 1, 8, 8], &device);
-            let y = spec.init(1, 3, &device).forward(x).into_data();
+            let y = spec.init(1, 3, &device).valid().forward(x.inner()).into_data();
             use_own_kernels(true);
             y
         };
