@@ -24,6 +24,7 @@ impl NormShape {
     }
 
     /// The values of channel `c`, one contiguous run per image.
+    #[cfg(test)]
     fn runs<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
         let (stride, len) = (self.channels * self.positions, self.positions);
         (0..self.batch).map(move |b| &data[b * stride + c * len..][..len])
@@ -68,19 +69,13 @@ impl Then {
 
 /// `then((x - mean) / sqrt(var + eps) * gamma + beta)` with the batch's statistics.
 pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &NormShape, then: Then) -> NormForward {
-    let (mean, variance): (Vec<f32>, Vec<f32>) = (0..shape.channels)
-        .into_par_iter()
-        .map(|c| {
-            let sum: f64 = shape.runs(x, c).flat_map(|run| run.iter()).map(|&v| v as f64).sum();
-            let mean = sum / shape.samples();
-            let squares: f64 = shape
-                .runs(x, c)
-                .flat_map(|run| run.iter())
-                .map(|&v| (v as f64 - mean).powi(2))
-                .sum();
-            (mean as f32, (squares / shape.samples()) as f32)
-        })
-        .unzip();
+    // Each sum in f64, in the order of `iter().sum()` over the channel's values (which starts
+    // from -0.0).
+    let sums = channel_sums(x, x, shape, -0.0, |_, v, _| [v as f64]);
+    let means: Vec<f64> = sums.iter().map(|[sum]| sum / shape.samples()).collect();
+    let squares = channel_sums(x, x, shape, -0.0, |c, v, _| [(v as f64 - means[c]).powi(2)]);
+    let mean: Vec<f32> = means.iter().map(|&m| m as f32).collect();
+    let variance: Vec<f32> = squares.iter().map(|[squares]| (squares / shape.samples()) as f32).collect();
     let (scale, shift) = affine(gamma, beta, &mean, &variance, epsilon);
     let mut output = vec![0.0f32; x.len()];
     per_channel_runs(&mut output, shape, |c, b, out| {
@@ -121,20 +116,14 @@ pub fn backward(
         let (scale, shift) = (norm_scale[c], norm_shift[c]);
         move |v: f32, g: f32| then.grad(v * scale + shift, g)
     };
-    let (beta, gamma_grad): (Vec<f32>, Vec<f32>) = (0..shape.channels)
-        .into_par_iter()
-        .map(|c| {
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-            let dy_at = normalized_grad(c);
-            for (xs, gs) in shape.runs(x, c).zip(shape.runs(output_grad, c)) {
-                for (&v, &g) in xs.iter().zip(gs) {
-                    let dy = dy_at(v, g);
-                    sum_dy += dy as f64;
-                    sum_dy_xhat += dy as f64 * (v as f64 - mean[c] as f64);
-                }
-            }
-            (sum_dy as f32, (sum_dy_xhat * inv_std[c]) as f32)
-        })
+    let sums = channel_sums(x, output_grad, shape, 0.0, |c, v, g| {
+        let dy = normalized_grad(c)(v, g) as f64;
+        [dy, dy * (v as f64 - mean[c] as f64)]
+    });
+    let (beta, gamma_grad): (Vec<f32>, Vec<f32>) = sums
+        .iter()
+        .zip(&inv_std)
+        .map(|([sum_dy, sum_dy_xhat], inv_std)| (*sum_dy as f32, (sum_dy_xhat * inv_std) as f32))
         .unzip();
     let n = shape.samples();
     let mut x_grad = vec![0.0f32; x.len()];
@@ -216,6 +205,51 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: 
         .unzip()
 }
 
+/// Channels whose sums one thread computes side by side: independent chains of additions keep
+/// the core's adders busy (one chain waits on each addition's latency), while every channel's
+/// sum keeps the order, and so the bits, of a plain loop over its values.
+const CHAINS: usize = 8;
+
+/// For every channel `c`: `N` sums in `f64`, each starting from `init` and adding
+/// `term(c, x, y)` for the channel's values in image, then position order (`x` from `a`, `y`
+/// from `b` at the same place). Threads take groups of `CHAINS` channels, so no sum is split.
+fn channel_sums<const N: usize>(
+    a: &[f32],
+    b: &[f32],
+    shape: &NormShape,
+    init: f64,
+    term: impl Fn(usize, f32, f32) -> [f64; N] + Sync,
+) -> Vec<[f64; N]> {
+    assert!(
+        a.len() == shape.batch * shape.channels * shape.positions && b.len() == a.len(),
+        "batch norm: input sizes"
+    );
+    let firsts: Vec<usize> = (0..shape.channels).step_by(CHAINS).collect();
+    firsts
+        .into_par_iter()
+        .flat_map_iter(|first| {
+            let count = CHAINS.min(shape.channels - first);
+            // A group short of `CHAINS` channels repeats its last one; the copies are dropped.
+            let channel = |g: usize| first + g.min(count - 1);
+            let mut sums = [[init; N]; CHAINS];
+            for image in 0..shape.batch {
+                let start = |g: usize| (image * shape.channels + channel(g)) * shape.positions;
+                let xs: [&[f32]; CHAINS] = std::array::from_fn(|g| &a[start(g)..][..shape.positions]);
+                let ys: [&[f32]; CHAINS] = std::array::from_fn(|g| &b[start(g)..][..shape.positions]);
+                for i in 0..shape.positions {
+                    for g in 0..CHAINS {
+                        let terms = term(channel(g), xs[g][i], ys[g][i]);
+                        for (sum, t) in sums[g].iter_mut().zip(terms) {
+                            *sum += t;
+                        }
+                    }
+                }
+            }
+            sums.into_iter().take(count)
+        })
+        .collect()
+}
+
 /// Calls `fill(channel, image, run)` for every channel run of `data`, images in parallel.
 fn per_channel_runs(data: &mut [f32], shape: &NormShape, fill: impl Fn(usize, usize, &mut [f32]) + Sync) {
     data.par_chunks_mut(shape.channels * shape.positions)
@@ -242,6 +276,31 @@ mod tests {
         channels: 4,
         positions: 10,
     };
+
+    /// The interleaved sums are, bit for bit, plain sums over each channel's values in order
+    /// (`iter().sum()` from -0.0, including a channel of negative zeros), for channel counts
+    /// below, at and above `CHAINS`.
+    #[test]
+    fn interleaved_sums_are_plain_sums() {
+        for channels in [3, CHAINS, 11] {
+            let shape = NormShape {
+                batch: 3,
+                channels,
+                positions: 37,
+            };
+            let mut x: Vec<f32> = (0..shape.batch * channels * shape.positions)
+                .map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 1e-3 + (i % 3) as f32 * 1e5)
+                .collect();
+            for image in 0..shape.batch {
+                x[(image * channels + 1) * shape.positions..][..shape.positions].fill(-0.0);
+            }
+            let sums = channel_sums(&x, &x, &shape, -0.0, |_, v, _| [v as f64]);
+            for (c, [sum]) in sums.iter().enumerate() {
+                let plain: f64 = shape.runs(&x, c).flatten().map(|&v| v as f64).sum();
+                assert_eq!(sum.to_bits(), plain.to_bits(), "{channels} channels, channel {c}");
+            }
+        }
+    }
 
     #[test]
     fn output_has_zero_mean_unit_variance_before_the_affine_map() {

@@ -10,40 +10,38 @@ use rayon::prelude::*;
 
 use super::elementwise;
 
-/// Which of a window's four values `(0,0), (0,1), (1,0), (1,1)` flex's pooling picks.
-fn winner(values: [f32; 4]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate().skip(1) {
-        if v > values[best] || v.is_nan() {
-            best = i;
-        }
-    }
-    best
-}
-
-/// `best` or, where flex's rule prefers it, the next value `v` of the window: what `winner`
-/// picks, written as selects so that a row of windows vectorizes.
+/// The value flex's pooling picks from a window read in the order `(0,0), (0,1), (1,0), (1,1)`,
+/// and which of the four it is: written as selects, so that a row of windows vectorizes.
 #[inline(always)]
-fn prefer(best: f32, v: f32) -> f32 {
-    if v > best || v.is_nan() {
-        v
-    } else {
-        best
+fn pick(values: [f32; 4]) -> (f32, u32) {
+    let (mut best, mut index) = (values[0], 0);
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        let take = v > best || v.is_nan();
+        best = if take { v } else { best };
+        index = if take { i as u32 } else { index };
     }
+    (best, index)
 }
 
 /// One row of outputs from the two input rows under it.
 #[inline(always)]
 fn pool_row(top: &[f32], bottom: &[f32], out: &mut [f32]) {
     for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
-        *o = prefer(prefer(prefer(t[0], t[1]), b[0]), b[1]);
+        *o = pick([t[0], t[1], b[0], b[1]]).0;
     }
 }
 
-/// The window of output `(oy, ox)` in one plane of width `w`.
-fn window(plane: &[f32], w: usize, oy: usize, ox: usize) -> [f32; 4] {
-    let (top, bottom) = (2 * oy * w + 2 * ox, (2 * oy + 1) * w + 2 * ox);
-    [plane[top], plane[top + 1], plane[bottom], plane[bottom + 1]]
+/// The gradient of one row of outputs, written into the two input rows under it: `0 + dy` at
+/// each window's winner, zero elsewhere.
+#[inline(always)]
+fn unpool_row(top: &[f32], bottom: &[f32], dy: &[f32], grad_top: &mut [f32], grad_bottom: &mut [f32]) {
+    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(dy);
+    for (((t, b), &g), (gt, gb)) in windows.zip(grad_top.chunks_exact_mut(2).zip(grad_bottom.chunks_exact_mut(2))) {
+        let (_, winner) = pick([t[0], t[1], b[0], b[1]]);
+        let pass = 0.0 + g;
+        let at = |k: u32| if winner == k { pass } else { 0.0 };
+        (gt[0], gt[1], gb[0], gb[1]) = (at(0), at(1), at(2), at(3));
+    }
 }
 
 /// `[planes, h, w]` -> `[planes, h / 2, w / 2]` (odd sizes drop the last row or column).
@@ -76,12 +74,17 @@ pub fn backward(x: &[f32], output_grad: &[f32], planes: usize, [h, w]: [usize; 2
     grad.par_chunks_mut(h * w)
         .zip(x.par_chunks(h * w).zip(output_grad.par_chunks(oh * ow)))
         .for_each(|(grad, (plane, dy))| {
-            for (oy, row) in dy.chunks(ow).enumerate() {
-                for (ox, &g) in row.iter().enumerate() {
-                    let i = winner(window(plane, w, oy, ox));
-                    grad[(2 * oy + i / 2) * w + 2 * ox + i % 2] = 0.0 + g;
+            elementwise::vectorized(|| {
+                for ((grad_pair, pair), dy) in grad.chunks_mut(2 * w).zip(plane.chunks(2 * w)).zip(dy.chunks(ow)) {
+                    // An odd height leaves a last, partial chunk: no output row reads it.
+                    if grad_pair.len() < 2 * w {
+                        break;
+                    }
+                    let (grad_top, grad_bottom) = grad_pair.split_at_mut(w);
+                    let (top, bottom) = (&pair[..2 * ow], &pair[w..w + 2 * ow]);
+                    unpool_row(top, bottom, dy, &mut grad_top[..2 * ow], &mut grad_bottom[..2 * ow]);
                 }
-            }
+            })
         });
     grad
 }
