@@ -205,14 +205,13 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: 
         .unzip()
 }
 
-/// Channels whose sums one thread computes side by side: independent chains of additions keep
-/// the core's adders busy (one chain waits on each addition's latency), while every channel's
-/// sum keeps the order, and so the bits, of a plain loop over its values.
-const CHAINS: usize = 8;
-
 /// For every channel `c`: `N` sums in `f64`, each starting from `init` and adding
 /// `term(c, x, y)` for the channel's values in image, then position order (`x` from `a`, `y`
-/// from `b` at the same place). Threads take groups of `CHAINS` channels, so no sum is split.
+/// from `b` at the same place). One thread takes a group of channels and chains their sums side
+/// by side: independent additions keep the core's adders busy (a single chain waits on each
+/// addition's latency), while every channel's sum keeps the order, and so the bits, of a plain
+/// loop over its values. Groups hold up to 8 channels, fewer when that leaves threads idle; the
+/// grouping changes no bit.
 fn channel_sums<const N: usize>(
     a: &[f32],
     b: &[f32],
@@ -224,6 +223,22 @@ fn channel_sums<const N: usize>(
         a.len() == shape.batch * shape.channels * shape.positions && b.len() == a.len(),
         "batch norm: input sizes"
     );
+    match shape.channels / rayon::current_num_threads() {
+        0 | 1 => chained_sums::<1, N>(a, b, shape, init, term),
+        2 | 3 => chained_sums::<2, N>(a, b, shape, init, term),
+        4..=7 => chained_sums::<4, N>(a, b, shape, init, term),
+        _ => chained_sums::<8, N>(a, b, shape, init, term),
+    }
+}
+
+/// `channel_sums` with groups of `CHAINS` channels.
+fn chained_sums<const CHAINS: usize, const N: usize>(
+    a: &[f32],
+    b: &[f32],
+    shape: &NormShape,
+    init: f64,
+    term: impl Fn(usize, f32, f32) -> [f64; N] + Sync,
+) -> Vec<[f64; N]> {
     let firsts: Vec<usize> = (0..shape.channels).step_by(CHAINS).collect();
     firsts
         .into_par_iter()
@@ -278,11 +293,11 @@ mod tests {
     };
 
     /// The interleaved sums are, bit for bit, plain sums over each channel's values in order
-    /// (`iter().sum()` from -0.0, including a channel of negative zeros), for channel counts
-    /// below, at and above `CHAINS`.
+    /// (`iter().sum()` from -0.0, including a channel of negative zeros), for every group size
+    /// and channel counts below, at and above it.
     #[test]
     fn interleaved_sums_are_plain_sums() {
-        for channels in [3, CHAINS, 11] {
+        for channels in [1, 3, 8, 11, 17] {
             let shape = NormShape {
                 batch: 3,
                 channels,
@@ -292,12 +307,21 @@ mod tests {
                 .map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 1e-3 + (i % 3) as f32 * 1e5)
                 .collect();
             for image in 0..shape.batch {
-                x[(image * channels + 1) * shape.positions..][..shape.positions].fill(-0.0);
+                x[(image * channels + channels / 2) * shape.positions..][..shape.positions].fill(-0.0);
             }
-            let sums = channel_sums(&x, &x, &shape, -0.0, |_, v, _| [v as f64]);
-            for (c, [sum]) in sums.iter().enumerate() {
-                let plain: f64 = shape.runs(&x, c).flatten().map(|&v| v as f64).sum();
-                assert_eq!(sum.to_bits(), plain.to_bits(), "{channels} channels, channel {c}");
+            let term = |_: usize, v: f32, _: f32| [v as f64];
+            let groupings = [
+                chained_sums::<1, 1>(&x, &x, &shape, -0.0, term),
+                chained_sums::<2, 1>(&x, &x, &shape, -0.0, term),
+                chained_sums::<4, 1>(&x, &x, &shape, -0.0, term),
+                chained_sums::<8, 1>(&x, &x, &shape, -0.0, term),
+                channel_sums(&x, &x, &shape, -0.0, term),
+            ];
+            for sums in groupings {
+                for (c, [sum]) in sums.iter().enumerate() {
+                    let plain: f64 = shape.runs(&x, c).flatten().map(|&v| v as f64).sum();
+                    assert_eq!(sum.to_bits(), plain.to_bits(), "{channels} channels, channel {c}");
+                }
             }
         }
     }

@@ -120,17 +120,23 @@ impl ConvShape {
 const BAND_BYTES: usize = 256 * 1024;
 const MAX_BAND: usize = 512;
 
-/// Copies one image into `padded` (`shape.padded_len()` values whose borders are zero): each
-/// channel padded by `shape.padding` on every side, rows `padded_width` apart, then zeros. Only
-/// the interior is written, so a zeroed buffer is reused across the images of a call.
-fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut [f32]) {
-    assert_eq!(padded.len(), shape.padded_len());
+/// Rebuilds `padded` as one image's zero-padded copy: each channel padded by `shape.padding` on
+/// every side, rows `padded_width` apart, then zeros up to `shape.padded_len()`. One sequential
+/// pass writes every value once, borders included, so a reused buffer needs no zero-filling.
+fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     let (w, pw, p) = (shape.width, shape.padded_width(), shape.padding);
-    for (plane, channel) in padded.chunks_mut(shape.padded_plane()).zip(image.chunks(shape.height * w)) {
-        for (row, source) in plane[p * pw..].chunks_mut(pw).zip(channel.chunks(w)) {
-            row[p..p + w].copy_from_slice(source);
+    padded.clear();
+    padded.reserve(shape.padded_len());
+    for channel in image.chunks(shape.height * w) {
+        padded.resize(padded.len() + p * pw, 0.0);
+        for row in channel.chunks(w) {
+            padded.resize(padded.len() + p, 0.0);
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + p, 0.0);
         }
+        padded.resize(padded.len() + p * pw, 0.0);
     }
+    padded.resize(shape.padded_len(), 0.0);
 }
 
 /// Writes `[channels, out_height, padded_width]` values in the padded layout (channel rows
@@ -155,21 +161,10 @@ fn copy_row(_channel: usize, row: &[f32], out: &mut [f32]) {
     out.copy_from_slice(row);
 }
 
-/// One image's padded copy (what `pad_into` writes into a zeroed buffer), built in one
-/// sequential pass that writes every value once, borders included, so no buffer is zeroed first.
+/// One image's padded copy in a buffer of its own.
 fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
-    let (w, pw, p) = (shape.width, shape.padded_width(), shape.padding);
-    let mut padded = Vec::with_capacity(shape.padded_len());
-    for channel in image.chunks(shape.height * w) {
-        padded.resize(padded.len() + p * pw, 0.0);
-        for row in channel.chunks(w) {
-            padded.resize(padded.len() + p, 0.0);
-            padded.extend_from_slice(row);
-            padded.resize(padded.len() + p, 0.0);
-        }
-        padded.resize(padded.len() + p * pw, 0.0);
-    }
-    padded.resize(shape.padded_len(), 0.0);
+    let mut padded = Vec::new();
+    pad_into(image, shape, &mut padded);
     padded
 }
 
@@ -232,9 +227,11 @@ pub fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvSha
     let band = shape.band_positions();
     let mut output = vec![0.0f32; shape.batch * shape.output_len()];
     output.par_chunks_mut(shape.output_len()).enumerate().for_each_init(
-        || (vec![0.0f32; shape.padded_len()], vec![0.0f32; shape.channels_out * stride]),
+        || (Vec::new(), Vec::new()),
         |(padded, local), (b, out)| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
+            // Every value of `local` is written by the first tap chunk before it is read.
+            local.resize(shape.channels_out * stride, 0.0);
             // The tiles' reads and writes stay inside `padded` and `local`: the last tile
             // starts at `stride - TILE` and reads up to `stride + max offset <= padded_len`.
             assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
@@ -326,6 +323,7 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
         .collect();
     let max_offset = offsets.last().copied().unwrap_or(0);
     assert!(stride + max_offset <= shape.padded_len() && padded.iter().all(|p| p.len() == shape.padded_len()));
+    assert!(dyt.iter().all(|d| d.len() == stride * lanes));
     // Positions per band: a band's output-gradient rows (`lanes` values each) take about 64 KiB.
     let band = (16 * 1024 / lanes).max(TILE);
     // Tasks of whole tap blocks; how many there are changes no sum (each task owns its taps).
@@ -544,10 +542,12 @@ mod tests {
             unpad_output(&padded, stride, &s, s.channels_out, &mut back, &copy_row);
             assert_eq!(back, dense, "{s:?}");
             let image = values(s.input_len(), 4);
-            let mut src = vec![0.0; s.padded_len()];
+            // A reused buffer with other values in it: every border is written again.
+            let mut src = vec![7.0; s.padded_len() + 5];
             pad_into(&image, &s, &mut src);
+            assert_eq!(src.len(), s.padded_len(), "{s:?}");
             assert_eq!(total(&src), total(&image), "{s:?}: input values outside their places");
-            assert_eq!(padded_image(&image, &s), src, "{s:?}: the two padded copies differ");
+            assert_eq!(padded_image(&image, &s), src, "{s:?}: a fresh buffer and a reused one differ");
         }
     }
 

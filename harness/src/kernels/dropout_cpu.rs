@@ -28,8 +28,18 @@ impl DropoutMask {
         (1.0 / (1.0 - self.prob)) as f32
     }
 
-    /// A 32-bit draw `u` keeps its element when `u < threshold`: probability `1 - prob` to
-    /// within 2^-33.
+    /// The mask's value for a 32-bit draw: 1 (kept) with probability `1 - prob` to within 2^-33,
+    /// else 0.
+    #[inline(always)]
+    fn kept(threshold: u64, draw: u32) -> f32 {
+        if (draw as u64) < threshold {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// The bound `kept` compares a draw with.
     fn threshold(&self) -> u64 {
         ((1.0 - self.prob) * 4_294_967_296.0).round() as u64
     }
@@ -63,7 +73,7 @@ impl DropoutMask {
         let threshold = self.threshold();
         self.for_each_plane(&vec![0.0; len], |draws, _, out| {
             for (o, &u) in out.iter_mut().zip(draws) {
-                *o = if (u as u64) < threshold { 1.0 } else { 0.0 };
+                *o = Self::kept(threshold, u);
             }
         })
     }
@@ -72,10 +82,9 @@ impl DropoutMask {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let (threshold, scale) = (self.threshold(), self.scale());
         self.for_each_plane(x, |draws, x, out| {
-            let keep = |u: u32| if (u as u64) < threshold { 1.0f32 } else { 0.0 };
             elementwise::vectorized(|| {
                 for ((o, &v), &u) in out.iter_mut().zip(x).zip(draws) {
-                    *o = (v * keep(u)) * scale;
+                    *o = (v * Self::kept(threshold, u)) * scale;
                 }
             })
         })
@@ -86,10 +95,9 @@ impl DropoutMask {
     pub fn backward(&self, output_grad: &[f32]) -> Vec<f32> {
         let (threshold, scale) = (self.threshold(), self.scale());
         self.for_each_plane(output_grad, |draws, dy, out| {
-            let keep = |u: u32| if (u as u64) < threshold { 1.0f32 } else { 0.0 };
             elementwise::vectorized(|| {
                 for ((o, &g), &u) in out.iter_mut().zip(dy).zip(draws) {
-                    *o = (g * scale) * keep(u);
+                    *o = (g * scale) * Self::kept(threshold, u);
                 }
             })
         })

@@ -1,7 +1,9 @@
 //! The U-Net's kernels plugged into burn through its backend-extension traits: a `Flex`
-//! implementation (convolutions from `conv_cpu`, batch norm from `batch_norm_cpu`, bilinear
-//! resizing from `resize_cpu`, a one-pass LeakyReLU gradient), and an `Autodiff` implementation
-//! that records each op as one graph node whose gradients come from the same kernels.
+//! implementation (convolutions from `conv_cpu`, batch norm and its fused LeakyReLU from
+//! `batch_norm_cpu`, dropout from `dropout_cpu`, max pooling from `pool_cpu`, bilinear resizing
+//! from `resize_cpu`, a one-pass LeakyReLU gradient, and the fused inference layer), and an
+//! `Autodiff` implementation that records each op as one graph node whose gradients come from
+//! the same kernels.
 //!
 //! The trait's default bodies are burn's own ops, so any backend the macro routes to stays
 //! correct; only `Flex` overrides them. The gradients of a gradient (never taken here) would use
@@ -26,8 +28,8 @@ use super::elementwise;
 use super::pool_cpu;
 use super::resize_cpu;
 
-/// The ops of a U-Net training step that the project computes itself on flex. Each default body
-/// is burn's op. `padded_conv2d` is a stride-1, dilation-1, single-group 2D convolution with
+/// The ops of a U-Net's training step and inference that the project computes itself on flex.
+/// Each default body is burn's ops. `padded_conv2d` is a stride-1, dilation-1, single-group 2D convolution with
 /// `padding` zeros on every side and a bias: the only convolution the U-Net uses.
 #[backend_extension(Flex, Autodiff)]
 pub trait UnetKernels: Backend {
@@ -104,8 +106,7 @@ pub trait UnetKernels: Backend {
         epsilon: f64,
         negative_slope: f64,
     ) -> FloatTensor<Self> {
-        let y = Self::padded_conv2d(x, weight, bias, padding);
-        Self::leaky_relu_node(Self::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
+        burns_conv_norm_leaky_eval::<Self>(x, weight, bias, padding, gamma, beta, mean, variance, epsilon, negative_slope)
     }
 
     /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
@@ -210,6 +211,24 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
 fn burns_max_pool2x2_grad<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let indices = B::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
     B::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+}
+
+/// `conv_norm_leaky_eval` as its three ops (on flex: where the fused kernel does not apply).
+#[allow(clippy::too_many_arguments)]
+fn burns_conv_norm_leaky_eval<B: UnetKernels>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    padding: usize,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    epsilon: f64,
+    negative_slope: f64,
+) -> FloatTensor<B> {
+    let y = B::padded_conv2d(x, weight, bias, padding);
+    B::leaky_relu_node(B::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
 }
 
 /// `mask`'s 0 / 1 values as a tensor shaped like `like`.
@@ -449,8 +468,8 @@ impl UnetKernels for Flex {
         binary_op(
             x,
             output_grad,
+            move |x: f32, g: f32| elementwise::leaky_grad(x, g, slope32),
             // `+ 0.0`: burn adds the two branches' gradients, which turns -0 into +0.
-            move |x: f32, g: f32| (if x < 0.0 { g * slope32 } else { g }) + 0.0,
             move |x: f64, g: f64| (if x < 0.0 { g * slope64 } else { g }) + 0.0,
             None,
         )
@@ -498,10 +517,7 @@ impl UnetKernels for Flex {
         });
         match output.flatten() {
             Some(y) => flex_tensor(y, vec![shape.batch, channels, shape.out_height(), shape.out_width()]),
-            None => {
-                let y = Self::padded_conv2d(x, weight, bias, padding);
-                Self::leaky_relu_node(Self::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
-            }
+            None => burns_conv_norm_leaky_eval::<Self>(x, weight, bias, padding, gamma, beta, mean, variance, epsilon, negative_slope),
         }
     }
 
