@@ -310,6 +310,14 @@ fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape 
     }
 }
 
+/// The convolution's shape when the kernels compute it: a shape they cover, and a weight and
+/// bias that match the input.
+fn covered_conv(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, padding: usize) -> Option<ConvShape> {
+    let shape = conv_shape(x, weight, padding);
+    let matching = weight.shape()[1] == shape.channels_in && bias.shape().num_elements() == shape.channels_out;
+    (shape.is_valid() && matching).then_some(shape)
+}
+
 /// Runs `kernel` over contiguous `f32` views of `tensors`, or returns `None` for another dtype
 /// (which then takes burn's path).
 fn with_f32<const N: usize, R>(tensors: [&FlexTensor; N], kernel: impl FnOnce([&[f32]; N]) -> R) -> Option<R> {
@@ -476,12 +484,10 @@ impl UnetKernels for Flex {
     }
 
     fn padded_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, padding: usize) -> FlexTensor {
-        let shape = conv_shape(&x, &weight, padding);
-        // Mismatched shapes go to burn, whose op names the problem.
-        let matching = weight.shape()[1] == shape.channels_in && bias.shape().num_elements() == shape.channels_out;
-        if !shape.is_valid() || !matching {
+        // Shapes outside the kernels, and mismatched ones, go to burn, whose op names the problem.
+        let Some(shape) = covered_conv(&x, &weight, &bias, padding) else {
             return Self::conv2d(x, weight, Some(bias), options(padding));
-        }
+        };
         match with_f32([&x, &weight, &bias], |[x, w, b]| conv_cpu::forward(x, w, b, &shape)) {
             Some(y) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
             None => Self::conv2d(x, weight, Some(bias), options(padding)),
@@ -502,11 +508,11 @@ impl UnetKernels for Flex {
     ) -> FlexTensor {
         let shape = conv_shape(&x, &weight, padding);
         let channels = shape.channels_out;
-        let matching = weight.shape()[1] == shape.channels_in
-            && [&bias, &gamma, &beta, &mean, &variance]
+        let covered = covered_conv(&x, &weight, &bias, padding).is_some()
+            && [&gamma, &beta, &mean, &variance]
                 .iter()
                 .all(|t| t.shape().num_elements() == channels);
-        let output = (shape.is_valid() && matching).then(|| {
+        let output = covered.then(|| {
             with_f32([&x, &weight, &bias, &gamma, &beta, &mean, &variance], |[x, w, b, g, bt, m, v]| {
                 let norm = EvalNorm::new(g, bt, m, v, epsilon);
                 let slope = negative_slope as f32;

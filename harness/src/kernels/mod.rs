@@ -63,15 +63,31 @@ pub fn own_kernels() -> bool {
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match covered_padding(conv) {
         Some(padding) if own_kernels() && is_flex(&x) => {
-            // Weight before bias, as burn's `Conv2d::forward` reads them: a parameter not yet
-            // drawn (burn draws lazily; `ModelSpec::init` draws them all) draws in that order.
-            let weight = conv.weight.val();
-            let bias = conv.bias.as_ref().expect("covered_padding checked the bias").val();
-            let out = <Dispatch as UnetKernels>::padded_conv2d(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), padding);
+            let (weight, bias) = conv_parameters(conv);
+            let out = <Dispatch as UnetKernels>::padded_conv2d(x.into_dispatch(), weight, bias, padding);
             Tensor::from_dispatch(out)
         }
         _ => conv.forward(x),
     }
+}
+
+/// A covered convolution's weight and bias for the kernels, weight first as burn's
+/// `Conv2d::forward` reads them: a parameter not yet drawn (burn draws lazily; `ModelSpec::init`
+/// draws them all) draws in that order.
+fn conv_parameters(conv: &Conv2d) -> (DispatchTensor, DispatchTensor) {
+    let weight = conv.weight.val();
+    let bias = conv.bias.as_ref().expect("covered_padding checked the bias").val();
+    (weight.into_dispatch(), bias.into_dispatch())
+}
+
+/// What batch norm in inference reads: gamma, beta and the running mean and variance on `device`.
+fn eval_norm_parameters(norm: &BatchNorm, device: &Device) -> [DispatchTensor; 4] {
+    [
+        norm.gamma.val().into_dispatch(),
+        norm.beta.val().into_dispatch(),
+        norm.running_mean.value().to_device(device).into_dispatch(),
+        norm.running_var.value().to_device(device).into_dispatch(),
+    ]
 }
 
 /// `leaky_relu(act, batch_norm(norm, conv2d(conv, x)))`: a convolution block's layer, bit for
@@ -81,19 +97,17 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 pub fn conv_norm_leaky(conv: &Conv2d, norm: &BatchNorm, act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
     match covered_padding(conv) {
         Some(padding) if own_kernels() && is_flex(&x) && !x.device().is_autodiff() => {
-            let device = x.device();
-            // Weight before bias, as in `conv2d`.
-            let weight = conv.weight.val();
-            let bias = conv.bias.as_ref().expect("covered_padding checked the bias").val();
+            let (weight, bias) = conv_parameters(conv);
+            let [gamma, beta, mean, variance] = eval_norm_parameters(norm, &x.device());
             let out = <Dispatch as UnetKernels>::conv_norm_leaky_eval(
                 x.into_dispatch(),
-                weight.into_dispatch(),
-                bias.into_dispatch(),
+                weight,
+                bias,
                 padding,
-                norm.gamma.val().into_dispatch(),
-                norm.beta.val().into_dispatch(),
-                norm.running_mean.value().to_device(&device).into_dispatch(),
-                norm.running_var.value().to_device(&device).into_dispatch(),
+                gamma,
+                beta,
+                mean,
+                variance,
                 norm.epsilon,
                 act.negative_slope,
             );
@@ -133,14 +147,8 @@ fn batch_norm_then(norm: &BatchNorm, act: Option<&LeakyRelu>, x: Tensor<4>) -> T
     }
     if !(device.is_autodiff() && norm.training.is_enabled()) {
         // Inference, as `BatchNorm::forward` does it: the running statistics, in one pass.
-        let out = <Dispatch as UnetKernels>::batch_norm_eval_node(
-            x.into_dispatch(),
-            norm.gamma.val().into_dispatch(),
-            norm.beta.val().into_dispatch(),
-            norm.running_mean.value().to_device(&device).into_dispatch(),
-            norm.running_var.value().to_device(&device).into_dispatch(),
-            norm.epsilon,
-        );
+        let [gamma, beta, mean, variance] = eval_norm_parameters(norm, &device);
+        let out = <Dispatch as UnetKernels>::batch_norm_eval_node(x.into_dispatch(), gamma, beta, mean, variance, norm.epsilon);
         return activate(Tensor::from_dispatch(out));
     }
     let then = act.map_or(Then::Nothing, |act| Then::LeakyRelu(act.negative_slope as f32));
