@@ -27,7 +27,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::interpolate::{Interpolate2d, InterpolateMode};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Dropout, LeakyRelu, PaddingConfig2d};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use batch_norm_cpu::Then;
 use dropout_cpu::DropoutMask;
@@ -212,20 +212,51 @@ pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// `up.forward(x)`; bilinear resizing on flex goes through the project's kernel (bit for bit
-/// flex's values and gradients, with the coordinates computed once per call).
+/// flex's values and gradients, with the coordinates computed once per call). Other backends
+/// resize through [`separable_bilinear`]: burn's GPU backends have no bilinear gradient.
 pub fn interpolate(up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
-    if !(own_kernels() && is_flex(&x) && matches!(up.mode, InterpolateMode::Linear)) {
-        return up.forward(x);
-    }
     let [_, _, height, width] = x.dims();
-    let [out_h, out_w] = match (up.output_size, up.scale_factor) {
-        (Some(size), None) => size,
+    let size = match (up.output_size, up.scale_factor) {
+        (Some(size), None) => Some(size),
         // burn's rule: floor(input size x scale factor).
-        (None, Some([sh, sw])) => [(height as f64 * sh as f64) as usize, (width as f64 * sw as f64) as usize],
-        _ => return up.forward(x),
+        (None, Some([sh, sw])) => Some([(height as f64 * sh as f64) as usize, (width as f64 * sw as f64) as usize]),
+        _ => None,
     };
-    let out = <Dispatch as UnetKernels>::resize_bilinear(x.into_dispatch(), out_h, out_w, up.align_corners);
-    Tensor::from_dispatch(out)
+    match size {
+        Some([out_h, out_w]) if matches!(up.mode, InterpolateMode::Linear) => {
+            if !is_flex(&x) {
+                separable_bilinear(x, [out_h, out_w], up.align_corners)
+            } else if own_kernels() {
+                Tensor::from_dispatch(<Dispatch as UnetKernels>::resize_bilinear(
+                    x.into_dispatch(),
+                    out_h,
+                    out_w,
+                    up.align_corners,
+                ))
+            } else {
+                up.forward(x)
+            }
+        }
+        _ => up.forward(x),
+    }
+}
+
+/// Bilinear resizing as two matrix products, `rows · x · colsᵀ`, with flex's coordinate mapping
+/// in the matrices: the same function as burn's bilinear `interpolate`, built from ops whose
+/// gradients every backend has (burn's cubecl backends, Vulkan and CUDA, panic on bilinear's
+/// backward).
+pub fn separable_bilinear(x: Tensor<4>, [out_h, out_w]: [usize; 2], align_corners: bool) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let matrix = |input: usize, output: usize| {
+        let values = resize_cpu::AxisMap::new(input, output, align_corners).matrix(input);
+        Tensor::<2>::from_data(TensorData::new(values, [output, input]), &device).cast(x.dtype())
+    };
+    let (rows, cols) = (matrix(h, out_h), matrix(w, out_w));
+    let wide = x.reshape([n * c * h, w]).matmul(cols.transpose()); // [n c h, out_w]
+    let wide_t = wide.reshape([n * c, h, out_w]).swap_dims(1, 2).reshape([n * c * out_w, h]);
+    let tall_t = wide_t.matmul(rows.transpose()); // [n c out_w, out_h]
+    tall_t.reshape([n * c, out_w, out_h]).swap_dims(1, 2).reshape([n, c, out_h, out_w])
 }
 
 /// The padding of `conv` when the kernels cover it: the same on all four sides (a `Same` padding
@@ -252,6 +283,7 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::interpolate::Interpolate2dConfig;
     use burn::nn::{BatchNormConfig, LeakyReluConfig};
+    use burn::tensor::ops::InterpolateOptions;
     use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
     /// The same convolution and input twice: once through the project's kernel, once through
@@ -504,6 +536,43 @@ mod tests {
                     (bits(y.into_data()), bits(x.grad(&grads).unwrap().into_data()))
                 };
                 assert_eq!(run(true), run(false), "align_corners {align_corners}, size {size:?}");
+            }
+        }
+    }
+
+    /// The separable form the GPU backends train with: burn's bilinear values and gradients to
+    /// float rounding, for both corner conventions, a scale factor and an odd explicit size
+    /// (including a shrink, where a source pixel can get two weights from one output).
+    #[test]
+    fn separable_bilinear_matches_burns_interpolate() {
+        let _serial = crate::method::tests::serial();
+        let device = Device::flex().autodiff();
+        device.seed(16);
+        let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
+        for align_corners in [true, false] {
+            for size in [[10, 14], [9, 16], [3, 4], [1, 1]] {
+                let options = InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Bilinear)
+                    .with_align_corners(align_corners)
+                    .with_output_size(size);
+                let run = |separable: bool| {
+                    let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+                    let y = if separable {
+                        separable_bilinear(x.clone(), size, align_corners)
+                    } else {
+                        burn::tensor::module::interpolate(x.clone(), options.clone())
+                    };
+                    let r = Tensor::<4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &device);
+                    let grads = (y.clone() * r).sum().backward();
+                    (y.into_data(), x.grad(&grads).unwrap().into_data())
+                };
+                device.seed(17);
+                let (y, dx) = run(true);
+                device.seed(17);
+                let (y_ref, dx_ref) = run(false);
+                let context = format!("align_corners {align_corners}, size {size:?}");
+                y.assert_approx_eq::<f32>(&y_ref, burn::tensor::Tolerance::absolute(1e-5));
+                dx.assert_approx_eq::<f32>(&dx_ref, burn::tensor::Tolerance::absolute(1e-5));
+                assert_eq!(y.shape(), y_ref.shape(), "{context}");
             }
         }
     }

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 /// For one axis, per output coordinate: the two source indices and the weight of the second.
-struct AxisMap {
+pub(crate) struct AxisMap {
     low: Vec<usize>,
     high: Vec<usize>,
     weight: Vec<f32>,
@@ -17,7 +17,7 @@ struct AxisMap {
 
 impl AxisMap {
     /// Flex's mapping (align_corners: corner pixels coincide; otherwise half-pixel centres).
-    fn new(input: usize, output: usize, align_corners: bool) -> Self {
+    pub(crate) fn new(input: usize, output: usize, align_corners: bool) -> Self {
         let ratio = if align_corners {
             (input as f64 - 1.0) / (output.max(1) - 1).max(1) as f64
         } else {
@@ -36,6 +36,17 @@ impl AxisMap {
             weight.push((source - l as f64).max(0.0) as f32);
         }
         Self { low, high, weight }
+    }
+
+    /// The same mapping as a row-major `[output, input]` matrix: row `o` holds `1 - w` at the
+    /// low source and `w` at the high one (summed where the two coincide at the border).
+    pub(crate) fn matrix(&self, input: usize) -> Vec<f32> {
+        let mut matrix = vec![0.0f32; self.low.len() * input];
+        for (o, row) in matrix.chunks_mut(input).enumerate() {
+            row[self.low[o]] += 1.0 - self.weight[o];
+            row[self.high[o]] += self.weight[o];
+        }
+        matrix
     }
 }
 
