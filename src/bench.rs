@@ -65,6 +65,12 @@ pub struct BenchArgs {
     pub pytorch_script: Option<std::path::PathBuf>,
 }
 
+/// A configuration that could not be measured, and why.
+pub struct BenchFailure {
+    pub label: String,
+    pub error: String,
+}
+
 /// One configuration's medians.
 pub struct BenchResult {
     pub label: String,
@@ -83,9 +89,14 @@ pub fn command(args: BenchArgs) -> Result<()> {
     if args.backends.is_empty() {
         args.backends = backend::available().into_iter().map(String::from).collect();
     }
-    let results = run(&args)?;
-    print!("{}", table(&args, &results));
-    if args.vs_pytorch {
+    let (results, failures) = run(&args)?;
+    if !results.is_empty() {
+        print!("{}", table(&args, &results));
+    }
+    for failure in &failures {
+        println!("\n{} could not be measured: {}", failure.label, failure.error);
+    }
+    if args.vs_pytorch && !results.is_empty() {
         let theirs = pytorch(&args)?;
         let ours = results.last().context("no configuration measured")?;
         println!(
@@ -102,6 +113,9 @@ pub fn command(args: BenchArgs) -> Result<()> {
             theirs.train_seconds / ours.train_seconds,
             theirs.inference_seconds / ours.inference_seconds
         );
+    }
+    if !failures.is_empty() {
+        bail!("{} of {} configuration(s) failed", failures.len(), failures.len() + results.len());
     }
     Ok(())
 }
@@ -136,8 +150,10 @@ fn dropout_per_level(args: &BenchArgs) -> Vec<f64> {
     }
 }
 
-/// Measures every backend (and thread count) of `args`.
-pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
+/// Measures every backend (and thread count) of `args`. A configuration that fails (an error, or
+/// a backend that panics on an op it lacks) is reported as failed and the others are still
+/// measured.
+pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
     let size = args.resolution;
     let mut rng = rng::stream(0, "bench");
     let examples: Vec<Example> = (0..args.batch_size * 2)
@@ -151,7 +167,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
         dropout: dropout_per_level(args),
     };
     model_spec.validate(size)?;
-    let mut results = Vec::new();
+    let (mut results, mut failures) = (Vec::new(), Vec::new());
     if let Some(unknown) = args.kernels.iter().find(|k| !matches!(k.as_str(), "own" | "burn")) {
         bail!("--kernels takes own and/or burn, got '{unknown}'");
     }
@@ -168,28 +184,40 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchResult>> {
         })
         .collect();
     for (name, threads, own_kernels) in configurations {
-        let measure = || -> Result<(f64, f64, f64)> {
-            atso_harness::kernels::use_own_kernels(own_kernels);
-            let (train, inference) = measure(args, &name, &examples, &model_spec)?;
-            Ok((train, inference, gemm_gflops(&name)?))
-        };
-        let (train_seconds, inference_seconds, gemm) = match threads {
-            Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure)?,
-            None => measure()?,
-        };
         let kernels = if name == "flex" && !own_kernels { ", burn's ops" } else { "" };
         let label = match threads {
             Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
             None => backend::label(&name),
         };
-        results.push(BenchResult {
-            label,
-            train_seconds,
-            inference_seconds,
-            gemm_gflops: gemm,
+        let measure = || -> Result<(f64, f64, f64)> {
+            atso_harness::kernels::use_own_kernels(own_kernels);
+            let (train, inference) = measure(args, &name, &examples, &model_spec)?;
+            Ok((train, inference, gemm_gflops(&name)?))
+        };
+        let measured = guarded(|| match threads {
+            Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure),
+            None => measure(),
         });
+        match measured {
+            Ok((train_seconds, inference_seconds, gemm_gflops)) => results.push(BenchResult {
+                label,
+                train_seconds,
+                inference_seconds,
+                gemm_gflops,
+            }),
+            Err(error) => failures.push(BenchFailure {
+                label,
+                error: format!("{error:#}"),
+            }),
+        }
     }
-    Ok(results)
+    Ok((results, failures))
+}
+
+/// `f()`, with a panic turned into an error carrying its message.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| bail!("panicked: {}", atso_harness::runner::panic_message(panic.as_ref())))
 }
 
 /// Median seconds of a training step and of an inference batch on backend `name`.
@@ -359,5 +387,12 @@ mod tests {
         let expected =
             f(1, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 4, 3, 2) + f(4, 4, 3, 2) + f(4, 2, 1, 2) + f(4, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 3, 3, 4);
         assert_eq!(unet_forward_flops(&[2, 4], 4, 1, 3), expected);
+    }
+
+    #[test]
+    fn a_panicking_configuration_becomes_an_error() {
+        let error = guarded(|| -> Result<()> { panic!("no bilinear backward here") }).unwrap_err();
+        assert_eq!(error.to_string(), "panicked: no bilinear backward here");
+        assert_eq!(guarded(|| Ok(3)).unwrap(), 3);
     }
 }
