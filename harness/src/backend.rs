@@ -43,3 +43,27 @@ pub fn label(name: &str) -> String {
         name.into()
     }
 }
+
+/// What a run's `simd` column records: the CPU kernels' SIMD levels (`cpu_simd`) for flex, the
+/// GPU backend otherwise. A GPU run's numbers come from the GPU's kernels, so `atso check`
+/// expectations tied to a CPU's SIMD level must not apply to it.
+pub fn kernels_description(name: &str, cpu_simd: &str) -> String {
+    if name == "flex" {
+        cpu_simd.into()
+    } else {
+        format!("{name} GPU kernels")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_runs_do_not_claim_the_cpus_simd_level() {
+        let cpu = "conv avx2+fma, elementwise x86-64-v4 (cpu x86-64-v4)";
+        assert_eq!(kernels_description("flex", cpu), cpu);
+        let gpu = kernels_description("vulkan", cpu);
+        assert!(!gpu.contains("x86-64") && gpu.contains("vulkan"), "{gpu}");
+    }
+}

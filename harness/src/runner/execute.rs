@@ -168,7 +168,7 @@ fn blank_record(
         backend: backend::label(env.backend),
         threads: env.threads,
         cpu: env.machine.cpu.clone(),
-        simd: env.machine.simd.clone(),
+        simd: backend::kernels_description(env.backend, &env.machine.simd),
         host: env.machine.host.clone(),
         git_commit: env.provenance.commit.clone(),
         git_dirty: env.provenance.dirty,
