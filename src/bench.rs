@@ -96,7 +96,10 @@ pub fn command(args: BenchArgs) -> Result<()> {
     for failure in &failures {
         println!("\n{} could not be measured: {}", failure.label, failure.error);
     }
-    if args.vs_pytorch && !results.is_empty() {
+    if args.vs_pytorch && !failures.is_empty() {
+        println!("\nno PyTorch comparison: it is made against the last configuration, which needs every one measured");
+    }
+    if args.vs_pytorch && failures.is_empty() {
         let theirs = pytorch(&args)?;
         let ours = results.last().context("no configuration measured")?;
         println!(
@@ -194,7 +197,7 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
             let (train, inference) = measure(args, &name, &examples, &model_spec)?;
             Ok((train, inference, gemm_gflops(&name)?))
         };
-        let measured = guarded(|| match threads {
+        let measured = atso_harness::runner::run_guarded(|| match threads {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure),
             None => measure(),
         });
@@ -205,19 +208,10 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
                 inference_seconds,
                 gemm_gflops,
             }),
-            Err(error) => failures.push(BenchFailure {
-                label,
-                error: format!("{error:#}"),
-            }),
+            Err(error) => failures.push(BenchFailure { label, error }),
         }
     }
     Ok((results, failures))
-}
-
-/// `f()`, with a panic turned into an error carrying its message.
-fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| bail!("panicked: {}", atso_harness::runner::panic_message(panic.as_ref())))
 }
 
 /// Median seconds of a training step and of an inference batch on backend `name`.
@@ -387,12 +381,5 @@ mod tests {
         let expected =
             f(1, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 4, 3, 2) + f(4, 4, 3, 2) + f(4, 2, 1, 2) + f(4, 2, 3, 4) + f(2, 2, 3, 4) + f(2, 3, 3, 4);
         assert_eq!(unet_forward_flops(&[2, 4], 4, 1, 3), expected);
-    }
-
-    #[test]
-    fn a_panicking_configuration_becomes_an_error() {
-        let error = guarded(|| -> Result<()> { panic!("no bilinear backward here") }).unwrap_err();
-        assert_eq!(error.to_string(), "panicked: no bilinear backward here");
-        assert_eq!(guarded(|| Ok(3)).unwrap(), 3);
     }
 }

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 /// For one axis, per output coordinate: the two source indices and the weight of the second.
 pub(crate) struct AxisMap {
+    input: usize,
     low: Vec<usize>,
     high: Vec<usize>,
     weight: Vec<f32>,
@@ -35,14 +36,14 @@ impl AxisMap {
             high.push((l + 1).min(input - 1));
             weight.push((source - l as f64).max(0.0) as f32);
         }
-        Self { low, high, weight }
+        Self { input, low, high, weight }
     }
 
     /// The same mapping as a row-major `[output, input]` matrix: row `o` holds `1 - w` at the
     /// low source and `w` at the high one (summed where the two coincide at the border).
-    pub(crate) fn matrix(&self, input: usize) -> Vec<f32> {
-        let mut matrix = vec![0.0f32; self.low.len() * input];
-        for (o, row) in matrix.chunks_mut(input).enumerate() {
+    pub(crate) fn matrix(&self) -> Vec<f32> {
+        let mut matrix = vec![0.0f32; self.low.len() * self.input];
+        for (o, row) in matrix.chunks_mut(self.input).enumerate() {
             row[self.low[o]] += 1.0 - self.weight[o];
             row[self.high[o]] += self.weight[o];
         }

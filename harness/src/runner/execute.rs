@@ -68,6 +68,16 @@ pub struct RunIdentity {
     pub data_fingerprint: String,
 }
 
+/// `f()`, with its error, or a panic, turned into one message (a panic's prefixed with
+/// "panicked: "), so that a failure is recorded and the caller carries on.
+pub fn run_guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("{error:#}")),
+        Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
+    }
+}
+
 /// A panic's message.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -102,14 +112,7 @@ pub fn execute(
         },
     );
     let mut record = blank_record(run, identity, method, env, &run_id, started);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train_and_evaluate(run, dataset, method, env, &run_id, sink, &mut record)
-    }));
-    let error = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(format!("{error:#}")),
-        Err(panic) => Some(format!("panicked: {}", panic_message(panic.as_ref()))),
-    };
+    let error = run_guarded(|| train_and_evaluate(run, dataset, method, env, &run_id, sink, &mut record)).err();
     record.status = if error.is_none() { Status::Ok } else { Status::Failed };
     record.error = error;
     record.wall_seconds = clock.elapsed().as_secs_f64();
@@ -336,4 +339,18 @@ fn train_and_evaluate(
     record.class_hd95 = scored.into_iter().zip(test.summary.hd95_per_class.iter().copied()).collect();
     record.cases = test.scores;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_guarded;
+
+    #[test]
+    fn errors_and_panics_become_messages() {
+        assert_eq!(run_guarded(|| Ok::<_, String>(3)), Ok(3));
+        let error = run_guarded(|| -> anyhow::Result<()> { Err(anyhow::anyhow!("inner").context("outer")) });
+        assert_eq!(error, Err("outer: inner".to_string()));
+        let panicked = run_guarded(|| -> anyhow::Result<()> { panic!("no bilinear backward here") });
+        assert_eq!(panicked, Err("panicked: no bilinear backward here".to_string()));
+    }
 }

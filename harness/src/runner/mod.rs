@@ -11,7 +11,7 @@ pub mod claims;
 mod execute;
 pub mod plan;
 
-pub use execute::panic_message;
+pub use execute::run_guarded;
 pub use plan::{expand, RunSpec, Shard};
 
 use crate::config::{Experiment, MethodSpec};
@@ -382,9 +382,7 @@ fn save_config_copy(dir: &Path, source: &str) -> Result<()> {
 /// Prepares a dataset (a panic becomes an error) and writes its fingerprint to
 /// `<dir>/datasets/<name>.json`; returns it with the hash of its fingerprint.
 pub fn prepare_dataset(spec: &DatasetSpec, resolution: usize, data_base: &Path, dir: &Path) -> Prepared {
-    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spec.prepare(resolution, data_base)))
-        .map_err(|p| format!("panicked: {}", panic_message(p.as_ref())))?
-        .map_err(|e| format!("{e:#}"))?;
+    let prepared = run_guarded(|| spec.prepare(resolution, data_base))?;
     let fingerprint_hash = plan::short_hash(&prepared.fingerprint);
     let path = dir.join("datasets").join(format!("{}.json", spec.name));
     let json = serde_json::json!({
