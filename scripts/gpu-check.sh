@@ -4,8 +4,10 @@
 #   scripts/gpu-check.sh OUT
 # writes into OUT (six files):
 #   gpu.txt            the GPU's description
-#   bench.md           `atso bench` of the GPU backend against the CPU in one run (SSL4MIS U-Net,
-#                      batch 8 x 1 x 128 x 128)
+#   bench.md           `atso bench --phases` of the GPU backend against the CPU in one run
+#                      (SSL4MIS U-Net, batch 8 x 1 x 128 x 128): step times, then each training
+#                      step's loss / backward / update parts and the CPU time of the process and
+#                      of the thread driving the training per wall second (host-bound or not)
 #   pytorch-cuda.json  PyTorch CUDA on the same network and card, where torch with CUDA is there
 #   sweep-GPU.log, runs-GPU.csv
 #                      experiments/ci.toml (every method, three seeds) trained on the GPU
@@ -25,7 +27,7 @@ bin="${ATSO_BIN:-.gpu/atso}"
 backend="${ATSO_GPU_BACKEND:-vulkan}"
 status=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; vulkaninfo --summary 2>/dev/null | grep -E 'deviceName|driverName|apiVersion'; } | tee "$out/gpu.txt"
-RUST_LOG=warn timeout 150 "$bin" bench --backends "flex,$backend" --kernels own --threads "$(nproc)" --steps 10 --warmup 3 2>&1 | tee "$out/bench.md" || status=1
+RUST_LOG=warn timeout 150 "$bin" bench --backends "flex,$backend" --kernels own --threads "$(nproc)" --steps 10 --warmup 3 --phases 2>&1 | tee "$out/bench.md" || status=1
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   timeout 90 python3 benchmarks/pytorch_unet.py --device cuda --steps 10 --warmup 3 --json | tee "$out/pytorch-cuda.json" || status=1
 else

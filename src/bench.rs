@@ -10,6 +10,12 @@
 //! with the project's kernels (`--kernels`). The first configuration is the reference the others
 //! are reported against. `--vs-pytorch` runs benchmarks/pytorch_unet.py on the same network and
 //! batch right after and prints the ratio.
+//!
+//! `--phases` says where a step's time goes, for a backend whose step is far slower than its
+//! arithmetic (a GPU launching many small kernels): as many further steps, each split into its
+//! loss, backward and update parts with the device waited for after each, and the CPU time the
+//! process and the thread driving the training spent per second of the untimed steps. A process
+//! whose driving thread is busy all the time is bound by launching work, not by the device.
 
 use anyhow::{bail, Context, Result};
 use atso_harness::backend;
@@ -56,6 +62,10 @@ pub struct BenchArgs {
     /// torch) and print the ratio.
     #[arg(long)]
     pub vs_pytorch: bool,
+    /// Also split training steps into their parts (loss, backward, update; the device waited
+    /// for after each) in as many further steps, and report CPU time per wall time.
+    #[arg(long)]
+    pub phases: bool,
     /// PyTorch device for --vs-pytorch (cpu or cuda).
     #[arg(long, default_value = "cpu")]
     pub pytorch_device: String,
@@ -77,6 +87,22 @@ pub struct BenchResult {
     pub train_seconds: f64,
     pub inference_seconds: f64,
     pub gemm_gflops: f64,
+    /// With `--phases`.
+    pub phases: Option<Phases>,
+}
+
+/// Where a training step's time goes (`--phases`).
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// Median seconds of each part, the device waited for after each: loss (batch, forward,
+    /// loss read back), backward, update.
+    pub loss: f64,
+    pub backward: f64,
+    pub update: f64,
+    /// CPU seconds per wall second over the untimed training steps: the whole process (all its
+    /// threads), and the thread driving the training. None where this build cannot read them.
+    pub process_cpu: Option<f64>,
+    pub driver_cpu: Option<f64>,
 }
 
 /// `atso bench`.
@@ -92,6 +118,9 @@ pub fn command(args: BenchArgs) -> Result<()> {
     let (results, failures) = run(&args)?;
     if !results.is_empty() {
         print!("{}", table(&args, &results));
+    }
+    if args.phases && !results.is_empty() {
+        print!("\n{}", phases_table(&results));
     }
     for failure in &failures {
         println!("\n{} could not be measured: {}", failure.label, failure.error);
@@ -192,21 +221,22 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
             Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
             None => backend::label(&name),
         };
-        let measure = || -> Result<(f64, f64, f64)> {
+        let measure = || -> Result<(Measured, f64)> {
             atso_harness::kernels::use_own_kernels(own_kernels);
-            let (train, inference) = measure(args, &name, &examples, &model_spec)?;
-            Ok((train, inference, gemm_gflops(&name)?))
+            let measured = measure(args, &name, &examples, &model_spec)?;
+            Ok((measured, gemm_gflops(&name)?))
         };
         let measured = atso_harness::runner::run_guarded(|| match threads {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure),
             None => measure(),
         });
         match measured {
-            Ok((train_seconds, inference_seconds, gemm_gflops)) => results.push(BenchResult {
+            Ok((measured, gemm_gflops)) => results.push(BenchResult {
                 label,
-                train_seconds,
-                inference_seconds,
+                train_seconds: measured.train_seconds,
+                inference_seconds: measured.inference_seconds,
                 gemm_gflops,
+                phases: measured.phases,
             }),
             Err(error) => failures.push(BenchFailure { label, error }),
         }
@@ -214,8 +244,16 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
     Ok((results, failures))
 }
 
-/// Median seconds of a training step and of an inference batch on backend `name`.
-fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &ModelSpec) -> Result<(f64, f64)> {
+/// What [`measure`] found for one configuration.
+struct Measured {
+    train_seconds: f64,
+    inference_seconds: f64,
+    phases: Option<Phases>,
+}
+
+/// Median seconds of a training step and of an inference batch on backend `name`, and with
+/// `--phases` where the training step's time goes.
+fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &ModelSpec) -> Result<Measured> {
     let device = backend::device(name, 0)?;
     let data = RunData {
         class_names: (0..4).map(|c| c.to_string()).collect(),
@@ -227,10 +265,11 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
         validation: vec![],
         test: vec![],
     };
+    let phase_steps = if args.phases { args.steps } else { 0 };
     let setup = RunSetup {
         model_spec: model_spec.clone(),
         budget: Budget {
-            iterations: args.steps + args.warmup,
+            iterations: args.steps + args.warmup + phase_steps,
             batch_size: args.batch_size,
             resolution: args.resolution,
             eval_batch_size: args.batch_size,
@@ -245,12 +284,35 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
     let mut objective = MixedObjective::new(&ctx, vec![(pool, args.batch_size)]);
     let mut model = ctx.new_model();
     let mut train = Vec::new();
+    let mut untimed_start = CpuMark::now();
     for i in 0..args.warmup + args.steps {
+        if i == args.warmup {
+            untimed_start = CpuMark::now();
+        }
         let clock = Instant::now();
         model = ctx.fit(model, 1, &mut objective)?.0;
         if i >= args.warmup {
             train.push(clock.elapsed().as_secs_f64());
         }
+    }
+    let mut phases = None;
+    if args.phases {
+        let (process_cpu, driver_cpu) = CpuMark::now().per_wall_since(&untimed_start);
+        ctx.engine.time_steps();
+        let mut parts = Vec::new();
+        for _ in 0..phase_steps {
+            model = ctx.fit(model, 1, &mut objective)?.0;
+            parts.extend(ctx.engine.last_step_times());
+        }
+        let part =
+            |f: fn(&atso_harness::train::StepTimes) -> std::time::Duration| median(parts.iter().map(|t| f(t).as_secs_f64()).collect());
+        phases = Some(Phases {
+            loss: part(|t| t.loss),
+            backward: part(|t| t.backward),
+            update: part(|t| t.update),
+            process_cpu,
+            driver_cpu,
+        });
     }
     let images: Vec<&[f32]> = examples.iter().take(args.batch_size).map(|e| e.image.as_slice()).collect();
     let mut inference = Vec::new();
@@ -263,7 +325,55 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
             inference.push(clock.elapsed().as_secs_f64());
         }
     }
-    Ok((median(train), median(inference)))
+    Ok(Measured {
+        train_seconds: median(train),
+        inference_seconds: median(inference),
+        phases,
+    })
+}
+
+/// A moment, with the CPU seconds used so far by the whole process and by the calling thread
+/// (None where this build cannot read them).
+struct CpuMark {
+    wall: Instant,
+    process: Option<f64>,
+    thread: Option<f64>,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        let (process, thread) = cpu_seconds();
+        Self {
+            wall: Instant::now(),
+            process,
+            thread,
+        }
+    }
+
+    /// CPU seconds per wall second between `earlier` and this mark: the process's, the thread's.
+    fn per_wall_since(&self, earlier: &CpuMark) -> (Option<f64>, Option<f64>) {
+        let wall = (self.wall - earlier.wall).as_secs_f64();
+        let rate = |now: Option<f64>, then: Option<f64>| Some((now? - then?) / wall).filter(|_| wall > 0.0);
+        (rate(self.process, earlier.process), rate(self.thread, earlier.thread))
+    }
+}
+
+/// CPU seconds used so far by the whole process and by the calling thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cpu_seconds() -> (Option<f64>, Option<f64>) {
+    let read = |clock: libc::clockid_t| {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `now` is a valid, writable timespec for the call's duration.
+        let ok = unsafe { libc::clock_gettime(clock, &mut now) } == 0;
+        ok.then_some(now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9)
+    };
+    (read(libc::CLOCK_PROCESS_CPUTIME_ID), read(libc::CLOCK_THREAD_CPUTIME_ID))
+}
+
+/// CPU seconds used so far (not read on this platform).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cpu_seconds() -> (Option<f64>, Option<f64>) {
+    (None, None)
 }
 
 /// GFLOP/s of a 1024 x 1024 x 1024 fp32 matrix product on backend `name` (median of 5).
@@ -322,6 +432,31 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
             r.gemm_gflops,
             train_rate / r.gemm_gflops,
             r.train_seconds / reference
+        ));
+    }
+    out
+}
+
+/// `--phases`: each configuration's step parts and CPU use, as a Markdown table.
+pub fn phases_table(results: &[BenchResult]) -> String {
+    let mut out = String::from(
+        "Training step parts (`--phases`: medians of as many further steps, the device waited for after each part), and CPU seconds per wall second over the untimed steps\n\n\
+         | backend | loss: batch, forward, read back (ms) | backward (ms) | update (ms) | parts' sum (ms) | train step, untimed (ms) | process CPU / wall | driving thread CPU / wall |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.2}"));
+    for r in results {
+        let Some(p) = r.phases else { continue };
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+            r.label,
+            1e3 * p.loss,
+            1e3 * p.backward,
+            1e3 * p.update,
+            1e3 * (p.loss + p.backward + p.update),
+            1e3 * r.train_seconds,
+            ratio(p.process_cpu),
+            ratio(p.driver_cpu)
         ));
     }
     out

@@ -1,6 +1,7 @@
 //! The verbs a CI pipeline and a cluster user script against, through the binary: `status`
 //! after a sweep, `check` passing on its own reference and exiting 2 with the failing row named,
 //! and a panic inside a run recorded as that run's failure while the sweep goes on (exit 3).
+//! `bench --phases` prints where a training step's time goes.
 
 mod common;
 use common::{atso, atso_command, stderr};
@@ -177,5 +178,50 @@ fn compare_sets_the_rows_of_two_commits_side_by_side() {
             .find(|l| l.contains(&format!("/ {method} /")))
             .unwrap_or_else(|| panic!("{method} missing: {table}"));
         assert!(line.contains("+0.0000") && line.contains("pass"), "{line}");
+    }
+}
+
+/// `atso bench --phases` splits the training step into its parts on each configuration and
+/// reads the CPU use of the process and of the thread driving the training. (Structure only: how
+/// fast is the benchmark's to say, not a test's.)
+#[test]
+fn bench_phases_split_the_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--backends",
+        "flex",
+        "--threads",
+        "1",
+        "--kernels",
+        "own",
+        "--channels",
+        "4,8",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--phases",
+    ];
+    let bench = atso(dir.path(), &args);
+    assert!(bench.status.success(), "{}", stderr(&bench));
+    let out = String::from_utf8_lossy(&bench.stdout);
+    let row = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Training step parts"))
+        .find(|l| l.starts_with("| flex"))
+        .unwrap_or_else(|| panic!("no parts row for flex: {out}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 8, "{row}");
+    let number = |i: usize| cells[i].parse::<f64>().unwrap_or_else(|_| panic!("cell {i} of {row}"));
+    let (loss, backward, update, sum) = (number(1), number(2), number(3), number(4));
+    assert!(loss > 0.0 && backward > 0.0 && update >= 0.0, "{row}");
+    assert!((loss + backward + update - sum).abs() < 0.15, "the parts' sum is their sum: {row}");
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(number(6) > 0.0 && number(7) > 0.0, "CPU use was read: {row}");
     }
 }

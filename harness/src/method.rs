@@ -438,6 +438,44 @@ pub(crate) mod tests {
         );
     }
 
+    /// `atso bench --phases` times steps through the engine; the timing waits for the device
+    /// between parts but must not change what is trained.
+    #[test]
+    fn timing_steps_records_their_parts_and_changes_nothing() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 4);
+        let cases: Vec<&Case> = data.cases.iter().collect();
+        let train = |timed: bool| {
+            let run_data = RunData {
+                class_names: data.classes.clone(),
+                in_channels: 1,
+                first_class: 1,
+                outside_label: 0,
+                labeled: cases.clone(),
+                unlabeled: vec![],
+                validation: vec![],
+                test: vec![],
+            };
+            let mut ctx = RunContext::new(run_data, setup(3), Device::flex());
+            assert_eq!(ctx.engine.last_step_times(), None);
+            if timed {
+                ctx.engine.time_steps();
+            }
+            let clock = std::time::Instant::now();
+            let (_, log) = train_supervised(&mut ctx, &cases, 3).unwrap();
+            (log, ctx.engine.last_step_times(), clock.elapsed())
+        };
+        let (untimed_log, none, _) = train(false);
+        let (timed_log, times, elapsed) = train(true);
+        assert_eq!(untimed_log, timed_log, "timing changed the training");
+        assert_eq!(none, None);
+        let times = times.expect("the last step's times");
+        let parts = [times.loss, times.backward, times.update];
+        assert!(parts.iter().all(|p| !p.is_zero()), "{times:?}");
+        assert!(parts.iter().sum::<std::time::Duration>() <= elapsed, "{times:?} in {elapsed:?}");
+    }
+
     #[test]
     fn a_huge_learning_rate_fails_with_the_step_named() {
         let _serial = serial();

@@ -23,6 +23,7 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// `[optimizer]` of an experiment file: SGD with momentum and weight decay, poly decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +116,44 @@ pub struct StepReport {
     pub lr: f64,
 }
 
+/// Wall time of one training step's three parts, each ended by waiting for the device (see
+/// [`Engine::time_steps`]). On a GPU a part's time then includes its kernels, not only their
+/// launch; on the CPU backend the wait is free.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimes {
+    /// Reseeding, sampling the batch, the forward pass, and reading the loss back.
+    pub loss: Duration,
+    /// The backward pass and collecting the gradients per parameter.
+    pub backward: Duration,
+    /// The optimiser's update and the objective's after-step hook (mean teacher's EMA).
+    pub update: Duration,
+}
+
+/// The clock behind [`StepTimes`]: each lap waits for the device, then reads the time.
+struct Laps<'a> {
+    device: &'a Device,
+    last: Instant,
+}
+
+impl<'a> Laps<'a> {
+    fn start(device: &'a Device) -> Self {
+        Self {
+            device,
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self) -> Result<Duration> {
+        self.device
+            .sync()
+            .map_err(|err| anyhow::anyhow!("waiting for the device to time a training step: {err:?}"))?;
+        let now = Instant::now();
+        let lap = now - self.last;
+        self.last = now;
+        Ok(lap)
+    }
+}
+
 /// Runs optimiser steps; see the module doc for what a phase resets.
 pub struct Engine {
     spec: OptimizerSpec,
@@ -128,6 +167,8 @@ pub struct Engine {
     checkpoints: Option<Checkpoints>,
     /// The step a resumed run continued from, if any.
     resumed_at: Option<usize>,
+    /// With [`Engine::time_steps`], the last step's times.
+    step_times: Option<StepTimes>,
 }
 
 impl Engine {
@@ -145,7 +186,20 @@ impl Engine {
             on_step: None,
             checkpoints: None,
             resumed_at: None,
+            step_times: None,
         }
+    }
+
+    /// Times every later step's parts ([`StepTimes`], read with [`Engine::last_step_times`]) for
+    /// `atso bench`. Each part then ends by waiting for the device: on a GPU that takes away the
+    /// overlap of one part's kernels with the next part's launches, so runs leave it off.
+    pub fn time_steps(&mut self) {
+        self.step_times = Some(StepTimes::default());
+    }
+
+    /// The last step's times, once [`Engine::time_steps`] was called.
+    pub fn last_step_times(&self) -> Option<StepTimes> {
+        self.step_times
     }
 
     /// Writes and resumes from checkpoints (see `checkpoint`).
@@ -243,9 +297,11 @@ impl Engine {
                 phase_steps: steps,
                 lr: self.lr(local, steps),
             };
+            let mut laps = self.step_times.is_some().then(|| Laps::start(&self.device));
             self.device.seed(rng::derived_seed(self.seed, &format!("step-{}", self.step)));
             let loss = objective.loss(&model, step, &mut self.rng);
             let value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            let loss_time = laps.as_mut().map(Laps::lap).transpose()?;
             if !value.is_finite() {
                 bail!(
                     "non-finite loss ({value}) at step {} of {} (phase {}, step {} of {steps}, lr {:.3e})",
@@ -264,8 +320,16 @@ impl Engine {
             log.lr_last = step.lr;
             total += value;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let backward_time = laps.as_mut().map(Laps::lap).transpose()?;
             model = optimizer.step(step.lr, model, grads);
             objective.after_step(&model, step);
+            if let (Some(laps), Some(loss), Some(backward)) = (laps.as_mut(), loss_time, backward_time) {
+                self.step_times = Some(StepTimes {
+                    loss,
+                    backward,
+                    update: laps.lap()?,
+                });
+            }
             self.step += 1;
             if let Some(report) = self.on_step.as_mut() {
                 report(StepReport {

@@ -10,4 +10,4 @@ pub mod schedule;
 pub mod surface;
 
 pub use batch::{Example, Pool, Target};
-pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepReport};
+pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepReport, StepTimes};
