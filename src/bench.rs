@@ -13,9 +13,11 @@
 //!
 //! `--phases` says where a step's time goes, for a backend whose step is far slower than its
 //! arithmetic (a GPU launching many small kernels): as many further steps, each split into its
-//! loss, backward and update parts with the device waited for after each, and the CPU time the
-//! process and the thread driving the training spent per second of the untimed steps. A process
-//! whose driving thread is busy all the time is bound by launching work, not by the device.
+//! loss, backward and update parts with the device waited for after each, and the CPU seconds
+//! per wall second of the untimed steps, for the process, the thread driving the training and
+//! each other busy thread by name (a GPU runtime's device thread compiles and submits kernels).
+//! Threads near 1.0 while the device is mostly idle point at host-side work; a hint to follow
+//! with a profiler, not a verdict.
 
 use anyhow::{bail, Context, Result};
 use atso_harness::backend;
@@ -24,10 +26,12 @@ use atso_harness::method::{Budget, MixedObjective, RunContext, RunData, RunSetup
 use atso_harness::model::ModelSpec;
 use atso_harness::rng;
 use atso_harness::train::augment::Augmentation;
-use atso_harness::train::{Example, OptimizerSpec, Target};
+use atso_harness::train::{Example, OptimizerSpec, StepTimes, Target};
 use rand::Rng;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::cpu_use::{CpuMark, CpuUse};
 
 /// Arguments of `atso bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -92,17 +96,17 @@ pub struct BenchResult {
 }
 
 /// Where a training step's time goes (`--phases`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Phases {
-    /// Median seconds of each part, the device waited for after each: loss (batch, forward,
-    /// loss read back), backward, update.
+    /// Median seconds of the loss part (batch, forward pass, loss read back), the device
+    /// waited for at its end.
     pub loss: f64,
+    /// Median seconds of the backward pass, likewise.
     pub backward: f64,
+    /// Median seconds of the update, likewise.
     pub update: f64,
-    /// CPU seconds per wall second over the untimed training steps: the whole process (all its
-    /// threads), and the thread driving the training. None where this build cannot read them.
-    pub process_cpu: Option<f64>,
-    pub driver_cpu: Option<f64>,
+    /// CPU use over the untimed training steps; the caller is the thread driving the training.
+    pub cpu: CpuUse,
 }
 
 /// `atso bench`.
@@ -284,10 +288,10 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
     let mut objective = MixedObjective::new(&ctx, vec![(pool, args.batch_size)]);
     let mut model = ctx.new_model();
     let mut train = Vec::new();
-    let mut untimed_start = CpuMark::now();
+    let mut untimed_start = None;
     for i in 0..args.warmup + args.steps {
-        if i == args.warmup {
-            untimed_start = CpuMark::now();
+        if i == args.warmup && args.phases {
+            untimed_start = Some(CpuMark::now());
         }
         let clock = Instant::now();
         model = ctx.fit(model, 1, &mut objective)?.0;
@@ -297,21 +301,19 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
     }
     let mut phases = None;
     if args.phases {
-        let (process_cpu, driver_cpu) = CpuMark::now().per_wall_since(&untimed_start);
+        let cpu = untimed_start.map(|start| CpuMark::now().since(&start)).unwrap_or_default();
         ctx.engine.time_steps();
         let mut parts = Vec::new();
         for _ in 0..phase_steps {
             model = ctx.fit(model, 1, &mut objective)?.0;
             parts.extend(ctx.engine.last_step_times());
         }
-        let part =
-            |f: fn(&atso_harness::train::StepTimes) -> std::time::Duration| median(parts.iter().map(|t| f(t).as_secs_f64()).collect());
+        let part = |f: fn(&StepTimes) -> Duration| median(parts.iter().map(|t| f(t).as_secs_f64()).collect());
         phases = Some(Phases {
             loss: part(|t| t.loss),
             backward: part(|t| t.backward),
             update: part(|t| t.update),
-            process_cpu,
-            driver_cpu,
+            cpu,
         });
     }
     let images: Vec<&[f32]> = examples.iter().take(args.batch_size).map(|e| e.image.as_slice()).collect();
@@ -330,50 +332,6 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
         inference_seconds: median(inference),
         phases,
     })
-}
-
-/// A moment, with the CPU seconds used so far by the whole process and by the calling thread
-/// (None where this build cannot read them).
-struct CpuMark {
-    wall: Instant,
-    process: Option<f64>,
-    thread: Option<f64>,
-}
-
-impl CpuMark {
-    fn now() -> Self {
-        let (process, thread) = cpu_seconds();
-        Self {
-            wall: Instant::now(),
-            process,
-            thread,
-        }
-    }
-
-    /// CPU seconds per wall second between `earlier` and this mark: the process's, the thread's.
-    fn per_wall_since(&self, earlier: &CpuMark) -> (Option<f64>, Option<f64>) {
-        let wall = (self.wall - earlier.wall).as_secs_f64();
-        let rate = |now: Option<f64>, then: Option<f64>| Some((now? - then?) / wall).filter(|_| wall > 0.0);
-        (rate(self.process, earlier.process), rate(self.thread, earlier.thread))
-    }
-}
-
-/// CPU seconds used so far by the whole process and by the calling thread.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cpu_seconds() -> (Option<f64>, Option<f64>) {
-    let read = |clock: libc::clockid_t| {
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `now` is a valid, writable timespec for the call's duration.
-        let ok = unsafe { libc::clock_gettime(clock, &mut now) } == 0;
-        ok.then_some(now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9)
-    };
-    (read(libc::CLOCK_PROCESS_CPUTIME_ID), read(libc::CLOCK_THREAD_CPUTIME_ID))
-}
-
-/// CPU seconds used so far (not read on this platform).
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cpu_seconds() -> (Option<f64>, Option<f64>) {
-    (None, None)
 }
 
 /// GFLOP/s of a 1024 x 1024 x 1024 fp32 matrix product on backend `name` (median of 5).
@@ -440,23 +398,25 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
 /// `--phases`: each configuration's step parts and CPU use, as a Markdown table.
 pub fn phases_table(results: &[BenchResult]) -> String {
     let mut out = String::from(
-        "Training step parts (`--phases`: medians of as many further steps, the device waited for after each part), and CPU seconds per wall second over the untimed steps\n\n\
-         | backend | loss: batch, forward, read back (ms) | backward (ms) | update (ms) | parts' sum (ms) | train step, untimed (ms) | process CPU / wall | driving thread CPU / wall |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "Training step parts (`--phases`: medians of as many further steps, the device waited for at the start and after each part), and CPU seconds per wall second over the untimed steps: the process, the thread driving the training, and other threads using at least 5 % of a CPU\n\n\
+         | backend | loss: batch, forward, read back (ms) | backward (ms) | update (ms) | parts' sum (ms) | train step, untimed (ms) | process CPU / wall | driving thread | other busy threads |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let ratio = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.2}"));
     for r in results {
-        let Some(p) = r.phases else { continue };
+        let Some(p) = &r.phases else { continue };
+        let others: Vec<String> = p.cpu.others.iter().map(|(name, share)| format!("{name} {share:.2}")).collect();
         out.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
             r.label,
             1e3 * p.loss,
             1e3 * p.backward,
             1e3 * p.update,
             1e3 * (p.loss + p.backward + p.update),
             1e3 * r.train_seconds,
-            ratio(p.process_cpu),
-            ratio(p.driver_cpu)
+            ratio(p.cpu.process),
+            ratio(p.cpu.caller),
+            if others.is_empty() { "none".to_string() } else { others.join(", ") }
         ));
     }
     out

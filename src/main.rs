@@ -8,6 +8,7 @@
 
 mod allocator;
 mod bench;
+mod cpu_use;
 mod methods;
 mod parallel;
 mod slurm;

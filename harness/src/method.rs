@@ -463,12 +463,16 @@ pub(crate) mod tests {
                 ctx.engine.time_steps();
             }
             let clock = std::time::Instant::now();
-            let (_, log) = train_supervised(&mut ctx, &cases, 3).unwrap();
-            (log, ctx.engine.last_step_times(), clock.elapsed())
+            let (model, log) = train_supervised(&mut ctx, &cases, 3).unwrap();
+            let elapsed = clock.elapsed();
+            let probe = vec![0.5f32; 32 * 32];
+            let output = infer::probabilities(std::slice::from_ref(&model), &[probe.as_slice()], 32, 1, &ctx.device);
+            (log, output, ctx.engine.last_step_times(), elapsed)
         };
-        let (untimed_log, none, _) = train(false);
-        let (timed_log, times, elapsed) = train(true);
-        assert_eq!(untimed_log, timed_log, "timing changed the training");
+        let (untimed_log, untimed_output, none, _) = train(false);
+        let (timed_log, timed_output, times, elapsed) = train(true);
+        assert_eq!(untimed_log, timed_log, "timing changed the losses");
+        assert_eq!(untimed_output, timed_output, "timing changed the trained model");
         assert_eq!(none, None);
         let times = times.expect("the last step's times");
         let parts = [times.loss, times.backward, times.update];

@@ -129,29 +129,35 @@ pub struct StepTimes {
     pub update: Duration,
 }
 
-/// The clock behind [`StepTimes`]: each lap waits for the device, then reads the time.
+/// The clock behind [`StepTimes`]: it starts, and each lap ends, once the device has finished
+/// all the work queued so far, so no part is charged with an earlier one's kernels.
 struct Laps<'a> {
     device: &'a Device,
     last: Instant,
 }
 
 impl<'a> Laps<'a> {
-    fn start(device: &'a Device) -> Self {
-        Self {
+    fn start(device: &'a Device) -> Result<Self> {
+        wait_for(device)?;
+        Ok(Self {
             device,
             last: Instant::now(),
-        }
+        })
     }
 
     fn lap(&mut self) -> Result<Duration> {
-        self.device
-            .sync()
-            .map_err(|err| anyhow::anyhow!("waiting for the device to time a training step: {err:?}"))?;
+        wait_for(self.device)?;
         let now = Instant::now();
         let lap = now - self.last;
         self.last = now;
         Ok(lap)
     }
+}
+
+fn wait_for(device: &Device) -> Result<()> {
+    device
+        .sync()
+        .map_err(|err| anyhow::anyhow!("waiting for the device to time a training step: {err:?}"))
 }
 
 /// Runs optimiser steps; see the module doc for what a phase resets.
@@ -167,7 +173,9 @@ pub struct Engine {
     checkpoints: Option<Checkpoints>,
     /// The step a resumed run continued from, if any.
     resumed_at: Option<usize>,
-    /// With [`Engine::time_steps`], the last step's times.
+    /// Whether steps are timed ([`Engine::time_steps`]).
+    timing: bool,
+    /// The last timed step's times.
     step_times: Option<StepTimes>,
 }
 
@@ -186,18 +194,22 @@ impl Engine {
             on_step: None,
             checkpoints: None,
             resumed_at: None,
+            timing: false,
             step_times: None,
         }
     }
 
     /// Times every later step's parts ([`StepTimes`], read with [`Engine::last_step_times`]) for
-    /// `atso bench`. Each part then ends by waiting for the device: on a GPU that takes away the
-    /// overlap of one part's kernels with the next part's launches, so runs leave it off.
+    /// `atso bench`. A timed step waits for the device when it starts and after its backward
+    /// pass and its update (reading the loss back already waits after the forward pass). On a
+    /// GPU those waits take away the overlap of one part's kernels with the next part's
+    /// launches, and with kernel fusion they also cut fused kernels where they stand, so a timed
+    /// step can run other kernels than an untimed one; runs leave timing off.
     pub fn time_steps(&mut self) {
-        self.step_times = Some(StepTimes::default());
+        self.timing = true;
     }
 
-    /// The last step's times, once [`Engine::time_steps`] was called.
+    /// The last timed step's times (None before a step was timed).
     pub fn last_step_times(&self) -> Option<StepTimes> {
         self.step_times
     }
@@ -297,7 +309,7 @@ impl Engine {
                 phase_steps: steps,
                 lr: self.lr(local, steps),
             };
-            let mut laps = self.step_times.is_some().then(|| Laps::start(&self.device));
+            let mut laps = self.timing.then(|| Laps::start(&self.device)).transpose()?;
             self.device.seed(rng::derived_seed(self.seed, &format!("step-{}", self.step)));
             let loss = objective.loss(&model, step, &mut self.rng);
             let value: f64 = loss.clone().into_scalar::<f32>() as f64;
@@ -323,10 +335,10 @@ impl Engine {
             let backward_time = laps.as_mut().map(Laps::lap).transpose()?;
             model = optimizer.step(step.lr, model, grads);
             objective.after_step(&model, step);
-            if let (Some(laps), Some(loss), Some(backward)) = (laps.as_mut(), loss_time, backward_time) {
+            if let Some(laps) = laps.as_mut() {
                 self.step_times = Some(StepTimes {
-                    loss,
-                    backward,
+                    loss: loss_time.unwrap_or_default(),
+                    backward: backward_time.unwrap_or_default(),
                     update: laps.lap()?,
                 });
             }
