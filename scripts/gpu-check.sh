@@ -6,8 +6,8 @@
 #   gpu.txt            the GPU's description
 #   bench.md           `atso bench --phases` of the GPU backend against the CPU in one run
 #                      (SSL4MIS U-Net, batch 8 x 1 x 128 x 128): step times, then each training
-#                      step's loss / backward / update parts and the CPU time of the process and
-#                      of the thread driving the training per wall second (host-bound or not)
+#                      step's loss / backward / update parts and the CPU seconds per wall second
+#                      of the process and its busy threads (where a slow step's time goes)
 #   pytorch-cuda.json  PyTorch CUDA on the same network and card, where torch with CUDA is there
 #   sweep-GPU.log, runs-GPU.csv
 #                      experiments/ci.toml (every method, three seeds) trained on the GPU
