@@ -376,6 +376,21 @@ pub(crate) mod tests {
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Run data with `cases` as the labeled set and nothing else (no unlabeled, validation or
+    /// test cases), for tests of training alone.
+    fn labeled_only<'a>(data: &'a PreparedDataset, cases: &[&'a Case]) -> RunData<'a> {
+        RunData {
+            class_names: data.classes.clone(),
+            in_channels: 1,
+            first_class: 1,
+            outside_label: 0,
+            labeled: cases.to_vec(),
+            unlabeled: vec![],
+            validation: vec![],
+            test: vec![],
+        }
+    }
+
     pub(crate) fn setup(iterations: usize) -> RunSetup {
         RunSetup {
             model_spec: ModelSpec {
@@ -447,17 +462,7 @@ pub(crate) mod tests {
         let data = phantom(dir.path(), 4);
         let cases: Vec<&Case> = data.cases.iter().collect();
         let train = |timed: bool| {
-            let run_data = RunData {
-                class_names: data.classes.clone(),
-                in_channels: 1,
-                first_class: 1,
-                outside_label: 0,
-                labeled: cases.clone(),
-                unlabeled: vec![],
-                validation: vec![],
-                test: vec![],
-            };
-            let mut ctx = RunContext::new(run_data, setup(3), Device::flex());
+            let mut ctx = RunContext::new(labeled_only(&data, &cases), setup(3), Device::flex());
             assert_eq!(ctx.engine.last_step_times(), None);
             if timed {
                 ctx.engine.time_steps();
@@ -486,16 +491,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = phantom(dir.path(), 6);
         let cases: Vec<&Case> = data.cases.iter().collect();
-        let run_data = RunData {
-            class_names: data.classes.clone(),
-            in_channels: 1,
-            first_class: 1,
-            outside_label: 0,
-            labeled: cases.clone(),
-            unlabeled: vec![],
-            validation: vec![],
-            test: vec![],
-        };
+        let run_data = labeled_only(&data, &cases);
         let mut setup = setup(30);
         setup.optimizer.lr = 1e12;
         let mut ctx = RunContext::new(run_data, setup, Device::flex());
