@@ -373,6 +373,27 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
         .unwrap()
         .iter()
         .any(|d| d.is_some()));
+    // Per-class pseudo-label and validation Dice, whose mean over the classes that have one is
+    // the recorded mean.
+    for (mean_column, prefix) in [("pseudo_label_dice", "pseudo_label_dice_"), ("validation_dice", "validation_dice_")] {
+        let per_class: Vec<Vec<Option<f64>>> = ["liver", "pancreas", "lesion"]
+            .iter()
+            .map(|class| {
+                let column = stages.column(&format!("{prefix}{class}")).unwrap();
+                column.f64().unwrap().iter().collect()
+            })
+            .collect();
+        let means: Vec<Option<f64>> = stages.column(mean_column).unwrap().f64().unwrap().iter().collect();
+        for (row, mean) in means.iter().enumerate() {
+            let present: Vec<f64> = per_class.iter().filter_map(|c| c[row]).collect();
+            assert!(!present.is_empty(), "{prefix}*: stage row {row} has no class");
+            let of_classes = present.iter().sum::<f64>() / present.len() as f64;
+            assert!(
+                (of_classes - mean.unwrap()).abs() < 1e-12,
+                "{mean_column}, row {row}: {of_classes} vs {mean:?}"
+            );
+        }
+    }
 
     let output = atso(dir.path(), &["report", "results/methods"]);
     assert!(output.status.success(), "{}", stderr(&output));

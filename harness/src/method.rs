@@ -217,9 +217,14 @@ impl<'a> RunContext<'a> {
         evaluate::score(cases, &predictions, &self.scoring(), &self.evaluation, save_to)
     }
 
-    /// Mean Dice on the validation cases at the training resolution (cheap; used after every
-    /// stage).
-    pub fn validation_dice(&self, model: &UNet) -> Option<f64> {
+    /// Names of the scored classes, in the order of per-class scores.
+    pub fn scored_class_names(&self) -> Vec<String> {
+        self.data.class_names.iter().skip(self.data.first_class).cloned().collect()
+    }
+
+    /// Dice per class and its mean on the validation cases at the training resolution (cheap;
+    /// used after every stage).
+    pub fn validation_dice(&self, model: &UNet) -> evaluate::LabelDice {
         let cases = &self.data.validation;
         let predictions = self.predict(std::slice::from_ref(model), cases);
         evaluate::dice_at_resolution(cases, &predictions, &self.scoring())

@@ -75,9 +75,16 @@ pub struct StageRecord {
     /// staged method).
     #[serde(default, with = "crate::json_float::option")]
     pub pseudo_label_dice_all: Option<f64>,
+    /// `pseudo_label_dice` per scored class, by class name (empty in records written before it
+    /// existed): a class the labels lost shows as zero here, while the mean barely moves.
+    #[serde(default, with = "crate::json_float::named_option_vec")]
+    pub pseudo_label_class_dice: Vec<(String, Option<f64>)>,
     /// Validation Dice after the stage.
     #[serde(with = "crate::json_float::option")]
     pub validation_dice: Option<f64>,
+    /// Validation Dice after the stage per scored class, by class name (empty in older records).
+    #[serde(default, with = "crate::json_float::named_option_vec")]
+    pub validation_class_dice: Vec<(String, Option<f64>)>,
     pub steps: usize,
     #[serde(default = "nan", with = "crate::json_float::plain")]
     pub lr_first: f64,
@@ -250,8 +257,9 @@ fn one() -> usize {
     1
 }
 
-/// Column-name suffixes a class name may not take (`dice_<class>` would collide).
-pub const RESERVED_CLASS_NAMES: [&str; 2] = ["mean", "at_resolution_mean"];
+/// Column-name suffixes a class name may not take: `dice_<class>` would collide with the runs
+/// table's summaries, `pseudo_label_dice_<class>` with the stages table's `pseudo_label_dice_all`.
+pub const RESERVED_CLASS_NAMES: [&str; 3] = ["mean", "at_resolution_mean", "all"];
 
 /// The records folder of an experiment's results directory.
 pub fn records_dir(results: &Path) -> PathBuf {
@@ -316,13 +324,13 @@ pub fn load_all(results: &Path) -> Result<Vec<RunRecord>> {
     Ok(load(results)?.records)
 }
 
-/// Named optional columns in first-appearance order: `<prefix><name>` for each name any record
-/// has (null where a record lacks it).
 /// Named values of a record (per-class Dice, diagnostics...).
 type Named = Vec<(String, Option<f64>)>;
 
-fn named_columns(records: &[RunRecord], prefix: &str, pick: &dyn Fn(&RunRecord) -> Named) -> Vec<Column> {
-    let per_record: Vec<Named> = records.iter().map(pick).collect();
+/// Named optional columns in first-appearance order: `<prefix><name>` for each name any row has
+/// (null where a row lacks it).
+fn named_columns<Row>(rows: &[Row], prefix: &str, pick: &dyn Fn(&Row) -> Named) -> Vec<Column> {
+    let per_record: Vec<Named> = rows.iter().map(pick).collect();
     let mut names: Vec<&str> = Vec::new();
     for name in per_record.iter().flat_map(|r| r.iter().map(|(n, _)| n.as_str())) {
         if !names.contains(&name) {
@@ -490,7 +498,13 @@ pub fn stages_frame(records: &[RunRecord]) -> Result<DataFrame> {
             Column::new("steps".into(), col_u(&|s| s.steps)),
             Column::new("lr_first".into(), col_f(&|s| s.lr_first)),
             Column::new("lr_last".into(), col_f(&|s| s.lr_last)),
-        ],
+        ]
+        .into_iter()
+        .chain(named_columns(&rows, "pseudo_label_dice_", &|(_, s)| {
+            s.pseudo_label_class_dice.clone()
+        }))
+        .chain(named_columns(&rows, "validation_dice_", &|(_, s)| s.validation_class_dice.clone()))
+        .collect(),
     )?)
 }
 
@@ -612,6 +626,36 @@ pub(crate) mod tests {
         assert_eq!(rebuilt.records.len(), 2);
         let frame = runs_frame(&rebuilt.records).unwrap();
         assert!(frame.column("diag_consistency_loss_mean").is_ok());
+    }
+
+    #[test]
+    fn stage_records_without_per_class_dice_still_load_and_leave_their_columns_null() {
+        // A stage as records stored it before per-class Dice was recorded.
+        let old_stage = serde_json::json!({
+            "stage": 1, "trained_subset": "U1", "labels_from_stage": 0,
+            "first_step_pseudo_loss": 0.3, "flip_rate": 0.1,
+            "pseudo_label_dice": 0.5, "validation_dice": 0.6, "steps": 4
+        });
+        let old: StageRecord = serde_json::from_value(old_stage).unwrap();
+        assert!(old.pseudo_label_class_dice.is_empty() && old.validation_class_dice.is_empty());
+        let mut new = old.clone();
+        new.stage = 2;
+        new.pseudo_label_class_dice = vec![("liver".into(), Some(0.75)), ("lesion".into(), None)];
+        new.validation_class_dice = vec![("liver".into(), Some(0.5)), ("lesion".into(), Some(0.0))];
+        let mut run = record("staged");
+        run.stages = vec![old, new.clone()];
+        // Values and a class without one survive the JSON round trip.
+        let back: StageRecord = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back.pseudo_label_class_dice, new.pseudo_label_class_dice);
+        assert_eq!(back.validation_class_dice, new.validation_class_dice);
+        let frame = stages_frame(&[run]).unwrap();
+        let column = |name: &str| -> Vec<Option<f64>> { frame.column(name).unwrap().f64().unwrap().iter().collect() };
+        assert_eq!(column("pseudo_label_dice_liver"), [None, Some(0.75)]);
+        assert_eq!(column("pseudo_label_dice_lesion"), [None, None]);
+        assert_eq!(column("validation_dice_lesion"), [None, Some(0.0)]);
+        // The fixed columns keep their names; `all` is reserved so no class can collide with one.
+        assert_eq!(column("pseudo_label_dice"), [Some(0.5), Some(0.5)]);
+        assert!(RESERVED_CLASS_NAMES.contains(&"all"));
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use crate::config::{FinalModel, PseudoLabelSpec, PseudoLabels, Relabel, StudentInit};
 use crate::data::Case;
-use crate::evaluate::mean_dice_of_labels;
+use crate::evaluate::{dice_of_labels, LabelDice};
 use crate::method::{train_supervised, Budget, MixedObjective, RunContext, Trained};
 use crate::model::UNet;
 use crate::records::{LedgerEntry, StageRecord};
@@ -149,9 +149,10 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
         let self_targets: Vec<Arc<Target>> = before.iter().map(|l| Arc::new(Target::Hard(l.clone()))).collect();
         let cross_targets: Vec<Arc<Target>> = cross[k].examples.iter().map(|e| e.target.clone()).collect();
         let pseudo_label_dice = labels_dice(ctx, cases, &labels[k].hard);
+        let class_names = ctx.scored_class_names();
         let all_cases: Vec<&Case> = subsets.iter().flat_map(|(_, c)| c.iter().copied()).collect();
         let all_labels: Vec<Vec<Vec<u8>>> = labels.iter().flat_map(|l| l.hard.iter().cloned()).collect();
-        let pseudo_label_dice_all = labels_dice(ctx, &all_cases, &all_labels);
+        let pseudo_label_dice_all = labels_dice(ctx, &all_cases, &all_labels).mean;
         let labeled_pool = ctx.pool(labeled_examples.clone(), &format!("stage-{stage}-labeled"));
         let pseudo_pool = ctx.pool(labels[k].examples.clone(), &format!("stage-{stage}-pseudo"));
         let mut objective = MixedObjective::new(
@@ -184,9 +185,11 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
             first_step_loss_cross: probe.get("cross").copied().unwrap_or(f64::NAN),
             flip_rate: flip_rate(&before, &after, ctx.data.first_class as u8),
             flip_rate_all_pixels: flip_rate(&before, &after, 0),
-            pseudo_label_dice,
+            pseudo_label_dice: pseudo_label_dice.mean,
+            pseudo_label_class_dice: named(&class_names, &pseudo_label_dice),
             pseudo_label_dice_all,
-            validation_dice,
+            validation_dice: validation_dice.mean,
+            validation_class_dice: named(&class_names, &validation_dice),
             steps,
             lr_first: log.lr_first,
             lr_last: log.lr_last,
@@ -209,10 +212,15 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
     })
 }
 
-/// Mean Dice of label slices against the cases' true labels (a diagnostic: methods never see
-/// these labels).
-fn labels_dice(ctx: &RunContext, cases: &[&Case], labels: &[Vec<Vec<u8>>]) -> Option<f64> {
-    mean_dice_of_labels(cases, labels, &ctx.scoring())
+/// Dice of label slices against the cases' true labels (a diagnostic: methods never see these
+/// labels).
+fn labels_dice(ctx: &RunContext, cases: &[&Case], labels: &[Vec<Vec<u8>>]) -> LabelDice {
+    dice_of_labels(cases, labels, &ctx.scoring())
+}
+
+/// Per-class scores by class name, as records store them.
+fn named(class_names: &[String], dice: &LabelDice) -> Vec<(String, Option<f64>)> {
+    class_names.iter().cloned().zip(dice.per_class.iter().copied()).collect()
 }
 
 /// Pseudo labels of `cases` by `model`: hard (argmax) or soft (probabilities), with pixels below
