@@ -376,7 +376,7 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
     // Per-class pseudo-label and validation Dice, whose mean over the classes that have one is
     // the recorded mean.
     for (mean_column, prefix) in [("pseudo_label_dice", "pseudo_label_dice_"), ("validation_dice", "validation_dice_")] {
-        let per_class: Vec<Vec<Option<f64>>> = ["liver", "pancreas", "lesion"]
+        let per_class: Vec<Vec<Option<f64>>> = atso_harness::data::phantom::CLASSES[1..]
             .iter()
             .map(|class| {
                 let column = stages.column(&format!("{prefix}{class}")).unwrap();

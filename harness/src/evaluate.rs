@@ -103,10 +103,13 @@ pub fn score(
 
 /// Dice of label slices per scored class (the mean over cases that define the class) and the
 /// mean over classes. Staged methods record both after every stage: a class the pseudo labels
-/// lose entirely barely moves the mean of three classes, but shows as zero here.
+/// lose entirely takes only a third of its Dice off a three-class mean, but shows as zero here.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LabelDice {
+    /// One entry per scored class, in the order of `Scoring::scored()` (None: no case defines
+    /// the class).
     pub per_class: Vec<Option<f64>>,
+    /// The mean of the classes that have a value.
     pub mean: Option<f64>,
 }
 
@@ -200,6 +203,45 @@ fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::slices::Slice;
+
+    #[test]
+    fn per_class_dice_of_labels_names_the_class_a_labeling_lost() {
+        // Two cases of one 2x2 slice each, classes 0 (background) to 3; class 3 is the small one.
+        let case = |id: &str, label: Vec<u8>| Case {
+            id: id.into(),
+            slices: vec![Slice {
+                image: vec![0.0; label.len()],
+                label,
+            }],
+            native: None,
+        };
+        let cases = [case("a", vec![0, 1, 2, 3]), case("b", vec![1, 1, 2, 3])];
+        let refs: Vec<&Case> = cases.iter().collect();
+        let scoring = Scoring {
+            classes: 4,
+            first_class: 1,
+            empty: EmptyClasses::Monai,
+        };
+        let truth: Vec<Vec<Vec<u8>>> = cases.iter().map(|c| vec![c.slices[0].label.clone()]).collect();
+        let exact = dice_of_labels(&refs, &truth, &scoring);
+        assert_eq!(exact.per_class, [Some(1.0), Some(1.0), Some(1.0)]);
+        assert_eq!(exact.mean, Some(1.0));
+        // A labeling that calls class 3 background everywhere: that class, and only it, drops to
+        // 0, in its own position; the mean loses a third.
+        let without_3: Vec<Vec<Vec<u8>>> = truth
+            .iter()
+            .map(|slices| {
+                slices
+                    .iter()
+                    .map(|s| s.iter().map(|&c| if c == 3 { 0 } else { c }).collect())
+                    .collect()
+            })
+            .collect();
+        let lost = dice_of_labels(&refs, &without_3, &scoring);
+        assert_eq!(lost.per_class, [Some(1.0), Some(1.0), Some(0.0)]);
+        assert!((lost.mean.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    }
 
     #[test]
     fn non_square_planes_resize_by_nearest_neighbour() {

@@ -76,7 +76,8 @@ pub struct StageRecord {
     #[serde(default, with = "crate::json_float::option")]
     pub pseudo_label_dice_all: Option<f64>,
     /// `pseudo_label_dice` per scored class, by class name (empty in records written before it
-    /// existed): a class the labels lost shows as zero here, while the mean barely moves.
+    /// existed): a class the labels lost shows as zero here, and as a third of its Dice off a
+    /// three-class mean.
     #[serde(default, with = "crate::json_float::named_option_vec")]
     pub pseudo_label_class_dice: Vec<(String, Option<f64>)>,
     /// Validation Dice after the stage.
@@ -653,9 +654,8 @@ pub(crate) mod tests {
         assert_eq!(column("pseudo_label_dice_liver"), [None, Some(0.75)]);
         assert_eq!(column("pseudo_label_dice_lesion"), [None, None]);
         assert_eq!(column("validation_dice_lesion"), [None, Some(0.0)]);
-        // The fixed columns keep their names; `all` is reserved so no class can collide with one.
+        // The fixed columns keep their names.
         assert_eq!(column("pseudo_label_dice"), [Some(0.5), Some(0.5)]);
-        assert!(RESERVED_CLASS_NAMES.contains(&"all"));
     }
 
     #[test]

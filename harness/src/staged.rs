@@ -132,6 +132,7 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
     let mut students: Vec<UNet> = Vec::new();
     let n_unlabeled = unlabeled_per_batch(&spec.pseudo, &ctx.budget);
     let labeled_examples = RunContext::true_examples(&labeled_cases);
+    let class_names = ctx.scored_class_names();
     for (index, &steps) in plan.stage_steps.iter().enumerate() {
         let stage = index + 1;
         let k = index % k_count;
@@ -149,7 +150,6 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
         let self_targets: Vec<Arc<Target>> = before.iter().map(|l| Arc::new(Target::Hard(l.clone()))).collect();
         let cross_targets: Vec<Arc<Target>> = cross[k].examples.iter().map(|e| e.target.clone()).collect();
         let pseudo_label_dice = labels_dice(ctx, cases, &labels[k].hard);
-        let class_names = ctx.scored_class_names();
         let all_cases: Vec<&Case> = subsets.iter().flat_map(|(_, c)| c.iter().copied()).collect();
         let all_labels: Vec<Vec<Vec<u8>>> = labels.iter().flat_map(|l| l.hard.iter().cloned()).collect();
         let pseudo_label_dice_all = labels_dice(ctx, &all_cases, &all_labels).mean;
@@ -186,10 +186,10 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
             flip_rate: flip_rate(&before, &after, ctx.data.first_class as u8),
             flip_rate_all_pixels: flip_rate(&before, &after, 0),
             pseudo_label_dice: pseudo_label_dice.mean,
-            pseudo_label_class_dice: named(&class_names, &pseudo_label_dice),
+            pseudo_label_class_dice: by_class_name(&class_names, &pseudo_label_dice),
             pseudo_label_dice_all,
             validation_dice: validation_dice.mean,
-            validation_class_dice: named(&class_names, &validation_dice),
+            validation_class_dice: by_class_name(&class_names, &validation_dice),
             steps,
             lr_first: log.lr_first,
             lr_last: log.lr_last,
@@ -219,7 +219,8 @@ fn labels_dice(ctx: &RunContext, cases: &[&Case], labels: &[Vec<Vec<u8>>]) -> La
 }
 
 /// Per-class scores by class name, as records store them.
-fn named(class_names: &[String], dice: &LabelDice) -> Vec<(String, Option<f64>)> {
+fn by_class_name(class_names: &[String], dice: &LabelDice) -> Vec<(String, Option<f64>)> {
+    debug_assert_eq!(class_names.len(), dice.per_class.len(), "one score per scored class");
     class_names.iter().cloned().zip(dice.per_class.iter().copied()).collect()
 }
 

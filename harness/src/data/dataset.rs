@@ -581,3 +581,51 @@ impl FingerprintBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::slices::Slice;
+
+    /// A one-case dataset with the given class names.
+    fn with_classes(classes: &[&str]) -> PreparedDataset {
+        PreparedDataset {
+            name: "d".into(),
+            classes: classes.iter().map(|c| c.to_string()).collect(),
+            in_channels: 1,
+            first_class: 1,
+            outside_label: 0,
+            cases: vec![Case {
+                id: "c".into(),
+                slices: vec![Slice {
+                    image: vec![0.0],
+                    label: vec![0],
+                }],
+                native: None,
+            }],
+            fingerprint: Fingerprint {
+                cases: 1,
+                slices: 1,
+                min_dims: [1, 1, 1],
+                max_dims: [1, 1, 1],
+                median_spacing: [1.0; 3],
+                class_fractions: vec![1.0, 0.0],
+                ignored_fraction: 0.0,
+                foreground_mean: 0.0,
+                foreground_std: 0.0,
+            },
+            fixed_test: None,
+            folds: None,
+        }
+    }
+
+    #[test]
+    fn class_names_that_would_collide_with_table_columns_are_refused_by_name() {
+        assert!(with_classes(&["background", "liver"]).check().is_ok());
+        // `dice_mean` (runs table) and `pseudo_label_dice_all` (stages table) are summaries.
+        for reserved in ["mean", "at_resolution_mean", "all"] {
+            let message = with_classes(&["background", reserved]).check().unwrap_err().to_string();
+            assert!(message.contains(&format!("class name '{reserved}' is not allowed")), "{message}");
+        }
+    }
+}

@@ -328,7 +328,7 @@ fn train_and_evaluate(
         predictions.as_ref().map(|p| env.results.join(p)).as_deref(),
     )?;
     record.predictions_dir = predictions.map(|p| p.display().to_string());
-    let scored: Vec<String> = dataset.classes.iter().skip(dataset.first_class).cloned().collect();
+    let scored = ctx.scored_class_names();
     record.dice_mean = test.summary.dice_mean;
     record.iou_mean = test.summary.iou_mean;
     record.hd95_mean = test.summary.hd95_mean;
