@@ -1,8 +1,9 @@
 //! `atso bench`: speed of one training step and one inference batch of the U-Net on each backend
 //! compiled into this build and, for the CPU backend, at each CPU thread count asked for.
 //!
-//! Reported per configuration: median milliseconds per step (after warm-up; each step ends by
-//! reading the loss back to the host, so GPU work is finished when the clock stops), images per
+//! Reported per configuration: median milliseconds per training step (after warm-up, over phases
+//! of `--chunk` steps, each ending by reading its losses back to the host, so GPU work is
+//! finished when the clock stops; a run reads them once per progress interval), images per
 //! second, achieved GFLOP/s (convolution FLOPs counted from the architecture: forward 2 x
 //! C_in x C_out x k^2 x H x W per conv and image, a training step 3x forward) and that as a
 //! fraction of the machine's fp32 GEMM rate, measured in the same run with a 1024^3 matrix
@@ -50,8 +51,13 @@ pub struct BenchArgs {
     /// 0.05, 0.1, 0.2, 0.3, 0.5 for the first levels, 0.5 below; `--dropout 0` times without).
     #[arg(long, value_delimiter = ',')]
     pub dropout: Vec<f64>,
-    #[arg(long, default_value_t = 7)]
+    /// Training steps timed after warm-up (in phases of `--chunk` steps), and inference batches.
+    #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Steps per timed training phase: a phase reads its losses once, at its end, as a run
+    /// reads them once per progress interval; the step time is a phase's time over its steps.
+    #[arg(long, default_value_t = 5)]
+    pub chunk: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
@@ -285,19 +291,21 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
     };
     let mut ctx = RunContext::new(data, setup, device);
     let pool = ctx.pool(examples.to_vec(), "bench");
-    let mut objective = MixedObjective::new(&ctx, vec![(pool, args.batch_size)]);
+    let mut objective = MixedObjective::new(&ctx, vec![("supervised", pool, args.batch_size)]);
     let mut model = ctx.new_model();
+    if args.warmup > 0 {
+        model = ctx.fit(model, args.warmup, &mut objective, "warm-up")?.0;
+    }
+    // Timed in phases of `--chunk` steps: a phase reads its losses once, at its end, as a run
+    // reads them once per progress interval, so the device is not waited for between the steps
+    // of a chunk.
+    let chunk = args.chunk.clamp(1, args.steps.max(1));
+    let untimed_start = args.phases.then(CpuMark::now);
     let mut train = Vec::new();
-    let mut untimed_start = None;
-    for i in 0..args.warmup + args.steps {
-        if i == args.warmup && args.phases {
-            untimed_start = Some(CpuMark::now());
-        }
+    for _ in 0..(args.steps / chunk).max(1) {
         let clock = Instant::now();
-        model = ctx.fit(model, 1, &mut objective)?.0;
-        if i >= args.warmup {
-            train.push(clock.elapsed().as_secs_f64());
-        }
+        model = ctx.fit(model, chunk, &mut objective, "timed")?.0;
+        train.push(clock.elapsed().as_secs_f64() / chunk as f64);
     }
     let mut phases = None;
     if args.phases {
@@ -305,7 +313,7 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
         ctx.engine.time_steps();
         let mut parts = Vec::new();
         for _ in 0..phase_steps {
-            model = ctx.fit(model, 1, &mut objective)?.0;
+            model = ctx.fit(model, 1, &mut objective, "timed in parts")?.0;
             parts.extend(ctx.engine.last_step_times());
         }
         let part = |f: fn(&StepTimes) -> Duration| median(parts.iter().map(|t| f(t).as_secs_f64()).collect());
@@ -363,7 +371,7 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
     let forward = unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64;
     let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
-        "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, median of {} steps after {} warm-up; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
+        "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, train: median over phases of {} steps ({} steps in all) after {} warm-up; inference: median of {} batches; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
          | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         args.channels,
@@ -371,8 +379,10 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
         args.batch_size,
         args.resolution,
         args.resolution,
+        args.chunk.clamp(1, args.steps.max(1)),
         args.steps,
         args.warmup,
+        args.steps,
         forward / 1e9,
         3.0 * forward / 1e9,
         results.first().map_or("first", |r| r.label.as_str())

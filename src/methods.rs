@@ -9,7 +9,9 @@ use atso_harness::method::Method;
 /// The implementation of a method entry.
 pub fn build(spec: &MethodSpec) -> Box<dyn Method> {
     match spec {
-        MethodSpec::Supervised { .. } => Box::new(Supervised),
+        MethodSpec::Supervised { budget_fraction, .. } => Box::new(Supervised {
+            budget_fraction: *budget_fraction,
+        }),
         MethodSpec::FullySupervised { .. } => Box::new(FullySupervised),
         MethodSpec::Atso { subsets, .. } => Box::new(Atso {
             subsets: *subsets,

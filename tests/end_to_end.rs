@@ -529,3 +529,92 @@ fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() 
         }
     }
 }
+
+const M0_CONTROL: &str = r#"
+name = "m0"
+labeled_ratios = [0.5]
+seeds = [3]
+
+[budget]
+iterations = 40
+batch_size = 4
+resolution = 32
+eval_batch_size = 16
+
+[model]
+channels = [4, 8]
+dropout = [0.0, 0.1]
+
+[[datasets]]
+name = "phantom"
+format = "phantom"
+path = "data/phantom"
+phantom = { cases = 10, size = 32, slices = 6, seed = 3 }
+
+[[methods]]
+kind = "atso"
+supervised_fraction = 0.4
+
+[[methods]]
+kind = "supervised"
+label = "supervised-m0"
+budget_fraction = 0.4
+"#;
+
+/// Every run's training curve lands in curves.parquet with its phases, and supervised-only with
+/// `budget_fraction` is ATSO's M0 step for step: the two curves agree to the bit over M0's
+/// steps (same seed, pool and schedule), which is what makes it a fair control for "did the
+/// stages after M0 help".
+#[test]
+fn curves_are_recorded_and_budget_fraction_reproduces_atsos_m0() {
+    let dir = tempfile::tempdir().unwrap();
+    git_checkout(dir.path(), &[("m0.toml", M0_CONTROL)]);
+    let output = atso(dir.path(), &["sweep", "m0.toml"]);
+    assert!(output.status.success(), "sweep failed: {}", stderr(&output));
+    let results = dir.path().join("results/m0");
+    let curves = read_parquet(&results.join("curves.parquet"));
+    assert!(results.join("curves.csv").is_file());
+    let method = curves.column("method").unwrap().str().unwrap().clone();
+    let phase = curves.column("phase_name").unwrap().str().unwrap().clone();
+    let step = curves.column("step").unwrap().u64().unwrap().clone();
+    let loss = curves.column("loss").unwrap().f64().unwrap().clone();
+    let lr = curves.column("lr").unwrap().f64().unwrap().clone();
+    let points = |label: &str| -> Vec<(String, u64, u64, u64)> {
+        (0..curves.height())
+            .filter(|&i| method.get(i) == Some(label))
+            .map(|i| {
+                (
+                    phase.get(i).unwrap().to_string(),
+                    step.get(i).unwrap(),
+                    loss.get(i).unwrap().to_bits(),
+                    lr.get(i).unwrap().to_bits(),
+                )
+            })
+            .collect()
+    };
+    let atso = points("atso");
+    let control = points("supervised-m0");
+    // 40 steps: M0 16, then four stages of 6; a point every step (a hundredth of 40, at least 1).
+    let phases: Vec<&str> = atso.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(phases.iter().filter(|p| **p == "M0").count(), 16, "{phases:?}");
+    for stage in 1..=4 {
+        assert_eq!(phases.iter().filter(|p| **p == format!("stage {stage}")).count(), 6, "{phases:?}");
+    }
+    assert_eq!(control.len(), 16, "the control trains M0's 16 steps");
+    let m0: Vec<(u64, u64, u64)> = atso.iter().filter(|p| p.0 == "M0").map(|p| (p.1, p.2, p.3)).collect();
+    let control: Vec<(u64, u64, u64)> = control.iter().map(|p| (p.1, p.2, p.3)).collect();
+    assert_eq!(m0, control, "supervised-m0's curve is ATSO's M0, bit for bit");
+    // The stages report the supervised and pseudo-label parts of their loss.
+    let names: Vec<String> = curves.get_column_names().iter().map(|n| n.to_string()).collect();
+    assert!(
+        names.contains(&"part_supervised".to_string()) && names.contains(&"part_pseudo_label".to_string()),
+        "{names:?}"
+    );
+    let runs = read_parquet(&results.join("runs.parquet"));
+    let used = runs.column("iterations_used").unwrap().u64().unwrap().clone();
+    let labels = runs.column("method").unwrap().str().unwrap().clone();
+    for i in 0..runs.height() {
+        let expected = if labels.get(i) == Some("supervised-m0") { 16 } else { 40 };
+        assert_eq!(used.get(i), Some(expected), "iterations_used of {:?}", labels.get(i));
+    }
+}

@@ -13,7 +13,7 @@ impl Method for FullySupervised {
 
     fn train(&self, ctx: &mut RunContext) -> anyhow::Result<Trained> {
         let all: Vec<_> = ctx.data.labeled.iter().chain(&ctx.data.unlabeled).copied().collect();
-        let (model, _) = train_supervised(ctx, &all, ctx.budget.iterations)?;
+        let (model, _) = train_supervised(ctx, &all, ctx.budget.iterations, "run")?;
         Ok(model.into())
     }
 }

@@ -29,7 +29,7 @@ use atso_harness::model::UNet;
 use atso_harness::rng::{self, SeededRng};
 use atso_harness::train::augment::Augmentation;
 use atso_harness::train::batch::{self, BatchLayout, Example, Pool, PoolState, Target, IGNORE};
-use atso_harness::train::{loss, Objective, Step};
+use atso_harness::train::{loss, Objective, Step, StepLoss, StepValues};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,7 +152,7 @@ impl Method for MeanTeacher {
             tally: Tally::default(),
         };
         let steps = ctx.budget.iterations;
-        let (student, _) = ctx.fit(student, steps, &mut objective)?;
+        let (student, _) = ctx.fit(student, steps, &mut objective, "run")?;
         objective.tally.record(&mut ctx.diagnostics);
         Ok(student.into())
     }
@@ -205,7 +205,7 @@ struct MeanTeacherObjective {
 }
 
 impl Objective for MeanTeacherObjective {
-    fn loss(&mut self, model: &UNet, step: Step, rng: &mut SeededRng) -> Tensor<1> {
+    fn loss(&mut self, model: &UNet, step: Step, rng: &mut SeededRng) -> StepLoss {
         let mut examples = self.labeled.draw(self.labeled_per_batch);
         examples.extend(self.unlabeled.draw(self.unlabeled_per_batch));
         let n_labeled = self.labeled_per_batch;
@@ -215,22 +215,34 @@ impl Objective for MeanTeacherObjective {
         // Unlabeled images carry zero weight, so this is the loss on the labeled half.
         let supervised = loss::segmentation(logits.clone(), batch.targets, batch.weights);
         let weight = self.schedule.at(step.global);
-        self.tally.steps += 1;
-        self.tally.weight += weight;
-        self.tally.supervised += supervised.clone().into_scalar::<f32>() as f64;
         if weight == 0.0 || total == n_labeled {
-            return supervised;
+            return StepLoss::new(supervised.clone())
+                .part("supervised", supervised)
+                .host("consistency_weight", weight);
         }
         let unlabeled_images = batch.images.narrow(0, n_labeled, total - n_labeled);
         let noise = clamped_noise(unlabeled_images.dims(), rng, &self.device);
         let teacher_probs = softmax(self.teacher.forward(unlabeled_images + noise), 1).detach();
         let student_probs = softmax(logits.narrow(0, n_labeled, total - n_labeled), 1);
         let consistency = (student_probs - teacher_probs).powi_scalar(2).mean();
-        let value = consistency.clone().into_scalar::<f32>() as f64;
-        self.tally.active_steps += 1;
-        self.tally.consistency += value;
-        self.tally.weighted_consistency += weight * value;
-        supervised + consistency * weight
+        StepLoss::new(supervised.clone() + consistency.clone() * weight)
+            .part("supervised", supervised)
+            .part("consistency", consistency)
+            .host("consistency_weight", weight)
+    }
+
+    /// The tally needs every step's parts, so they are reported on every step, not only on
+    /// recorded ones (they are computed for the loss anyway).
+    fn observe(&mut self, values: &StepValues) {
+        let weight = values.part("consistency_weight").unwrap_or(0.0);
+        self.tally.steps += 1;
+        self.tally.weight += weight;
+        self.tally.supervised += values.part("supervised").unwrap_or(0.0);
+        if let Some(consistency) = values.part("consistency") {
+            self.tally.active_steps += 1;
+            self.tally.consistency += consistency;
+            self.tally.weighted_consistency += weight * consistency;
+        }
     }
 
     fn save_state(&self) -> anyhow::Result<Vec<u8>> {

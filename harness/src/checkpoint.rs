@@ -71,6 +71,10 @@ pub struct Position {
     pub last_loss: f64,
     pub lr_first: f64,
     pub lr_last: f64,
+    /// The run's training curve up to this point (checkpoints written before curves existed
+    /// have none).
+    #[serde(default)]
+    pub curve: Vec<crate::train::curves::CurvePoint>,
 }
 
 /// What a checkpoint file holds: its position and opaque byte blobs.
@@ -215,6 +219,7 @@ mod tests {
                 last_loss: 0.1,
                 lr_first: 0.1,
                 lr_last: 0.05,
+                curve: vec![],
             },
             model: vec![1, 2, 3],
             optimizer: vec![4],

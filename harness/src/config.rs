@@ -136,6 +136,12 @@ pub enum MethodSpec {
     Supervised {
         #[serde(default)]
         label: Option<String>,
+        /// Train for this fraction of the budget only. With a staged method's
+        /// `supervised_fraction` it is that method's M0, step for step (same seed, pool and
+        /// schedule): a control that spends fewer steps than the compared methods, as the runs
+        /// table's `iterations_used` says. Absent: the whole budget.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget_fraction: Option<f64>,
     },
     /// True labels on every training case, labeled and unlabeled (upper bound).
     FullySupervised {
@@ -244,7 +250,7 @@ impl MethodSpec {
     /// The name used in results: `label`, or the kind.
     pub fn label(&self) -> String {
         let label = match self {
-            Self::Supervised { label } | Self::FullySupervised { label } => label,
+            Self::Supervised { label, .. } | Self::FullySupervised { label } => label,
             Self::Atso { label, .. } | Self::SelfTraining { label, .. } | Self::MeanTeacher { label, .. } => label,
         };
         label.clone().unwrap_or_else(|| self.kind().to_string())
@@ -348,6 +354,12 @@ impl MethodSpec {
                     bail!("methods '{}': generations must be at least 1", self.label());
                 }
                 check_pseudo(&self.pseudo().expect("self-training has pseudo settings"))
+            }
+            Self::Supervised {
+                budget_fraction: Some(fraction),
+                ..
+            } if !(*fraction > 0.0 && *fraction <= 1.0) => {
+                bail!("methods '{}': budget_fraction must be in (0, 1], got {fraction}", self.label())
             }
             Self::MeanTeacher {
                 ema_decay, consistency, ..

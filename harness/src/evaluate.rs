@@ -28,6 +28,11 @@ pub struct EvaluationSpec {
     /// Compute HD95 per case and class (costs a distance transform per class and case).
     #[serde(default = "yes")]
     pub hd95: bool,
+    /// The HD95 of a class the truth has and the prediction misses (see [`Hd95Missed`]).
+    /// Left out of the configuration hash at its default, so results recorded before it existed
+    /// keep their hash (their commit says they were scored without it).
+    #[serde(default, skip_serializing_if = "Hd95Missed::is_default")]
+    pub hd95_missed: Hd95Missed,
 }
 
 fn yes() -> bool {
@@ -39,6 +44,71 @@ impl Default for EvaluationSpec {
         Self {
             empty_classes: EmptyClasses::default(),
             hd95: true,
+            hd95_missed: Hd95Missed::default(),
+        }
+    }
+}
+
+/// What HD95 a case gets for a class its truth has and its prediction lacks entirely.
+///
+/// HD95 is a distance between two surfaces and has none when one is empty. Tools differ: medpy
+/// raises an error, MONAI returns nan (or inf) and leaves the case out of its mean, SSL4MIS's
+/// `calculate_metric_percase` scores 0, the best possible distance. Leaving the case out, or
+/// scoring 0, rewards missing a class: a run that loses a small class entirely looks better on
+/// HD95 than one that finds it roughly. Here a miss costs a stated penalty, by default the
+/// diagonal of the case's volume in millimetres (no prediction can be farther off), so
+/// `hd95_mean` averages every class present in the truth and a lost class raises it.
+/// A class absent from the truth still has no HD95 (whatever the prediction holds).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Hd95Missed {
+    /// The diagonal of the case's volume: sqrt(sum over axes of (size x spacing)^2), in mm
+    /// (written `hd95_missed = "diagonal"`).
+    #[default]
+    Diagonal,
+    /// A fixed distance in millimetres (`hd95_missed = 100.0`).
+    Millimetres(f64),
+}
+
+impl Hd95Missed {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The penalty for a volume of `dims` voxels of `spacing` mm.
+    pub fn millimetres(&self, dims: [usize; 3], spacing: [f64; 3]) -> f64 {
+        match *self {
+            Self::Diagonal => dims.iter().zip(spacing).map(|(&n, s)| (n as f64 * s).powi(2)).sum::<f64>().sqrt(),
+            Self::Millimetres(mm) => mm,
+        }
+    }
+}
+
+impl Serialize for Hd95Missed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Diagonal => s.serialize_str("diagonal"),
+            Self::Millimetres(mm) => s.serialize_f64(*mm),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hd95Missed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Name(String),
+            Number(f64),
+        }
+        match Given::deserialize(d)? {
+            Given::Name(name) if name == "diagonal" => Ok(Self::Diagonal),
+            Given::Number(mm) if mm.is_finite() && mm >= 0.0 => Ok(Self::Millimetres(mm)),
+            Given::Name(name) => Err(serde::de::Error::custom(format!(
+                "expected \"diagonal\" or a distance in millimetres, got \"{name}\""
+            ))),
+            Given::Number(mm) => Err(serde::de::Error::custom(format!(
+                "expected a finite, non-negative distance in millimetres, got {mm}"
+            ))),
         }
     }
 }
@@ -80,7 +150,7 @@ pub fn score(
                 let mut confusion = Confusion::new(scoring.classes);
                 confusion.add(&as_labels(&predicted.data), &as_labels(&truth.data));
                 let hd95 = if spec.hd95 {
-                    hd95_per_class(&predicted, &truth, scoring)
+                    hd95_per_class(&predicted, &truth, scoring, spec.hd95_missed)
                 } else {
                     vec![None; scoring.scored().len()]
                 };
@@ -95,6 +165,7 @@ pub fn score(
             iou: scoring.scored().map(|c| native.iou(c, scoring.empty)).collect(),
             hd95,
             dice_at_resolution,
+            missed: scoring.scored().map(|c| native.missed(c)).collect(),
         });
     }
     let summary = summarise(&scores, &dataset, scoring);
@@ -137,6 +208,7 @@ pub fn dice_of_labels(cases: &[&Case], labels: &[Vec<Vec<u8>>], scoring: &Scorin
                 hd95: Vec::new(),
                 dice_at_resolution: dice.clone(),
                 dice,
+                missed: scoring.scored().map(|c| confusion.missed(c)).collect(),
             }
         })
         .collect();
@@ -172,7 +244,9 @@ fn as_labels(values: &[f32]) -> Vec<u8> {
     values.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect()
 }
 
-fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring) -> Vec<Option<f64>> {
+/// HD95 per scored class: None for a class absent from the truth, the `missed` penalty for one
+/// the prediction lacks, else the distance.
+fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring, missed: Hd95Missed) -> Vec<Option<f64>> {
     let spacing = truth.spacing.map(f64::from);
     scoring
         .scored()
@@ -180,9 +254,11 @@ fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring) -> Vec<
             let target = class as f32;
             let p: Vec<bool> = predicted.data.iter().map(|&v| v == target).collect();
             let t: Vec<bool> = truth.data.iter().map(|&v| v == target).collect();
-            let truth_present = t.iter().any(|&x| x);
-            if scoring.empty == EmptyClasses::Monai && !truth_present {
+            if !t.iter().any(|&x| x) {
                 return None;
+            }
+            if !p.iter().any(|&x| x) {
+                return Some(missed.millimetres(truth.dims, spacing));
             }
             surface::hd95(
                 &Mask {

@@ -12,7 +12,7 @@ use crate::records::{LedgerEntry, StageRecord};
 use crate::rng;
 use crate::train::augment::Augmentation;
 use crate::train::batch::{self, BatchLayout, Example, Pool, Target};
-use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step};
+use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss};
 use crate::train::infer;
 use crate::train::loss;
 use crate::train::metrics::Scoring;
@@ -170,9 +170,10 @@ impl<'a> RunContext<'a> {
         Pool::new(examples, self.seed, purpose)
     }
 
-    /// Trains `model` for `steps` steps of `objective` through the shared engine (one phase).
-    pub fn fit(&mut self, model: UNet, steps: usize, objective: &mut dyn Objective) -> Result<(UNet, PhaseLog)> {
-        self.engine.train(model, steps, objective)
+    /// Trains `model` for `steps` steps of `objective` through the shared engine, as one phase
+    /// named `phase` in the run's training curve ("run", "M0", "stage 3").
+    pub fn fit(&mut self, model: UNet, steps: usize, objective: &mut dyn Objective, phase: &str) -> Result<(UNet, PhaseLog)> {
+        self.engine.train(model, steps, objective, phase)
     }
 
     /// Class probabilities for every slice of every case (outer: case, inner: slice), averaged
@@ -233,13 +234,18 @@ impl<'a> RunContext<'a> {
 
 /// The objective shared by supervised training and pseudo-label fine-tuning: each batch draws a
 /// fixed number of examples from each pool (e.g. labeled : pseudo-labeled = 1 : 1) and is scored
-/// with the supervised loss 0.5 * (CE + Dice).
+/// with the supervised loss 0.5 * (CE + Dice) over the whole batch. With two or more pools, a
+/// recorded step also reports each pool's part of the batch scored alone, under the pool's name
+/// ("supervised", "pseudo_label"): the Dice term does not add up over parts of a batch, so these
+/// show what each part contributes, not a split of the total.
 ///
 /// An optional probe measures, at the phase's first step and from that step's own forward pass
 /// (train mode, same images, same augmentation), the loss of one pool's part of the batch against
 /// its own targets ("trained") and against alternative targets aligned with the pool's examples.
+/// The probe's losses stay on the device until asked for ([`MixedObjective::probe_losses`],
+/// after the phase), so the first step waits for nothing either.
 pub struct MixedObjective {
-    pools: Vec<(Pool, usize)>,
+    pools: Vec<(&'static str, Pool, usize)>,
     layout: BatchLayout,
     augmentation: Augmentation,
     device: Device,
@@ -249,13 +255,38 @@ pub struct MixedObjective {
 struct Probe {
     pool: usize,
     alternatives: Vec<(String, Vec<Arc<Target>>)>,
+    /// Losses measured and not read yet.
+    measured: Vec<(String, Tensor<1>)>,
+    /// Losses read (or restored from a checkpoint).
     losses: BTreeMap<String, f64>,
 }
 
+impl Probe {
+    /// Every loss by name, reading the measured ones from the device.
+    fn losses(&self) -> Result<BTreeMap<String, f64>> {
+        let mut losses = self.losses.clone();
+        if self.measured.is_empty() {
+            return Ok(losses);
+        }
+        let transaction = self
+            .measured
+            .iter()
+            .fold(burn::tensor::Transaction::default(), |t, (_, loss)| t.register(loss.clone()));
+        let data = transaction
+            .try_execute()
+            .map_err(|err| anyhow::anyhow!("reading the first-step probe's losses: {err:?}"))?;
+        for ((name, _), value) in self.measured.iter().zip(data) {
+            losses.insert(name.clone(), value.iter::<f32>().next().map_or(f64::NAN, f64::from));
+        }
+        Ok(losses)
+    }
+}
+
 impl MixedObjective {
-    /// `pools`: (pool, examples per batch). Empty pools are skipped.
-    pub fn new(ctx: &RunContext, pools: Vec<(Pool, usize)>) -> Self {
-        let pools = pools.into_iter().filter(|(p, n)| !p.is_empty() && *n > 0).collect();
+    /// `pools`: (name of its part of the loss, pool, examples per batch). Empty pools are
+    /// skipped.
+    pub fn new(ctx: &RunContext, pools: Vec<(&'static str, Pool, usize)>) -> Self {
+        let pools = pools.into_iter().filter(|(_, p, n)| !p.is_empty() && *n > 0).collect();
         Self {
             pools,
             layout: ctx.layout(),
@@ -272,6 +303,7 @@ impl MixedObjective {
         self.probe = Some(Probe {
             pool,
             alternatives,
+            measured: Vec::new(),
             losses: BTreeMap::new(),
         });
         self
@@ -279,18 +311,18 @@ impl MixedObjective {
 
     /// The probe's losses by name ("trained" and each alternative); empty without a probe or
     /// before the first step.
-    pub fn probe_losses(&self) -> BTreeMap<String, f64> {
-        self.probe.as_ref().map(|p| p.losses.clone()).unwrap_or_default()
+    pub fn probe_losses(&self) -> Result<BTreeMap<String, f64>> {
+        self.probe.as_ref().map_or(Ok(BTreeMap::new()), Probe::losses)
     }
 }
 
 impl Objective for MixedObjective {
-    fn loss(&mut self, model: &UNet, step: Step, rng: &mut rng::SeededRng) -> Tensor<1> {
-        let drawn: Vec<Vec<usize>> = self.pools.iter_mut().map(|(pool, n)| pool.draw_indices(*n)).collect();
+    fn loss(&mut self, model: &UNet, step: Step, rng: &mut rng::SeededRng) -> StepLoss {
+        let drawn: Vec<Vec<usize>> = self.pools.iter_mut().map(|(_, pool, n)| pool.draw_indices(*n)).collect();
         let examples: Vec<Example> = drawn
             .iter()
             .zip(&self.pools)
-            .flat_map(|(indices, (pool, _))| indices.iter().map(|&i| pool.get(i).clone()))
+            .flat_map(|(indices, (_, pool, _))| indices.iter().map(|&i| pool.get(i).clone()))
             .collect();
         let batch = batch::assemble(&examples, self.layout, &self.augmentation, rng, &self.device);
         let logits = model.forward(batch.images);
@@ -302,8 +334,8 @@ impl Objective for MixedObjective {
             let own: Vec<Example> = examples[start..start + indices.len()].to_vec();
             let mut measure = |name: &str, chosen: Vec<Example>| {
                 let targets = batch::assemble_with(&chosen, transforms, self.layout, &self.device);
-                let value: f32 = loss::segmentation(part.clone(), targets.targets, targets.weights).into_scalar();
-                probe.losses.insert(name.to_string(), value as f64);
+                let value = loss::segmentation(part.clone(), targets.targets, targets.weights);
+                probe.measured.push((name.to_string(), value));
             };
             measure("trained", own.clone());
             for (name, targets) in &probe.alternatives {
@@ -318,34 +350,54 @@ impl Objective for MixedObjective {
                 measure(name, chosen);
             }
         }
-        loss::segmentation(logits, batch.targets, batch.weights)
+        let parts: Vec<(&'static str, Tensor<1>)> = if step.recorded && self.pools.len() > 1 {
+            let mut start = 0;
+            drawn
+                .iter()
+                .zip(&self.pools)
+                .map(|(indices, (name, _, _))| {
+                    let part = |t: &Tensor<4>| t.clone().detach().narrow(0, start, indices.len());
+                    let value = loss::segmentation(part(&logits), part(&batch.targets), part(&batch.weights));
+                    start += indices.len();
+                    (*name, value)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let total = loss::segmentation(logits, batch.targets, batch.weights);
+        parts
+            .into_iter()
+            .fold(StepLoss::new(total), |out, (name, value)| out.part(name, value))
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {
-        let pools: Vec<_> = self.pools.iter().map(|(p, _)| p.state()).collect();
-        let probe = self.probe.as_ref().map(|p| p.losses.clone());
+        let pools: Vec<_> = self.pools.iter().map(|(_, p, _)| p.state()).collect();
+        let probe = self.probe.as_ref().map(Probe::losses).transpose()?;
         Ok(serde_json::to_vec(&(pools, probe))?)
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let (pools, probe): (Vec<crate::train::batch::PoolState>, Option<BTreeMap<String, f64>>) = serde_json::from_slice(state)?;
-        for ((pool, _), saved) in self.pools.iter_mut().zip(&pools) {
+        for ((_, pool, _), saved) in self.pools.iter_mut().zip(&pools) {
             pool.restore(saved)?;
         }
         if let (Some(p), Some(losses)) = (self.probe.as_mut(), probe) {
             p.losses = losses;
+            p.measured.clear();
         }
         Ok(())
     }
 }
 
-/// Trains a fresh model on the true labels of `cases` for `steps` steps: the supervised-only
-/// method, the fully supervised bound, and the M0 of the pseudo-labeling methods.
-pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize) -> Result<(UNet, PhaseLog)> {
+/// Trains a fresh model on the true labels of `cases` for `steps` steps, as the phase named
+/// `phase`: the supervised-only method, the fully supervised bound ("run"), and the M0 of the
+/// pseudo-labeling methods ("M0").
+pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize, phase: &str) -> Result<(UNet, PhaseLog)> {
     let pool = ctx.pool(RunContext::true_examples(cases), "supervised");
-    let mut objective = MixedObjective::new(ctx, vec![(pool, ctx.budget.batch_size)]);
+    let mut objective = MixedObjective::new(ctx, vec![("supervised", pool, ctx.budget.batch_size)]);
     let model = ctx.new_model();
-    ctx.fit(model, steps, &mut objective)
+    ctx.fit(model, steps, &mut objective, phase)
 }
 
 #[cfg(test)]
@@ -444,7 +496,7 @@ pub(crate) mod tests {
             .dice_mean
             .unwrap_or(0.0);
         let labeled = ctx.data.labeled.clone();
-        let (model, log) = train_supervised(&mut ctx, &labeled, 400).unwrap();
+        let (model, log) = train_supervised(&mut ctx, &labeled, 400, "run").unwrap();
         let trained = ctx.evaluate(&model.into(), &ctx.data.test).unwrap().summary.dice_mean.unwrap();
         eprintln!(
             "untrained dice {untrained:.3}, trained dice {trained:.3}, loss {:.3} -> {:.3}",
@@ -473,7 +525,7 @@ pub(crate) mod tests {
                 ctx.engine.time_steps();
             }
             let clock = std::time::Instant::now();
-            let (model, log) = train_supervised(&mut ctx, &cases, 3).unwrap();
+            let (model, log) = train_supervised(&mut ctx, &cases, 3, "run").unwrap();
             let elapsed = clock.elapsed();
             let probe = vec![0.5f32; 32 * 32];
             let output = infer::probabilities(std::slice::from_ref(&model), &[probe.as_slice()], 32, 1, &ctx.device);
@@ -490,6 +542,54 @@ pub(crate) mod tests {
         assert!(parts.iter().sum::<std::time::Duration>() <= elapsed, "{times:?} in {elapsed:?}");
     }
 
+    /// The engine reads losses from the device once per progress interval instead of once per
+    /// step; deferring the read must not change a bit of what is trained or of the losses.
+    #[test]
+    fn reading_losses_in_batches_changes_nothing_trained() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 4);
+        let cases: Vec<&Case> = data.cases.iter().collect();
+        let train = |every: usize| {
+            let mut ctx = RunContext::new(labeled_only(&data, &cases), setup(12), Device::flex());
+            ctx.engine.read_losses_every(every);
+            let (model, log) = train_supervised(&mut ctx, &cases, 12, "run").unwrap();
+            let probe = vec![0.5f32; 32 * 32];
+            let output = infer::probabilities(std::slice::from_ref(&model), &[probe.as_slice()], 32, 1, &ctx.device);
+            let curve: Vec<(usize, u64)> = ctx.engine.curve().iter().map(|p| (p.step, p.loss.to_bits())).collect();
+            (log, output, curve)
+        };
+        let (each_step, each_output, each_curve) = train(1);
+        let (batched, batched_output, batched_curve) = train(5);
+        assert_eq!(each_step, batched, "the phase's loss log");
+        assert_eq!(each_output, batched_output, "the trained model");
+        assert_eq!(each_curve.len(), 12, "a point per step when reading every step");
+        // Reading every 5 steps records steps 5, 10 and the phase's last, with the same bits.
+        let expected: Vec<(usize, u64)> = each_curve.iter().filter(|(s, _)| [5, 10, 12].contains(s)).copied().collect();
+        assert_eq!(batched_curve, expected);
+    }
+
+    /// A non-finite loss is found at the next read, and the error names the step it happened
+    /// at, not the step of the read.
+    #[test]
+    fn a_non_finite_loss_is_named_at_its_own_step_whenever_it_is_read() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 6);
+        let cases: Vec<&Case> = data.cases.iter().collect();
+        let fail = |every: usize| {
+            let mut setup = setup(30);
+            setup.optimizer.lr = 1e12;
+            let mut ctx = RunContext::new(labeled_only(&data, &cases), setup, Device::flex());
+            ctx.engine.read_losses_every(every);
+            format!("{:#}", train_supervised(&mut ctx, &cases, 30, "run").unwrap_err())
+        };
+        let at_once = fail(1);
+        eprintln!("{at_once}");
+        assert!(at_once.contains("non-finite loss") && at_once.contains("at step"), "{at_once}");
+        assert_eq!(fail(25), at_once, "read 25 steps apart, the same step is named");
+    }
+
     #[test]
     fn a_huge_learning_rate_fails_with_the_step_named() {
         let _serial = serial();
@@ -500,7 +600,7 @@ pub(crate) mod tests {
         let mut setup = setup(30);
         setup.optimizer.lr = 1e12;
         let mut ctx = RunContext::new(run_data, setup, Device::flex());
-        let message = format!("{:#}", train_supervised(&mut ctx, &cases, 30).unwrap_err());
+        let message = format!("{:#}", train_supervised(&mut ctx, &cases, 30, "run").unwrap_err());
         assert!(message.contains("non-finite loss") && message.contains("at step"), "{message}");
     }
 }

@@ -94,7 +94,7 @@ impl RunLog {
         Self {
             inner,
             file,
-            every: (total_steps / 100).max(1),
+            every: crate::train::curves::progress_every(total_steps),
         }
     }
 }

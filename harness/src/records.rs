@@ -1,6 +1,7 @@
 //! Results records: one JSON file per run (the durable source of truth, never overwritten) and
 //! polars tables derived from all of them (`runs.parquet` + `runs.csv`, `cases.parquet` +
-//! `cases.csv`, and `stages.parquet` + `stages.csv` for methods with stages).
+//! `cases.csv`, `stages.parquet` + `stages.csv` for methods with stages, and `curves.parquet` +
+//! `curves.csv`: every run's training curve).
 //!
 //! Tables are rebuilt from the JSON records after each run, so a crash mid-sweep never loses rows
 //! that were already recorded, and a rerun adds rows instead of replacing them. Records are
@@ -9,6 +10,7 @@
 //! stops later sweeps or reports. Non-finite numbers round-trip (`json_float`).
 
 use crate::fsio;
+use crate::train::curves::CurvePoint;
 use crate::train::metrics::CaseScores;
 use anyhow::{Context, Result};
 use polars::prelude::*;
@@ -252,6 +254,9 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
     #[serde(default)]
     pub ledger: Vec<LedgerEntry>,
+    /// The training curve (`train::curves`); empty in records written before curves existed.
+    #[serde(default)]
+    pub curve: Vec<CurvePoint>,
 }
 
 fn one() -> usize {
@@ -423,12 +428,14 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
 }
 
 /// The per-case table: one row per (run, test case, scored class): Dice, IoU and HD95 on the
-/// native grid, Dice at the training resolution.
+/// native grid, Dice at the training resolution, and whether the prediction missed a class the
+/// truth has (null in records written before that was kept).
 pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
     let mut run = Vec::new();
     let mut case = Vec::new();
     let mut class = Vec::new();
     let (mut dice, mut iou, mut hd95, mut at_res) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut missed = Vec::new();
     for record in records {
         for scores in &record.cases {
             for (i, name) in record.class_names.iter().skip(record.first_class).enumerate() {
@@ -439,6 +446,7 @@ pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
                 iou.push(scores.iou.get(i).copied().flatten());
                 hd95.push(scores.hd95.get(i).copied().flatten());
                 at_res.push(scores.dice_at_resolution.get(i).copied().flatten());
+                missed.push(scores.missed.get(i).copied());
             }
         }
     }
@@ -453,8 +461,27 @@ pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
             Column::new("iou".into(), iou),
             Column::new("hd95".into(), hd95),
             Column::new("dice_at_resolution".into(), at_res),
+            Column::new("missed".into(), missed),
         ],
     )?)
+}
+
+/// The columns that say which run a row of a per-run table (stages, curves) belongs to.
+fn identity_columns<Row>(rows: &[Row], record: &dyn Fn(&Row) -> &RunRecord) -> Vec<Column> {
+    let text = |f: &dyn Fn(&RunRecord) -> String| rows.iter().map(|row| f(record(row))).collect::<Vec<_>>();
+    vec![
+        Column::new("run_id".into(), text(&|r| r.run_id.clone())),
+        Column::new("dataset".into(), text(&|r| r.dataset.clone())),
+        Column::new("method".into(), text(&|r| r.method.clone())),
+        Column::new("cell_hash".into(), text(&|r| r.cell_hash.clone())),
+        Column::new("git_commit".into(), text(&|r| r.git_commit.clone())),
+        Column::new("status".into(), text(&|r| r.status.as_str().to_string())),
+        Column::new(
+            "labeled_ratio".into(),
+            rows.iter().map(|row| record(row).labeled_ratio).collect::<Vec<_>>(),
+        ),
+        Column::new("seed".into(), rows.iter().map(|row| record(row).seed).collect::<Vec<_>>()),
+    ]
 }
 
 /// The stages table of staged methods.
@@ -464,48 +491,69 @@ pub fn stages_frame(records: &[RunRecord]) -> Result<DataFrame> {
     let col_o = |f: &dyn Fn(&StageRecord) -> Option<f64>| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
     let col_u = |f: &dyn Fn(&StageRecord) -> usize| rows.iter().map(|(_, s)| f(s) as u64).collect::<Vec<_>>();
     let col_b = |f: &dyn Fn(&StageRecord) -> bool| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
-    let run_text = |f: &dyn Fn(&RunRecord) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
     Ok(DataFrame::new(
         rows.len(),
-        vec![
-            Column::new("run_id".into(), run_text(&|r| r.run_id.clone())),
-            Column::new("dataset".into(), run_text(&|r| r.dataset.clone())),
-            Column::new("method".into(), run_text(&|r| r.method.clone())),
-            Column::new("cell_hash".into(), run_text(&|r| r.cell_hash.clone())),
-            Column::new("git_commit".into(), run_text(&|r| r.git_commit.clone())),
-            Column::new("status".into(), run_text(&|r| r.status.as_str().to_string())),
-            Column::new(
-                "labeled_ratio".into(),
-                rows.iter().map(|(r, _)| r.labeled_ratio).collect::<Vec<_>>(),
-            ),
-            Column::new("seed".into(), rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>()),
-            Column::new("stage".into(), col_u(&|s| s.stage)),
-            Column::new(
-                "trained_subset".into(),
-                rows.iter().map(|(_, s)| s.trained_subset.clone()).collect::<Vec<_>>(),
-            ),
-            Column::new("labels_from_stage".into(), col_u(&|s| s.labels_from_stage)),
-            Column::new("init_from_stage".into(), col_u(&|s| s.init_from_stage)),
-            Column::new("labels_self_made".into(), col_b(&|s| s.labels_self_made)),
-            Column::new("student_exposed".into(), col_b(&|s| s.student_exposed)),
-            Column::new("first_step_pseudo_loss".into(), col_f(&|s| s.first_step_pseudo_loss)),
-            Column::new("first_step_loss_self".into(), col_f(&|s| s.first_step_loss_self)),
-            Column::new("first_step_loss_cross".into(), col_f(&|s| s.first_step_loss_cross)),
-            Column::new("flip_rate".into(), col_f(&|s| s.flip_rate)),
-            Column::new("flip_rate_all_pixels".into(), col_f(&|s| s.flip_rate_all_pixels)),
-            Column::new("pseudo_label_dice".into(), col_o(&|s| s.pseudo_label_dice)),
-            Column::new("pseudo_label_dice_all".into(), col_o(&|s| s.pseudo_label_dice_all)),
-            Column::new("validation_dice".into(), col_o(&|s| s.validation_dice)),
-            Column::new("steps".into(), col_u(&|s| s.steps)),
-            Column::new("lr_first".into(), col_f(&|s| s.lr_first)),
-            Column::new("lr_last".into(), col_f(&|s| s.lr_last)),
-        ]
-        .into_iter()
-        .chain(named_columns(&rows, "pseudo_label_dice_", &|(_, s)| {
-            s.pseudo_label_class_dice.clone()
-        }))
-        .chain(named_columns(&rows, "validation_dice_", &|(_, s)| s.validation_class_dice.clone()))
-        .collect(),
+        identity_columns(&rows, &|(r, _)| r)
+            .into_iter()
+            .chain([
+                Column::new("stage".into(), col_u(&|s| s.stage)),
+                Column::new(
+                    "trained_subset".into(),
+                    rows.iter().map(|(_, s)| s.trained_subset.clone()).collect::<Vec<_>>(),
+                ),
+                Column::new("labels_from_stage".into(), col_u(&|s| s.labels_from_stage)),
+                Column::new("init_from_stage".into(), col_u(&|s| s.init_from_stage)),
+                Column::new("labels_self_made".into(), col_b(&|s| s.labels_self_made)),
+                Column::new("student_exposed".into(), col_b(&|s| s.student_exposed)),
+                Column::new("first_step_pseudo_loss".into(), col_f(&|s| s.first_step_pseudo_loss)),
+                Column::new("first_step_loss_self".into(), col_f(&|s| s.first_step_loss_self)),
+                Column::new("first_step_loss_cross".into(), col_f(&|s| s.first_step_loss_cross)),
+                Column::new("flip_rate".into(), col_f(&|s| s.flip_rate)),
+                Column::new("flip_rate_all_pixels".into(), col_f(&|s| s.flip_rate_all_pixels)),
+                Column::new("pseudo_label_dice".into(), col_o(&|s| s.pseudo_label_dice)),
+                Column::new("pseudo_label_dice_all".into(), col_o(&|s| s.pseudo_label_dice_all)),
+                Column::new("validation_dice".into(), col_o(&|s| s.validation_dice)),
+                Column::new("steps".into(), col_u(&|s| s.steps)),
+                Column::new("lr_first".into(), col_f(&|s| s.lr_first)),
+                Column::new("lr_last".into(), col_f(&|s| s.lr_last)),
+            ])
+            .chain(named_columns(&rows, "pseudo_label_dice_", &|(_, s)| {
+                s.pseudo_label_class_dice.clone()
+            }))
+            .chain(named_columns(&rows, "validation_dice_", &|(_, s)| s.validation_class_dice.clone()))
+            .collect(),
+    )?)
+}
+
+/// The curves table: one row per (run, curve point), with the run's identity, the step, its
+/// phase, learning rate, loss, a `part_<name>` column per loss part any run reported (null where
+/// a run has no such part) and validation Dice where measured.
+pub fn curves_frame(records: &[RunRecord]) -> Result<DataFrame> {
+    let rows: Vec<(&RunRecord, &CurvePoint)> = records.iter().flat_map(|r| r.curve.iter().map(move |p| (r, p))).collect();
+    let col_f = |f: &dyn Fn(&CurvePoint) -> f64| rows.iter().map(|(_, p)| f(p)).collect::<Vec<_>>();
+    let col_u = |f: &dyn Fn(&CurvePoint) -> usize| rows.iter().map(|(_, p)| f(p) as u64).collect::<Vec<_>>();
+    Ok(DataFrame::new(
+        rows.len(),
+        identity_columns(&rows, &|(r, _)| r)
+            .into_iter()
+            .chain([
+                Column::new("step".into(), col_u(&|p| p.step)),
+                Column::new("phase".into(), col_u(&|p| p.phase)),
+                Column::new(
+                    "phase_name".into(),
+                    rows.iter().map(|(_, p)| p.phase_name.clone()).collect::<Vec<_>>(),
+                ),
+                Column::new("lr".into(), col_f(&|p| p.lr)),
+                Column::new("loss".into(), col_f(&|p| p.loss)),
+                Column::new(
+                    "validation_dice".into(),
+                    rows.iter().map(|(_, p)| p.validation_dice).collect::<Vec<_>>(),
+                ),
+            ])
+            .chain(named_columns(&rows, "part_", &|(_, p)| {
+                p.parts.iter().map(|(n, v)| (n.clone(), Some(*v))).collect()
+            }))
+            .collect(),
     )?)
 }
 
@@ -531,6 +579,9 @@ pub fn rebuild_tables(results: &Path) -> Result<Loaded> {
     write_frame(results, "cases", &mut cases_frame(records)?)?;
     if records.iter().any(|r| !r.stages.is_empty()) {
         write_frame(results, "stages", &mut stages_frame(records)?)?;
+    }
+    if records.iter().any(|r| !r.curve.is_empty()) {
+        write_frame(results, "curves", &mut curves_frame(records)?)?;
     }
     Ok(loaded)
 }
@@ -597,6 +648,7 @@ pub(crate) mod tests {
             first_class: 1,
             stages: vec![],
             ledger: vec![],
+            curve: vec![],
         }
     }
 

@@ -54,10 +54,16 @@ pub struct StagePlan {
     pub stage_steps: Vec<usize>,
 }
 
+/// Steps of the supervised model M0 when it gets `fraction` of a `total`-step budget (at least
+/// one): also what supervised-only trains with `budget_fraction`, so the two are the same model.
+pub fn supervised_steps(fraction: f64, total: usize) -> usize {
+    ((fraction * total as f64).round() as usize).max(1)
+}
+
 impl StagePlan {
     pub fn new(pseudo: &PseudoLabelSpec, budget: &Budget, stages: usize) -> Result<Self> {
         let total = budget.iterations;
-        let supervised_steps = ((pseudo.supervised_fraction * total as f64).round() as usize).max(1);
+        let supervised_steps = supervised_steps(pseudo.supervised_fraction, total);
         let left = total.saturating_sub(supervised_steps);
         if left < stages {
             bail!("budget.iterations = {total} leaves {left} steps after the supervised model: too few for {stages} stages");
@@ -115,7 +121,7 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
     let k_count = subsets.len();
     let plan = StagePlan::new(&spec.pseudo, &ctx.budget, k_count * spec.rounds)?;
     let labeled_cases = ctx.data.labeled.clone();
-    let (base, _) = train_supervised(ctx, &labeled_cases, plan.supervised_steps)?;
+    let (base, _) = train_supervised(ctx, &labeled_cases, plan.supervised_steps, "M0")?;
     let mut labels: Vec<SubsetLabels> = subsets
         .iter()
         .map(|(_, cases)| pseudo_label(ctx, &base, cases, &spec.pseudo, 0))
@@ -157,11 +163,14 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
         let pseudo_pool = ctx.pool(labels[k].examples.clone(), &format!("stage-{stage}-pseudo"));
         let mut objective = MixedObjective::new(
             ctx,
-            vec![(labeled_pool, ctx.budget.batch_size - n_unlabeled), (pseudo_pool, n_unlabeled)],
+            vec![
+                ("supervised", labeled_pool, ctx.budget.batch_size - n_unlabeled),
+                ("pseudo_label", pseudo_pool, n_unlabeled),
+            ],
         )
         .with_first_step_probe(1, vec![("self".into(), self_targets), ("cross".into(), cross_targets)]);
-        let (student, log) = ctx.fit(student, steps, &mut objective)?;
-        let probe = objective.probe_losses();
+        let (student, log) = ctx.fit(student, steps, &mut objective, &format!("stage {stage}"))?;
+        let probe = objective.probe_losses()?;
         let after = ctx.hard_predictions(&student, cases);
         let validation_dice = ctx.validation_dice(&student);
         let mut exposed = exposure[init_from].clone();

@@ -202,6 +202,7 @@ fn blank_record(
         first_class: 1,
         stages: Vec::new(),
         ledger: Vec::new(),
+        curve: Vec::new(),
     }
 }
 
@@ -319,6 +320,7 @@ fn train_and_evaluate(
     record.stages = std::mem::take(&mut ctx.stages);
     record.ledger = std::mem::take(&mut ctx.ledger);
     record.diagnostics = std::mem::take(&mut ctx.diagnostics);
+    record.curve = ctx.engine.take_curve();
     let trained = trained?;
     let validation = ctx.evaluate(&trained, &ctx.data.validation)?;
     let predictions = env.output.save_predictions.then(|| Path::new("predictions").join(run_id));

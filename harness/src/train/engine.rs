@@ -7,10 +7,19 @@
 //! Before every step the device's random stream (dropout masks) is reseeded from the run seed
 //! and the global step, so any step's randomness can be recreated on its own (a resumed run
 //! continues exactly as an uninterrupted one would) and no consumer of that stream can shift
-//! what later steps draw. A
-//! non-finite loss stops the run with an error naming the step, so a diverged run is recorded as
-//! failed rather than as a model with Dice ~0.
+//! what later steps draw.
+//!
+//! Nothing inside a step waits for the device. An objective hands back its loss (and the parts a
+//! reader wants to see) as device tensors; the engine reads them in one transaction at every
+//! progress interval, before a checkpoint and at the end of each phase. On a GPU a read is a
+//! synchronisation that also cuts the queue of fused kernels, so one read per interval instead of
+//! one per step lets the device run ahead of the host. The values read feed the phase's loss log,
+//! the progress reports, the objective's own tallies ([`Objective::observe`]) and the run's
+//! training curve (`train::curves`). A non-finite loss stops the run at the next read with an
+//! error naming the step it happened at, so a diverged run is recorded as failed rather than as a
+//! model with Dice ~0; the steps taken between the two are thrown away with the run.
 
+use super::curves::{self, CurvePoint};
 use super::schedule::{PolySchedule, ScheduleScope};
 use crate::checkpoint::{Checkpoints, Position, RngState, Saved};
 use crate::model::UNet;
@@ -21,7 +30,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::store::ModuleRecord;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, Transaction};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -68,7 +77,7 @@ impl Default for OptimizerSpec {
 }
 
 /// Where a step stands: its global index in the run's budget and its learning rate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
     /// Global step index across all phases of the run (0-based).
     pub global: usize,
@@ -77,15 +86,80 @@ pub struct Step {
     /// Steps in the current phase.
     pub phase_steps: usize,
     pub lr: f64,
+    /// Whether this step's values go into the run's training curve: an objective computes the
+    /// parts of its loss ([`StepLoss::part`]) only on such steps, so the other steps launch no
+    /// extra work for them.
+    pub recorded: bool,
 }
 
-/// What a method optimises: the loss of one step, and an optional hook after the update.
+/// The loss of one step as an objective hands it over: the scalar to optimise and, on recorded
+/// steps, the named parts a reader wants to see, all still on the device (the engine reads them
+/// in batches), plus numbers the step already knows on the host (a consistency weight).
+pub struct StepLoss {
+    pub total: Tensor<1>,
+    parts: Vec<(&'static str, Tensor<1>)>,
+    host: Vec<(&'static str, f64)>,
+}
+
+impl StepLoss {
+    /// A loss with no named parts.
+    pub fn new(total: Tensor<1>) -> Self {
+        Self {
+            total,
+            parts: Vec::new(),
+            host: Vec::new(),
+        }
+    }
+
+    /// Adds a named part computed on the device (detached: it only gets read).
+    pub fn part(mut self, name: &'static str, value: Tensor<1>) -> Self {
+        self.parts.push((name, value.detach()));
+        self
+    }
+
+    /// Adds a named number known on the host.
+    pub fn host(mut self, name: &'static str, value: f64) -> Self {
+        self.host.push((name, value));
+        self
+    }
+}
+
+impl From<Tensor<1>> for StepLoss {
+    fn from(total: Tensor<1>) -> Self {
+        Self::new(total)
+    }
+}
+
+/// One step's values once read from the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepValues {
+    pub step: Step,
+    pub loss: f64,
+    /// The parts and host numbers of [`StepLoss`], in the order they were added.
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+impl StepValues {
+    /// The value of a named part, if the step reported it.
+    pub fn part(&self, name: &str) -> Option<f64> {
+        self.parts.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+/// What a method optimises: the loss of one step, and optional hooks after the update and once
+/// the step's values are read.
 pub trait Objective {
-    /// The scalar loss for this step, computed with `model` (on the autodiff device).
-    fn loss(&mut self, model: &UNet, step: Step, rng: &mut SeededRng) -> Tensor<1>;
+    /// The scalar loss for this step, computed with `model` (on the autodiff device), with its
+    /// parts on recorded steps ([`Step::recorded`]).
+    fn loss(&mut self, model: &UNet, step: Step, rng: &mut SeededRng) -> StepLoss;
 
     /// Called after the optimiser updated `model` (mean teacher's EMA lives here).
     fn after_step(&mut self, _model: &UNet, _step: Step) {}
+
+    /// Called with every step's values, in step order, when the engine reads them (at the
+    /// progress interval, before a checkpoint and at the phase's end): tallies an objective
+    /// reports live here, so reading them costs the step no wait.
+    fn observe(&mut self, _values: &StepValues) {}
 
     /// Everything the objective carries from step to step (sampling positions, a teacher, sums
     /// it reports), for checkpoints.
@@ -121,7 +195,7 @@ pub struct StepReport {
 /// launch; on the CPU backend the wait is free.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTimes {
-    /// Reseeding, sampling the batch, the forward pass, and reading the loss back.
+    /// Reseeding, sampling the batch and the forward pass to the loss.
     pub loss: Duration,
     /// The backward pass and collecting the gradients per parameter.
     pub backward: Duration,
@@ -177,6 +251,29 @@ pub struct Engine {
     timing: bool,
     /// The last timed step's times.
     step_times: Option<StepTimes>,
+    /// Steps between reads of the losses (and curve points).
+    every: usize,
+    /// Steps taken whose losses have not been read yet.
+    pending: Vec<Pending>,
+    /// The run's training curve so far.
+    curve: Vec<CurvePoint>,
+    /// The name of the phase being trained (for the curve).
+    phase_name: String,
+}
+
+/// A step whose loss is still on the device.
+struct Pending {
+    step: Step,
+    total: Tensor<1>,
+    parts: Vec<(&'static str, Tensor<1>)>,
+    host: Vec<(&'static str, f64)>,
+}
+
+/// The loss sums of the phase being trained, filled as steps are read.
+#[derive(Default)]
+struct PhaseSums {
+    log: PhaseLog,
+    total: f64,
 }
 
 impl Engine {
@@ -196,13 +293,45 @@ impl Engine {
             resumed_at: None,
             timing: false,
             step_times: None,
+            every: curves::progress_every(total_steps),
+            pending: Vec::new(),
+            curve: Vec::new(),
+            phase_name: String::new(),
         }
+    }
+
+    /// The run's training curve so far (see `train::curves`).
+    pub fn curve(&self) -> &[CurvePoint] {
+        &self.curve
+    }
+
+    /// Takes the run's training curve out of the engine.
+    pub fn take_curve(&mut self) -> Vec<CurvePoint> {
+        std::mem::take(&mut self.curve)
+    }
+
+    /// Sets the validation Dice of the curve's last point (the step just trained), for
+    /// validation during training.
+    pub fn note_validation(&mut self, dice: Option<f64>) {
+        if let Some(point) = self.curve.last_mut() {
+            point.validation_dice = dice;
+        }
+    }
+
+    /// Steps between reads of the losses, progress reports and curve points.
+    pub fn progress_every(&self) -> usize {
+        self.every
+    }
+
+    /// Reads the losses (and records curve points, reports progress) every `steps` steps
+    /// instead of every hundredth of the budget.
+    pub fn read_losses_every(&mut self, steps: usize) {
+        self.every = steps.max(1);
     }
 
     /// Times every later step's parts ([`StepTimes`], read with [`Engine::last_step_times`]) for
     /// `atso bench`. A timed step waits for the device when it starts and after its backward
-    /// pass and its update (reading the loss back already waits after the forward pass). On a
-    /// GPU those waits take away the overlap of one part's kernels with the next part's
+    /// pass, its backward pass and its update. On a GPU those waits take away the overlap of one part's kernels with the next part's
     /// launches, and with kernel fusion they also cut fused kernels where they stand, so a timed
     /// step can run other kernels than an untimed one; runs leave timing off.
     pub fn time_steps(&mut self) {
@@ -226,7 +355,7 @@ impl Engine {
         self.resumed_at
     }
 
-    /// Calls `report` after every step (progress display).
+    /// Calls `report` with every step's values once they are read (progress display).
     pub fn on_step(&mut self, report: impl FnMut(StepReport) + Send + 'static) {
         self.on_step = Some(Box::new(report));
     }
@@ -255,11 +384,13 @@ impl Engine {
         .lr(step)
     }
 
-    /// Trains `model` for `steps` steps of `objective` as one phase. Fails on a non-finite loss.
-    /// With checkpoints, a phase already finished is loaded instead of trained, and an
-    /// interrupted one continues from its last checkpoint.
-    pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective) -> Result<(UNet, PhaseLog)> {
+    /// Trains `model` for `steps` steps of `objective` as one phase named `phase_name` (in the
+    /// curve). Fails on a non-finite loss, at the read after it. With checkpoints, a phase
+    /// already finished is loaded instead of trained, and an interrupted one continues from its
+    /// last checkpoint.
+    pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective, phase_name: &str) -> Result<(UNet, PhaseLog)> {
         self.phase += 1;
+        self.phase_name = phase_name.to_string();
         if let Some(saved) = self.checkpoints.as_ref().map(|c| c.finished(self.phase)).transpose()?.flatten() {
             let model = self.restore(model, objective, &saved)?;
             let p = &saved.position;
@@ -286,11 +417,13 @@ impl Engine {
                 penalty: self.spec.weight_decay as f32,
             }))
             .init();
-        let mut log = PhaseLog {
-            steps,
-            ..PhaseLog::default()
+        let mut sums = PhaseSums {
+            log: PhaseLog {
+                steps,
+                ..PhaseLog::default()
+            },
+            total: 0.0,
         };
-        let mut total = 0.0;
         let mut start = 0;
         if let Some(saved) = self.checkpoints.as_ref().map(|c| c.current(self.phase)).transpose()?.flatten() {
             model = self.restore(model, objective, &saved)?;
@@ -298,7 +431,8 @@ impl Engine {
                 .map_err(|e| anyhow::anyhow!("reading the optimizer of a checkpoint: {e:?}"))?;
             optimizer = optimizer.load_record(record);
             let p = &saved.position;
-            (start, total) = (p.local, p.loss_sum);
+            (start, sums.total) = (p.local, p.loss_sum);
+            let log = &mut sums.log;
             (log.first_loss, log.last_loss, log.lr_first, log.lr_last) = (p.first_loss, p.last_loss, p.lr_first, p.lr_last);
             self.resumed_at = Some(p.global);
         }
@@ -308,30 +442,19 @@ impl Engine {
                 local,
                 phase_steps: steps,
                 lr: self.lr(local, steps),
+                recorded: curves::is_recorded(self.step + 1, self.every, local + 1 == steps),
             };
             let mut laps = self.timing.then(|| Laps::start(&self.device)).transpose()?;
             self.device.seed(rng::derived_seed(self.seed, &format!("step-{}", self.step)));
-            let loss = objective.loss(&model, step, &mut self.rng);
-            let value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            let StepLoss { total, parts, host } = objective.loss(&model, step, &mut self.rng);
             let loss_time = laps.as_mut().map(Laps::lap).transpose()?;
-            if !value.is_finite() {
-                bail!(
-                    "non-finite loss ({value}) at step {} of {} (phase {}, step {} of {steps}, lr {:.3e})",
-                    self.step + 1,
-                    self.total_steps,
-                    self.phase,
-                    local + 1,
-                    step.lr
-                );
-            }
-            if local == 0 {
-                log.first_loss = value;
-                log.lr_first = step.lr;
-            }
-            log.last_loss = value;
-            log.lr_last = step.lr;
-            total += value;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            self.pending.push(Pending {
+                step,
+                total: total.clone().detach(),
+                parts,
+                host,
+            });
+            let grads = GradientsParams::from_grads(total.backward(), &model);
             let backward_time = laps.as_mut().map(Laps::lap).transpose()?;
             model = optimizer.step(step.lr, model, grads);
             objective.after_step(&model, step);
@@ -343,30 +466,103 @@ impl Engine {
                 });
             }
             self.step += 1;
-            if let Some(report) = self.on_step.as_mut() {
-                report(StepReport {
-                    done: self.step,
-                    total: self.total_steps,
-                    loss: value,
-                    lr: step.lr,
-                });
-            }
             let due = self
                 .checkpoints
                 .as_ref()
                 .is_some_and(|c| c.every > 0 && self.step.is_multiple_of(c.every));
+            if self.step.is_multiple_of(self.every) || due {
+                self.read_pending(objective, &mut sums)?;
+            }
             if due && local + 1 < steps {
-                let saved = self.snapshot(&model, Some(&optimizer), objective, local + 1, total, &log)?;
+                let saved = self.snapshot(&model, Some(&optimizer), objective, local + 1, &sums)?;
                 self.checkpoints.as_ref().expect("due implies checkpoints").save_current(&saved)?;
             }
             abort_for_tests(self.step, self.resumed_at);
         }
+        self.read_pending(objective, &mut sums)?;
         if self.checkpoints.as_ref().is_some_and(|c| c.every > 0) {
-            let saved = self.snapshot(&model, None, objective, steps, total, &log)?;
+            let saved = self.snapshot(&model, None, objective, steps, &sums)?;
             self.checkpoints.as_ref().expect("checked").save_finished(&saved)?;
         }
-        log.mean_loss = if steps > 0 { total / steps as f64 } else { 0.0 };
+        let mut log = sums.log;
+        log.mean_loss = if steps > 0 { sums.total / steps as f64 } else { 0.0 };
         Ok((model, log))
+    }
+
+    /// Reads the losses of the steps taken since the last read, in one transaction, and hands
+    /// them on in step order: to the phase's sums, the objective, the curve and the progress
+    /// report. Fails at the first non-finite loss, naming its step.
+    fn read_pending(&mut self, objective: &mut dyn Objective, sums: &mut PhaseSums) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut transaction = Transaction::default();
+        for p in &pending {
+            transaction = transaction.register(p.total.clone());
+            for (_, part) in &p.parts {
+                transaction = transaction.register(part.clone());
+            }
+        }
+        let data = transaction.try_execute().map_err(|err| {
+            anyhow::anyhow!(
+                "reading the losses of steps {} to {} from the device: {err:?}",
+                pending[0].step.global + 1,
+                self.step
+            )
+        })?;
+        let mut scalars = data.iter().map(|d| d.iter::<f32>().next().map_or(f64::NAN, f64::from));
+        for p in pending {
+            let loss = scalars.next().unwrap_or(f64::NAN);
+            let step = p.step;
+            if !loss.is_finite() {
+                bail!(
+                    "non-finite loss ({loss}) at step {} of {} (phase {}, step {} of {}, lr {:.3e})",
+                    step.global + 1,
+                    self.total_steps,
+                    self.phase,
+                    step.local + 1,
+                    step.phase_steps,
+                    step.lr
+                );
+            }
+            let log = &mut sums.log;
+            if step.local == 0 {
+                log.first_loss = loss;
+                log.lr_first = step.lr;
+            }
+            log.last_loss = loss;
+            log.lr_last = step.lr;
+            sums.total += loss;
+            let mut parts: Vec<(&'static str, f64)> = p
+                .parts
+                .iter()
+                .map(|(name, _)| (*name, scalars.next().unwrap_or(f64::NAN)))
+                .collect();
+            parts.extend(p.host);
+            let values = StepValues { step, loss, parts };
+            objective.observe(&values);
+            if step.recorded {
+                self.curve.push(CurvePoint {
+                    step: step.global + 1,
+                    phase: self.phase,
+                    phase_name: self.phase_name.clone(),
+                    lr: step.lr,
+                    loss,
+                    parts: values.parts.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+                    validation_dice: None,
+                });
+            }
+            if let Some(report) = self.on_step.as_mut() {
+                report(StepReport {
+                    done: step.global + 1,
+                    total: self.total_steps,
+                    loss,
+                    lr: step.lr,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn snapshot(
@@ -375,9 +571,9 @@ impl Engine {
         optimizer: Option<&burn::optim::ModuleOptimizer>,
         objective: &dyn Objective,
         local: usize,
-        loss_sum: f64,
-        log: &PhaseLog,
+        sums: &PhaseSums,
     ) -> Result<Saved> {
+        let log = &sums.log;
         let model_bytes = model
             .clone()
             .into_record()
@@ -397,11 +593,12 @@ impl Engine {
                 local,
                 global: self.step,
                 rng: RngState::of(&self.rng),
-                loss_sum,
+                loss_sum: sums.total,
                 first_loss: log.first_loss,
                 last_loss: log.last_loss,
                 lr_first: log.lr_first,
                 lr_last: log.lr_last,
+                curve: self.curve.clone(),
             },
             model: model_bytes.to_vec(),
             optimizer: optimizer_bytes,
@@ -419,6 +616,7 @@ impl Engine {
         objective.load_state(&saved.objective)?;
         self.rng = saved.position.rng.restore();
         self.step = saved.position.global;
+        self.curve = saved.position.curve.clone();
         Ok(model)
     }
 }

@@ -10,7 +10,10 @@
 //! - `strict`: only a class absent from both truth and prediction is left out; a prediction of a
 //!   class the case lacks scores 0.
 //!
-//! HD95 is undefined (left out) when the class is absent from the truth or the prediction.
+//! HD95 is undefined (left out) when the class is absent from the truth; when the truth has the
+//! class and the prediction misses it, the case gets the penalty of `[evaluation] hd95_missed`
+//! (see `evaluate::Hd95Missed`), so a lost class counts against a run instead of dropping out of
+//! its mean.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +58,10 @@ pub struct CaseScores {
     /// Dice at the training resolution.
     #[serde(default, with = "crate::json_float::option_vec")]
     pub dice_at_resolution: Vec<Option<f64>>,
+    /// Per scored class: the truth has it and the prediction has none of it (its Dice is 0 and
+    /// its HD95 the penalty). Empty in records written before it was kept.
+    #[serde(default)]
+    pub missed: Vec<bool>,
 }
 
 /// Counts true positives, false positives and false negatives per class.
@@ -121,6 +128,11 @@ impl Confusion {
     pub fn dice(&self, class: usize, rule: EmptyClasses) -> Option<f64> {
         let (tp, fp, fn_) = (self.tp[class] as f64, self.fp[class] as f64, self.fn_[class] as f64);
         self.defined(class, rule).then(|| 2.0 * tp / (2.0 * tp + fp + fn_))
+    }
+
+    /// Whether the truth has `class` and the prediction none of it.
+    pub fn missed(&self, class: usize) -> bool {
+        self.truth[class] > 0 && self.tp[class] + self.fp[class] == 0
     }
 
     /// IoU of `class`, or None when the rule leaves it undefined.
@@ -211,6 +223,7 @@ mod tests {
             iou: dice.clone(),
             hd95: vec![None; dice.len()],
             dice_at_resolution: dice.clone(),
+            missed: vec![false; dice.len()],
             dice,
         };
         let a = scores("a", vec![Some(0.8), None]);

@@ -2,6 +2,7 @@
 
 pub mod augment;
 pub mod batch;
+pub mod curves;
 pub mod engine;
 pub mod infer;
 pub mod loss;
@@ -10,4 +11,4 @@ pub mod schedule;
 pub mod surface;
 
 pub use batch::{Example, Pool, Target};
-pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepReport, StepTimes};
+pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss, StepReport, StepTimes, StepValues};
