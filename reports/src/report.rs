@@ -1,11 +1,14 @@
 //! What a report says: per dataset, methods x labeled ratios of test Dice (mean ± std, 95 % t
-//! interval over seeds, best per column in bold), Dice per class, HD95 and mIoU where recorded,
-//! paired per-case comparisons against supervised-only and ATSO, the lazy-learning measures per
-//! stage and labeled ratio, method diagnostics, and a provenance footer under every table.
+//! interval over seeds from three seeds on, best per column in bold), the comparisons of every
+//! method with supervised-only and with ATSO, seed-level first (the seed is the unit: per-seed
+//! differences, t interval, sign-flip permutation p, two-level bootstrap, Holm-adjusted p, the
+//! difference detectable at 80 % power) and per case second, Dice per class, HD95 and mIoU where
+//! recorded, the lazy-learning measures per stage and labeled ratio, method diagnostics, and a
+//! provenance footer under every table.
 
 use crate::cells::{self, format_ratio, short, Cell};
 use crate::load::{Run, StageRow, Tables};
-use crate::stats::{self, Paired};
+use crate::stats::{self, SeedLevel};
 use crate::table::{Entry, Row, Table};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,6 +21,8 @@ pub struct MetricView<'m> {
     /// Multiply by this for display (100 for fractions shown as %).
     pub scale: f64,
     pub higher_is_better: bool,
+    /// The values the metric can take (before scaling); intervals are clipped to it.
+    pub range: (f64, f64),
 }
 
 /// Mean test Dice, the headline metric.
@@ -26,7 +31,13 @@ pub const DICE: MetricView<'static> = MetricView {
     label: "test Dice (%)",
     scale: 100.0,
     higher_is_better: true,
+    range: (0.0, 1.0),
 };
+
+/// The range of a fraction metric (Dice, IoU).
+const FRACTION: (f64, f64) = (0.0, 1.0);
+/// The range of a distance (HD95).
+const DISTANCE: (f64, f64) = (0.0, f64::INFINITY);
 
 /// One dataset's part of the report.
 #[derive(Debug, Clone)]
@@ -56,9 +67,16 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
             dataset: dataset.clone(),
             tables: Vec::new(),
         };
-        let mut main = metric_table(&selected, &DICE, &format!("{dataset}: test Dice (%)"));
-        main.notes.extend(paired_notes(&selected, &per_case));
-        section.tables.push(main);
+        section
+            .tables
+            .push(metric_table(&selected, &DICE, &format!("{dataset}: test Dice (%)")));
+        let comparisons = comparisons(&selected);
+        if let Some(table) = seed_level_table(&selected, &comparisons, &per_case, &dataset) {
+            section.tables.push(table);
+        }
+        if let Some(table) = per_case_table(&selected, &comparisons, &per_case, &dataset) {
+            section.tables.push(table);
+        }
         for class in class_names(&selected, "dice_") {
             let column = format!("dice_{class}");
             let view = MetricView {
@@ -66,6 +84,7 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
                 label: "Dice (%)",
                 scale: 100.0,
                 higher_is_better: true,
+                range: FRACTION,
             };
             section
                 .tables
@@ -77,10 +96,11 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
                 label: "HD95 (mm)",
                 scale: 1.0,
                 higher_is_better: false,
+                range: DISTANCE,
             };
             let mut table = metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)"));
             table.notes.push(
-                "A run's HD95 is the mean over the classes it defines HD95 for (a class it never predicts has none), so runs that miss a class average fewer classes; the per-class tables below show which."
+                "A run's HD95 is the mean over every class present in a case's truth; a class the prediction misses entirely counts the penalty of `[evaluation] hd95_missed` (default: the diagonal of the case's volume in mm), so losing a class raises HD95 instead of dropping out of the mean. Runs recorded before that penalty existed averaged only the classes they predicted; their commit tells them apart."
                     .into(),
             );
             section.tables.push(table);
@@ -91,6 +111,7 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
                     label: "HD95 (mm)",
                     scale: 1.0,
                     higher_is_better: false,
+                    range: DISTANCE,
                 };
                 section
                     .tables
@@ -103,6 +124,7 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
                 label: "mIoU (%)",
                 scale: 100.0,
                 higher_is_better: true,
+                range: FRACTION,
             };
             section.tables.push(metric_table(&selected, &view, &format!("{dataset}: mIoU (%)")));
         }
@@ -216,15 +238,15 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
             let entry = match summary {
                 Some(s) => Entry {
                     value: format!("{:.1} ± {:.1}", view.scale * s.mean, view.scale * s.std),
-                    detail: if s.ci95.is_finite() {
+                    detail: if s.n >= stats::MIN_SEEDS_FOR_T_INTERVAL {
                         format!(
                             "[{:.1}, {:.1}] {}{failed}",
-                            view.scale * (s.mean - s.ci95),
-                            view.scale * (s.mean + s.ci95),
+                            view.scale * (s.mean - s.ci95).max(view.range.0),
+                            view.scale * (s.mean + s.ci95).min(view.range.1),
                             n(s.n)
                         )
                     } else {
-                        format!("{}{failed}", n(s.n))
+                        format!("n too small for an interval, {}{failed}", n(s.n))
                     },
                     best: false,
                     marks: if cell.mixed { "‡".into() } else { String::new() },
@@ -265,8 +287,9 @@ pub fn metric_table(cells: &[Cell], view: &MetricView, title: &str) -> Table {
         }
     }
     let mut notes = vec![format!(
-        "Cells: {} over seeds, mean ± sample std; below, the 95 % Student-t interval of the mean and the number of seeds. Bold: best per column among the compared methods (bounds such as fully-supervised are not ranked).",
-        view.label
+        "Cells: {} over seeds, mean ± sample std; below, the 95 % Student-t interval of the mean (clipped to the metric's range; only from {} seeds on) and the number of seeds. Bold: best per column among the compared methods (bounds such as fully-supervised are not ranked; neither is a cell with missing values).",
+        view.label,
+        stats::MIN_SEEDS_FOR_T_INTERVAL
     )];
     if any_mixed {
         notes.push("‡ seeds recorded at different commits averaged together (--allow-mixed).".into());
@@ -385,10 +408,18 @@ fn reference<'c, 'a>(cells: &'c [Cell<'a>], ratio: f64, kind: &str) -> Option<&'
     at.iter().find(|c| c.method == kind).or(at.first()).copied()
 }
 
-/// "x − y: +d Dice points [lo, hi], Wilcoxon p" notes for every method against supervised-only
-/// and against ATSO, paired over (seed, test case).
-fn paired_notes(cells: &[Cell], per_case: &HashMap<String, BTreeMap<String, f64>>) -> Vec<String> {
-    let mut notes = Vec::new();
+/// One comparison of a report: `method − base` at one labeled ratio.
+pub struct Comparison<'c, 'a> {
+    pub ratio: f64,
+    pub method: &'c Cell<'a>,
+    pub base: &'c Cell<'a>,
+}
+
+/// Every method against supervised-only and against ATSO at each ratio (without repeating
+/// "supervised − atso" as "atso − supervised" the other way round): the family of one report
+/// section, over which p-values are Holm-adjusted.
+pub fn comparisons<'c, 'a>(cells: &'c [Cell<'a>]) -> Vec<Comparison<'c, 'a>> {
+    let mut out = Vec::new();
     for ratio in cells::ratios(cells) {
         for reference_kind in ["supervised", "atso"] {
             let Some(base) = reference(cells, ratio, reference_kind) else {
@@ -396,41 +427,185 @@ fn paired_notes(cells: &[Cell], per_case: &HashMap<String, BTreeMap<String, f64>
             };
             let supervised = reference(cells, ratio, "supervised").map(|c| c.method.clone());
             for cell in cells.iter().filter(|c| c.labeled_ratio == ratio && c.method != base.method) {
-                // "supervised − atso" would repeat "atso − supervised" with the sign flipped.
                 if reference_kind == "atso" && Some(&cell.method) == supervised.as_ref() {
                     continue;
                 }
-                let (xs, ys, seeds) = case_pairs(cell, base, per_case);
-                if let Some(p) = stats::paired(&xs, &ys) {
-                    notes.push(paired_text(cell, base, ratio, &p, seeds));
-                }
+                out.push(Comparison { ratio, method: cell, base });
             }
         }
     }
-    if !notes.is_empty() {
-        notes.insert(
-            0,
-            format!(
-                "Paired per-case comparisons (test Dice per case, mean over its classes; pairs = matching seed and test case): mean difference in Dice points with a {}-resample percentile bootstrap 95 % interval, and the two-sided Wilcoxon signed-rank p-value. Cases of one seed share a trained model, so these treat the cases as independent given the models; across seeds, the intervals of the cells above are the stricter measure.",
-                stats::BOOTSTRAP_RESAMPLES
-            ),
-        );
-    }
-    notes
+    out
 }
 
-fn paired_text(cell: &Cell, base: &Cell, ratio: f64, p: &Paired, seeds: usize) -> String {
-    format!(
-        "{}% labeled, {} − {}: {:+.1} [{:+.1}, {:+.1}], p = {} ({} pairs over {seeds} seed(s))",
-        format_ratio(ratio),
-        cell.method,
-        base.method,
-        100.0 * p.mean_difference,
-        100.0 * p.ci_low,
-        100.0 * p.ci_high,
-        format_p(p.p_value),
-        p.n
-    )
+impl Comparison<'_, '_> {
+    fn label(&self) -> String {
+        format!(
+            "{}% labeled: {} − {}",
+            format_ratio(self.ratio),
+            self.method.method,
+            self.base.method
+        )
+    }
+
+    /// The seed-level comparison of the runs' mean Dice, with each seed's per-case differences
+    /// for the two-level bootstrap.
+    fn seed_level(&self, per_case: &HashMap<String, BTreeMap<String, f64>>) -> Option<SeedLevel> {
+        let values = |cell: &Cell| -> Vec<(u64, f64)> {
+            cell.runs
+                .iter()
+                .filter_map(|r| r.metric(DICE.column).filter(|v| v.is_finite()).map(|v| (r.seed, v)))
+                .collect()
+        };
+        let cases: Vec<(u64, Vec<f64>)> = self
+            .method
+            .runs
+            .iter()
+            .filter_map(|run| {
+                let base = self.base.runs.iter().find(|r| r.seed == run.seed)?;
+                let (mine, theirs) = (per_case.get(&run.run_id)?, per_case.get(&base.run_id)?);
+                let differences = mine.iter().filter_map(|(case, d)| theirs.get(case).map(|t| d - t)).collect();
+                Some((run.seed, differences))
+            })
+            .collect();
+        let span = DICE.range.1 - DICE.range.0;
+        stats::seed_level(&values(self.method), &values(self.base), &cases, (-span, span))
+    }
+}
+
+/// Dice points of a Dice fraction, signed.
+fn points(value: f64) -> String {
+    format!("{:+.1}", 100.0 * value)
+}
+
+/// The primary analysis: each comparison with the seed as the unit, p-values Holm-adjusted over
+/// the table.
+fn seed_level_table(
+    cells: &[Cell],
+    comparisons: &[Comparison],
+    per_case: &HashMap<String, BTreeMap<String, f64>>,
+    dataset: &str,
+) -> Option<Table> {
+    let results: Vec<(String, SeedLevel)> = comparisons
+        .iter()
+        .filter_map(|c| c.seed_level(per_case).map(|s| (c.label(), s)))
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    let adjusted = stats::holm(&results.iter().map(|(_, s)| s.p).collect::<Vec<_>>());
+    let text = |value: String| Entry { value, ..Entry::default() };
+    let interval =
+        |i: Option<(f64, f64)>, missing: &str| i.map_or(missing.to_string(), |(low, high)| format!("[{}, {}]", points(low), points(high)));
+    let rows = results
+        .iter()
+        .zip(&adjusted)
+        .map(|((label, s), holm)| Row {
+            label: label.clone(),
+            entries: vec![
+                text(s.seeds.len().to_string()),
+                text(s.differences.iter().map(|d| points(*d)).collect::<Vec<_>>().join(", ")),
+                text(points(s.mean)),
+                text(interval(s.t_interval, "n too small")),
+                text(format!("{}{}", format_p(s.p), if s.exact { "" } else { " (MC)" })),
+                text(format_p(*holm)),
+                text(interval(s.bootstrap, "–")),
+                text(s.minimal_detectable.map_or("–".into(), |m| format!("{:.1}", 100.0 * m))),
+            ],
+        })
+        .collect();
+    let (provenance, warnings) = provenance(cells);
+    Some(Table {
+        title: format!("{dataset}: comparisons, seed as the unit (primary)"),
+        caption: "Each seed is one split (the same labeled cases for both methods) and one trained model per method, so the seed is the unit of replication. Differences are in Dice points of the runs' mean test Dice.".into(),
+        corner: "comparison".into(),
+        columns: vec![
+            "seeds".into(),
+            "per-seed differences".into(),
+            "mean".into(),
+            "95 % t interval".into(),
+            "sign-flip p".into(),
+            "Holm p".into(),
+            "two-level bootstrap 95 %".into(),
+            "detectable at 80 % power".into(),
+        ],
+        rows,
+        notes: vec![
+            format!(
+                "95 % t interval: Student t over the per-seed differences, clipped to ±100 points; printed only from {} seeds on (\"n too small\" below).",
+                stats::MIN_SEEDS_FOR_T_INTERVAL
+            ),
+            format!(
+                "sign-flip p: two-sided permutation test of the mean difference over every pattern of signs of the per-seed differences (exact up to {} seeds; (MC): {} random patterns). With n seeds it cannot fall below 2 / 2^n (0.25 for 3 seeds).",
+                stats::EXACT_SIGN_FLIP_MAX,
+                stats::SIGN_FLIP_RESAMPLES
+            ),
+            "Holm p: Holm's step-down adjustment over every comparison of this table (one family).".into(),
+            format!(
+                "two-level bootstrap: {} resamples of seeds, then of test cases within each drawn seed, of the mean per-case difference (a case's Dice: the mean over its classes).",
+                stats::BOOTSTRAP_RESAMPLES
+            ),
+            "detectable at 80 % power: the smallest true difference (Dice points) a two-sided paired t-test at 0.05 over these seeds detects with 80 % power at the observed spread of the per-seed differences; smaller true differences are likely to go unseen.".into(),
+        ],
+        provenance,
+        warnings,
+    })
+}
+
+/// The secondary analysis: per (seed, test case) pairs, as earlier reports gave it.
+fn per_case_table(
+    cells: &[Cell],
+    comparisons: &[Comparison],
+    per_case: &HashMap<String, BTreeMap<String, f64>>,
+    dataset: &str,
+) -> Option<Table> {
+    let results: Vec<(String, stats::Paired, usize)> = comparisons
+        .iter()
+        .filter_map(|c| {
+            let (xs, ys, seeds) = case_pairs(c.method, c.base, per_case);
+            stats::paired(&xs, &ys).map(|p| (c.label(), p, seeds))
+        })
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    let adjusted = stats::holm(&results.iter().map(|(_, p, _)| p.p_value).collect::<Vec<_>>());
+    let text = |value: String| Entry { value, ..Entry::default() };
+    let rows = results
+        .iter()
+        .zip(&adjusted)
+        .map(|((label, p, seeds), holm)| Row {
+            label: label.clone(),
+            entries: vec![
+                text(format!("{} over {seeds} seed(s)", p.n)),
+                text(points(p.mean_difference)),
+                text(format!("[{}, {}]", points(p.ci_low), points(p.ci_high))),
+                text(format_p(p.p_value)),
+                text(format_p(*holm)),
+            ],
+        })
+        .collect();
+    let (provenance, warnings) = provenance(cells);
+    Some(Table {
+        title: format!("{dataset}: comparisons per test case (secondary)"),
+        caption: "Pairs are (seed, test case): a case's test Dice (mean over its classes) under both methods at the same seed.".into(),
+        corner: "comparison".into(),
+        columns: vec![
+            "pairs".into(),
+            "mean".into(),
+            "bootstrap 95 %".into(),
+            "Wilcoxon p".into(),
+            "Holm p".into(),
+        ],
+        rows,
+        notes: vec![
+            format!(
+                "Secondary: the cases of one seed share a trained model and the same cases recur in every seed, so these tests treat dependent pairs as independent and their p-values are too small; the seed-level table is the analysis. Bootstrap: {} resamples of the pairs; Wilcoxon signed-rank, two-sided (scipy's default); Holm over this table.",
+                stats::BOOTSTRAP_RESAMPLES
+            ),
+        ],
+        provenance,
+        warnings,
+    })
 }
 
 /// p-values to two significant digits, small ones in scientific notation.
