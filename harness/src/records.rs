@@ -183,6 +183,10 @@ pub struct RunRecord {
     /// Test-set HD95 per scored class, by class name.
     #[serde(default, with = "crate::json_float::named_option_vec")]
     pub class_hd95: Vec<(String, Option<f64>)>,
+    /// Validation Dice per scored class, by class name (empty in older records): what a budget
+    /// or setting may be chosen on without looking at the test cases.
+    #[serde(default, with = "crate::json_float::named_option_vec")]
+    pub val_class_dice: Vec<(String, Option<f64>)>,
     pub iterations: usize,
     pub iterations_used: usize,
     pub batch_size: usize,
@@ -382,6 +386,7 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
     ];
     columns.extend(named_columns(records, "dice_", &|r| r.class_dice.clone()));
     columns.extend(named_columns(records, "hd95_", &|r| r.class_hd95.clone()));
+    columns.extend(named_columns(records, "val_dice_", &|r| r.val_class_dice.clone()));
     columns.extend(named_columns(records, "diag_", &|r| {
         r.diagnostics.iter().map(|(k, v)| (k.clone(), Some(*v))).collect()
     }));
@@ -611,6 +616,7 @@ pub(crate) mod tests {
             val_dice_mean: Some(0.5),
             class_dice: vec![("liver".into(), Some(0.5))],
             class_hd95: vec![("liver".into(), None)],
+            val_class_dice: vec![],
             iterations: 2,
             iterations_used: 2,
             batch_size: 2,

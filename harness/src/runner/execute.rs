@@ -159,6 +159,7 @@ fn blank_record(
         val_dice_mean: None,
         class_dice: Vec::new(),
         class_hd95: Vec::new(),
+        val_class_dice: Vec::new(),
         iterations: run.budget.iterations,
         iterations_used: 0,
         batch_size: run.budget.batch_size,
@@ -338,7 +339,8 @@ fn train_and_evaluate(
     record.dice_at_resolution_mean = test.summary.dice_at_resolution_mean;
     record.val_dice_mean = validation.summary.dice_mean;
     record.class_dice = scored.iter().cloned().zip(test.summary.dice_per_class.iter().copied()).collect();
-    record.class_hd95 = scored.into_iter().zip(test.summary.hd95_per_class.iter().copied()).collect();
+    record.class_hd95 = scored.iter().cloned().zip(test.summary.hd95_per_class.iter().copied()).collect();
+    record.val_class_dice = scored.into_iter().zip(validation.summary.dice_per_class.iter().copied()).collect();
     record.cases = test.scores;
     Ok(())
 }
