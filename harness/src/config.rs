@@ -46,6 +46,21 @@ pub struct Experiment {
     /// Checkpoints of long runs (do not change results; not hashed).
     #[serde(default)]
     pub checkpoint: crate::checkpoint::CheckpointSpec,
+    /// What the report tests (does not change results; not hashed).
+    #[serde(default)]
+    pub report: ReportSpec,
+}
+
+/// `[report]` of an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// The family of comparisons, declared before anything runs: each `[method, against]` pair
+    /// of method labels is compared (method − against) at every labeled ratio where both ran,
+    /// and Holm's adjustment runs over exactly these. Empty: every method against supervised-only
+    /// and against ATSO.
+    #[serde(default)]
+    pub comparisons: Vec<[String; 2]>,
 }
 
 /// `[output]` of an experiment file.
@@ -422,6 +437,24 @@ impl Experiment {
         for method in &self.methods {
             method.validate()?;
         }
+        let labels: Vec<String> = self.methods.iter().map(MethodSpec::label).collect();
+        for [method, against] in &self.report.comparisons {
+            for label in [method, against] {
+                if !labels.contains(label) {
+                    bail!(
+                        "report.comparisons: '{label}' is not the label of a [[methods]] entry ({})",
+                        labels.join(", ")
+                    );
+                }
+            }
+            if method == against {
+                bail!("report.comparisons: '{method}' is compared with itself");
+            }
+        }
+        unique(
+            "report.comparisons",
+            self.report.comparisons.iter().map(|[a, b]| format!("{a} − {b}")),
+        )?;
         let b = &self.budget;
         if b.iterations == 0 {
             bail!("budget.iterations must be at least 1");
@@ -511,6 +544,24 @@ pseudo_labels = "soft"
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn declared_comparisons_name_existing_methods_once() {
+        let with = |pairs: &str| format!("{MINIMAL}\n[report]\ncomparisons = {pairs}\n");
+        let e = Experiment::from_toml(&with(r#"[["atso", "supervised"]]"#)).unwrap();
+        assert_eq!(e.report.comparisons, [["atso".to_string(), "supervised".to_string()]]);
+        let unknown = error_of(&with(r#"[["atso", "mean-teacher"]]"#));
+        assert!(
+            unknown.contains("report.comparisons") && unknown.contains("'mean-teacher'"),
+            "{unknown}"
+        );
+        let itself = error_of(&with(r#"[["atso", "atso"]]"#));
+        assert!(itself.contains("compared with itself"), "{itself}");
+        let twice = error_of(&with(r#"[["atso", "supervised"], ["atso", "supervised"]]"#));
+        assert!(twice.contains("appears twice"), "{twice}");
+        let budget_fraction = error_of(&MINIMAL.replace("kind = \"supervised\"", "kind = \"supervised\"\nbudget_fraction = 1.5"));
+        assert!(budget_fraction.contains("budget_fraction"), "{budget_fraction}");
     }
 
     #[test]

@@ -28,6 +28,39 @@ pub(crate) fn read_table(path: &Path) -> Result<DataFrame> {
         .map_err(|e| anyhow::anyhow!("{}: not a readable parquet file: {e}", path.display()))
 }
 
+/// The comparisons the experiment files of `folders` declare (`[report] comparisons`, from the
+/// copies a sweep keeps in `configs/`), in order, without repeats. A copy that no longer parses
+/// (written by another version) is passed over with a warning.
+pub fn declared_comparisons(folders: &[PathBuf]) -> Vec<[String; 2]> {
+    let mut declared: Vec<[String; 2]> = Vec::new();
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(folder.join("configs")) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| atso_harness::config::Experiment::from_toml(&text));
+            match parsed {
+                Ok(experiment) => {
+                    for pair in experiment.report.comparisons {
+                        if !declared.contains(&pair) {
+                            declared.push(pair);
+                        }
+                    }
+                }
+                Err(err) => eprintln!("warning: {}: not read for declared comparisons: {err:#}", path.display()),
+            }
+        }
+    }
+    declared
+}
+
 /// How a report is made.
 #[derive(Debug, Clone, Default)]
 pub struct ReportOptions {
@@ -57,7 +90,8 @@ pub fn render(folders: &[PathBuf], out: &Path, options: &ReportOptions) -> Resul
     }
     let tables = load::read(folders)?;
     let cells = cells::build(&tables.runs, options.allow_mixed)?;
-    let mut content = report::build(&tables, &cells);
+    let declared = declared_comparisons(folders);
+    let mut content = report::build(&tables, &cells, &declared);
     if options.unreadable_records > 0 {
         // Every table's footer says so too: a table copied into a paper keeps the caveat.
         for table in content.sections.iter_mut().flat_map(|s| s.tables.iter_mut()) {

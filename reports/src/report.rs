@@ -57,8 +57,9 @@ pub struct Content {
 /// Method kinds that are bounds, not competitors: never marked best.
 const BOUNDS: [&str; 1] = ["fully-supervised"];
 
-/// Builds the report's tables from aggregated cells.
-pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
+/// Builds the report's tables from aggregated cells; `declared` is the family of comparisons the
+/// experiment files declare (empty: every method against supervised-only and ATSO).
+pub fn build(tables: &Tables, cells: &[Cell], declared: &[[String; 2]]) -> Content {
     let per_case = per_case_dice(tables);
     let mut content = Content::default();
     for dataset in cells::datasets(cells) {
@@ -70,8 +71,12 @@ pub fn build(tables: &Tables, cells: &[Cell]) -> Content {
         section
             .tables
             .push(metric_table(&selected, &DICE, &format!("{dataset}: test Dice (%)")));
-        let comparisons = comparisons(&selected);
-        if let Some(table) = seed_level_table(&selected, &comparisons, &per_case, &dataset) {
+        let comparisons = if declared.is_empty() {
+            comparisons(&selected)
+        } else {
+            declared_comparisons(&selected, declared)
+        };
+        if let Some(table) = seed_level_table(&selected, &comparisons, &per_case, &dataset, !declared.is_empty()) {
             section.tables.push(table);
         }
         if let Some(table) = per_case_table(&selected, &comparisons, &per_case, &dataset) {
@@ -472,6 +477,20 @@ impl Comparison<'_, '_> {
     }
 }
 
+/// The declared pairs at every ratio where both methods have a cell, ratio by ratio.
+pub fn declared_comparisons<'c, 'a>(cells: &'c [Cell<'a>], declared: &[[String; 2]]) -> Vec<Comparison<'c, 'a>> {
+    let mut out = Vec::new();
+    for ratio in cells::ratios(cells) {
+        for [method, against] in declared {
+            let at = |label: &str| cells.iter().find(|c| c.labeled_ratio == ratio && c.method == label);
+            if let (Some(method), Some(base)) = (at(method), at(against)) {
+                out.push(Comparison { ratio, method, base });
+            }
+        }
+    }
+    out
+}
+
 /// Dice points of a Dice fraction, signed.
 fn points(value: f64) -> String {
     format!("{:+.1}", 100.0 * value)
@@ -484,6 +503,7 @@ fn seed_level_table(
     comparisons: &[Comparison],
     per_case: &HashMap<String, BTreeMap<String, f64>>,
     dataset: &str,
+    declared: bool,
 ) -> Option<Table> {
     let results: Vec<(String, SeedLevel)> = comparisons
         .iter()
@@ -539,7 +559,11 @@ fn seed_level_table(
                 stats::EXACT_SIGN_FLIP_MAX,
                 stats::SIGN_FLIP_RESAMPLES
             ),
-            "Holm p: Holm's step-down adjustment over every comparison of this table (one family).".into(),
+            if declared {
+                "Holm p: Holm's step-down adjustment over every comparison of this table, the family the experiment file declares in [report] comparisons.".into()
+            } else {
+                "Holm p: Holm's step-down adjustment over every comparison of this table (one family: every method against supervised-only and against ATSO).".into()
+            },
             format!(
                 "two-level bootstrap: {} resamples of seeds, then of test cases within each drawn seed, of the mean per-case difference (a case's Dice: the mean over its classes).",
                 stats::BOOTSTRAP_RESAMPLES

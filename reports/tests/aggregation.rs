@@ -485,3 +485,104 @@ fn markdown_and_latex_of_a_fixed_table_match_stored_files() {
         assert_eq!(text, stored, "{name} differs from the stored file");
     }
 }
+
+/// A folder of three methods over three seeds, each with two test cases.
+fn three_methods(dir: &Path, config: Option<&str>) -> PathBuf {
+    let results = dir.join("three");
+    let methods = [
+        ("supervised", "supervised", "S", 0.5),
+        ("atso", "atso", "A", 0.6),
+        ("mean-teacher", "mean-teacher", "M", 0.55),
+    ];
+    for (method, kind, cell, base) in methods {
+        for seed in 0..3u64 {
+            let dice = base + 0.05 * seed as f64;
+            let r = record(
+                &format!("{method}-{seed}"),
+                method,
+                kind,
+                seed,
+                true,
+                dice,
+                cell,
+                "c0ffee",
+                false,
+                &format!("2026-01-01T00:00:0{seed}Z"),
+                [dice - 0.1, dice + 0.1],
+            );
+            records::save(&results, &r).unwrap();
+        }
+    }
+    if let Some(text) = config {
+        std::fs::create_dir_all(results.join("configs")).unwrap();
+        std::fs::write(results.join("configs/abc.toml"), text).unwrap();
+    }
+    records::rebuild_tables(&results).unwrap();
+    results
+}
+
+/// The rows of the seed-level comparisons table of a rendered report.
+fn seed_level_rows(markdown: &str) -> Vec<String> {
+    markdown
+        .lines()
+        .skip_while(|l| !l.contains("comparisons, seed as the unit"))
+        .skip(1)
+        .skip_while(|l| !l.starts_with("| 25% labeled"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().trim().to_string())
+        .collect()
+}
+
+/// Without a declaration the family is every method against supervised-only and ATSO; an
+/// experiment file's `[report] comparisons` replaces it with exactly the declared pairs, and the
+/// table says the family was declared.
+#[test]
+fn declared_comparisons_are_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = three_methods(&dir.path().join("a"), None);
+    let out = dir.path().join("report-a");
+    let files = atso_reports::render(&[default], &out, &Default::default()).unwrap();
+    let text = std::fs::read_to_string(&files.markdown).unwrap();
+    assert_eq!(
+        seed_level_rows(&text),
+        [
+            "25% labeled: atso − supervised",
+            "25% labeled: mean-teacher − supervised",
+            "25% labeled: mean-teacher − atso"
+        ],
+        "{text}"
+    );
+    let experiment = r#"
+name = "three"
+labeled_ratios = [0.25]
+seeds = [0, 1, 2]
+[budget]
+iterations = 10
+batch_size = 2
+resolution = 16
+[[datasets]]
+name = "d"
+format = "phantom"
+path = "data/p"
+[[methods]]
+kind = "supervised"
+[[methods]]
+kind = "atso"
+[[methods]]
+kind = "mean-teacher"
+[report]
+comparisons = [["atso", "mean-teacher"]]
+"#;
+    let declared = three_methods(&dir.path().join("b"), Some(experiment));
+    assert_eq!(
+        atso_reports::declared_comparisons(std::slice::from_ref(&declared)),
+        [["atso".to_string(), "mean-teacher".to_string()]]
+    );
+    let out = dir.path().join("report-b");
+    let files = atso_reports::render(&[declared], &out, &Default::default()).unwrap();
+    let text = std::fs::read_to_string(&files.markdown).unwrap();
+    assert_eq!(seed_level_rows(&text), ["25% labeled: atso − mean-teacher"], "{text}");
+    assert!(text.contains("the family the experiment file declares"), "{text}");
+    // Per-seed differences of 0.6 + 0.05 s against 0.55 + 0.05 s: +5.0 points each seed.
+    assert!(text.contains("+5.0, +5.0, +5.0"), "{text}");
+}
