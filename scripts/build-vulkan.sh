@@ -5,9 +5,12 @@
 # (libvulkan.so.1 and the GPU vendor's ICD) at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/atso-bench/target-vulkan}"
+# Its own target folder (ATSO_VULKAN_TARGET_DIR), never the CPU build's CARGO_TARGET_DIR: a
+# Vulkan build there would rebuild the CPU tree's dependencies with other features.
+export CARGO_TARGET_DIR="${ATSO_VULKAN_TARGET_DIR:-$HOME/.cache/atso-bench/target-vulkan}"
 cargo build --release --features vulkan
 mkdir -p .gpu
 cp "$CARGO_TARGET_DIR/release/atso" .gpu/atso
 strip .gpu/atso
-ls -la .gpu/atso
+xz -9 -T0 -c .gpu/atso > .gpu/atso.xz
+ls -la .gpu/atso .gpu/atso.xz

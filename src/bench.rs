@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// reads them once per progress interval; the step time is a phase's time over its steps.
     #[arg(long, default_value_t = 5)]
     pub chunk: usize,
+    /// Inference batches timed after warm-up (default: as many as `--steps`; 0 skips inference,
+    /// e.g. to count a training step's kernel launches from two runs that differ in `--steps`).
+    #[arg(long)]
+    pub inference_batches: Option<usize>,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// CPU thread counts for the flex backend, e.g. 1,2 (default: 1 and all cores).
@@ -326,7 +330,8 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
     }
     let images: Vec<&[f32]> = examples.iter().take(args.batch_size).map(|e| e.image.as_slice()).collect();
     let mut inference = Vec::new();
-    for i in 0..args.warmup + args.steps {
+    let batches = args.inference_batches.unwrap_or(args.steps);
+    for i in 0..if batches > 0 { args.warmup + batches } else { 0 } {
         let clock = Instant::now();
         let probs =
             atso_harness::train::infer::probabilities(std::slice::from_ref(&model), &images, args.resolution, args.batch_size, &ctx.device);
@@ -371,7 +376,7 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
     let forward = unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64;
     let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
-        "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, train: median over phases of {} steps ({} steps in all) after {} warm-up; inference: median of {} batches; {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
+        "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, train: median over phases of {} steps ({} steps in all) after {} warm-up; inference: median of {} batches (none: NaN); {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
          | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         args.channels,
@@ -382,7 +387,7 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
         args.chunk.clamp(1, args.steps.max(1)),
         args.steps,
         args.warmup,
-        args.steps,
+        args.inference_batches.unwrap_or(args.steps),
         forward / 1e9,
         3.0 * forward / 1e9,
         results.first().map_or("first", |r| r.label.as_str())
