@@ -455,6 +455,9 @@ impl Experiment {
             "report.comparisons",
             self.report.comparisons.iter().map(|[a, b]| format!("{a} − {b}")),
         )?;
+        if self.evaluation.validation_every == Some(0) {
+            bail!("evaluation.validation_every must be at least 1 (leave it out to score validation only at the end)");
+        }
         let b = &self.budget;
         if b.iterations == 0 {
             bail!("budget.iterations must be at least 1");

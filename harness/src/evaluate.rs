@@ -28,6 +28,12 @@ pub struct EvaluationSpec {
     /// Compute HD95 per case and class (costs a distance transform per class and case).
     #[serde(default = "yes")]
     pub hd95: bool,
+    /// Score the validation cases every this many steps during training (Dice at the training
+    /// resolution, into the training curve; SSL4MIS does every 200). Off when absent. Never
+    /// used to pick a model: the last step's model is evaluated. Left out of the configuration
+    /// hash when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_every: Option<usize>,
     /// The HD95 of a class the truth has and the prediction misses (see [`Hd95Missed`]).
     /// Left out of the configuration hash at its default, so results recorded before it existed
     /// keep their hash (their commit says they were scored without it).
@@ -44,6 +50,7 @@ impl Default for EvaluationSpec {
         Self {
             empty_classes: EmptyClasses::default(),
             hd95: true,
+            validation_every: None,
             hd95_missed: Hd95Missed::default(),
         }
     }

@@ -12,7 +12,7 @@ use crate::records::{LedgerEntry, StageRecord};
 use crate::rng;
 use crate::train::augment::Augmentation;
 use crate::train::batch::{self, BatchLayout, Example, Pool, Target};
-use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss};
+use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss, Validation};
 use crate::train::infer;
 use crate::train::loss;
 use crate::train::metrics::Scoring;
@@ -171,21 +171,40 @@ impl<'a> RunContext<'a> {
     }
 
     /// Trains `model` for `steps` steps of `objective` through the shared engine, as one phase
-    /// named `phase` in the run's training curve ("run", "M0", "stage 3").
+    /// named `phase` in the run's training curve ("run", "M0", "stage 3"). With `[evaluation]
+    /// validation_every`, the validation cases are scored every that many steps (Dice at the
+    /// training resolution, into the curve); never used to pick a model.
     pub fn fit(&mut self, model: UNet, steps: usize, objective: &mut dyn Objective, phase: &str) -> Result<(UNet, PhaseLog)> {
-        self.engine.train(model, steps, objective, phase)
+        let Some(every) = self.evaluation.validation_every.filter(|_| !self.data.validation.is_empty()) else {
+            return self.engine.train(model, steps, objective, phase, None);
+        };
+        let scoring = self.scoring();
+        let (cases, size, batch, device) = (
+            &self.data.validation,
+            self.budget.resolution,
+            self.budget.eval_batch_size,
+            &self.device,
+        );
+        let mut validate = |model: &UNet| {
+            let predictions = infer::case_probabilities(std::slice::from_ref(model), cases, size, batch, device);
+            evaluate::dice_at_resolution(cases, &predictions, &scoring).mean
+        };
+        self.engine.train(
+            model,
+            steps,
+            objective,
+            phase,
+            Some(Validation {
+                every,
+                score: &mut validate,
+            }),
+        )
     }
 
     /// Class probabilities for every slice of every case (outer: case, inner: slice), averaged
     /// over `models` (one model, or an ensemble).
     pub fn predict(&self, models: &[UNet], cases: &[&Case]) -> Vec<Vec<Vec<f32>>> {
-        // One pass over all slices (batches may span cases), then regrouped by case.
-        let images: Vec<&[f32]> = cases.iter().flat_map(|c| c.slices.iter().map(|s| s.image.as_slice())).collect();
-        let mut probabilities = infer::probabilities(models, &images, self.size(), self.budget.eval_batch_size, &self.device).into_iter();
-        cases
-            .iter()
-            .map(|case| probabilities.by_ref().take(case.slices.len()).collect())
-            .collect()
+        infer::case_probabilities(models, cases, self.size(), self.budget.eval_batch_size, &self.device)
     }
 
     /// Most probable class per pixel for every slice of `cases`, flattened over cases.
@@ -567,6 +586,47 @@ pub(crate) mod tests {
         // Reading every 5 steps records steps 5, 10 and the phase's last, with the same bits.
         let expected: Vec<(usize, u64)> = each_curve.iter().filter(|(s, _)| [5, 10, 12].contains(s)).copied().collect();
         assert_eq!(batched_curve, expected);
+    }
+
+    /// Scoring the validation cases during training puts their Dice into the curve at the
+    /// steps asked for and changes nothing trained (inference draws no random numbers and the
+    /// engine reseeds the device before every step).
+    #[test]
+    fn validation_during_training_lands_in_the_curve_and_changes_nothing() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = phantom(dir.path(), 6);
+        let (train_cases, validation) = data.cases.split_at(4);
+        let cases: Vec<&Case> = train_cases.iter().collect();
+        let train = |every: Option<usize>| {
+            let mut run_data = labeled_only(&data, &cases);
+            run_data.validation = validation.iter().collect();
+            let mut setup = setup(12);
+            setup.evaluation.validation_every = every;
+            let mut ctx = RunContext::new(run_data, setup, Device::flex());
+            ctx.engine.read_losses_every(3);
+            let (model, log) = train_supervised(&mut ctx, &cases, 12, "run").unwrap();
+            let probe = vec![0.5f32; 32 * 32];
+            let output = infer::probabilities(std::slice::from_ref(&model), &[probe.as_slice()], 32, 1, &ctx.device);
+            let validated: Vec<(usize, bool)> = ctx
+                .engine
+                .curve()
+                .iter()
+                .map(|p| (p.step, p.validation_dice.is_some_and(|d| (0.0..=1.0).contains(&d))))
+                .collect();
+            (log, output, validated)
+        };
+        let (plain_log, plain_output, plain_curve) = train(None);
+        let (log, output, curve) = train(Some(4));
+        assert_eq!(plain_log, log, "the phase's losses");
+        assert_eq!(plain_output, output, "the trained model");
+        assert!(plain_curve.iter().all(|(_, v)| !v), "no validation unless asked");
+        // Points every 3 steps, plus steps 4 and 8 for validation (12 is both).
+        assert_eq!(
+            curve,
+            [(3, false), (4, true), (6, false), (8, true), (9, false), (12, true)],
+            "validation Dice at every 4th step, in the curve"
+        );
     }
 
     /// A non-finite loss is found at the next read, and the error names the step it happened

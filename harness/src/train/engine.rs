@@ -146,6 +146,13 @@ impl StepValues {
     }
 }
 
+/// Scoring the model during a phase: every `every` steps of the run, `score` gives the mean
+/// validation Dice of the model as it stands, which goes into the curve point of that step.
+pub struct Validation<'v> {
+    pub every: usize,
+    pub score: &'v mut dyn FnMut(&UNet) -> Option<f64>,
+}
+
 /// What a method optimises: the loss of one step, and optional hooks after the update and once
 /// the step's values are read.
 pub trait Objective {
@@ -310,9 +317,8 @@ impl Engine {
         std::mem::take(&mut self.curve)
     }
 
-    /// Sets the validation Dice of the curve's last point (the step just trained), for
-    /// validation during training.
-    pub fn note_validation(&mut self, dice: Option<f64>) {
+    /// Sets the validation Dice of the curve's last point (the step just trained).
+    fn note_validation(&mut self, dice: Option<f64>) {
         if let Some(point) = self.curve.last_mut() {
             point.validation_dice = dice;
         }
@@ -388,7 +394,14 @@ impl Engine {
     /// curve). Fails on a non-finite loss, at the read after it. With checkpoints, a phase
     /// already finished is loaded instead of trained, and an interrupted one continues from its
     /// last checkpoint.
-    pub fn train(&mut self, mut model: UNet, steps: usize, objective: &mut dyn Objective, phase_name: &str) -> Result<(UNet, PhaseLog)> {
+    pub fn train(
+        &mut self,
+        mut model: UNet,
+        steps: usize,
+        objective: &mut dyn Objective,
+        phase_name: &str,
+        mut validation: Option<Validation>,
+    ) -> Result<(UNet, PhaseLog)> {
         self.phase += 1;
         self.phase_name = phase_name.to_string();
         if let Some(saved) = self.checkpoints.as_ref().map(|c| c.finished(self.phase)).transpose()?.flatten() {
@@ -437,12 +450,13 @@ impl Engine {
             self.resumed_at = Some(p.global);
         }
         for local in start..steps {
+            let validating = validation.as_ref().is_some_and(|v| (self.step + 1).is_multiple_of(v.every.max(1)));
             let step = Step {
                 global: self.step,
                 local,
                 phase_steps: steps,
                 lr: self.lr(local, steps),
-                recorded: curves::is_recorded(self.step + 1, self.every, local + 1 == steps),
+                recorded: validating || curves::is_recorded(self.step + 1, self.every, local + 1 == steps),
             };
             let mut laps = self.timing.then(|| Laps::start(&self.device)).transpose()?;
             self.device.seed(rng::derived_seed(self.seed, &format!("step-{}", self.step)));
@@ -466,6 +480,12 @@ impl Engine {
                 });
             }
             self.step += 1;
+            if validating {
+                // Inference waits for the device anyway, so the losses are read at the same time.
+                self.read_pending(objective, &mut sums)?;
+                let dice = validation.as_mut().and_then(|v| (v.score)(&model));
+                self.note_validation(dice);
+            }
             let due = self
                 .checkpoints
                 .as_ref()

@@ -33,6 +33,23 @@ pub fn probabilities(models: &[UNet], images: &[&[f32]], size: usize, batch_size
     out
 }
 
+/// Class probabilities for every slice of every case (outer: case, inner: slice), averaged over
+/// `models`: one pass over all slices (batches may span cases), regrouped by case.
+pub fn case_probabilities(
+    models: &[UNet],
+    cases: &[&crate::data::Case],
+    size: usize,
+    batch_size: usize,
+    device: &Device,
+) -> Vec<Vec<Vec<f32>>> {
+    let images: Vec<&[f32]> = cases.iter().flat_map(|c| c.slices.iter().map(|s| s.image.as_slice())).collect();
+    let mut probabilities = probabilities(models, &images, size, batch_size, device).into_iter();
+    cases
+        .iter()
+        .map(|case| probabilities.by_ref().take(case.slices.len()).collect())
+        .collect()
+}
+
 /// Most probable class per pixel of class-major probabilities.
 pub fn argmax(probs: &[f32], classes: usize) -> Vec<u8> {
     let pixels = probs.len() / classes;
