@@ -8,6 +8,7 @@
 
 pub mod cells;
 pub mod check;
+pub mod curves;
 pub mod load;
 pub mod plot;
 pub mod report;
@@ -111,6 +112,7 @@ pub fn render(folders: &[PathBuf], out: &Path, options: &ReportOptions) -> Resul
                 AnyFigure::Dice(f) => plot::render(&f, out, &stem)?,
                 AnyFigure::Grid(f) => plot::render(&f, out, &stem)?,
                 AnyFigure::Bars(f) => plot::render(&f, out, &stem)?,
+                AnyFigure::Bands(f) => plot::render(&f, out, &stem)?,
             };
             plots.extend(rendered.files);
             dataset_svgs.push(rendered.svg);
@@ -156,10 +158,12 @@ enum AnyFigure {
     Dice(plot::DiceVsRatio),
     Grid(plot::PanelGrid),
     Bars(plot::GroupedBars),
+    Bands(plot::BandGrid),
 }
 
-/// The figures of one dataset: Dice vs ratio, lazy learning (if staged methods ran), per-class
-/// bars (if the dataset has more than one scored class).
+/// The figures of one dataset: Dice vs ratio, training curves (if runs recorded them), lazy
+/// learning (if staged methods ran), per-class bars (if the dataset has more than one scored
+/// class).
 fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(AnyFigure, String)> {
     let mut out = Vec::new();
     let methods = cells::methods(cells);
@@ -194,6 +198,9 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(
             }),
             format!("dice_vs_ratio_{}", slug(dataset)),
         ));
+    }
+    if let Some(figure) = curves::figure(dataset, cells, &tables.curves) {
+        out.push((AnyFigure::Bands(figure), format!("curves_{}", slug(dataset))));
     }
     let means = report::stage_means(cells, &tables.stages);
     if !means.is_empty() {

@@ -1,5 +1,5 @@
 //! Reads the tables of one or more results folders (`runs.parquet`, `cases.parquet`,
-//! `stages.parquet`) into plain rows. Several folders are concatenated; the aggregation rules
+//! `stages.parquet`, `curves.parquet`) into plain rows. Several folders are concatenated; the aggregation rules
 //! (`cells`) then decide what may be averaged. Columns added by later versions are optional, so
 //! tables written by an older harness still load.
 
@@ -74,12 +74,25 @@ pub struct StageRow {
     pub validation_dice: Option<f64>,
 }
 
+/// One point of a run's training curve (a row of curves.parquet).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CurveRow {
+    pub run_id: String,
+    pub step: u64,
+    pub phase: u64,
+    pub phase_name: String,
+    pub lr: Option<f64>,
+    pub loss: Option<f64>,
+    pub validation_dice: Option<f64>,
+}
+
 /// Everything read from the folders.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     pub runs: Vec<Run>,
     pub cases: Vec<CaseRow>,
     pub stages: Vec<StageRow>,
+    pub curves: Vec<CurveRow>,
 }
 
 /// Reads and concatenates the tables of `folders`.
@@ -103,6 +116,13 @@ pub fn read(folders: &[PathBuf]) -> Result<Tables> {
             tables
                 .stages
                 .extend(stage_rows(&frame).with_context(|| format!("{}: unexpected columns", stages.display()))?);
+        }
+        let curves = folder.join("curves.parquet");
+        if curves.exists() {
+            let frame = crate::read_table(&curves)?;
+            tables
+                .curves
+                .extend(curve_rows(&frame).with_context(|| format!("{}: unexpected columns", curves.display()))?);
         }
     }
     Ok(tables)
@@ -240,6 +260,25 @@ fn case_rows(frame: &DataFrame) -> Result<Vec<CaseRow>> {
             class: class[i].clone().unwrap_or_default(),
             dice: dice[i],
             hd95: hd95[i],
+        })
+        .collect())
+}
+
+fn curve_rows(frame: &DataFrame) -> Result<Vec<CurveRow>> {
+    let c = Columns(frame);
+    let (run, phase_name) = (c.text("run_id")?, c.text_or("phase_name"));
+    let (step, phase) = (c.uint_or("step"), c.uint_or("phase"));
+    let (lr, loss, validation) = (c.float_or("lr"), c.float_or("loss"), c.float_or("validation_dice"));
+    let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+    Ok((0..frame.height())
+        .map(|i| CurveRow {
+            run_id: run[i].clone().unwrap_or_default(),
+            step: step[i].unwrap_or(0),
+            phase: phase[i].unwrap_or(0),
+            phase_name: phase_name[i].clone().unwrap_or_default(),
+            lr: finite(lr[i]),
+            loss: finite(loss[i]),
+            validation_dice: finite(validation[i]),
         })
         .collect())
 }

@@ -132,13 +132,24 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
     })
 }
 
-/// Tick labels with no more decimals than the axis span needs.
+/// Tick labels with no more decimals than the axis span needs (about ten ticks a span, so the
+/// decimals that tell neighbouring ticks apart).
 fn tick(value: f64, span: f64) -> String {
-    match span {
-        s if s >= 10.0 => format!("{value:.0}"),
-        s if s >= 1.0 => format!("{value:.1}"),
-        _ => format!("{value:.2}"),
-    }
+    let decimals = if span >= 10.0 {
+        0
+    } else if span > 0.0 {
+        ((-(span / 10.0).log10()).ceil().max(1.0) as usize).min(6)
+    } else {
+        2
+    };
+    format!("{value:.decimals$}")
+}
+
+/// A value read off a log10 axis, with two significant digits ("0.25", "1.2", "30").
+fn log_tick(log10: f64) -> String {
+    let value = 10f64.powf(log10);
+    let decimals = (1.0 - value.log10().floor()).max(0.0) as usize;
+    format!("{value:.decimals$}")
 }
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -463,5 +474,142 @@ impl Figure for GroupedBars {
         }
         let entries: Vec<(String, usize, bool)> = self.methods.iter().enumerate().map(|(i, m)| (m.clone(), i, false)).collect();
         draw_legend(&legend, "method (whiskers: 95% CI)", &entries)
+    }
+}
+
+/// One method's curve over seeds: per x, the median and the range (lowest, highest) over the
+/// seeds, and the x positions where its training phases end (stage boundaries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandSeries {
+    pub label: String,
+    pub color: usize,
+    /// (x, median, low, high).
+    pub points: Vec<(f64, f64, f64, f64)>,
+    pub boundaries: Vec<f64>,
+}
+
+/// A panel of a [`BandGrid`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandPanel {
+    pub title: String,
+    pub y_label: String,
+    /// Values are drawn on a log10 axis (losses span decades).
+    pub log_y: bool,
+    pub series: Vec<BandSeries>,
+}
+
+/// Panels of curves over training steps: a median line per method with the seeds' range as a
+/// band, and each staged method's phase ends as dotted verticals in its colour.
+pub struct BandGrid {
+    pub title: String,
+    pub x_label: String,
+    pub columns: usize,
+    pub panels: Vec<BandPanel>,
+    pub legend: Vec<(String, usize, bool)>,
+}
+
+impl Figure for BandGrid {
+    fn size(&self) -> (u32, u32) {
+        let rows = self.panels.len().div_ceil(self.columns.max(1)) as u32;
+        (460 * self.columns.max(1) as u32 + 320, 320 * rows + 60)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(&self.title, ("sans-serif", 22)).map_err(err)?;
+        let (grid, legend) = root.split_horizontally(460 * self.columns.max(1) as u32);
+        let rows = self.panels.len().div_ceil(self.columns.max(1));
+        let areas = grid.split_evenly((rows, self.columns.max(1)));
+        for (panel, area) in self.panels.iter().zip(&areas) {
+            let y = |v: f64| if panel.log_y { v.max(1e-12).log10() } else { v };
+            let xs = panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+            let x_max = xs.fold(1.0, f64::max);
+            let ys: Vec<f64> = panel
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter().flat_map(|p| [y(p.2), y(p.3)]))
+                .filter(|v| v.is_finite())
+                .collect();
+            let low = ys.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (low, high) = if low.is_finite() && high - low > 1e-9 {
+                (low, high)
+            } else if low.is_finite() {
+                (low - 0.5, low + 0.5)
+            } else {
+                (0.0, 1.0)
+            };
+            let (low, high) = if panel.log_y {
+                (low - 0.05 * (high - low), high + 0.05 * (high - low))
+            } else {
+                (low.min(0.0), high + 0.08 * (high - low))
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 15))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..x_max, low..high)
+                .map_err(err)?;
+            let log = panel.log_y;
+            chart
+                .configure_mesh()
+                .x_desc(self.x_label.clone())
+                .y_desc(panel.y_label.clone())
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|v| if log { log_tick(*v) } else { tick(*v, high - low) })
+                .light_line_style(RGBColor(238, 238, 238))
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+            for series in &panel.series {
+                let c = color(series.color);
+                for &x in &series.boundaries {
+                    chart
+                        .draw_series(DashedLineSeries::new(vec![(x, low), (x, high)], 3, 4, c.mix(0.6).stroke_width(1)))
+                        .map_err(err)?;
+                }
+                let points: Vec<&(f64, f64, f64, f64)> = series
+                    .points
+                    .iter()
+                    .filter(|p| y(p.1).is_finite() && y(p.2).is_finite() && y(p.3).is_finite())
+                    .collect();
+                if points.len() > 1 {
+                    let band: Vec<(f64, f64)> = points
+                        .iter()
+                        .map(|p| (p.0, y(p.3)))
+                        .chain(points.iter().rev().map(|p| (p.0, y(p.2))))
+                        .collect();
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(band, c.mix(0.18).filled())))
+                        .map_err(err)?;
+                }
+                chart
+                    .draw_series(LineSeries::new(points.iter().map(|p| (p.0, y(p.1))), c.stroke_width(2)))
+                    .map_err(err)?;
+            }
+        }
+        draw_legend(&legend, "median over seeds; band: range", &self.legend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_tell_neighbouring_ticks_apart() {
+        assert_eq!(tick(42.0, 80.0), "42");
+        assert_eq!(tick(2.5, 4.0), "2.5");
+        assert_eq!(tick(0.25, 0.6), "0.25");
+        // A learning-rate axis 0..0.05: ticks 0.005 apart need three decimals.
+        assert_eq!(tick(0.035, 0.05), "0.035");
+        assert_eq!(log_tick(0.0), "1.0");
+        assert_eq!(log_tick((0.25f64).log10()), "0.25");
+        assert_eq!(log_tick((30.0f64).log10()), "30");
     }
 }
