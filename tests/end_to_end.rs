@@ -140,8 +140,23 @@ fn tiny_sweep_records_provenance_and_renders_a_report() {
         "{report}"
     );
     for ext in ["png", "svg"] {
-        let plot = results.join(format!("dice_vs_ratio_phantom.{ext}"));
-        assert!(std::fs::metadata(&plot).unwrap().len() > 1000, "{} is too small", plot.display());
+        for figure in ["dice_vs_ratio", "curves", "cases"] {
+            let plot = results.join(format!("{figure}_phantom.{ext}"));
+            assert!(std::fs::metadata(&plot).unwrap().len() > 1000, "{} is too small", plot.display());
+        }
+    }
+    // Every test case's preview slice is kept once per dataset, and each run's prediction of it.
+    let test_cases = split["test"].as_array().unwrap();
+    for case in test_cases {
+        let case = case.as_str().unwrap();
+        let image = results.join(format!("previews/data/phantom/{case}.image.png"));
+        let truth = results.join(format!("previews/data/phantom/{case}.truth.png"));
+        assert!(image.is_file() && truth.is_file(), "{}", image.display());
+    }
+    let run_ids = column("run_id");
+    for run_id in run_ids.str().unwrap().iter().flatten() {
+        let kept = std::fs::read_dir(results.join("previews").join(run_id)).unwrap().count();
+        assert_eq!(kept, test_cases.len(), "previews of {run_id}");
     }
 
     // A second sweep of the same file skips what is recorded and loses nothing.

@@ -64,13 +64,30 @@ pub struct ReportSpec {
 }
 
 /// `[output]` of an experiment file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// Write each test case's predicted label map as NIfTI on the case's native grid, with the
     /// image's geometry, to `predictions/<run_id>/<case>.nii.gz`.
     #[serde(default)]
     pub save_predictions: bool,
+    /// Keep one slice of every test case, its truth and each run's prediction as small PNG files
+    /// (`previews/`), which the report's qualitative figure draws (on by default).
+    #[serde(default = "yes")]
+    pub previews: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        Self {
+            save_predictions: false,
+            previews: true,
+        }
+    }
 }
 
 /// How labels of the unlabeled set are represented when trained on.

@@ -11,6 +11,7 @@
 
 use crate::data::slices::resize_nearest_to;
 use crate::data::{Case, Volume};
+use crate::previews::{preview_slice, Preview};
 use crate::train::infer;
 use crate::train::metrics::{summarise, CaseScores, Confusion, EmptyClasses, Scoring, Summary};
 use crate::train::surface::{self, Mask};
@@ -125,6 +126,8 @@ impl<'de> Deserialize<'de> for Hd95Missed {
 pub struct Evaluation {
     pub scores: Vec<CaseScores>,
     pub summary: Summary,
+    /// Each case's preview slice with its predicted labels (see `previews`).
+    pub previews: Vec<Preview>,
 }
 
 /// Scores `predictions` (class probabilities per slice at the training resolution, per case)
@@ -138,9 +141,19 @@ pub fn score(
     save_to: Option<&Path>,
 ) -> Result<Evaluation> {
     let mut scores = Vec::with_capacity(cases.len());
+    let mut previews = Vec::with_capacity(cases.len());
     let mut dataset = Confusion::new(scoring.classes);
     for (case, probabilities) in cases.iter().zip(predictions) {
         let labels: Vec<Vec<u8>> = probabilities.iter().map(|p| infer::argmax(p, scoring.classes)).collect();
+        let slice = preview_slice(case, scoring.first_class as u8);
+        if let Some(predicted) = labels.get(slice) {
+            previews.push(Preview {
+                case_id: case.id.clone(),
+                slice,
+                size: (predicted.len() as f64).sqrt() as usize,
+                predicted: predicted.clone(),
+            });
+        }
         let at_resolution = confusion_at_resolution(case, &labels, scoring.classes);
         let dice_at_resolution = scoring.scored().map(|c| at_resolution.dice(c, scoring.empty)).collect();
         let (native, hd95) = match &case.native {
@@ -176,7 +189,7 @@ pub fn score(
         });
     }
     let summary = summarise(&scores, &dataset, scoring);
-    Ok(Evaluation { scores, summary })
+    Ok(Evaluation { scores, summary, previews })
 }
 
 /// Dice of label slices per scored class (the mean over cases that define the class) and the

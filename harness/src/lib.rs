@@ -4,7 +4,8 @@
 //! `model` holds the U-Net, `kernels` the CPU kernels for its convolutions, `train` the one training engine and its primitives (loss, schedule,
 //! augmentation, batching, inference, metrics), `method` the strategy trait every method
 //! implements, `staged` the pseudo-labeling loop ATSO and self-training share, `atso` the paper's
-//! method, `evaluate` scoring on each case's native grid, `runner` the sweep driver (plans,
+//! method, `evaluate` scoring on each case's native grid, `previews` the slices a report's
+//! qualitative figure shows, `runner` the sweep driver (plans,
 //! claims, one run), `records` the polars tables, `provenance` the git and machine facts stamped
 //! on every row, `progress` what a sweep reports while it works, and `fsio` the atomic writes
 //! every file goes through.
@@ -20,6 +21,7 @@ pub mod json_float;
 pub mod kernels;
 pub mod method;
 pub mod model;
+pub mod previews;
 pub mod progress;
 pub mod provenance;
 pub mod records;

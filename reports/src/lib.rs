@@ -11,6 +11,7 @@ pub mod check;
 pub mod curves;
 pub mod load;
 pub mod plot;
+pub mod qualitative;
 pub mod report;
 pub mod stats;
 pub mod table;
@@ -107,12 +108,13 @@ pub fn render(folders: &[PathBuf], out: &Path, options: &ReportOptions) -> Resul
     for dataset in cells::datasets(&cells) {
         let selected: Vec<cells::Cell> = cells.iter().filter(|c| c.dataset == dataset).cloned().collect();
         let mut dataset_svgs = Vec::new();
-        for (figure, stem) in figures(&dataset, &selected, &tables) {
+        for (figure, stem) in figures(&dataset, &selected, &tables)? {
             let rendered = match figure {
                 AnyFigure::Dice(f) => plot::render(&f, out, &stem)?,
                 AnyFigure::Grid(f) => plot::render(&f, out, &stem)?,
                 AnyFigure::Bars(f) => plot::render(&f, out, &stem)?,
                 AnyFigure::Bands(f) => plot::render(&f, out, &stem)?,
+                AnyFigure::Cases(f) => f.render(out, &stem)?,
             };
             plots.extend(rendered.files);
             dataset_svgs.push(rendered.svg);
@@ -159,12 +161,13 @@ enum AnyFigure {
     Grid(plot::PanelGrid),
     Bars(plot::GroupedBars),
     Bands(plot::BandGrid),
+    Cases(qualitative::Qualitative),
 }
 
-/// The figures of one dataset: Dice vs ratio, training curves (if runs recorded them), lazy
-/// learning (if staged methods ran), per-class bars (if the dataset has more than one scored
-/// class).
-fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(AnyFigure, String)> {
+/// The figures of one dataset: Dice vs ratio, training curves (if runs recorded them), the
+/// qualitative figure (if runs kept previews), lazy learning (if staged methods ran), per-class
+/// bars (if the dataset has more than one scored class).
+fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Result<Vec<(AnyFigure, String)>> {
     let mut out = Vec::new();
     let methods = cells::methods(cells);
     let series: Vec<plot::Series> = methods
@@ -201,6 +204,9 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(
     }
     if let Some(figure) = curves::figure(dataset, cells, &tables.curves) {
         out.push((AnyFigure::Bands(figure), format!("curves_{}", slug(dataset))));
+    }
+    if let Some(figure) = qualitative::build(dataset, cells, &report::per_case_dice(tables))? {
+        out.push((AnyFigure::Cases(figure), format!("cases_{}", slug(dataset))));
     }
     let means = report::stage_means(cells, &tables.stages);
     if !means.is_empty() {
@@ -312,7 +318,7 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Vec<(
             format!("dice_per_class_{}", slug(dataset)),
         ));
     }
-    out
+    Ok(out)
 }
 
 fn intro(folders: &[PathBuf], options: &ReportOptions) -> Vec<String> {

@@ -60,7 +60,7 @@ fn bar_style(i: usize) -> ShapeStyle {
 }
 
 /// Registers a sans-serif font once per process.
-fn ensure_font() -> Result<()> {
+pub(crate) fn ensure_font() -> Result<()> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let from_env = std::env::var("ATSO_FONT").ok();
@@ -152,7 +152,7 @@ fn log_tick(log10: f64) -> String {
     format!("{value:.decimals$}")
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("{e:?}")
 }
 

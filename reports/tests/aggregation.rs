@@ -586,3 +586,25 @@ comparisons = [["atso", "mean-teacher"]]
     // Per-seed differences of 0.6 + 0.05 s against 0.55 + 0.05 s: +5.0 points each seed.
     assert!(text.contains("+5.0, +5.0, +5.0"), "{text}");
 }
+
+/// The qualitative figure's rule on a folder without previews: it picks supervised-only's cases
+/// at the quartiles of the middle ratio's smallest common seed, and the report draws no figure
+/// (and fails on nothing) when the runs kept no previews.
+#[test]
+fn the_qualitative_rule_picks_its_cases_and_needs_previews_to_draw() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = three_methods(dir.path(), None);
+    let tables = load::read(std::slice::from_ref(&results)).unwrap();
+    let cells = cells::build(&tables.runs, false).unwrap();
+    let per_case = report::per_case_dice(&tables);
+    let choice = atso_reports::qualitative::choose(&cells, &per_case).unwrap();
+    assert_eq!((choice.ratio, choice.seed, choice.reference.as_str()), (0.25, 0, "supervised"));
+    // supervised, seed 0: c1 0.4, c2 0.6; ranked c1, c2: the 25th percentile is c1, the 50th c2,
+    // the 75th c2 again (not repeated).
+    let picked: Vec<(&str, u32)> = choice.cases.iter().map(|(c, _, q)| (c.as_str(), *q)).collect();
+    assert_eq!(picked, [("c1", 25), ("c2", 50)]);
+    assert!(atso_reports::qualitative::build("d", &cells, &per_case).unwrap().is_none());
+    let out = dir.path().join("report");
+    atso_reports::render(&[results], &out, &Default::default()).unwrap();
+    assert!(!out.join("cases_d.png").exists());
+}

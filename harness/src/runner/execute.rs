@@ -331,6 +331,17 @@ fn train_and_evaluate(
         predictions.as_ref().map(|p| env.results.join(p)).as_deref(),
     )?;
     record.predictions_dir = predictions.map(|p| p.display().to_string());
+    if env.output.previews {
+        // Auxiliary pictures: failing to write them costs the figure, not the run.
+        if let Err(err) = crate::previews::write(env.results, &record.dataset, run_id, &ctx.data.test, &test.previews) {
+            progress::emit(
+                sink,
+                Event::Note {
+                    message: format!("{run_id}: previews not written: {err:#}"),
+                },
+            );
+        }
+    }
     let scored = ctx.scored_class_names();
     record.dice_mean = test.summary.dice_mean;
     record.iou_mean = test.summary.iou_mean;
