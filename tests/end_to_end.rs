@@ -633,3 +633,70 @@ fn curves_are_recorded_and_budget_fraction_reproduces_atsos_m0() {
         assert_eq!(used.get(i), Some(expected), "iterations_used of {:?}", labels.get(i));
     }
 }
+
+/// `[output] tensorboard = true` writes each run's curve as a TensorBoard event file that
+/// TensorBoard's own reader (the `tensorboard` Python package's EventFileLoader, which migrates
+/// simple values to the scalar plugin's tensors as TensorBoard shows them) reads back with the
+/// values the curve holds.
+#[test]
+fn tensorboard_event_files_read_back_in_tensorboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [0.5]")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        + "\n[output]\ntensorboard = true\n";
+    std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
+    let output = atso(dir.path(), &["sweep", "tiny.toml"]);
+    assert!(output.status.success(), "sweep failed: {}", stderr(&output));
+    let results = dir.path().join("results/tiny");
+    let record: serde_json::Value = {
+        let path = std::fs::read_dir(results.join("records")).unwrap().next().unwrap().unwrap().path();
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let run_id = record["run_id"].as_str().unwrap();
+    let folder = results.join("tensorboard").join(run_id);
+    let file = std::fs::read_dir(&folder).unwrap().next().unwrap().unwrap().path();
+    // The curve's (step, loss) as recorded, as f32 as TensorBoard keeps them.
+    let curve: Vec<(i64, f32)> = record["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["step"].as_i64().unwrap(), p["loss"].as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(curve.len(), 4, "a 4-step run records a point per step");
+    let ours: Vec<(i64, f32)> = atso_harness::tensorboard::read(&file)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.scalars.iter().find(|(t, _)| t == "train/loss").map(|(_, v)| (e.step, *v)))
+        .collect();
+    assert_eq!(ours, curve, "the project's reader");
+    let script = format!(
+        "from tensorboard.backend.event_processing.event_file_loader import EventFileLoader\n\
+         from tensorboard.util import tensor_util\n\
+         for e in EventFileLoader({:?}).Load():\n\
+         \x20   for v in e.summary.value:\n\
+         \x20       if v.tag == 'train/loss': print(e.step, repr(float(tensor_util.make_ndarray(v.tensor))))\n",
+        file.display().to_string()
+    );
+    let python = std::process::Command::new("python3").args(["-c", &script]).output();
+    match python {
+        Ok(out) if out.status.success() => {
+            let theirs: Vec<(i64, f32)> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    let (step, value) = l.split_once(' ').unwrap();
+                    (step.parse().unwrap(), value.parse::<f32>().unwrap())
+                })
+                .collect();
+            assert_eq!(theirs, curve, "TensorBoard's reader");
+        }
+        Ok(out) => common::skip_unless_required(
+            "ATSO_REQUIRE_TENSORBOARD",
+            &format!(
+                "the tensorboard Python package could not read the file: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(err) => common::skip_unless_required("ATSO_REQUIRE_TENSORBOARD", &format!("python3 not runnable: {err}")),
+    }
+}

@@ -75,6 +75,10 @@ pub struct OutputSpec {
     /// (`previews/`), which the report's qualitative figure draws (on by default).
     #[serde(default = "yes")]
     pub previews: bool,
+    /// Write each run's training curve as a TensorBoard event file under
+    /// `tensorboard/<run_id>/`, for `tensorboard --logdir results/` (off by default).
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 fn yes() -> bool {
@@ -86,6 +90,7 @@ impl Default for OutputSpec {
         Self {
             save_predictions: false,
             previews: true,
+            tensorboard: false,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod records;
 pub mod rng;
 pub mod runner;
 pub mod staged;
+pub mod tensorboard;
 pub mod train;
 
 pub use burn;

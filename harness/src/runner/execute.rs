@@ -117,6 +117,16 @@ pub fn execute(
     record.error = error;
     record.wall_seconds = clock.elapsed().as_secs_f64();
     record.finished_at = chrono::Utc::now().to_rfc3339();
+    if env.output.tensorboard && !record.curve.is_empty() {
+        if let Err(err) = crate::tensorboard::write(env.results, &run_id, &record.host, started, &record.curve) {
+            progress::emit(
+                sink,
+                Event::Note {
+                    message: format!("{run_id}: TensorBoard events not written: {err:#}"),
+                },
+            );
+        }
+    }
     progress::emit(
         sink,
         Event::Finished {

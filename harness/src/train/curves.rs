@@ -36,6 +36,10 @@ pub struct CurvePoint {
     /// Mean validation Dice at this step, where `[evaluation] validation_every` asks for it.
     #[serde(default, with = "crate::json_float::option")]
     pub validation_dice: Option<f64>,
+    /// Seconds since the run's engine started when this point's loss was read (wall time:
+    /// for TensorBoard's time axis, not a benchmark).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Whether the values of the step after which `done` steps are taken go into the curve: every

@@ -266,6 +266,8 @@ pub struct Engine {
     curve: Vec<CurvePoint>,
     /// The name of the phase being trained (for the curve).
     phase_name: String,
+    /// When the engine was made (the curve's wall-time axis).
+    started: Instant,
 }
 
 /// A step whose loss is still on the device.
@@ -304,6 +306,7 @@ impl Engine {
             pending: Vec::new(),
             curve: Vec::new(),
             phase_name: String::new(),
+            started: Instant::now(),
         }
     }
 
@@ -571,6 +574,7 @@ impl Engine {
                     loss,
                     parts: values.parts.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
                     validation_dice: None,
+                    seconds: self.started.elapsed().as_secs_f64(),
                 });
             }
             if let Some(report) = self.on_step.as_mut() {
