@@ -317,3 +317,122 @@ fn a_run_killed_mid_training_resumes_from_its_checkpoint_to_the_same_dice() {
         "checkpoints are removed once recorded"
     );
 }
+
+/// One method, one seed, a few steps: the smallest sweep that writes every kind of file.
+fn tiny() -> String {
+    SMALL
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("iterations = 40", "iterations = 6")
+        .replace("[[methods]]\nkind = \"atso\"\n\n[[methods]]\nkind = \"mean-teacher\"\n", "")
+}
+
+/// Every file and folder under `root` with a mode other than the one expected, and how many
+/// entries were looked at.
+#[cfg(unix)]
+fn wrong_modes(root: &Path, file: u32, folder: u32) -> (Vec<String>, usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in files_in(&dir) {
+            let meta = std::fs::symlink_metadata(&entry).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            seen += 1;
+            let expected = if meta.is_dir() { folder } else { file };
+            if mode != expected {
+                wrong.push(format!("{} {mode:o}", entry.display()));
+            }
+            if meta.is_dir() {
+                stack.push(entry);
+            }
+        }
+    }
+    (wrong, seen)
+}
+
+/// Files get the mode a plain `File::create` gives under the caller's umask (0644 under 022,
+/// 0664 under 002), folders `mkdir`'s: records, tables, configs, splits, generated data,
+/// previews, plots and the report alike, so a colleague (022) or the group (002) can read them.
+#[cfg(unix)]
+#[test]
+fn every_file_a_sweep_and_a_report_write_takes_the_callers_umask() {
+    for umask in [0o022u32, 0o002] {
+        let dir = setup(&tiny());
+        let script = format!("umask {umask:03o} && \"$0\" sweep small.toml --jobs 1 && \"$0\" report results/small");
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_atso")])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        for (root, at_least) in [("results", 30), ("data", 10)] {
+            let (wrong, seen) = wrong_modes(&dir.path().join(root), 0o666 & !umask, 0o777 & !umask);
+            assert!(wrong.is_empty(), "umask {umask:03o}: {wrong:#?}");
+            assert!(seen >= at_least, "{root}: only {seen} entries looked at");
+        }
+        assert!(dir.path().join("results/small/report.html").is_file());
+    }
+}
+
+/// Runs `atso` as another user, in `dir`, with umask 002 (root only: `runuser`).
+#[cfg(unix)]
+fn atso_as(user: &str, bin: &Path, dir: &Path, args: &str) -> std::process::Output {
+    let script = format!(
+        "umask 002 && cd '{}' && HOME='{}' '{}' {args}",
+        dir.display(),
+        dir.display(),
+        bin.display()
+    );
+    std::process::Command::new("runuser")
+        .args(["-u", user, "--", "sh", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// A lab's shared folder: setgid, group-writable, umask 002. One member sweeps; another member
+/// of the group reads every record, reuses every run (nothing is trained twice) and sees every
+/// row in the tables. Needs root to make the two users (CI runs as root and requires it).
+#[cfg(unix)]
+#[test]
+fn two_users_of_one_group_share_a_results_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip_unless_required("ATSO_REQUIRE_ROOT", "making two users needs root");
+        return;
+    }
+    let run = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+    run(&["groupadd", "-f", "atsolab"]);
+    for user in ["atso-a", "atso-b"] {
+        if !run(&["id", user]).status.success() {
+            let made = run(&["useradd", "-M", "-N", "-g", "atsolab", "-s", "/bin/sh", user]);
+            assert!(made.status.success(), "useradd {user}: {}", stderr(&made));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("atso");
+    std::fs::copy(env!("CARGO_BIN_EXE_atso"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lab = dir.path().join("lab");
+    std::fs::create_dir(&lab).unwrap();
+    assert!(run(&["chgrp", "atsolab", lab.to_str().unwrap()]).status.success());
+    std::fs::set_permissions(&lab, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::write(lab.join("small.toml"), SMALL).unwrap();
+    std::fs::set_permissions(lab.join("small.toml"), std::fs::Permissions::from_mode(0o664)).unwrap();
+
+    let a = atso_as("atso-a", &bin, &lab, "sweep small.toml --jobs 1");
+    assert!(a.status.success(), "user a: {}", stderr(&a));
+    let b = atso_as("atso-b", &bin, &lab, "sweep small.toml --jobs 1");
+    let (out, err) = (String::from_utf8_lossy(&b.stdout), stderr(&b));
+    assert!(b.status.success(), "user b: {err}");
+    assert!(out.contains("6 already recorded"), "user b reuses every run of user a: {out}{err}");
+    assert!(!err.contains("unreadable") && !err.contains("Permission denied"), "{err}");
+    let report = atso_as("atso-b", &bin, &lab, "report results/small");
+    assert!(report.status.success(), "user b's report: {}", stderr(&report));
+    let runs = std::fs::read_to_string(lab.join("results/small/runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 7, "a header and every row: {runs}");
+}

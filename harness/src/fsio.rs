@@ -7,10 +7,73 @@
 //! any moment leaves either the old file or the new one, plus at worst a stray `.<name>.*.tmp`
 //! that readers ignore. Write errors (a full disk) surface as errors naming the file, never as a
 //! silently truncated file: nothing is buffered past the explicit flush.
+//!
+//! Modes: a temporary file is created readable by its owner only, so before it is renamed into
+//! place it gets the mode a plain `File::create` would give it under the process's umask (0644
+//! under 022, 0664 under 002), and staging folders likewise get `0777 & !umask`. A lab's shared
+//! results folder (setgid, umask 002) thereby stays readable and writable by the whole group.
 
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// The process's file-mode creation mask. Read from `/proc/self/status` where Linux has it;
+/// elsewhere by setting and restoring it once (which a file created at that very moment by
+/// another thread could see; the harness reads it before it starts threads that write).
+#[cfg(unix)]
+pub fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let from_proc = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        });
+        from_proc.unwrap_or_else(|| {
+            // SAFETY: umask only swaps the process's mask; it is put back at once.
+            let mask = unsafe { libc::umask(0o022) };
+            unsafe { libc::umask(mask) };
+            #[allow(clippy::useless_conversion)] // mode_t is u16 on some platforms
+            u32::from(mask)
+        })
+    })
+}
+
+/// The mode `File::create` gives a new file under `umask`.
+pub fn file_mode(umask: u32) -> u32 {
+    0o666 & !umask
+}
+
+/// The mode `create_dir` gives a new folder under `umask`.
+pub fn dir_mode(umask: u32) -> u32 {
+    0o777 & !umask
+}
+
+/// Gives a file the harness made through a temporary file the mode a plain create would have.
+pub fn set_created_mode(file: &std::fs::File, path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(file_mode(umask())))
+            .with_context(|| format!("{}: setting its mode", path.display()))?;
+    }
+    let _ = (file, path);
+    Ok(())
+}
+
+/// Gives a folder the harness made through a temporary folder the mode `create_dir` would have.
+pub fn set_created_dir_mode(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(dir_mode(umask())))
+            .with_context(|| format!("{}: setting its mode", path.display()))?;
+    }
+    let _ = path;
+    Ok(())
+}
 
 /// Whether an existing target may be replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +107,7 @@ pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut s
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file beside it", path.display()))?;
+    set_created_mode(tmp.as_file(), path)?;
     fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file_mut().flush().with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file()
@@ -125,6 +189,29 @@ mod tests {
         assert!(format!("{error:#}").contains("splits.json"), "{error:#}");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn created_modes_follow_the_umask() {
+        assert_eq!(file_mode(0o022), 0o644);
+        assert_eq!(file_mode(0o002), 0o664);
+        assert_eq!(file_mode(0o077), 0o600);
+        assert_eq!(dir_mode(0o022), 0o755);
+        assert_eq!(dir_mode(0o002), 0o775);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_mode_of_a_plain_create() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.csv");
+        write_atomic(&path, b"x").unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain), "as File::create under this process's umask");
+        assert_eq!(mode(&path), file_mode(umask()));
     }
 
     #[test]

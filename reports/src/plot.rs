@@ -123,6 +123,7 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
     }
     // The backend wrote through its own handle; syncing ours flushes the same file's data.
     tmp.as_file().sync_all().with_context(|| format!("syncing {}", png.display()))?;
+    fsio::set_created_mode(tmp.as_file(), &png)?;
     tmp.persist(&png)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", png.display()))?;

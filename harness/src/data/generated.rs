@@ -37,6 +37,8 @@ where
         .tempdir_in(parent)
         .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
     tracing::info!(path = %root.display(), "generating {name}");
+    // A temporary folder is its owner's alone; the data gets a plain folder's mode.
+    crate::fsio::set_created_dir_mode(staging.path())?;
     generate(staging.path())?;
     crate::fsio::write_atomic(&staging.path().join(marker), serde_json::to_string_pretty(spec)?.as_bytes())?;
     let staged = staging.keep();
