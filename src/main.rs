@@ -197,6 +197,9 @@ struct RunArgs {
     /// CPU threads per run; default: cores / jobs.
     #[arg(long)]
     threads: Option<usize>,
+    /// Run even when a run's estimated memory exceeds the memory available.
+    #[arg(long)]
+    ignore_memory_estimate: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -401,6 +404,9 @@ impl RunArgs {
         if self.rerun_stale {
             args.push("--rerun-stale".into());
         }
+        if self.ignore_memory_estimate {
+            args.push("--ignore-memory-estimate".into());
+        }
         args
     }
 }
@@ -415,6 +421,7 @@ fn set_threads(threads: usize) {
 /// Runs a sweep in this process or across worker processes; returns the results folder and how
 /// many runs failed.
 fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, shard: Option<Shard>) -> Result<(PathBuf, usize)> {
+    parallel::check_memory(experiment, parallel::available_memory(), args.ignore_memory_estimate)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (plan, why) = match args.jobs {
         Some(jobs) => {
@@ -451,6 +458,8 @@ fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, sha
         }
         (summary.ok, summary.failed, summary.recorded + summary.stale)
     } else {
+        // Data errors stop the sweep here, once, before any worker starts.
+        runner::prepare_all(experiment, &args.options(shard, plan.threads))?;
         let mut worker_args = vec!["sweep".to_string()];
         worker_args.extend(args.forwarded(file));
         worker_args.extend(["--worker".into(), "--sweep-started".into(), chrono::Utc::now().to_rfc3339()]);

@@ -43,25 +43,55 @@ pub fn choose(experiment: &Experiment, backend: &str, cores: usize, available_me
     (Plan { jobs, threads }, why)
 }
 
+/// Refuses a sweep whose single run is estimated to need more memory than the machine has
+/// available (MemAvailable), before anything starts, naming what drives the estimate; `ignore`
+/// (`--ignore-memory-estimate`) lets a user who knows better go on.
+pub fn check_memory(experiment: &Experiment, available: Option<u64>, ignore: bool) -> Result<()> {
+    let per_run = estimated_run_bytes(experiment);
+    match available {
+        Some(available) if per_run > available && !ignore => bail!(
+            "a run of {} is estimated to need about {} MiB, more than the {} MiB this machine has available; \
+             the estimate grows with budget.batch_size, model.channels, the square of budget.resolution and \
+             the datasets' slice count: lower them, or pass --ignore-memory-estimate to run anyway",
+            experiment.name,
+            per_run >> 20,
+            available >> 20
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A rough upper bound of one run's memory: activations of a training step (forward and
 /// backward, a dozen buffers per level) plus the dataset's slices held several times over.
 fn estimated_run_bytes(experiment: &Experiment) -> u64 {
+    // Saturating: absurd settings (a million images a batch) must give a huge estimate, not wrap.
     let b = &experiment.budget;
-    let pixels = (b.resolution * b.resolution) as u64;
+    let pixels = (b.resolution as u64).saturating_mul(b.resolution as u64);
     let activations: u64 = experiment
         .model
         .channels
         .iter()
         .enumerate()
-        .map(|(level, &c)| b.batch_size as u64 * c as u64 * (pixels >> (2 * level)) * 4 * 12)
-        .sum();
+        .map(|(level, &c)| {
+            (b.batch_size as u64)
+                .saturating_mul(c as u64)
+                .saturating_mul(pixels >> (2 * level).min(63))
+                .saturating_mul(4 * 12)
+        })
+        .fold(0, u64::saturating_add);
     let slices: u64 = experiment
         .datasets
         .iter()
-        .map(|d| d.phantom.as_ref().map_or(2000, |p| (p.cases * p.slices) as u64))
+        .map(|d| {
+            d.phantom
+                .as_ref()
+                .map_or(2000, |p| (p.cases as u64).saturating_mul(p.slices as u64))
+        })
         .max()
         .unwrap_or(2000);
-    activations + slices * pixels * 5 * 4 + (256 << 20)
+    activations
+        .saturating_add(slices.saturating_mul(pixels).saturating_mul(5 * 4))
+        .saturating_add(256 << 20)
 }
 
 /// MemAvailable from /proc/meminfo.

@@ -172,8 +172,8 @@ fn outside_a_checkout_the_commit_is_unknown_and_failed_runs_are_recorded() {
     if git2::Repository::discover(dir.path()).is_ok() {
         return; // the temp dir sits inside a checkout on this machine; nothing to test
     }
-    let text = TINY.replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [0.5]")
-        + "\n[[datasets]]\nname = \"missing\"\nformat = \"msd\"\npath = \"no/such/task\"\n";
+    // At 100 % labeled ATSO has no unlabeled case to pseudo-label: its runs fail, recorded.
+    let text = TINY.replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [1.0]") + "\n[[methods]]\nkind = \"atso\"\n";
     std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
     let output = atso(dir.path(), &["sweep", "tiny.toml"]);
     assert_eq!(output.status.code(), Some(3), "some runs failed: exit code 3; {}", stderr(&output));
@@ -189,7 +189,7 @@ fn outside_a_checkout_the_commit_is_unknown_and_failed_runs_are_recorded() {
         .collect();
     assert_eq!(status, ["ok", "ok", "failed", "failed"]);
     let errors: Vec<_> = runs.column("error").unwrap().str().unwrap().iter().collect();
-    assert!(errors[2].unwrap().contains("no/such/task/dataset.json"), "{:?}", errors[2]);
+    assert!(errors[2].unwrap().contains("unlabeled cases"), "{:?}", errors[2]);
     assert!(runs
         .column("git_commit")
         .unwrap()
@@ -198,15 +198,13 @@ fn outside_a_checkout_the_commit_is_unknown_and_failed_runs_are_recorded() {
         .iter()
         .all(|c| c == Some("unknown")));
 
-    // The report still renders: a table for what worked, the failures listed, no plot for the
-    // dataset with nothing to draw.
+    // The report still renders: a table for what worked, the failures listed with their errors.
     let output = atso(dir.path(), &["report", "results/tiny"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let results = dir.path().join("results/tiny");
     let report = std::fs::read_to_string(results.join("report.md")).unwrap();
-    assert!(report.contains("## Failed runs") && report.contains("dataset.json"), "{report}");
+    assert!(report.contains("## Failed runs") && report.contains("unlabeled cases"), "{report}");
     assert!(results.join("dice_vs_ratio_phantom.png").is_file());
-    assert!(!results.join("dice_vs_ratio_missing.png").exists());
 }
 
 #[test]

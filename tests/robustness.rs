@@ -436,3 +436,64 @@ fn two_users_of_one_group_share_a_results_folder() {
     let runs = std::fs::read_to_string(lab.join("results/small/runs.csv")).unwrap();
     assert_eq!(runs.lines().count(), 7, "a header and every row: {runs}");
 }
+
+/// Budget, model and optimiser values that would crash a run, or train nonsense, are refused
+/// when the file is read (exit status 1, the key named), before anything is recorded.
+#[test]
+fn values_that_would_crash_or_mislead_a_run_are_refused_when_the_file_is_read() {
+    for (replace, with, key) in [
+        ("resolution = 32", "resolution = 0", "budget.resolution"),
+        ("channels = [4, 8]", "channels = [4, 0]", "model.channels"),
+        ("lr = 0.05", "lr = -1", "optimizer.lr"),
+        ("lr = 0.05", "lr = 0", "optimizer.lr"),
+        ("lr = 0.05", "lr = nan", "optimizer.lr"),
+        ("lr = 0.05", "lr = inf", "optimizer.lr"),
+        ("lr = 0.05", "lr = 0.05\nmomentum = 5", "optimizer.momentum"),
+        ("lr = 0.05", "lr = 0.05\nweight_decay = -1", "optimizer.weight_decay"),
+        ("lr = 0.05", "lr = 0.05\npoly_power = nan", "optimizer.poly_power"),
+        ("labeled_ratios = [0.4]", "labeled_ratios = [0.4, 0.4]", "labeled_ratios"),
+        ("seeds = [0, 1]", "seeds = [0, 1, 0]", "seeds"),
+        ("kind = \"atso\"", "kind = \"supervised\"", "methods"),
+    ] {
+        let dir = setup(&SMALL.replace(replace, with));
+        let output = atso(dir.path(), &["sweep", "small.toml"]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{with}: {err}");
+        assert!(err.contains(key), "{with}: the error names {key}: {err}");
+        assert!(!dir.path().join("results/small/records").exists(), "{with}: nothing recorded");
+    }
+}
+
+/// A run whose estimated memory exceeds what the machine has available is refused before it
+/// starts (a million images a batch had been OOM-killed, leaving a claim behind), naming the keys
+/// that drive the estimate; `--ignore-memory-estimate` is the way past it.
+#[test]
+fn a_run_too_big_for_the_machine_is_refused_before_it_starts() {
+    let dir = setup(&SMALL.replace("batch_size = 4", "batch_size = 1000000"));
+    for jobs in ["1", "2"] {
+        let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", jobs]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("budget.batch_size") && err.contains("--ignore-memory-estimate"),
+            "{err}"
+        );
+    }
+    let results = dir.path().join("results/small");
+    assert!(files_in(&results.join("records")).is_empty() && files_in(&results.join("claims")).is_empty());
+}
+
+/// A dataset that cannot be prepared stops the sweep with one error naming it (exit status 1)
+/// before any run starts, serial or parallel, instead of a failed record per run.
+#[test]
+fn a_broken_dataset_stops_the_sweep_before_anything_trains() {
+    let text = SMALL.to_string() + "\n[[datasets]]\nname = \"missing\"\nformat = \"msd\"\npath = \"no/such/task\"\n";
+    let dir = setup(&text);
+    for jobs in ["1", "2"] {
+        let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", jobs]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "--jobs {jobs}: {err}");
+        assert!(err.contains("datasets 'missing'") && err.contains("no/such/task"), "{err}");
+        assert!(files_in(&dir.path().join("results/small/records")).is_empty(), "nothing trained");
+    }
+}

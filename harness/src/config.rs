@@ -437,6 +437,8 @@ impl Experiment {
         if self.seeds.is_empty() {
             bail!("seeds: at least one seed is required");
         }
+        unique("labeled_ratios", self.labeled_ratios.iter().map(|r| r.to_string()))?;
+        unique("seeds", self.seeds.iter().map(|s| s.to_string()))?;
         unique("datasets", self.datasets.iter().map(|d| d.name.clone()))?;
         unique("methods", self.methods.iter().map(MethodSpec::label))?;
         for dataset in &self.datasets {
@@ -494,6 +496,7 @@ impl Experiment {
             bail!("budget.eval_batch_size must be at least 1");
         }
         self.model.validate(b.resolution)?;
+        self.optimizer.validate()?;
         self.splits.validate()?;
         self.augmentation.validate()?;
         Ok(())

@@ -49,6 +49,12 @@ impl ModelSpec {
         if self.channels.len() < 2 {
             anyhow::bail!("model.channels needs at least 2 levels, got {:?}", self.channels);
         }
+        if self.channels.len() > 16 {
+            anyhow::bail!("model.channels has {} levels; at most 16 are supported", self.channels.len());
+        }
+        if self.channels.contains(&0) {
+            anyhow::bail!("model.channels must all be at least 1, got {:?}", self.channels);
+        }
         if self.channels.len() != self.dropout.len() {
             anyhow::bail!(
                 "model.dropout has {} values but model.channels has {} levels",
@@ -60,6 +66,9 @@ impl ModelSpec {
             anyhow::bail!("model.dropout values must be in [0, 1), got {p}");
         }
         let factor = 1usize << (self.channels.len() - 1);
+        if resolution == 0 {
+            anyhow::bail!("budget.resolution must be at least {factor} (one pixel at the deepest of the model's levels), got 0");
+        }
         if !resolution.is_multiple_of(factor) {
             anyhow::bail!("budget.resolution {resolution} must be divisible by 2^(levels-1) = {factor}");
         }

@@ -21,7 +21,7 @@ use crate::method::Method;
 use crate::progress::{self, Event, RunLog, SharedSink};
 use crate::provenance::{Machine, Provenance};
 use crate::records::{self, RunRecord, Status};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use execute::{RunEnvironment, RunIdentity};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -156,6 +156,40 @@ fn should_run(heads: &[RecordHead], hash: &str, commit: &str, options: &SweepOpt
 /// A prepared dataset and the hash of its fingerprint, or why preparation failed.
 pub type Prepared = Result<(PreparedDataset, String), String>;
 
+/// Stops a sweep before anything trains when a dataset could not be prepared: every run on it
+/// would fail the same way, so it is the experiment file or the data that needs fixing (exit
+/// status 1, as `atso data prepare` gives), not a row per run to record.
+fn check_prepared(prepared: &HashMap<String, Prepared>) -> Result<()> {
+    let mut failed: Vec<String> = prepared
+        .iter()
+        .filter_map(|(name, p)| p.as_ref().err().map(|e| format!("datasets '{name}': {e}")))
+        .collect();
+    failed.sort();
+    if !failed.is_empty() {
+        bail!("no run started: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Prepares every dataset of `experiment` (of its shard) as a sweep would, writing their
+/// fingerprints: a parallel sweep's parent does this before it starts any worker, so a data
+/// error stops it with one message instead of a failed run per worker.
+pub fn prepare_all(experiment: &Experiment, options: &SweepOptions) -> Result<()> {
+    let dir = options.results_root.join(&experiment.name);
+    let mut prepared: HashMap<String, Prepared> = HashMap::new();
+    for (i, run) in expand(experiment).iter().enumerate() {
+        if options.shard.is_some_and(|s| !s.contains(i)) {
+            continue;
+        }
+        for spec in std::iter::once(&run.dataset).chain(run.reference.as_ref()) {
+            prepared
+                .entry(spec.name.clone())
+                .or_insert_with(|| prepare_dataset(spec, run.budget.resolution, &options.data_base, &dir));
+        }
+    }
+    check_prepared(&prepared)
+}
+
 /// Runs every run of `experiment` (of its shard) that is not yet recorded and records it.
 /// `source` is the experiment file's text, kept with the results.
 pub fn sweep(
@@ -210,6 +244,7 @@ pub fn sweep(
             data_fingerprint: fingerprint,
         });
     }
+    check_prepared(&prepared)?;
     let to_run = identities
         .iter()
         .filter(|id| should_run(&existing, &id.config_hash, &provenance.commit, options).is_none())

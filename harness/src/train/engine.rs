@@ -64,6 +64,25 @@ fn default_poly_power() -> f64 {
     0.9
 }
 
+impl OptimizerSpec {
+    /// Checks the values make sense for SGD with poly decay (each error names its key).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("optimizer.lr must be a finite positive number, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("optimizer.momentum must be in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("optimizer.weight_decay must be finite and not negative, got {}", self.weight_decay);
+        }
+        if !(self.poly_power.is_finite() && self.poly_power >= 0.0) {
+            bail!("optimizer.poly_power must be finite and not negative, got {}", self.poly_power);
+        }
+        Ok(())
+    }
+}
+
 impl Default for OptimizerSpec {
     fn default() -> Self {
         Self {
