@@ -66,6 +66,10 @@ const DEFAULT_VOX_OFFSET: usize = 352;
 /// twice this. 4 GiB holds a 1024^3 float32 volume.
 pub const MAX_VOLUME_BYTES: u64 = 4 << 30;
 
+/// Bytes a compressed file may hold after its voxel data: inflated to nowhere only to reach and
+/// check the gzip trailer, so the time a bomb costs is bounded like a volume's.
+const MAX_TRAILING_BYTES: u64 = MAX_VOLUME_BYTES;
+
 /// A file's 348-byte header as read, kept so predictions can be written on the image's exact
 /// geometry (qform, sform, pixdim, units) for outside tools to compare against.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +170,9 @@ pub fn read_with_header(path: &Path) -> Result<(Volume, Header), NiftiError> {
         path: path.to_path_buf(),
         why,
     };
+    if !path.is_file() && path.exists() {
+        return Err(format("not a regular file (a FIFO, device or socket); refusing to open it".into()));
+    }
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut magic = [0u8; 2];
     let gzipped = file.read(&mut magic).map_err(io)? == 2 && magic == [0x1f, 0x8b];
@@ -196,7 +203,20 @@ pub fn read_with_header(path: &Path) -> Result<(Volume, Header), NiftiError> {
         )));
     }
     let rest = needed.saturating_sub(bytes.len() as u64);
-    stream.take(rest).read_to_end(&mut bytes).map_err(io)?;
+    (&mut stream).take(rest).read_to_end(&mut bytes).map_err(io)?;
+    if gzipped {
+        // The gzip member's CRC-32 and length sit after the data: a corrupted deflate stream can
+        // still inflate to the right number of bytes with voxels changed, and only reading to
+        // the member's end checks it. What follows the voxels is inflated into nothing, and only
+        // up to a limit.
+        let trailing = std::io::copy(&mut (&mut stream).take(MAX_TRAILING_BYTES + 1), &mut std::io::sink())
+            .map_err(|e| format(format!("its gzip stream does not check out (CRC-32 or length): {e}")))?;
+        if trailing > MAX_TRAILING_BYTES {
+            return Err(format(format!(
+                "more than {MAX_TRAILING_BYTES} bytes follow the voxel data the header describes"
+            )));
+        }
+    }
     let volume = parse(&bytes).map_err(format)?;
     let little = is_little(&bytes).map_err(format)?;
     bytes.truncate(HEADER_SIZE);
@@ -507,6 +527,44 @@ mod tests {
         assert_eq!(volume.data[0], -200.0 * 2.0 - 1024.0);
     }
 
+    /// A flipped bit in a .nii.gz never gives changed voxels: wherever it lands in the deflate
+    /// stream or the gzip trailer, reading fails with an error naming the file, or (a bit of a
+    /// Huffman table no code uses) inflates to the very same bytes. The reader had stopped once
+    /// it had the header's byte count, so a flip could change voxels unnoticed.
+    #[test]
+    fn a_corrupted_gzip_stream_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ct.nii.gz");
+        write(&path, &sample(), Datatype::I16, 352).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let (mut caught, mut harmless) = (0, 0);
+        // Every bit of the compressed body (after the 10-byte gzip header) and of the trailer.
+        for byte in 10..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[byte] ^= 1 << bit;
+                std::fs::write(&path, &bad).unwrap();
+                match read(&path) {
+                    Err(e) => {
+                        assert!(e.to_string().contains("ct.nii.gz"), "{e}");
+                        caught += 1;
+                    }
+                    Ok(volume) => {
+                        assert_eq!(volume, sample(), "byte {byte} bit {bit} flipped: read with other voxels");
+                        harmless += 1;
+                    }
+                }
+            }
+        }
+        assert!(caught > 10 * harmless, "{caught} caught, {harmless} harmless");
+        let mut crc = good.clone();
+        let at = good.len() - 8;
+        crc[at] ^= 1;
+        std::fs::write(&path, &crc).unwrap();
+        let message = read(&path).unwrap_err().to_string();
+        assert!(message.contains("gzip stream does not check out"), "{message}");
+    }
+
     #[test]
     fn truncated_file_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -617,7 +675,8 @@ mod properties {
     #[test]
     fn a_gzip_bomb_behind_a_small_header_is_not_inflated() {
         // A valid 24-voxel header followed by 64 MiB of zeros that compress to almost nothing:
-        // the reader inflates only the bytes the header describes.
+        // the reader keeps only the bytes the header describes (the rest is inflated into
+        // nothing, to check the gzip trailer, up to a limit).
         let mut bytes = valid_file();
         bytes.resize(bytes.len() + (64 << 20), 0);
         let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
