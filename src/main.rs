@@ -656,7 +656,7 @@ fn newest_config(results: &Path) -> Result<PathBuf> {
     let newest = std::fs::read_dir(&dir)
         .with_context(|| format!("{}: no experiment copies (pass --experiment FILE)", dir.display()))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml") && atso_harness::fsio::is_regular_file(&e.path()))
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
     newest
         .map(|e| e.path())

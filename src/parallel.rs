@@ -107,6 +107,42 @@ enum Message {
     Log(String),
 }
 
+/// A worker must not outlive the sweep that started it: a parent killed (by the user, by a
+/// scheduler's time limit) would otherwise leave its workers training to the end, holding
+/// claims nobody watches. On Linux the kernel kills them with the parent (a parent-death
+/// signal, set in the child before it runs the worker; the parent's main thread starts
+/// workers and lives as long as the sweep). A worker's claim is a file lock, freed as it dies;
+/// its checkpoint lets the next sweep resume the run; what it was writing is cleared then.
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    #[cfg(target_os = "linux")]
+    fn die_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls: prctl, getppid, raise.
+        unsafe {
+            self.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the signal was armed.
+                if libc::getppid() as u32 != parent {
+                    libc::raise(libc::SIGKILL);
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn die_with_parent(&mut self) -> &mut Self {
+        self
+    }
+}
+
 /// Starts `plan.jobs` workers running `worker_args` (the sweep's own arguments plus the worker
 /// flags) and draws their events into `view` until all have finished. Returns how many runs
 /// finished ok, failed, and were recorded before the sweep started.
@@ -121,6 +157,7 @@ pub fn run_workers(plan: Plan, worker_args: &[String], view: &mut dyn Sink) -> R
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .die_with_parent()
             .spawn()
             .with_context(|| format!("starting worker {}", exe.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");

@@ -1,5 +1,9 @@
 //! Sweeps that survive kill -9, bad files and each other; and that give the same numbers however
-//! they are run (serial, parallel, rerun). Everything goes through the `atso` binary.
+//! they are run (serial, parallel, rerun). Everything goes through the `atso` binary. Each test
+//! is one promise, named for it. One promise is checked below the binary: a full disk is
+//! reported as "No space left on device", not as the parquet encoder's own words
+//! (`fsio::tests::a_full_disk_is_named_as_such_even_behind_the_parquet_encoder`, against
+//! /dev/full).
 
 mod common;
 use common::{atso, atso_command, stderr};
@@ -253,6 +257,29 @@ fn sigkill_mid_run_and_mid_write_then_rerun_gives_the_uninterrupted_table() {
     assert_eq!(runs, expected, "the resumed sweep's numbers equal an uninterrupted sweep's");
     assert!(per_hash.values().all(|&n| n == 1), "no run recorded twice: {per_hash:?}");
     assert_eq!(per_hash.len(), 6);
+    let left: Vec<PathBuf> = files_under(&dir.path().join("results"))
+        .into_iter()
+        .filter(|p| is_temporary(p))
+        .collect();
+    assert!(left.is_empty(), "the next sweep removes what the killed write left: {left:?}");
+}
+
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && (n.ends_with(".tmp") || n.ends_with(".staging")))
+}
+
+/// Every file and folder below `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for path in files_in(dir) {
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        }
+        out.push(path);
+    }
+    out
 }
 
 #[test]
@@ -496,4 +523,176 @@ fn a_broken_dataset_stops_the_sweep_before_anything_trains() {
         assert!(err.contains("datasets 'missing'") && err.contains("no/such/task"), "{err}");
         assert!(files_in(&dir.path().join("results/small/records")).is_empty(), "nothing trained");
     }
+}
+
+/// A staging folder of generated data left by a kill during generation is removed by the next
+/// sweep, which generates the data whole.
+#[test]
+fn a_staging_folder_left_by_a_killed_generation_is_removed_by_the_next_sweep() {
+    let dir = setup(SMALL);
+    let data = dir.path().join("data");
+    let mut child = atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "1"])
+        .env("ATSO_TEST_WRITE_PAUSE_MS", "3000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("data being generated", || files_in(&data).iter().any(|p| is_temporary(p)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!data.join("phantom").exists(), "nothing half-generated in place");
+    let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(files_in(&data), vec![data.join("phantom")], "only the finished data remains");
+}
+
+/// Runs `atso` but gives up (failing the test) if it has not finished within a minute: what a
+/// hang looks like from outside.
+fn atso_within_a_minute(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = atso_command(dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("atso {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+/// A FIFO (or device, or socket) where the harness reads files is skipped or refused with a
+/// message, never opened: opening a FIFO for reading waits for a writer forever.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_records_configs_or_given_to_inspect_never_hangs_anything() {
+    let dir = setup(
+        &SMALL
+            .replace("seeds = [0, 1]", "seeds = [0]")
+            .replace("iterations = 40", "iterations = 8"),
+    );
+    assert!(atso(dir.path(), &["sweep", "small.toml"]).status.success());
+    let results = dir.path().join("results/small");
+    mkfifo(&results.join("records/zz-fifo.json"));
+    mkfifo(&results.join("configs/zz-fifo.toml"));
+    let status = atso_within_a_minute(dir.path(), &["status", "results/small"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let report = atso_within_a_minute(dir.path(), &["report", "results/small", "--out", "report"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    assert!(
+        stderr(&report).contains("zz-fifo.json"),
+        "the skipped file is named: {}",
+        stderr(&report)
+    );
+    let sweep = atso_within_a_minute(dir.path(), &["sweep", "small.toml"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    mkfifo(&dir.path().join("scan.nii"));
+    let inspect = atso_within_a_minute(dir.path(), &["data", "inspect", "scan.nii"]);
+    assert_eq!(inspect.status.code(), Some(1));
+    let message = stderr(&inspect);
+    assert!(message.contains("scan.nii") && message.contains("not a regular file"), "{message}");
+}
+
+/// A bit flipped inside a .nii.gz's deflate stream fails its CRC: `data inspect` and a sweep
+/// refuse the file, naming it, instead of reading changed voxels.
+#[test]
+fn a_corrupted_gzip_volume_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = atso_harness::data::volume::Volume::filled([24, 24, 4], [1.0; 3], 0.0);
+    let mut volume = volume;
+    for (i, v) in volume.data.iter_mut().enumerate() {
+        *v = ((i * 7919) % 251) as f32;
+    }
+    let path = dir.path().join("scan.nii.gz");
+    atso_harness::data::nifti::write(&path, &volume, atso_harness::data::nifti::Datatype::F32, 352).unwrap();
+    let good = atso(dir.path(), &["data", "inspect", "scan.nii.gz"]);
+    assert!(good.status.success(), "{}", stderr(&good));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let bad = atso(dir.path(), &["data", "inspect", "scan.nii.gz"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("scan.nii.gz"), "{}", stderr(&bad));
+}
+
+/// A claim file left by a process killed after it recorded its run (before it released the
+/// claim) is removed by the next sweep, which finds the run recorded.
+#[test]
+fn a_claim_whose_run_is_recorded_is_cleared_by_the_next_sweep() {
+    let dir = setup(
+        &SMALL
+            .replace("seeds = [0, 1]", "seeds = [0]")
+            .replace("iterations = 40", "iterations = 8"),
+    );
+    assert!(atso(dir.path(), &["sweep", "small.toml"]).status.success());
+    let results = dir.path().join("results/small");
+    let record = atso_harness::records::load_all(&results).unwrap().remove(0);
+    let claim = results.join("claims").join(format!("{}.claim", record.config_hash));
+    std::fs::write(&claim, r#"{"host":"gone","pid":1,"since":"2020-01-01T00:00:00Z","run":"x"}"#).unwrap();
+    let output = atso(dir.path(), &["sweep", "small.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!claim.exists(), "the recorded run's leftover claim is gone");
+}
+
+/// Tables that lag their records (a rebuild that failed on a full disk, records copied in) are
+/// rebuilt by the next sweep even when it has nothing to run.
+#[test]
+fn tables_older_than_the_newest_record_are_rebuilt_by_a_sweep_with_nothing_to_do() {
+    let dir = setup(&SMALL.replace("iterations = 40", "iterations = 8"));
+    assert!(atso(dir.path(), &["sweep", "small.toml"]).status.success());
+    let results = dir.path().join("results/small");
+    let full = std::fs::read_to_string(results.join("runs.csv")).unwrap();
+    // As a failed rebuild leaves it: an older table with fewer rows.
+    let fewer: Vec<&str> = full.lines().take(2).collect();
+    std::fs::write(results.join("runs.csv"), fewer.join("\n") + "\n").unwrap();
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2000-01-01"])
+        .arg(results.join("runs.csv"))
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let output = atso(dir.path(), &["sweep", "small.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(results.join("runs.csv")).unwrap().lines().count(),
+        full.lines().count()
+    );
+}
+
+/// Killing a parallel sweep's parent kills its workers: nothing goes on training unwatched.
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_die_with_their_parent() {
+    let dir = setup(&SMALL.replace("iterations = 40", "iterations = 100000"));
+    let mut parent = atso_command(dir.path(), &["sweep", "small.toml", "--jobs", "2", "--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let children_file = format!("/proc/{0}/task/{0}/children", parent.id());
+    let workers = || -> Vec<u32> {
+        std::fs::read_to_string(&children_file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    wait_for("two workers", || workers().len() == 2);
+    let pids = workers();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    };
+    wait_for("the workers to die", || !pids.iter().any(running));
 }

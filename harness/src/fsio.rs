@@ -5,7 +5,8 @@
 //! folder whose name is unique per process and call, are flushed and fsynced, and the file is
 //! renamed over the target; the folder is fsynced so the rename survives a power cut. A kill at
 //! any moment leaves either the old file or the new one, plus at worst a stray `.<name>.*.tmp`
-//! that readers ignore. Write errors (a full disk) surface as errors naming the file, never as a
+//! that readers ignore and the next sweep removes (its name carries its writer; see
+//! `leftovers`). Write errors (a full disk) surface as errors naming the file, never as a
 //! silently truncated file: nothing is buffered past the explicit flush.
 //!
 //! Modes: a temporary file is created readable by its owner only, so before it is renamed into
@@ -94,8 +95,56 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, Replace::Never, |w| w.write_all(bytes).map_err(Into::into))
 }
 
+/// A writer that remembers the last I/O error its inner writer gave. Encoders such as polars'
+/// parquet writer turn a failed write into their own message ("Invalid thrift: transport
+/// error"), losing the cause a user can act on; the write's own error ("No space left on
+/// device") is kept here and put in front of theirs.
+pub struct TrackedWriter<W: Write> {
+    inner: W,
+    last_error: Option<String>,
+}
+
+impl<W: Write> TrackedWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, last_error: None }
+    }
+
+    /// `error`, with the I/O error behind it named first when the inner writer gave one.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        match &self.last_error {
+            Some(cause) if !format!("{error:#}").contains(cause.as_str()) => error.context(cause.clone()),
+            _ => error,
+        }
+    }
+
+    fn remember<T>(&mut self, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &result {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.last_error = Some(e.to_string());
+            }
+        }
+        result
+    }
+}
+
+impl<W: Write> Write for TrackedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.remember(result)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.inner.flush();
+        self.remember(result)
+    }
+}
+
 /// Writes `path` atomically with whatever `fill` writes into the temporary file.
-pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+pub fn write_atomic_with(
+    path: &Path,
+    replace: Replace,
+    fill: impl FnOnce(&mut TrackedWriter<&mut std::fs::File>) -> Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -103,13 +152,16 @@ pub fn write_atomic_with(path: &Path, replace: Replace, fill: impl FnOnce(&mut s
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&format!(".{name}.{}.", crate::leftovers::owner_tag()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file beside it", path.display()))?;
     set_created_mode(tmp.as_file(), path)?;
-    fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file_mut().flush().with_context(|| format!("writing {}", path.display()))?;
+    let mut writer = TrackedWriter::new(tmp.as_file_mut());
+    let filled = fill(&mut writer).and_then(|()| writer.flush().map_err(Into::into));
+    filled
+        .map_err(|e| writer.explain(e))
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", path.display()))?;
@@ -152,9 +204,44 @@ pub fn is_hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
 
+/// Whether `path` is a regular file (or a link to one), asked of its metadata without opening
+/// it: opening a FIFO for reading blocks until a writer comes, so a FIFO (or a device, or a
+/// socket) dropped into a folder the harness reads would hang a sweep or a report.
+pub fn is_regular_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Refuses, with a message naming `path`, anything that is not a regular file, before it is
+/// opened (see [`is_regular_file`]). A missing file passes: opening it then names the error.
+pub fn ensure_regular_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => anyhow::bail!(
+            "{}: not a regular file (a FIFO, device or socket); refusing to open it",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_not_a_regular_file_and_is_refused_unopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(!is_regular_file(&fifo));
+        let message = ensure_regular_file(&fifo).unwrap_err().to_string();
+        assert!(message.contains("x.json") && message.contains("not a regular file"), "{message}");
+        std::fs::write(dir.path().join("y.json"), b"{}").unwrap();
+        assert!(is_regular_file(&dir.path().join("y.json")));
+        assert!(ensure_regular_file(&dir.path().join("y.json")).is_ok());
+        assert!(ensure_regular_file(&dir.path().join("missing")).is_ok());
+    }
 
     #[test]
     fn replaces_whole_files_and_leaves_no_temporary_behind() {
@@ -178,6 +265,22 @@ mod tests {
         let message = format!("{:#}", write_new(&path, b"lost").unwrap_err());
         assert!(message.contains("record.json") && message.contains("already exists"), "{message}");
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_named_as_such_even_behind_the_parquet_encoder() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut writer = TrackedWriter::new(full);
+        let mut frame = polars::df!("x" => (0..10_000).collect::<Vec<i64>>()).unwrap();
+        let error = polars::prelude::ParquetWriter::new(&mut writer)
+            .finish(&mut frame)
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
+        let message = format!("{:#}", writer.explain(error));
+        assert!(message.to_lowercase().contains("no space left"), "{message}");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! method, `evaluate` scoring on each case's native grid, `previews` the slices a report's
 //! qualitative figure shows, `runner` the sweep driver (plans,
 //! claims, one run), `records` the polars tables, `provenance` the git and machine facts stamped
-//! on every row, `progress` what a sweep reports while it works, and `fsio` the atomic writes
-//! every file goes through.
+//! on every row, `progress` what a sweep reports while it works, `fsio` the atomic writes
+//! every file goes through and `leftovers` the clearing of what a killed writer left.
 
 pub mod atso;
 pub mod backend;
@@ -19,6 +19,7 @@ pub mod evaluate;
 pub mod fsio;
 pub mod json_float;
 pub mod kernels;
+pub mod leftovers;
 pub mod method;
 pub mod model;
 pub mod previews;

@@ -300,7 +300,8 @@ pub struct Loaded {
 }
 
 /// Reads every record of a results directory, sorted by start time then run id. Hidden files
-/// and non-JSON files are ignored; files that do not parse are skipped with a warning.
+/// and non-JSON files are ignored; files that do not parse, and anything that is not a regular
+/// file (never opened: a FIFO would block), are skipped with a warning.
 pub fn load(results: &Path) -> Result<Loaded> {
     let dir = records_dir(results);
     let mut loaded = Loaded::default();
@@ -310,6 +311,12 @@ pub fn load(results: &Path) -> Result<Loaded> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
         if fsio::is_hidden(&path) || path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        if !fsio::is_regular_file(&path) {
+            let reason = "not a regular file (a FIFO, device or socket); not opened".to_string();
+            tracing::warn!(file = %path.display(), %reason, "skipping a run record");
+            loaded.skipped.push(Skipped { path, reason });
             continue;
         }
         let parsed = std::fs::read_to_string(&path)
@@ -576,6 +583,28 @@ pub fn write_frame(dir: &Path, stem: &str, frame: &mut DataFrame) -> Result<()> 
     })
 }
 
+/// The tables every rebuild writes (stages and curves only when some run has them).
+const ALWAYS_WRITTEN: [&str; 4] = ["runs.parquet", "runs.csv", "cases.parquet", "cases.csv"];
+
+/// Whether the tables of a results directory are missing or older than its newest record: a
+/// rebuild failed (a full disk), or records were copied in by hand.
+pub fn tables_lag_records(results: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let newest_record = std::fs::read_dir(records_dir(results))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !fsio::is_hidden(p) && p.extension().is_some_and(|e| e == "json") && fsio::is_regular_file(p))
+        .filter_map(|p| modified(&p))
+        .max();
+    let Some(newest_record) = newest_record else {
+        return false;
+    };
+    ALWAYS_WRITTEN
+        .iter()
+        .any(|table| modified(&results.join(table)).is_none_or(|t| t < newest_record))
+}
+
 /// Rebuilds every table of a results directory from its records; returns what was loaded.
 pub fn rebuild_tables(results: &Path) -> Result<Loaded> {
     let loaded = load(results)?;
@@ -594,6 +623,19 @@ pub fn rebuild_tables(results: &Path) -> Result<Loaded> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn tables_lag_until_rebuilt_after_the_newest_record() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!tables_lag_records(dir.path()), "no records, nothing to rebuild");
+        save(dir.path(), &record("r1")).unwrap();
+        assert!(tables_lag_records(dir.path()));
+        rebuild_tables(dir.path()).unwrap();
+        assert!(!tables_lag_records(dir.path()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        save(dir.path(), &record("r2")).unwrap();
+        assert!(tables_lag_records(dir.path()));
+    }
 
     /// A minimal ok record for table and loading tests.
     pub(crate) fn record(run_id: &str) -> RunRecord {

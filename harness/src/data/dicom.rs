@@ -34,6 +34,7 @@ fn floats(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>>
 }
 
 fn read_info(path: &Path) -> Result<(SliceInfo, DefaultDicomObject)> {
+    crate::fsio::ensure_regular_file(path)?;
     let object = open_file(path).with_context(|| format!("{}: not a readable DICOM file", path.display()))?;
     let text = |tag| object.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
     let int = |tag| object.element(tag).ok().and_then(|e| e.to_int::<i64>().ok());

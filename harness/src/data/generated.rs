@@ -32,8 +32,11 @@ where
     let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("generated");
+    // What a killed generation of this data left beside it goes first.
+    crate::leftovers::clear_beside(root);
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&format!(".{name}.{}.", crate::leftovers::owner_tag()))
+        .suffix(".staging")
         .tempdir_in(parent)
         .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
     tracing::info!(path = %root.display(), "generating {name}");

@@ -16,6 +16,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     if path.is_dir() {
         return folder(path);
     }
+    crate::fsio::ensure_regular_file(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         let (volume, header) = nifti::read_with_header(path)?;

@@ -120,6 +120,24 @@ pub fn state(results: &Path, config_hash: &str, stale_after: Duration) -> ClaimS
     }
 }
 
+/// Removes run `config_hash`'s claim file if no live process holds it: called for runs already
+/// recorded, whose claim only a process killed between recording and releasing leaves behind.
+pub fn clear_unheld(results: &Path, config_hash: &str, stale_after: Duration) {
+    let path = claim_path(results, config_hash);
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
+        return;
+    };
+    let unheld = match file.try_lock() {
+        Ok(()) => true,
+        Err(TryLockError::WouldBlock) => false,
+        Err(TryLockError::Error(_)) => read_holder(&mut file).is_none_or(|h| !holder_alive(&h, stale_after)),
+    };
+    if unheld {
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = file.unlock();
+}
+
 /// Opens (creating, never truncating) a file that is only ever locked or rewritten in place.
 fn open_lock_file(path: &Path) -> Result<File> {
     OpenOptions::new()
@@ -196,6 +214,25 @@ mod tests {
         claim.release();
         assert_eq!(state(dir.path(), "abc", day), ClaimState::Free);
         assert!(try_claim(dir.path(), "abc", "run-a", day).unwrap().is_some());
+    }
+
+    #[test]
+    fn clearing_removes_only_claims_nobody_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86400);
+        let held = try_claim(dir.path(), "held", "a", day).unwrap().unwrap();
+        std::fs::write(
+            claim_path(dir.path(), "left"),
+            r#"{"host":"h","pid":1,"since":"2020-01-01T00:00:00Z","run":"b"}"#,
+        )
+        .unwrap();
+        clear_unheld(dir.path(), "held", day);
+        clear_unheld(dir.path(), "left", day);
+        clear_unheld(dir.path(), "never", day);
+        assert!(claim_path(dir.path(), "held").exists());
+        assert!(!claim_path(dir.path(), "left").exists());
+        assert!(!claim_path(dir.path(), "never").exists());
+        held.release();
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn heads(results: &Path) -> Vec<RecordHead> {
     };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !fsio::is_hidden(p) && p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| !fsio::is_hidden(p) && p.extension().is_some_and(|e| e == "json") && fsio::is_regular_file(p))
         .filter_map(|p| serde_json::from_str::<RecordHead>(&std::fs::read_to_string(p).ok()?).ok())
         .collect()
 }
@@ -201,6 +201,8 @@ pub fn sweep(
 ) -> Result<SweepSummary> {
     let dir = options.results_root.join(&experiment.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Temporary files a killed process left (its claims are free already: they are locks).
+    crate::leftovers::clear(&dir);
     save_config_copy(&dir, source)?;
     let provenance = Provenance::discover(&std::env::current_dir().unwrap_or_default());
     let machine = Machine::current();
@@ -252,6 +254,8 @@ pub fn sweep(
     progress::emit(&sink, Event::Planned { runs: runs.len(), to_run });
     for (run, identity) in runs.iter().zip(&identities) {
         if let Some(reason) = should_run(&existing, &identity.config_hash, &provenance.commit, options) {
+            // A process killed between recording the run and releasing its claim left the file.
+            claims::clear_unheld(&dir, &identity.config_hash, options.claim_stale_after);
             match state_of(&existing, &identity.config_hash, &provenance.commit) {
                 RunState::Stale => summary.stale += 1,
                 _ => summary.recorded += 1,
@@ -289,6 +293,12 @@ pub fn sweep(
         }
         claim.release();
         existing = heads(&dir);
+    }
+    // A sweep with nothing to do still brings tables that lag their records up to date (a
+    // rebuild that failed, on a full disk say, or records copied in by hand).
+    if records::tables_lag_records(&dir) {
+        let _lock = claims::FolderLock::acquire(&dir)?;
+        records::rebuild_tables(&dir)?;
     }
     Ok(summary)
 }
