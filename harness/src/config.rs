@@ -8,7 +8,9 @@ use crate::data::DatasetSpec;
 use crate::evaluate::EvaluationSpec;
 use crate::method::Budget;
 use crate::model::ModelSpec;
+// The staged loop's own settings live beside it; experiment files name them here.
 use crate::staged::StagedSpec;
+pub use crate::staged::{FinalModel, PseudoLabelSpec, PseudoLabels, Relabel, StudentInit};
 use crate::train::augment::Augmentation;
 use crate::train::OptimizerSpec;
 use anyhow::{bail, Result};
@@ -95,48 +97,6 @@ impl Default for OutputSpec {
     }
 }
 
-/// How labels of the unlabeled set are represented when trained on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PseudoLabels {
-    /// Argmax class per pixel.
-    Hard,
-    /// The teacher's class distribution per pixel.
-    Soft,
-}
-
-/// Where each stage's student starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StudentInit {
-    /// Continue from the current model (the previous stage's student).
-    Teacher,
-    /// Restart from the supervised model M0 (ATSO's default: clause (i) of the paper).
-    Base,
-}
-
-/// Which subset a stage's student relabels after fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Relabel {
-    /// The next subset, one it did not just train on (ATSO's asynchrony).
-    #[default]
-    Other,
-    /// The subset it just trained on (a control: asynchrony removed, the split of U kept).
-    Own,
-}
-
-/// The model a staged method hands to evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FinalModel {
-    /// The last student.
-    #[default]
-    Last,
-    /// The mean softmax of the last K students (K = number of subsets).
-    Ensemble,
-}
-
 /// How mean teacher's EMA decay relates to the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -146,16 +106,6 @@ pub enum EmaScaling {
     Budget,
     /// `ema_decay` as given, per step.
     None,
-}
-
-/// Settings shared by the pseudo-labeling methods (ATSO and synchronous self-training), gathered
-/// from their `[[methods]]` entry (the keys are written inline there).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PseudoLabelSpec {
-    pub supervised_fraction: f64,
-    pub pseudo_labels: PseudoLabels,
-    pub confidence_threshold: f64,
-    pub unlabeled_per_batch: Option<usize>,
 }
 
 fn default_warmup() -> f64 {

@@ -13,8 +13,8 @@
 //! - `previews/<run_id>/<case>.png`, the run's prediction.
 
 use crate::data::Case;
+use crate::data::IGNORE;
 use crate::fsio;
-use crate::train::batch::IGNORE;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 

@@ -23,7 +23,6 @@
 //! ledger records who labeled what and where each student started, so the lineage audit
 //! ([`self_labeled_stages`]) can be checked on any run.
 
-use crate::config::{FinalModel, PseudoLabelSpec, PseudoLabels, Relabel, StudentInit};
 use crate::data::Case;
 use crate::evaluate::{dice_of_labels, LabelDice};
 use crate::method::{train_supervised, Budget, MixedObjective, RunContext, Trained};
@@ -33,8 +32,61 @@ use crate::train::batch::{Example, Target, IGNORE};
 use crate::train::infer;
 use anyhow::{bail, Result};
 use burn::module::Module;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+/// How labels of the unlabeled set are represented when trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PseudoLabels {
+    /// Argmax class per pixel.
+    Hard,
+    /// The teacher's class distribution per pixel.
+    Soft,
+}
+
+/// Where each stage's student starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Continue from the current model (the previous stage's student).
+    Teacher,
+    /// Restart from the supervised model M0 (ATSO's default: clause (i) of the paper).
+    Base,
+}
+
+/// Which subset a stage's student relabels after fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relabel {
+    /// The next subset, one it did not just train on (ATSO's asynchrony).
+    #[default]
+    Other,
+    /// The subset it just trained on (a control: asynchrony removed, the split of U kept).
+    Own,
+}
+
+/// The model a staged method hands to evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalModel {
+    /// The last student.
+    #[default]
+    Last,
+    /// The mean softmax of the last K students (K = number of subsets).
+    Ensemble,
+}
+
+/// Settings shared by the pseudo-labeling methods (ATSO and synchronous self-training), gathered
+/// from their `[[methods]]` entry (the keys are written inline there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PseudoLabelSpec {
+    pub supervised_fraction: f64,
+    pub pseudo_labels: PseudoLabels,
+    pub confidence_threshold: f64,
+    pub unlabeled_per_batch: Option<usize>,
+}
 
 /// How a staged method runs its stages.
 #[derive(Debug, Clone, PartialEq)]

@@ -98,51 +98,6 @@ fn aal_groups(table: &Path, grouping: &str) -> Result<(Vec<u8>, Vec<String>)> {
     Ok((groups, classes))
 }
 
-/// Applies a label recipe to produce the label volume.
-pub fn derive_labels(recipe: &LabelRecipe) -> Result<Volume> {
-    match recipe {
-        LabelRecipe::Grouped { file, groups } => {
-            let mut volume = nifti::read(file)?;
-            for v in volume.data.iter_mut() {
-                let index = v.round().clamp(0.0, 255.0) as usize;
-                *v = groups[index] as f32;
-            }
-            Ok(volume)
-        }
-        LabelRecipe::Tissue { t1, gm, wm, csf } => {
-            let (t1, gm, wm) = (nifti::read(t1)?, nifti::read(gm)?, nifti::read(wm)?);
-            if gm.dims != wm.dims || t1.dims != gm.dims {
-                bail!("MNI152: the T1, grey- and white-matter maps are on different grids");
-            }
-            let data = t1
-                .data
-                .iter()
-                .zip(gm.data.iter().zip(&wm.data))
-                .map(|(&t, (&g, &w))| {
-                    let other = 255.0 - g - w;
-                    let class = if g > other && g >= w {
-                        1.0
-                    } else if w > other && w > g {
-                        2.0
-                    } else {
-                        0.0
-                    };
-                    if class == 0.0 && *csf && t > 0.0 {
-                        3.0
-                    } else {
-                        class
-                    }
-                })
-                .collect();
-            Ok(Volume {
-                dims: t1.dims,
-                spacing: t1.spacing,
-                data,
-            })
-        }
-    }
-}
-
 /// The Colin27 subject from an installed folder.
 pub fn colin27(root: &Path, grouping: &str) -> Result<Subject> {
     need(root, &COLIN27_FILES, "colin27")?;
@@ -153,7 +108,7 @@ pub fn colin27(root: &Path, grouping: &str) -> Result<Subject> {
     };
     let image_path = root.join("ch2bet.nii.gz");
     let image = nifti::read(&image_path)?;
-    let labels = derive_labels(&recipe)?;
+    let labels = recipe.derive()?;
     image.ensure_label_fits(&labels, &root.join("aal.nii.gz"), &image_path.display().to_string())?;
     Ok(Subject {
         image,
@@ -180,7 +135,7 @@ pub fn mni152(root: &Path, labels: &str) -> Result<Subject> {
     };
     let image_path = root.join(MNI152_FILES[0]);
     let image = nifti::read(&image_path)?;
-    let volume = derive_labels(&recipe)?;
+    let volume = recipe.derive()?;
     let mut classes: Vec<String> = ["background", "grey-matter", "white-matter"].map(String::from).to_vec();
     if csf {
         classes.push("csf".into());
@@ -208,17 +163,6 @@ pub fn slabs(labels: &Volume, axis: usize, slab: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// A slab of a volume as its own volume.
-pub fn crop(volume: &Volume, axis: usize, (start, count): (usize, usize)) -> Volume {
-    let mut dims = volume.dims;
-    dims[axis] = count;
-    let mut out = Volume::filled(dims, volume.spacing, 0.0);
-    for i in 0..count {
-        out.set_plane(axis, i, &volume.plane(axis, start + i).2);
-    }
-    out
-}
-
 /// The native source of one slab.
 pub fn slab_source(subject: &Subject, axis: usize, range: (usize, usize)) -> NativeSource {
     NativeSource::Slab {
@@ -242,7 +186,7 @@ mod tests {
         }
         let cut = slabs(&labels, 2, 5);
         assert_eq!(cut, [(3, 5), (8, 5), (13, 4)]);
-        let slab = crop(&labels, 2, cut[2]);
+        let slab = labels.crop(2, cut[2]);
         assert_eq!(slab.dims, [2, 2, 4]);
         assert!(slab.data.iter().filter(|&&v| v == 1.0).count() == 4);
     }

@@ -8,42 +8,11 @@
 //! are computed on the label file's own size. The `train` folder gives the labeled, unlabeled and
 //! validation cases, `val` the test cases (as semi-supervised driving papers evaluate on it).
 
+pub use super::labelids::{read_labels, train_id, CLASSES, LABEL_IDS};
 use super::slices::{resize_bilinear, resize_nearest, Case, Slice};
 use super::volume::Volume;
-use crate::train::batch::IGNORE;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-
-/// The 19 evaluation classes, in trainId order.
-pub const CLASSES: [&str; 19] = [
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-];
-
-/// Cityscapes labelIds of the 19 classes, in trainId order.
-pub const LABEL_IDS: [u8; 19] = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33];
-
-/// The trainId of a labelId (255 for ignored ids).
-pub fn train_id(label_id: u8) -> u8 {
-    LABEL_IDS.iter().position(|&id| id == label_id).map_or(IGNORE, |i| i as u8)
-}
 
 /// One image of the tree and its label file.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,33 +121,15 @@ pub fn read_image(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     Ok((channels, w, h))
 }
 
-/// A labelIds PNG mapped to trainIds, as a one-slice volume (`[w, h, 1]`).
-pub fn read_labels(path: &Path) -> Result<Volume> {
-    let decoded = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
-        .decode()
-        .with_context(|| format!("{}: not a readable PNG", path.display()))?;
-    if decoded.color() != image::ColorType::L8 {
-        bail!(
-            "{}: expected an 8-bit grey labelIds PNG, got {:?} (color-coded *_gtFine_color.png files are not label maps)",
-            path.display(),
-            decoded.color()
-        );
-    }
-    let grey = decoded.to_luma8();
-    let (w, h) = (grey.width() as usize, grey.height() as usize);
-    if let Some(bad) = grey.pixels().map(|p| p.0[0]).find(|&v| v > 33 && v != 255) {
-        bail!("{}: label id {bad} is not a Cityscapes labelId (0..33)", path.display());
-    }
-    Ok(Volume {
-        dims: [w, h, 1],
-        spacing: [1.0; 3],
-        data: grey.pixels().map(|p| train_id(p.0[0]) as f32).collect(),
-    })
-}
-
 /// One entry as a case at `resolution`.
 pub fn load_case(entry: &Entry, resolution: usize) -> Result<Case> {
+    Ok(load_case_and_native(entry, resolution)?.0)
+}
+
+/// One entry as a case at `resolution`, with what was decoded on the way: the image's channels
+/// at their native size (channel-major) and the trainId label map. Preparation fingerprints
+/// those without decoding either PNG a second time.
+pub fn load_case_and_native(entry: &Entry, resolution: usize) -> Result<(Case, Vec<f32>, Volume)> {
     let (channels, w, h) = read_image(&entry.image)?;
     let labels = read_labels(&entry.label)?;
     if labels.dims[..2] != [w, h] {
@@ -197,28 +148,19 @@ pub fn load_case(entry: &Entry, resolution: usize) -> Result<Case> {
         .into_iter()
         .map(|v| v as u8)
         .collect();
-    Ok(Case {
+    let case = Case {
         id: entry.id.clone(),
         slices: vec![Slice { image, label }],
         native: Some(super::native::NativeSource::Cityscapes {
             label: entry.label.clone(),
         }),
-    })
+    };
+    Ok((case, channels, labels))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_ids_map_to_train_ids_and_the_rest_is_ignored() {
-        assert_eq!(train_id(7), 0);
-        assert_eq!(train_id(26), 13);
-        assert_eq!(train_id(33), 18);
-        for ignored in [0, 1, 6, 9, 10, 14, 15, 16, 18, 29, 30, 255] {
-            assert_eq!(train_id(ignored), IGNORE, "{ignored}");
-        }
-    }
 
     #[test]
     fn file_names_follow_the_published_pattern() {

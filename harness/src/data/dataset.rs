@@ -7,8 +7,8 @@ use super::driving::{self, DrivingSpec};
 use super::native::NativeSource;
 use super::phantom::{self, PhantomSpec};
 use super::slices::{Case, SlicePlan};
+use super::volume::IGNORE;
 use super::{brain, cityscapes, msd, nih};
-use crate::train::batch::IGNORE;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -407,9 +407,7 @@ impl DatasetSpec {
                 let mut stats = FingerprintBuilder::new(classes.len());
                 let mut cases = Vec::with_capacity(entries.len());
                 for entry in &entries {
-                    let case = cityscapes::load_case(entry, resolution).with_context(context)?;
-                    let labels = cityscapes::read_labels(&entry.label)?;
-                    let (intensity, _, _) = cityscapes::read_image(&entry.image)?;
+                    let (case, intensity, labels) = cityscapes::load_case_and_native(entry, resolution).with_context(context)?;
                     stats.add(&intensity[..labels.data.len()], &labels, labels.dims, labels.spacing);
                     cases.push(case);
                 }
@@ -437,8 +435,8 @@ impl DatasetSpec {
                     .into_iter()
                     .enumerate()
                 {
-                    let image = brain::crop(&subject.image, self.axis, range);
-                    let label = brain::crop(&subject.labels, self.axis, range);
+                    let image = subject.image.crop(self.axis, range);
+                    let label = subject.labels.crop(self.axis, range);
                     let id = format!("slab{i:02}_{}-{}", range.0, range.0 + range.1 - 1);
                     volumes.add(&id, &image, &label, brain::slab_source(&subject, self.axis, range));
                 }

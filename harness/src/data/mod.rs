@@ -12,6 +12,7 @@ pub mod driving;
 mod generated;
 pub mod inspect;
 pub mod install;
+pub mod labelids;
 pub mod msd;
 pub mod native;
 pub mod nifti;
@@ -23,4 +24,4 @@ pub mod volume;
 
 pub use dataset::{DatasetSpec, PreparedDataset};
 pub use slices::{Case, Slice};
-pub use volume::Volume;
+pub use volume::{Volume, IGNORE};

@@ -6,8 +6,8 @@
 //! full-size CT.
 
 use super::volume::Volume;
-use super::{brain, cityscapes, nifti};
-use anyhow::{Context, Result};
+use super::{labelids, nifti};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// How labels are derived from files that are not a label map on the image grid as such.
@@ -17,6 +17,53 @@ pub enum LabelRecipe {
     Grouped { file: PathBuf, groups: Vec<u8> },
     /// Tissue classes from grey- and white-matter probability maps (and the T1 for CSF).
     Tissue { t1: PathBuf, gm: PathBuf, wm: PathBuf, csf: bool },
+}
+
+impl LabelRecipe {
+    /// The label volume the recipe derives from its files.
+    pub fn derive(&self) -> Result<Volume> {
+        match self {
+            LabelRecipe::Grouped { file, groups } => {
+                let mut volume = nifti::read(file)?;
+                for v in volume.data.iter_mut() {
+                    let index = v.round().clamp(0.0, 255.0) as usize;
+                    *v = groups[index] as f32;
+                }
+                Ok(volume)
+            }
+            LabelRecipe::Tissue { t1, gm, wm, csf } => {
+                let (t1, gm, wm) = (nifti::read(t1)?, nifti::read(gm)?, nifti::read(wm)?);
+                if gm.dims != wm.dims || t1.dims != gm.dims {
+                    bail!("MNI152: the T1, grey- and white-matter maps are on different grids");
+                }
+                let data = t1
+                    .data
+                    .iter()
+                    .zip(gm.data.iter().zip(&wm.data))
+                    .map(|(&t, (&g, &w))| {
+                        let other = 255.0 - g - w;
+                        let class = if g > other && g >= w {
+                            1.0
+                        } else if w > other && w > g {
+                            2.0
+                        } else {
+                            0.0
+                        };
+                        if class == 0.0 && *csf && t > 0.0 {
+                            3.0
+                        } else {
+                            class
+                        }
+                    })
+                    .collect();
+                Ok(Volume {
+                    dims: t1.dims,
+                    spacing: t1.spacing,
+                    data,
+                })
+            }
+        }
+    }
 }
 
 /// The files a case came from.
@@ -51,8 +98,8 @@ impl NativeSource {
     pub fn labels(&self) -> Result<Volume> {
         match self {
             Self::Nifti { label, .. } => nifti::read(label).with_context(|| format!("reading {}", label.display())),
-            Self::Slab { labels, axis, range, .. } => Ok(brain::crop(&brain::derive_labels(labels)?, *axis, *range)),
-            Self::Cityscapes { label } => cityscapes::read_labels(label),
+            Self::Slab { labels, axis, range, .. } => Ok(labels.derive()?.crop(*axis, *range)),
+            Self::Cityscapes { label } => labelids::read_labels(label),
         }
     }
 

@@ -1,5 +1,10 @@
 //! An in-memory 3D volume: the common currency between file readers and preprocessing.
 
+/// The label value of a pixel without a label (Cityscapes' ignored ids, pseudo-labels below
+/// their confidence threshold): skipped by the loss and by every metric. It lives at the bottom
+/// of the data layer because readers produce it and training and evaluation consume it.
+pub const IGNORE: u8 = 255;
+
 /// A 3D array stored x-fastest (`index = x + nx * (y + ny * z)`), as NIfTI stores voxels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
@@ -24,6 +29,17 @@ impl Volume {
             );
         }
         Ok(())
+    }
+
+    /// The slab of `count` planes from `start` along `axis`, as its own volume.
+    pub fn crop(&self, axis: usize, (start, count): (usize, usize)) -> Volume {
+        let mut dims = self.dims;
+        dims[axis] = count;
+        let mut out = Volume::filled(dims, self.spacing, 0.0);
+        for i in 0..count {
+            out.set_plane(axis, i, &self.plane(axis, start + i).2);
+        }
+        out
     }
 
     /// A volume filled with `value`.

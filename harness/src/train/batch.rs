@@ -10,8 +10,8 @@ use crate::rng::{self, SeededRng};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::sync::Arc;
 
-/// Label value that marks a pixel as ignored.
-pub const IGNORE: u8 = 255;
+/// The label value skipped by the loss and the metrics (defined with the data that makes it).
+pub use crate::data::IGNORE;
 
 /// What a training image should be segmented into.
 #[derive(Debug, Clone, PartialEq)]
