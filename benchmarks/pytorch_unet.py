@@ -13,6 +13,7 @@ users; no test needs it.
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -127,6 +128,8 @@ def main():
         "device": args.device,
         "train_seconds": statistics.median(train),
         "inference_seconds": statistics.median(inference),
+        # The process's peak resident memory (Linux reports ru_maxrss in KiB).
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if args.json:
         print(json.dumps(result))

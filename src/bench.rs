@@ -100,6 +100,9 @@ pub struct BenchResult {
     pub label: String,
     pub train_seconds: f64,
     pub inference_seconds: f64,
+    /// The process's peak resident memory while this configuration was measured, in MiB
+    /// (including what earlier configurations left in the allocator's pools).
+    pub peak_rss_mib: Option<f64>,
     pub gemm_gflops: f64,
     /// With `--phases`.
     pub phases: Option<Phases>,
@@ -153,6 +156,13 @@ pub fn command(args: BenchArgs) -> Result<()> {
             1e3 * theirs.train_seconds,
             1e3 * theirs.inference_seconds
         );
+        if let (Some(their_peak), Some(our_peak)) = (theirs.peak_rss_mib, ours.peak_rss_mib) {
+            println!(
+                "peak resident memory, atso ({}) / PyTorch: {our_peak:.0} / {their_peak:.0} MiB = {:.2}x (each process's peak; atso's since its configuration began)",
+                ours.label,
+                our_peak / their_peak
+            );
+        }
         println!(
             "throughput, atso ({}) / PyTorch: train {:.2}x, inference {:.2}x",
             ours.label,
@@ -240,6 +250,7 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
             let measured = measure(args, &name, &examples, &model_spec)?;
             Ok((measured, gemm_gflops(&name)?))
         };
+        atso_harness::memory::reset_peak();
         let measured = atso_harness::runner::run_guarded(|| match threads {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build()?.install(measure),
             None => measure(),
@@ -249,6 +260,7 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
                 label,
                 train_seconds: measured.train_seconds,
                 inference_seconds: measured.inference_seconds,
+                peak_rss_mib: atso_harness::memory::peak_resident_mib(),
                 gemm_gflops,
                 phases: measured.phases,
             }),
@@ -377,8 +389,9 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
     let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
         "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, train: median over phases of {} steps ({} steps in all) after {} warm-up; inference: median of {} batches (none: NaN); {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
-         | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         kernels: {}\n\n\
+         | backend | train step (ms) | train images/s | train GFLOP/s | inference batch (ms) | inference GFLOP/s | GEMM GFLOP/s (same run) | train / GEMM rate | train step / {} | peak RSS (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         args.channels,
         dropout_per_level(args),
         args.batch_size,
@@ -390,12 +403,13 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
         args.inference_batches.unwrap_or(args.steps),
         forward / 1e9,
         3.0 * forward / 1e9,
+        atso_harness::provenance::Machine::current().simd,
         results.first().map_or("first", |r| r.label.as_str())
     );
     for r in results {
         let train_rate = 3.0 * forward / r.train_seconds / 1e9;
         out.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} |\n",
             r.label,
             1e3 * r.train_seconds,
             args.batch_size as f64 / r.train_seconds,
@@ -404,7 +418,8 @@ pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
             forward / r.inference_seconds / 1e9,
             r.gemm_gflops,
             train_rate / r.gemm_gflops,
-            r.train_seconds / reference
+            r.train_seconds / reference,
+            r.peak_rss_mib.map_or("n/a".to_string(), |m| format!("{m:.0}"))
         ));
     }
     out
@@ -444,6 +459,9 @@ struct PyTorchResult {
     threads: usize,
     train_seconds: f64,
     inference_seconds: f64,
+    /// The PyTorch process's peak resident memory (older scripts do not report it).
+    #[serde(default)]
+    peak_rss_mib: Option<f64>,
 }
 
 fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {

@@ -333,6 +333,11 @@ fn every_method_records_a_row_on_one_budget_and_staged_methods_record_stages() {
     assert!(runs.column("status").unwrap().str().unwrap().iter().all(|s| s == Some("ok")));
     // The same optimiser-step budget for every method, as used.
     assert!(runs.column("iterations_used").unwrap().u64().unwrap().iter().all(|i| i == Some(12)));
+    // Each run's peak resident memory, measured on its own (Linux resets the mark per run).
+    if cfg!(target_os = "linux") {
+        let peaks = runs.column("peak_rss_mib").unwrap().f64().unwrap().clone();
+        assert!(peaks.iter().all(|p| p.is_some_and(|p| p > 1.0 && p < 64.0 * 1024.0)), "{peaks:?}");
+    }
     let names = runs.column("method").unwrap().str().unwrap();
     let all_settings = runs.column("method_settings").unwrap().str().unwrap();
     let settings: std::collections::HashMap<String, serde_json::Value> = names

@@ -20,6 +20,7 @@ pub mod fsio;
 pub mod json_float;
 pub mod kernels;
 pub mod leftovers;
+pub mod memory;
 pub mod method;
 pub mod model;
 pub mod previews;

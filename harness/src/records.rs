@@ -198,6 +198,10 @@ pub struct RunRecord {
     pub n_test: usize,
     #[serde(with = "crate::json_float::plain")]
     pub wall_seconds: f64,
+    /// The process's peak resident memory during the run, in MiB (`memory`; None where the
+    /// system does not say, and in records written before it was measured).
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
     pub backend: String,
     /// CPU threads the run's kernels used.
     #[serde(default)]
@@ -408,6 +412,7 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("n_test".into(), int(&|r| r.n_test as u64)),
         Column::new("first_class".into(), int(&|r| r.first_class as u64)),
         Column::new("wall_seconds".into(), records.iter().map(|r| r.wall_seconds).collect::<Vec<_>>()),
+        Column::new("peak_rss_mib".into(), records.iter().map(|r| r.peak_rss_mib).collect::<Vec<_>>()),
         Column::new("backend".into(), text(&|r| r.backend.clone())),
         Column::new("threads".into(), int(&|r| r.threads as u64)),
         Column::new("cpu".into(), text(&|r| r.cpu.clone())),
@@ -668,6 +673,7 @@ pub(crate) mod tests {
             n_validation: 1,
             n_test: 1,
             wall_seconds: 1.0,
+            peak_rss_mib: Some(100.0),
             backend: "flex".into(),
             threads: 1,
             cpu: "cpu".into(),

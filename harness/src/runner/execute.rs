@@ -104,6 +104,7 @@ pub fn execute(
     sink: &SharedSink,
 ) -> RunRecord {
     let clock = Instant::now();
+    let peak_measured = crate::memory::reset_peak();
     progress::emit(
         sink,
         Event::Started {
@@ -116,6 +117,8 @@ pub fn execute(
     record.status = if error.is_none() { Status::Ok } else { Status::Failed };
     record.error = error;
     record.wall_seconds = clock.elapsed().as_secs_f64();
+    // A sweep runs one run at a time per process, so the mark is this run's.
+    record.peak_rss_mib = if peak_measured { crate::memory::peak_resident_mib() } else { None };
     record.finished_at = chrono::Utc::now().to_rfc3339();
     if env.output.tensorboard && !record.curve.is_empty() {
         if let Err(err) = crate::tensorboard::write(env.results, &run_id, &record.host, started, &record.curve) {
@@ -179,6 +182,7 @@ fn blank_record(
         n_validation: 0,
         n_test: 0,
         wall_seconds: 0.0,
+        peak_rss_mib: None,
         backend: backend::label(env.backend),
         threads: env.threads,
         cpu: env.machine.cpu.clone(),
