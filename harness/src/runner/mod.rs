@@ -287,20 +287,24 @@ pub fn sweep(
         records::save(&dir, &record)?;
         // Recorded: its checkpoints are no longer needed.
         crate::checkpoint::Checkpoints::new(&dir, &identity.config_hash, "", 0).clear();
-        {
-            let _lock = claims::FolderLock::acquire(&dir)?;
-            records::rebuild_tables(&dir)?;
-        }
+        rebuild_tables(&dir)?;
         claim.release();
         existing = heads(&dir);
     }
     // A sweep with nothing to do still brings tables that lag their records up to date (a
     // rebuild that failed, on a full disk say, or records copied in by hand).
     if records::tables_lag_records(&dir) {
-        let _lock = claims::FolderLock::acquire(&dir)?;
-        records::rebuild_tables(&dir)?;
+        rebuild_tables(&dir)?;
     }
     Ok(summary)
+}
+
+/// Rebuilds a results folder's tables from its records under the folder lock, so concurrent
+/// sweeps and reports never interleave their writes; returns what was loaded. Every rebuild
+/// goes through here.
+pub fn rebuild_tables(results: &Path) -> Result<records::Loaded> {
+    let _lock = claims::FolderLock::acquire(results)?;
+    records::rebuild_tables(results)
 }
 
 fn skipped(sink: &SharedSink, run: &RunSpec, reason: &str) {
