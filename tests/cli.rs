@@ -225,3 +225,26 @@ fn bench_phases_split_the_training_step() {
         assert!(number(6) >= 0.0 && number(7) >= 0.0, "CPU use was read: {row}");
     }
 }
+
+/// `ATSO_KERNEL_ISA=portable` runs the portable kernels on a CPU with AVX2; the record says so
+/// in `simd`, and every number equals the default path's (the two give the same bits).
+#[test]
+fn the_portable_kernels_can_be_forced_and_give_the_default_paths_numbers() {
+    let dir = setup();
+    let run = |results: &str, isa: &str| {
+        let output = atso_command(dir.path(), &["sweep", "tiny.toml", "--jobs", "1", "--results", results])
+            .env("ATSO_KERNEL_ISA", isa)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        atso_harness::records::load_all(&dir.path().join(results).join("tiny")).unwrap()
+    };
+    let (portable, default) = (run("portable", "portable"), run("default", "auto"));
+    assert_eq!(portable.len(), default.len());
+    for (p, d) in portable.iter().zip(&default) {
+        assert!(p.simd.starts_with("conv portable"), "{}", p.simd);
+        assert_eq!(p.method, d.method);
+        assert_eq!(p.dice_mean.map(f64::to_bits), d.dice_mean.map(f64::to_bits), "{}", p.method);
+        assert_eq!(serde_json::to_string(&p.cases).unwrap(), serde_json::to_string(&d.cases).unwrap());
+    }
+}

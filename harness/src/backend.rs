@@ -55,6 +55,15 @@ pub fn kernels_description(name: &str, cpu_simd: &str) -> String {
     }
 }
 
+/// The CPU backend keeps one random stream per process: tests that draw from it (seeding a
+/// device, dropout masks, random tensors) hold this so concurrently running tests do not draw
+/// from each other's stream.
+#[cfg(test)]
+pub(crate) fn serial_random_stream() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -445,11 +445,9 @@ pub(crate) mod tests {
         spec.prepare(32, dir).unwrap()
     }
 
-    /// The CPU backend keeps one random stream per process: tests that train hold this so that
-    /// concurrently running tests do not draw from each other's stream.
+    /// See `backend::serial_random_stream`.
     pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+        crate::backend::serial_random_stream()
     }
 
     /// Run data with `cases` as the labeled set and nothing else (no unlabeled, validation or

@@ -137,7 +137,7 @@ fn simd_level() -> String {
         // The project's convolution kernels run AVX2 + FMA or portable code with the same bits;
         // flex's elementwise and reduction kernels (macerator, with its default avx512 feature)
         // dispatch up to v4, and their width changes summation orders.
-        let conv = if cpu >= 3 { "avx2+fma" } else { "portable" };
+        let conv = crate::kernels::isa::current().name();
         format!("conv {conv}, elementwise x86-64-v{} (cpu x86-64-v{cpu})", cpu.min(4))
     }
     #[cfg(not(target_arch = "x86_64"))]

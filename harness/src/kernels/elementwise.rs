@@ -6,16 +6,12 @@
 //! with the closure's IEEE operations (Rust never fuses a multiply and an add on its own), so the
 //! two versions give the same bits and a result does not depend on the CPU.
 
-/// Whether this CPU runs the AVX2 instantiations (`std` caches the answer).
+/// Whether the AVX2 instantiations run (`isa`: the CPU has AVX2 and FMA, and no override says
+/// otherwise; the loops here need only AVX2, the one switch keeps both kinds of kernel together).
+#[cfg(target_arch = "x86_64")]
+#[inline]
 fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::isa::current() == super::isa::Isa::Avx2
 }
 
 /// Runs `body` compiled for AVX2 where the CPU has it (the closure is inlined into an AVX2

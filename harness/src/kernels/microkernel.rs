@@ -14,16 +14,11 @@ pub const BLOCK: usize = 6;
 /// Output channels one weight-gradient register holds.
 pub const LANES: usize = 8;
 
-/// Whether this CPU runs the AVX2 + FMA versions (checked once; `std` caches the answer).
+/// Whether the AVX2 + FMA versions run (`isa`: the CPU has them and no override says otherwise).
+#[cfg(target_arch = "x86_64")]
+#[inline]
 fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::isa::current() == super::isa::Isa::Avx2
 }
 
 /// Forward tile: for `c < channels` (at most `BLOCK`) and `i < TILE`,

@@ -14,6 +14,7 @@ pub mod conv_cpu;
 pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;
+pub mod isa;
 pub mod microkernel;
 pub mod pool_cpu;
 pub mod resize_cpu;
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_convolution() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(11);
         for (channels, kernel, padding) in [
@@ -349,7 +350,7 @@ mod tests {
     /// running statistics and the gradients of `sum(leaky_relu(batch_norm(x)) * r)`.
     #[test]
     fn batch_norm_and_leaky_relu_match_burns_modules() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(12);
         let x = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.5, 2.0), &device).into_data();
@@ -419,6 +420,46 @@ mod tests {
         assert_eq!(both(run(true)), both(run(false)));
     }
 
+    /// One whole U-Net training step (a forward pass with dropout, the backward pass, an SGD
+    /// update, then the updated network's forward pass) gives the same bits on the portable path
+    /// and on AVX2, at widths the U-Net trains with (16 to 64 channels, 24 between).
+    #[test]
+    fn a_unet_training_step_gives_the_same_bits_on_every_isa() {
+        use burn::optim::{GradientsParams, SgdConfig};
+        use isa::Isa;
+        let spec = crate::model::ModelSpec {
+            channels: vec![16, 24, 32, 64],
+            dropout: vec![0.05, 0.1, 0.2, 0.3],
+        };
+        let step = |isa: Isa| {
+            let _forced = isa::force(isa);
+            assert_eq!(isa::current(), isa);
+            let device = Device::flex().autodiff();
+            device.seed(11);
+            let model = spec.init(1, 4, &device);
+            let x = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let r = Tensor::<4>::random([2, 4, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            let y = model.forward(x.clone());
+            let grads = (y.clone() * r).sum().backward();
+            let dx = x.grad(&grads).unwrap().into_data();
+            let params = GradientsParams::from_grads(grads, &model);
+            let mut optimizer = SgdConfig::new().init();
+            let model = optimizer.step(0.1, model, params);
+            let next = model.valid().forward(x.inner()).into_data();
+            (bits(y.into_data()), bits(dx), bits(next))
+        };
+        let _serial = crate::backend::serial_random_stream();
+        let portable = step(Isa::Portable);
+        if isa::detected() != Isa::Avx2 {
+            eprintln!("SKIPPED: this CPU has no AVX2 + FMA, so only the portable path exists here");
+            return;
+        }
+        let avx2 = step(Isa::Avx2);
+        assert!(portable.0 == avx2.0, "forward differs");
+        assert!(portable.1 == avx2.1, "input gradient differs");
+        assert!(portable.2 == avx2.2, "the updated network differs");
+    }
+
     fn bits(t: TensorData) -> Vec<u32> {
         t.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
     }
@@ -426,7 +467,7 @@ mod tests {
     /// Batch norm in inference: the one-pass kernel gives burn's four ops' values bit for bit.
     #[test]
     fn batch_norm_inference_is_bitwise_burns() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex();
         device.seed(13);
         let mut norm = BatchNormConfig::new(3).init(&device);
@@ -449,7 +490,7 @@ mod tests {
     /// where values were kept. Outside training it is the identity.
     #[test]
     fn dropout_follows_the_seed_and_its_gradient_the_mask() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         let layer = burn::nn::DropoutConfig::new(0.25).init();
         let x = Tensor::<4>::random([4, 3, 20, 20], Distribution::Uniform(1.0, 2.0), &device);
@@ -488,7 +529,7 @@ mod tests {
     /// a 1 x 1 kernel, more output channels than one tile holds, and odd image sizes.
     #[test]
     fn a_fused_inference_layer_is_bitwise_its_three_ops() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex();
         device.seed(17);
         let channels = 7;
@@ -514,7 +555,7 @@ mod tests {
     /// conventions, a scale factor and an explicit size.
     #[test]
     fn bilinear_resizing_is_bitwise_burns() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(14);
         let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -547,7 +588,7 @@ mod tests {
     /// (where one output's two sources can coincide at the border) and a single pixel.
     #[test]
     fn separable_bilinear_matches_burns_interpolate() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(16);
         let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -588,7 +629,7 @@ mod tests {
     /// (the last NaN wins), signed zeros and an odd size (the last row and column dropped).
     #[test]
     fn max_pooling_is_bitwise_burns() {
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(15);
         let random = Tensor::<4>::random([2, 3, 6, 8], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -642,7 +683,7 @@ mod tests {
             use_own_kernels(true);
             y
         };
-        let _serial = crate::method::tests::serial();
+        let _serial = crate::backend::serial_random_stream();
         let (own, burn) = (run(true), run(false));
         assert_close("logits", &own, &burn, 1e-4);
     }
