@@ -454,7 +454,11 @@ fn ledger_shows_atso_never_trains_on_self_made_labels_and_self_training_does() {
                     record.method
                 );
                 // Every student restarts from M0 (the default init = base).
-                for event in record.ledger.iter().filter(|e| e.event == "train") {
+                for event in record
+                    .ledger
+                    .iter()
+                    .filter(|e| e.event == atso_harness::records::LedgerEvent::Train)
+                {
                     assert!(event.labels_from_stage < event.stage);
                     assert_eq!(event.init_from_stage, Some(0));
                 }
@@ -487,7 +491,14 @@ fn same_seed_gives_the_same_split_and_ledger() {
     let records = records(&dir.path().join("results/methods"));
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].ledger, records[1].ledger);
-    assert_eq!(records[0].ledger.iter().filter(|e| e.event == "label" && e.stage == 0).count(), 3);
+    assert_eq!(
+        records[0]
+            .ledger
+            .iter()
+            .filter(|e| e.event == atso_harness::records::LedgerEvent::Label && e.stage == 0)
+            .count(),
+        3
+    );
     assert_ne!(records[0].run_id, records[1].run_id);
 }
 

@@ -99,12 +99,23 @@ fn nan() -> f64 {
     f64::NAN
 }
 
+/// What a ledger entry records. Written "label" / "train" in records, as before it was an enum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerEvent {
+    /// A model relabeled a subset.
+    #[default]
+    Label,
+    /// A stage trained on a subset.
+    Train,
+}
+
 /// Which model produced which labels and what each stage trained on (the audit trail).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub stage: usize,
-    /// What happened: "label" (a model relabeled a subset) or "train" (a stage trained on one).
-    pub event: String,
+    /// What happened.
+    pub event: LedgerEvent,
     pub subset: String,
     /// For "label": the stage whose model produced the labels. For "train": the stage whose
     /// labels were trained on.
@@ -121,7 +132,7 @@ impl LedgerEntry {
     pub fn label(stage: usize, subset: &str, by: usize, cases: &[&crate::data::Case]) -> Self {
         Self {
             stage,
-            event: "label".into(),
+            event: LedgerEvent::Label,
             subset: subset.into(),
             labels_from_stage: by,
             init_from_stage: None,
@@ -134,7 +145,7 @@ impl LedgerEntry {
     pub fn train(stage: usize, subset: &str, labels_from: usize, init_from: usize, cases: &[&crate::data::Case]) -> Self {
         Self {
             stage,
-            event: "train".into(),
+            event: LedgerEvent::Train,
             subset: subset.into(),
             labels_from_stage: labels_from,
             init_from_stage: Some(init_from),

@@ -27,7 +27,7 @@ use crate::data::Case;
 use crate::evaluate::{dice_of_labels, LabelDice};
 use crate::method::{train_supervised, Budget, MixedObjective, RunContext, Trained};
 use crate::model::UNet;
-use crate::records::{LedgerEntry, StageRecord};
+use crate::records::{LedgerEntry, LedgerEvent, StageRecord};
 use crate::train::batch::{Example, Target, IGNORE};
 use crate::train::infer;
 use anyhow::{bail, Result};
@@ -344,7 +344,11 @@ pub fn flip_rate(before: &[Vec<u8>], after: &[Vec<u8>], first_class: u8) -> f64 
 /// asynchrony with `init = base` avoids, what `init = teacher` reintroduces from the second round
 /// on, and what synchronous self-training does from its second generation.
 pub fn self_labeled_stages(ledger: &[LedgerEntry]) -> Vec<usize> {
-    let trains: HashMap<usize, &LedgerEntry> = ledger.iter().filter(|e| e.event == "train").map(|e| (e.stage, e)).collect();
+    let trains: HashMap<usize, &LedgerEntry> = ledger
+        .iter()
+        .filter(|e| e.event == LedgerEvent::Train)
+        .map(|e| (e.stage, e))
+        .collect();
     // Subsets the model after `stage` and its ancestors trained on.
     fn exposure<'a>(stage: usize, trains: &HashMap<usize, &'a LedgerEntry>) -> BTreeSet<&'a str> {
         let mut out = BTreeSet::new();
@@ -410,7 +414,7 @@ mod tests {
         init.iter()
             .map(|&(stage, subset, labels_from, init_from)| LedgerEntry {
                 stage,
-                event: "train".into(),
+                event: LedgerEvent::Train,
                 subset: subset.into(),
                 labels_from_stage: labels_from,
                 init_from_stage: Some(init_from),

@@ -21,9 +21,9 @@ pub fn status(results: &Path, experiment: Option<&Path>, backend: &str) -> Resul
     }
     let options = SweepOptions::new(root, PathBuf::from("."), backend);
     let rows = runner::status(&experiment, &options)?;
-    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut counts: std::collections::BTreeMap<runner::RunState, usize> = Default::default();
     for row in &rows {
-        *counts.entry(row.state.as_str()).or_default() += 1;
+        *counts.entry(row.state).or_default() += 1;
         println!(
             "{:8} {}{}",
             row.state,

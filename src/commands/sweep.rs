@@ -72,7 +72,7 @@ pub fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs,
         // hear about once: skipped record files and runs reused from another commit.
         let unreadable = atso_harness::records::load(&dir).map_or(0, |l| l.skipped.len());
         let stale = runner::status(experiment, &args.options(shard, plan.threads))
-            .map_or(0, |rows| rows.iter().filter(|r| r.state == "stale").count());
+            .map_or(0, |rows| rows.iter().filter(|r| r.state == runner::RunState::Stale).count());
         reuse_notes(&dir, unreadable, stale);
         counts
     };

@@ -112,7 +112,7 @@ fn heads(results: &Path) -> Vec<RecordHead> {
 }
 
 /// Where one run stands in a results folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RunState {
     /// Recorded ok at the current commit.
     Done,
@@ -122,6 +122,27 @@ pub enum RunState {
     Failed,
     /// No record.
     Missing,
+    /// Claimed by a live process now (only `status` says so; the records may say anything).
+    Running,
+}
+
+impl RunState {
+    /// The word `atso status` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Done => "done",
+            RunState::Stale => "stale",
+            RunState::Failed => "failed",
+            RunState::Missing => "missing",
+            RunState::Running => "running",
+        }
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
 }
 
 fn state_of(heads: &[RecordHead], hash: &str, commit: &str) -> RunState {
@@ -346,7 +367,7 @@ fn execute_logged(
 #[derive(Debug, Clone)]
 pub struct StatusRow {
     pub run: String,
-    pub state: String,
+    pub state: RunState,
     pub detail: String,
 }
 
@@ -368,7 +389,7 @@ pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<Sta
         let Some(fingerprints) = fingerprints else {
             rows.push(StatusRow {
                 run: run.name(),
-                state: "missing".into(),
+                state: RunState::Missing,
                 detail: format!(
                     "dataset {} not prepared yet",
                     datasets.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(" or ")
@@ -380,16 +401,11 @@ pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<Sta
         let hash = run.config_hash(&fingerprint, &backend);
         let (state, detail) = match claims::state(&dir, &hash, options.claim_stale_after) {
             claims::ClaimState::Held(holder) => (
-                "running".to_string(),
+                RunState::Running,
                 holder.map_or(String::new(), |h| format!("pid {} on {} since {}", h.pid, h.host, h.since)),
             ),
             claim => {
-                let state = match state_of(&existing, &hash, &provenance.commit) {
-                    RunState::Done => "done",
-                    RunState::Stale => "stale",
-                    RunState::Failed => "failed",
-                    RunState::Missing => "missing",
-                };
+                let state = state_of(&existing, &hash, &provenance.commit);
                 let detail = match claim {
                     claims::ClaimState::Stale(h) => format!(
                         "stale claim{} (its holder is gone; the next sweep takes it over)",
@@ -397,7 +413,7 @@ pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<Sta
                     ),
                     _ => String::new(),
                 };
-                (state.to_string(), detail)
+                (state, detail)
             }
         };
         rows.push(StatusRow {
