@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod leftovers;
 pub mod memory;
 pub mod method;
+pub mod metric_names;
 pub mod model;
 pub mod previews;
 pub mod progress;

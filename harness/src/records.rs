@@ -10,6 +10,7 @@
 //! stops later sweeps or reports. Non-finite numbers round-trip (`json_float`).
 
 use crate::fsio;
+use crate::metric_names as metric;
 use crate::train::curves::CurvePoint;
 use crate::train::metrics::CaseScores;
 use anyhow::{Context, Result};
@@ -399,16 +400,19 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("seed".into(), int(&|r| r.seed)),
         Column::new("status".into(), text(&|r| r.status.as_str().to_string())),
         Column::new("error".into(), records.iter().map(|r| r.error.clone()).collect::<Vec<_>>()),
-        Column::new("dice_mean".into(), opt_f(&|r| r.dice_mean)),
-        Column::new("iou_mean".into(), opt_f(&|r| r.iou_mean)),
-        Column::new("hd95_mean".into(), opt_f(&|r| r.hd95_mean)),
-        Column::new("miou".into(), opt_f(&|r| r.miou)),
-        Column::new("dice_at_resolution_mean".into(), opt_f(&|r| r.dice_at_resolution_mean)),
-        Column::new("val_dice_mean".into(), opt_f(&|r| r.val_dice_mean)),
+        Column::new(metric::DICE.column.into(), opt_f(&|r| r.dice_mean)),
+        Column::new(metric::IOU.column.into(), opt_f(&|r| r.iou_mean)),
+        Column::new(metric::HD95.column.into(), opt_f(&|r| r.hd95_mean)),
+        Column::new(metric::MIOU.column.into(), opt_f(&|r| r.miou)),
+        Column::new(metric::DICE_AT_RESOLUTION.column.into(), opt_f(&|r| r.dice_at_resolution_mean)),
+        Column::new(metric::VALIDATION_DICE.column.into(), opt_f(&|r| r.val_dice_mean)),
     ];
-    columns.extend(named_columns(records, "dice_", &|r| r.class_dice.clone()));
-    columns.extend(named_columns(records, "hd95_", &|r| r.class_hd95.clone()));
-    columns.extend(named_columns(records, "val_dice_", &|r| r.val_class_dice.clone()));
+    let prefix = |m: metric::MetricName| m.per_class_prefix.expect("a per-class metric");
+    columns.extend(named_columns(records, prefix(metric::DICE), &|r| r.class_dice.clone()));
+    columns.extend(named_columns(records, prefix(metric::HD95), &|r| r.class_hd95.clone()));
+    columns.extend(named_columns(records, prefix(metric::VALIDATION_DICE), &|r| {
+        r.val_class_dice.clone()
+    }));
     columns.extend(named_columns(records, "diag_", &|r| {
         r.diagnostics.iter().map(|(k, v)| (k.clone(), Some(*v))).collect()
     }));

@@ -91,9 +91,10 @@ impl Reference {
     }
 }
 
-/// Whether lower values of `metric` are better (distances).
+/// Whether lower values of `metric` (a runs-table column) are better (distances), as the
+/// metric's entry says; columns that are no metric count as higher-is-better.
 pub fn lower_is_better(metric: &str) -> bool {
-    metric.starts_with("hd95")
+    atso_harness::metric_names::of_column(metric).is_some_and(|m| !m.higher_is_better)
 }
 
 /// One line of a check.

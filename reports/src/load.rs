@@ -163,15 +163,10 @@ impl Columns<'_> {
     }
 }
 
-const METRIC_COLUMNS: [&str; 7] = [
-    "first_class",
-    "dice_mean",
-    "iou_mean",
-    "hd95_mean",
-    "miou",
-    "dice_at_resolution_mean",
-    "val_dice_mean",
-];
+/// The run-level metric columns (`metric_names`), and `first_class`, read as numbers.
+fn metric_columns() -> impl Iterator<Item = &'static str> {
+    std::iter::once("first_class").chain(atso_harness::metric_names::ALL.iter().map(|m| m.column))
+}
 
 fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
     let c = Columns(frame);
@@ -181,11 +176,11 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
     let status = c.text("status")?;
     let ratio = c.float_or("labeled_ratio");
     let seed = c.uint_or("seed");
-    let mut metric_names: Vec<String> = METRIC_COLUMNS.iter().map(|s| s.to_string()).collect();
+    let mut metric_names: Vec<String> = metric_columns().map(String::from).collect();
     for name in frame.get_column_names() {
         let name = name.to_string();
         let per_class =
-            (name.starts_with("dice_") || name.starts_with("hd95_") || name.starts_with("diag_")) && !metric_names.contains(&name);
+            (atso_harness::metric_names::of_column(&name).is_some() || name.starts_with("diag_")) && !metric_names.contains(&name);
         if per_class {
             metric_names.push(name);
         }

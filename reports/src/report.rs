@@ -10,6 +10,7 @@ use crate::cells::{self, format_ratio, short, Cell};
 use crate::load::{Run, StageRow, Tables};
 use crate::stats::{self, SeedLevel};
 use crate::table::{Entry, Row, Table};
+use atso_harness::metric_names::{self, MetricName};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How a metric is shown.
@@ -25,19 +26,29 @@ pub struct MetricView<'m> {
     pub range: (f64, f64),
 }
 
+impl MetricView<'static> {
+    /// The view of a metric as its entry in `metric_names` describes it.
+    pub const fn of(metric: &MetricName) -> Self {
+        MetricView {
+            column: metric.column,
+            label: metric.label,
+            scale: metric.scale,
+            higher_is_better: metric.higher_is_better,
+            range: metric.range,
+        }
+    }
+}
+
+/// The per-class column prefix of a metric that has one.
+fn per_class(metric: &MetricName) -> &'static str {
+    metric.per_class_prefix.expect("a per-class metric")
+}
+
 /// Mean test Dice, the headline metric.
 pub const DICE: MetricView<'static> = MetricView {
-    column: "dice_mean",
     label: "test Dice (%)",
-    scale: 100.0,
-    higher_is_better: true,
-    range: (0.0, 1.0),
+    ..MetricView::of(&metric_names::DICE)
 };
-
-/// The range of a fraction metric (Dice, IoU).
-const FRACTION: (f64, f64) = (0.0, 1.0);
-/// The range of a distance (HD95).
-const DISTANCE: (f64, f64) = (0.0, f64::INFINITY);
 
 /// One dataset's part of the report.
 #[derive(Debug, Clone)]
@@ -82,55 +93,37 @@ pub fn build(tables: &Tables, cells: &[Cell], declared: &[[String; 2]]) -> Conte
         if let Some(table) = per_case_table(&selected, &comparisons, &per_case, &dataset) {
             section.tables.push(table);
         }
-        for class in class_names(&selected, "dice_") {
+        for class in class_names(&selected, per_class(&metric_names::DICE)) {
             let column = format!("dice_{class}");
             let view = MetricView {
                 column: &column,
-                label: "Dice (%)",
-                scale: 100.0,
-                higher_is_better: true,
-                range: FRACTION,
+                ..MetricView::of(&metric_names::DICE)
             };
             section
                 .tables
                 .push(metric_table(&selected, &view, &format!("{dataset}: Dice of {class} (%)")));
         }
-        if has_metric(&selected, "hd95_mean") {
-            let view = MetricView {
-                column: "hd95_mean",
-                label: "HD95 (mm)",
-                scale: 1.0,
-                higher_is_better: false,
-                range: DISTANCE,
-            };
+        if has_metric(&selected, metric_names::HD95.column) {
+            let view = MetricView::of(&metric_names::HD95);
             let mut table = metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)"));
             table.notes.push(
                 "A run's HD95 is the mean over every class present in a case's truth; a class the prediction misses entirely counts the penalty of `[evaluation] hd95_missed` (default: the diagonal of the case's volume in mm), so losing a class raises HD95 instead of dropping out of the mean. Runs recorded before that penalty existed averaged only the classes they predicted; their commit tells them apart."
                     .into(),
             );
             section.tables.push(table);
-            for class in class_names(&selected, "hd95_") {
+            for class in class_names(&selected, per_class(&metric_names::HD95)) {
                 let column = format!("hd95_{class}");
                 let view = MetricView {
                     column: &column,
-                    label: "HD95 (mm)",
-                    scale: 1.0,
-                    higher_is_better: false,
-                    range: DISTANCE,
+                    ..MetricView::of(&metric_names::HD95)
                 };
                 section
                     .tables
                     .push(metric_table(&selected, &view, &format!("{dataset}: HD95 of {class} (mm)")));
             }
         }
-        if scores_every_class(&selected) && has_metric(&selected, "miou") {
-            let view = MetricView {
-                column: "miou",
-                label: "mIoU (%)",
-                scale: 100.0,
-                higher_is_better: true,
-                range: FRACTION,
-            };
+        if scores_every_class(&selected) && has_metric(&selected, metric_names::MIOU.column) {
+            let view = MetricView::of(&metric_names::MIOU);
             section.tables.push(metric_table(&selected, &view, &format!("{dataset}: mIoU (%)")));
         }
         section.tables.extend(lazy_tables(&selected, &tables.stages));
