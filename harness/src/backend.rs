@@ -21,7 +21,14 @@ pub fn device(name: &str, seed: u64) -> Result<Device> {
     let device = match name {
         "flex" => Device::flex(),
         #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
+        "cuda" => {
+            // Without a driver burn-cuda's device thread dies and the caller only sees
+            // "RecvError"; say what is missing instead.
+            if let Some(missing) = missing_nvidia_driver() {
+                bail!("backend 'cuda': no NVIDIA driver found ({missing}); cuda needs an NVIDIA GPU and its driver");
+            }
+            Device::cuda(0)
+        }
         // The best adapter Vulkan offers (a discrete GPU first; CUBECL_WGPU_DEFAULT_DEVICE picks
         // another, e.g. Cpu for a software renderer such as lavapipe).
         #[cfg(feature = "vulkan")]
@@ -33,6 +40,16 @@ pub fn device(name: &str, seed: u64) -> Result<Device> {
     };
     device.seed(seed);
     Ok(device)
+}
+
+/// Why this machine has no NVIDIA driver, or None if it may have one. On Linux the kernel
+/// module publishes `/proc/driver/nvidia/version`; elsewhere nothing is checked.
+pub fn missing_nvidia_driver() -> Option<String> {
+    missing_driver_file(std::path::Path::new("/proc/driver/nvidia/version"))
+}
+
+fn missing_driver_file(version: &std::path::Path) -> Option<String> {
+    (cfg!(target_os = "linux") && !version.exists()).then(|| format!("{} is missing", version.display()))
 }
 
 /// A label for results rows: the backend plus CPU features that change its speed.
@@ -67,6 +84,18 @@ pub(crate) fn serial_random_stream() -> std::sync::MutexGuard<'static, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_driver_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = dir.path().join("version");
+        if cfg!(target_os = "linux") {
+            let why = missing_driver_file(&version).unwrap();
+            assert!(why.contains("version is missing"), "{why}");
+        }
+        std::fs::write(&version, "NVRM version: 580.159.04").unwrap();
+        assert_eq!(missing_driver_file(&version), None);
+    }
 
     #[test]
     fn gpu_runs_do_not_claim_the_cpus_simd_level() {
