@@ -65,7 +65,9 @@ pub fn write(results_dir: &Path, job_name: &str, text: &str) -> Result<PathBuf> 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        // Executable, readable as the umask allows (0755 under 022, 0775 under 002).
+        let mode = 0o777 & !atso_harness::fsio::umask();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(path)
 }

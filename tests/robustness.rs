@@ -267,7 +267,7 @@ fn sigkill_mid_run_and_mid_write_then_rerun_gives_the_uninterrupted_table() {
 fn is_temporary(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') && (n.ends_with(".tmp") || n.ends_with(".staging")))
+        .is_some_and(|n| n.starts_with('.') && [".tmp", ".tmp.png", ".staging"].iter().any(|end| n.ends_with(end)))
 }
 
 /// Every file and folder below `dir`.
@@ -544,6 +544,14 @@ fn a_staging_folder_left_by_a_killed_generation_is_removed_by_the_next_sweep() {
     let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(files_in(&data), vec![data.join("phantom")], "only the finished data remains");
+    // A staging folder of a process that died after another finished the data goes too.
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let left = data.join(format!(".phantom.~4000000000@{}~.abc.staging", host.trim()));
+        std::fs::create_dir(&left).unwrap();
+        let output = atso(dir.path(), &["sweep", "small.toml", "--jobs", "1"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(!left.exists(), "removed beside complete data");
+    }
 }
 
 /// Runs `atso` but gives up (failing the test) if it has not finished within a minute: what a

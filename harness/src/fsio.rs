@@ -64,12 +64,15 @@ pub fn set_created_mode(file: &std::fs::File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Gives a folder the harness made through a temporary folder the mode `create_dir` would have.
+/// Gives a folder the harness made through a temporary folder the mode `create_dir` would have,
+/// keeping the setgid bit it inherited (in a group folder, files made in it later keep the
+/// group).
 pub fn set_created_dir_mode(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(dir_mode(umask())))
+        let inherited = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o7000);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(inherited | dir_mode(umask())))
             .with_context(|| format!("{}: setting its mode", path.display()))?;
     }
     let _ = path;
@@ -281,6 +284,19 @@ mod tests {
             .unwrap_err();
         let message = format!("{:#}", writer.explain(error));
         assert!(message.to_lowercase().contains("no space left"), "{message}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_made_folder_keeps_the_setgid_bit_it_inherited() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("made");
+        std::fs::create_dir(&made).unwrap();
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o2700)).unwrap();
+        set_created_dir_mode(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o2000 | dir_mode(umask()), "{mode:o}");
     }
 
     #[test]

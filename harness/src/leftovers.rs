@@ -4,10 +4,11 @@
 //! generated data through a staging folder beside its root (`data::generated`). A process killed
 //! with SIGKILL cannot remove them, and a lab's shared folder would collect them forever. So
 //! their names carry their writer, `~<pid>@<host>~`, and the next sweep removes those whose
-//! writer is gone: a process of this host that no longer exists, or, from another host (a
-//! cluster's shared file system, where this host cannot see the writer), anything older than
-//! [`FOREIGN_AGE`]; no write the harness makes stays open for that long. Names without an owner
-//! (an older version's) count as foreign. A live writer's files are never touched.
+//! writer is gone: a process of this host that no longer exists, or anything older than
+//! [`FOREIGN_AGE`] (no write the harness makes stays open that long; this covers other hosts of
+//! a cluster's shared file system, whose processes this host cannot see, names without an
+//! owner, and pids reused since). A live writer's files are never touched, provided hosts that
+//! share a results folder have distinct host names.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -40,9 +41,10 @@ fn owner(name: &str) -> Option<(u32, &str)> {
 }
 
 /// Whether `name` is what an interrupted write or generation leaves: `.<target>.….tmp` (a
-/// temporary file) or `.<root>.….staging` (a staging folder).
+/// temporary file; a plot's bitmap is `.….tmp.png`, since its encoder goes by the extension) or
+/// `.<root>.….staging` (a staging folder).
 pub fn is_leftover_name(name: &str) -> bool {
-    name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".staging"))
+    name.starts_with('.') && [".tmp", ".tmp.png", ".staging"].iter().any(|end| name.ends_with(end))
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -57,10 +59,9 @@ fn process_alive(pid: u32) -> bool {
 /// Whether the leftover `name`, last modified at `modified`, belongs to nobody any more.
 fn abandoned(name: &str, modified: SystemTime) -> bool {
     let old = SystemTime::now().duration_since(modified).unwrap_or_default() >= FOREIGN_AGE;
-    match owner(name) {
-        Some((pid, host)) if host == this_host() => !process_alive(pid),
-        _ => old,
-    }
+    // No write stays open for an hour, so an old one is abandoned even if its pid has been
+    // reused by another process since.
+    old || owner(name).is_some_and(|(pid, host)| host == this_host() && !process_alive(pid))
 }
 
 /// Removes the abandoned temporary files and staging folders in `dir` and up to three folders
@@ -183,6 +184,18 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         assert_eq!(clear_beside(&dir.path().join("phantom")), 1);
         assert!(!mine.exists() && other.exists());
+    }
+
+    #[test]
+    fn an_old_leftover_goes_even_if_its_pid_is_alive_again() {
+        let hour_ago = SystemTime::now() - FOREIGN_AGE - Duration::from_secs(5);
+        let reused = format!(".x.{}.y.tmp", owner_tag()); // this (live) process's pid
+        assert!(abandoned(&reused, hour_ago));
+        assert!(!abandoned(&reused, SystemTime::now()));
+        assert!(
+            is_leftover_name(&format!(".dice_vs_ratio.{}.k2.tmp.png", owner_tag())),
+            "a plot's temporary"
+        );
     }
 
     #[test]

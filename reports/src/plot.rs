@@ -112,8 +112,9 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
     // The bitmap backend writes to a path: draw into a unique temporary file, then rename.
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(".png")
+        // The bitmap backend picks the format from the extension: `.tmp.png`.
+        .prefix(&format!(".{stem}.{}.", atso_harness::leftovers::owner_tag()))
+        .suffix(".tmp.png")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file for {}", png.display()))?;
     {

@@ -103,6 +103,7 @@ fn parse_name(name: &str) -> Result<String> {
 
 /// An RGB image as channel-major floats in [0, 1] and its size.
 pub fn read_image(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    crate::fsio::ensure_regular_file(path)?;
     let decoded = image::ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
         .decode()

@@ -19,6 +19,9 @@ pub fn ensure<S>(root: &Path, marker: &str, spec: &S, generate: impl FnOnce(&Pat
 where
     S: Serialize + DeserializeOwned + PartialEq + Debug,
 {
+    // What a killed generation of this data left beside it goes first, even when another
+    // process has since finished the data.
+    crate::leftovers::clear_beside(root);
     if matches_spec(root, marker, spec)? {
         return Ok(());
     }
@@ -32,8 +35,6 @@ where
     let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("generated");
-    // What a killed generation of this data left beside it goes first.
-    crate::leftovers::clear_beside(root);
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{name}.{}.", crate::leftovers::owner_tag()))
         .suffix(".staging")

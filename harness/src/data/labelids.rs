@@ -41,6 +41,7 @@ pub fn train_id(label_id: u8) -> u8 {
 
 /// A labelIds PNG mapped to trainIds, as a one-slice volume (`[w, h, 1]`).
 pub fn read_labels(path: &Path) -> Result<Volume> {
+    crate::fsio::ensure_regular_file(path)?;
     let decoded = image::ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
         .decode()

@@ -54,6 +54,7 @@ pub struct Index {
 /// Reads `root/dataset.json` and checks that every listed file exists.
 pub fn read_index(root: &Path) -> Result<Index> {
     let json_path = root.join("dataset.json");
+    crate::fsio::ensure_regular_file(&json_path)?;
     let text =
         std::fs::read_to_string(&json_path).with_context(|| format!("{}: cannot read the MSD dataset description", json_path.display()))?;
     let json: DatasetJson =

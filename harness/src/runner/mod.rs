@@ -426,7 +426,11 @@ pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<Sta
 }
 
 fn recorded_fingerprint(dir: &Path, dataset: &str) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("datasets").join(format!("{dataset}.json"))).ok()?;
+    let path = dir.join("datasets").join(format!("{dataset}.json"));
+    if !fsio::is_regular_file(&path) {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("fingerprint_hash")?.as_str().map(str::to_string)
 }
