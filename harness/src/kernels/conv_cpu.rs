@@ -74,6 +74,31 @@ impl ConvShape {
             && self.padding < self.kernel[0]
             && self.height + 2 * self.padding >= self.kernel[0]
             && self.width + 2 * self.padding >= self.kernel[1]
+            && self.lengths().is_some()
+    }
+
+    /// The element counts of the input, weight and output, in checked arithmetic: None when one
+    /// would overflow (no buffer could hold it, and a wrapped count would let the raw-pointer
+    /// tiles read past a short buffer).
+    fn lengths(&self) -> Option<[usize; 3]> {
+        let padded_h = self.height.checked_add(self.padding.checked_mul(2)?)?;
+        let padded_w = self.width.checked_add(self.padding.checked_mul(2)?)?;
+        let out_h = (padded_h + 1).checked_sub(self.kernel[0])?;
+        let out_w = (padded_w + 1).checked_sub(self.kernel[1])?;
+        // The padded planes the tiles read, with a tile's slack, must be countable too.
+        padded_h.checked_mul(padded_w)?.checked_add(TILE)?.checked_mul(self.channels_in)?;
+        let input = self
+            .batch
+            .checked_mul(self.channels_in)?
+            .checked_mul(self.height)?
+            .checked_mul(self.width)?;
+        let weight = self
+            .channels_out
+            .checked_mul(self.channels_in)?
+            .checked_mul(self.kernel[0])?
+            .checked_mul(self.kernel[1])?;
+        let output = self.batch.checked_mul(self.channels_out)?.checked_mul(out_h)?.checked_mul(out_w)?;
+        Some([input, weight, output])
     }
 
     /// Row length of the padded planes, and of output rows in the padded layout.
@@ -212,14 +237,14 @@ fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
 /// `y = conv(x, weight) + bias`: `x` is `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`,
 /// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`. Each output is `bias` plus its taps
 /// in `(ci, ky, kx)` order, one fused multiply-add each.
-pub fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
+pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
     forward_then(input, weight, bias, shape, &copy_row)
 }
 
 /// `forward`, with each output row passed through `finish` while it is still in the core's cache
 /// (inference fuses the normalization and activation that follow the convolution this way).
-pub fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
-    check_lengths(shape, input, weight, None);
+pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
+    check_lengths(shape, Some(input), Some(weight), None);
     assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
     let offsets = shape.tap_offsets();
@@ -274,9 +299,9 @@ const TAP_CHUNK: usize = 256;
 /// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): the "full" convolution of `dL/dy` with
 /// the kernel flipped in space and its channel axes swapped, padded by `k - 1 - padding`. Written
 /// as a forward convolution it runs the forward pass's tiles.
-pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+pub(crate) fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     let (kh, kw) = (shape.kernel[0], shape.kernel[1]);
-    check_lengths(shape, &[], weight, Some(output_grad));
+    check_lengths(shape, None, Some(weight), Some(output_grad));
     let (ci_n, co_n) = (shape.channels_in, shape.channels_out);
     let mut flipped = vec![0.0f32; weight.len()];
     for co in 0..co_n {
@@ -308,8 +333,8 @@ pub fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
 /// shifted input value with `dL/dy` are chained over an image's positions in order
 /// (`microkernel::weight_tile`, output channels along the registers), and the images' sums are
 /// added in image order. Threads split the taps, so no sum is ever split.
-pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
-    check_lengths(shape, input, &[], Some(output_grad));
+pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+    check_lengths(shape, Some(input), None, Some(output_grad));
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let offsets = shape.tap_offsets();
@@ -380,28 +405,24 @@ pub fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec
 /// Panics unless the given slices hold what `shape` says (an empty slice is not checked): the
 /// micro-kernels read through raw pointers, so a short buffer must stop here rather than be read
 /// past.
-fn check_lengths(shape: &ConvShape, input: &[f32], weight: &[f32], output_grad: Option<&[f32]>) {
-    let check = |what: &str, data: &[f32], expected: usize| {
-        assert!(
-            data.is_empty() || data.len() == expected,
-            "conv {what}: {} values for shape {shape:?}, expected {expected}",
-            data.len()
-        );
-    };
-    check("input", input, shape.batch * shape.input_len());
-    check("weight", weight, shape.channels_out * shape.patch_len());
-    if let Some(dy) = output_grad {
-        assert_eq!(
-            dy.len(),
-            shape.batch * shape.output_len(),
-            "conv output gradient for shape {shape:?}"
-        );
+fn check_lengths(shape: &ConvShape, input: Option<&[f32]>, weight: Option<&[f32]>, output_grad: Option<&[f32]>) {
+    assert!(shape.is_valid(), "conv: shape {shape:?} is outside what these kernels compute");
+    let [input_len, weight_len, output_len] = shape.lengths().expect("a valid shape's lengths fit");
+    for (what, data, expected) in [
+        ("input", input, input_len),
+        ("weight", weight, weight_len),
+        ("output gradient", output_grad, output_len),
+    ] {
+        if let Some(data) = data {
+            assert_eq!(data.len(), expected, "conv {what}: {} values for shape {shape:?}", data.len());
+        }
     }
 }
 
 /// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, each channel in `LANES`
 /// running sums (positions `LANES` apart) added first to last per image, images in order.
-pub fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+pub(crate) fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
+    check_lengths(shape, None, None, Some(output_grad));
     let n = shape.positions();
     let mut grad = vec![0.0f32; shape.channels_out];
     for image in output_grad.chunks(shape.output_len()) {
@@ -470,6 +491,17 @@ mod tests {
         assert!(!ConvShape { padding: 3, ..base }.is_valid());
         assert!(!ConvShape { channels_in: 0, ..base }.is_valid());
         assert!(!ConvShape { width: 0, ..base }.is_valid());
+        // Counts that would overflow (and wrap in a release build) are refused, not computed.
+        assert!(!ConvShape {
+            batch: usize::MAX / 2,
+            ..base
+        }
+        .is_valid());
+        assert!(!ConvShape {
+            height: usize::MAX - 1,
+            ..base
+        }
+        .is_valid());
         assert!(!ConvShape {
             height: 1,
             padding: 0,
@@ -511,6 +543,20 @@ mod tests {
         let s = shapes()[0];
         let x = values(s.batch * s.input_len(), 1);
         forward(&x, &values(5, 2), &values(s.channels_out, 3), &s);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside what these kernels compute")]
+    fn a_shape_outside_the_kernels_is_refused_by_every_entry() {
+        let s = ConvShape { width: 0, ..shapes()[0] };
+        weight_grad(&[], &[], &s);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv output gradient")]
+    fn a_short_output_gradient_is_refused_by_the_bias_gradient() {
+        let s = shapes()[0];
+        bias_grad(&values(3, 1), &s);
     }
 
     #[test]

@@ -551,16 +551,21 @@ impl UnetKernels for Flex {
 
     fn padded_conv2d_bias_grad(x: FlexTensor, bias: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         let [batch, channels_out, height, width] = output_grad.shape().dims();
+        // The bias gradient reads only the output's shape: a 1 x 1 kernel over one input channel
+        // describes it. An empty axis (which the kernels do not cover) takes burn's op.
         let shape = ConvShape {
             batch,
-            channels_in: 0,
+            channels_in: 1,
             channels_out,
             height,
             width,
             kernel: [1, 1],
             padding: 0,
         };
-        match with_f32([&output_grad], |[dy]| conv_cpu::bias_grad(dy, &shape)) {
+        let own = shape
+            .is_valid()
+            .then(|| with_f32([&output_grad], |[dy]| conv_cpu::bias_grad(dy, &shape)));
+        match own.flatten() {
             Some(db) => flex_tensor(db, vec![channels_out]),
             None => Self::conv2d_bias_backward(x, bias, output_grad),
         }
