@@ -26,7 +26,8 @@ pub fn owner_tag() -> &'static str {
     TAG.get_or_init(|| format!("~{}@{}~", std::process::id(), this_host()))
 }
 
-fn this_host() -> &'static str {
+/// This host's name, read once (provenance reads it with the CPU's description).
+pub(crate) fn this_host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| crate::provenance::Machine::current().host)
 }
@@ -47,7 +48,8 @@ pub fn is_leftover_name(name: &str) -> bool {
     name.starts_with('.') && [".tmp", ".tmp.png", ".staging"].iter().any(|end| name.ends_with(end))
 }
 
-fn process_alive(pid: u32) -> bool {
+/// Whether process `pid` of this host exists (signal 0; a process of another user counts).
+pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
@@ -82,8 +84,8 @@ fn clear_at(dir: &Path, depth: usize) -> usize {
             continue;
         };
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_leftover_name(&name) && meta.modified().is_ok_and(|m| abandoned(&name, m)) {
-            removed += remove(&path, &meta);
+        if is_leftover_name(&name) {
+            removed += remove_if_abandoned(&path, &name, &meta);
         } else if meta.is_dir() && depth < MAX_DEPTH && !name.starts_with('.') {
             removed += clear_at(&path, depth + 1);
         }
@@ -91,8 +93,11 @@ fn clear_at(dir: &Path, depth: usize) -> usize {
     removed
 }
 
-/// Removes one leftover; 1 if it went.
-fn remove(path: &Path, meta: &std::fs::Metadata) -> usize {
+/// Removes the leftover `path` (named `name`) if its writer is gone; 1 if it went.
+fn remove_if_abandoned(path: &Path, name: &str, meta: &std::fs::Metadata) -> usize {
+    if !meta.modified().is_ok_and(|m| abandoned(name, m)) {
+        return 0;
+    }
     let gone = if meta.is_dir() {
         std::fs::remove_dir_all(path)
     } else {
@@ -129,9 +134,7 @@ pub fn clear_beside(root: &Path) -> usize {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if meta.modified().is_ok_and(|m| abandoned(&name, m)) {
-            removed += remove(&path, &meta);
-        }
+        removed += remove_if_abandoned(&path, &name, &meta);
     }
     removed
 }

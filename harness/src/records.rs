@@ -319,16 +319,8 @@ pub struct Loaded {
 /// and non-JSON files are ignored; files that do not parse, and anything that is not a regular
 /// file (never opened: a FIFO would block), are skipped with a warning.
 pub fn load(results: &Path) -> Result<Loaded> {
-    let dir = records_dir(results);
     let mut loaded = Loaded::default();
-    if !dir.exists() {
-        return Ok(loaded);
-    }
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
-        if fsio::is_hidden(&path) || path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
+    for path in record_paths(results)? {
         if !fsio::is_regular_file(&path) {
             let reason = "not a regular file (a FIFO, device or socket); not opened".to_string();
             tracing::warn!(file = %path.display(), %reason, "skipping a run record");
@@ -350,6 +342,23 @@ pub fn load(results: &Path) -> Result<Loaded> {
         .records
         .sort_by(|a, b| (&a.started_at, &a.run_id).cmp(&(&b.started_at, &b.run_id)));
     Ok(loaded)
+}
+
+/// The entries of `records/` named as records are (`*.json`, not hidden), whether or not they
+/// are regular files (callers check before opening); none when the folder does not exist.
+pub fn record_paths(results: &Path) -> Result<Vec<PathBuf>> {
+    let dir = records_dir(results);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if !fsio::is_hidden(&path) && path.extension().is_some_and(|e| e == "json") {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 /// The readable records of a results directory (see [`load`]).
@@ -610,11 +619,10 @@ const ALWAYS_WRITTEN: [&str; 4] = ["runs.parquet", "runs.csv", "cases.parquet", 
 /// rebuild failed (a full disk), or records were copied in by hand.
 pub fn tables_lag_records(results: &Path) -> bool {
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let newest_record = std::fs::read_dir(records_dir(results))
+    let newest_record = record_paths(results)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !fsio::is_hidden(p) && p.extension().is_some_and(|e| e == "json") && fsio::is_regular_file(p))
+        .filter(|p| fsio::is_regular_file(p))
         .filter_map(|p| modified(&p))
         .max();
     let Some(newest_record) = newest_record else {

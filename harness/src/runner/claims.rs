@@ -158,9 +158,8 @@ fn read_holder(file: &mut File) -> Option<Holder> {
 
 /// Whether a holder (read from a claim file on a lock-less file system) still counts.
 fn holder_alive(holder: &Holder, stale_after: Duration) -> bool {
-    let me = crate::provenance::Machine::current().host;
-    if holder.host == me {
-        return Path::new(&format!("/proc/{}", holder.pid)).exists();
+    if holder.host == crate::leftovers::this_host() {
+        return crate::leftovers::process_alive(holder.pid);
     }
     let age = chrono::DateTime::parse_from_rfc3339(&holder.since)
         .map(|t| chrono::Utc::now().signed_duration_since(t))

@@ -100,13 +100,10 @@ struct RecordHead {
 }
 
 fn heads(results: &Path) -> Vec<RecordHead> {
-    let dir = records::records_dir(results);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !fsio::is_hidden(p) && p.extension().is_some_and(|e| e == "json") && fsio::is_regular_file(p))
+    records::record_paths(results)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| fsio::is_regular_file(p))
         .filter_map(|p| serde_json::from_str::<RecordHead>(&std::fs::read_to_string(p).ok()?).ok())
         .collect()
 }
