@@ -4,6 +4,7 @@
 //! `bench --phases` prints where a training step's time goes.
 
 mod common;
+use atso_harness::metric_registry::DICE;
 use common::{atso, atso_command, stderr};
 
 const TINY: &str = r#"
@@ -244,7 +245,12 @@ fn the_portable_kernels_can_be_forced_and_give_the_default_paths_numbers() {
     for (p, d) in portable.iter().zip(&default) {
         assert!(p.simd.starts_with("conv portable"), "{}", p.simd);
         assert_eq!(p.method, d.method);
-        assert_eq!(p.dice_mean.map(f64::to_bits), d.dice_mean.map(f64::to_bits), "{}", p.method);
+        assert_eq!(
+            p.metrics.mean(&DICE).map(f64::to_bits),
+            d.metrics.mean(&DICE).map(f64::to_bits),
+            "{}",
+            p.method
+        );
         assert_eq!(serde_json::to_string(&p.cases).unwrap(), serde_json::to_string(&d.cases).unwrap());
     }
 }

@@ -173,10 +173,13 @@ fn driving_scenes_run_every_method_through_the_cityscapes_loader_with_miou() {
     for record in &records {
         assert_eq!(record.status, atso_harness::records::Status::Ok, "{:?}", record.error);
         assert!(
-            record.miou.is_some_and(|m| (0.0..=1.0).contains(&m)),
+            record
+                .metrics
+                .mean(&atso_harness::metric_registry::MIOU)
+                .is_some_and(|m| (0.0..=1.0).contains(&m)),
             "{}: mIoU {:?}",
             record.method,
-            record.miou
+            record.metrics.mean(&atso_harness::metric_registry::MIOU)
         );
         assert_eq!(record.first_class, 0, "every driving class is scored");
         assert_eq!(record.n_test, 3, "the val folder is the test set");

@@ -554,7 +554,7 @@ fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() 
             let t = truth.data.iter().filter(|&&v| v == c).count();
             let both = predicted.data.iter().zip(&truth.data).filter(|(a, b)| **a == c && **b == c).count();
             let recomputed = (t > 0).then(|| 2.0 * both as f64 / (p + t) as f64);
-            let recorded = scores.dice[i];
+            let recorded = scores.of(&atso_harness::metric_registry::DICE)[i];
             match (recorded, recomputed) {
                 (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "{} class {class}: {a} vs {b}", scores.case_id),
                 (a, b) => assert_eq!(a, b, "{} class {class}", scores.case_id),

@@ -6,6 +6,7 @@
 //! /dev/full).
 
 mod common;
+use atso_harness::metric_registry::DICE;
 use common::{atso, atso_command, stderr};
 
 use std::collections::BTreeMap;
@@ -59,7 +60,10 @@ fn outcomes(results: &Path) -> (BTreeMap<(String, u64), String>, BTreeMap<String
         }
         *per_hash.entry(record.config_hash.clone()).or_default() += 1;
         let cases = serde_json::to_string(&record.cases).unwrap();
-        by_run.insert((record.method.clone(), record.seed), format!("{:?} {cases}", record.dice_mean));
+        by_run.insert(
+            (record.method.clone(), record.seed),
+            format!("{:?} {cases}", record.metrics.mean(&DICE)),
+        );
     }
     (by_run, per_hash)
 }
@@ -112,10 +116,11 @@ fn same_seed_gives_the_same_dice_serially_in_parallel_and_on_rerun() {
     let records = atso_harness::records::load_all(&dir.path().join("serial/small")).unwrap();
     let mut by_hash: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for r in &records {
-        by_hash
-            .entry(r.config_hash.as_str())
-            .or_default()
-            .push(format!("{:?} {}", r.dice_mean, serde_json::to_string(&r.cases).unwrap()));
+        by_hash.entry(r.config_hash.as_str()).or_default().push(format!(
+            "{:?} {}",
+            r.metrics.mean(&DICE),
+            serde_json::to_string(&r.cases).unwrap()
+        ));
     }
     for (hash, values) in by_hash {
         assert_eq!(
@@ -185,7 +190,7 @@ fn a_diverging_run_fails_alone_and_the_sweep_goes_on() {
         assert_eq!(record.status, atso_harness::records::Status::Failed);
         let error = record.error.unwrap();
         assert!(error.contains("non-finite loss") && error.contains("at step"), "{error}");
-        assert_eq!(record.dice_mean, None, "no Dice for a diverged run");
+        assert_eq!(record.metrics.mean(&DICE), None, "no Dice for a diverged run");
     }
 }
 

@@ -215,7 +215,7 @@ fn an_emitted_array_job_fills_one_table_equal_to_a_one_process_sweep() {
             .into_iter()
             .map(|r| {
                 assert_eq!(r.status, atso_harness::records::Status::Ok, "{}: {:?}", r.run_id, r.error);
-                (r.method, r.seed, r.dice_mean)
+                (r.method, r.seed, r.metrics.mean(&atso_harness::metric_registry::DICE))
             })
             .collect();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));

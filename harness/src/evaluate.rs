@@ -11,12 +11,15 @@
 
 use crate::data::slices::resize_nearest_to;
 use crate::data::{Case, Volume};
+use crate::metric_registry::{self as registry, Missing, Source};
 use crate::previews::{preview_slice, Preview};
+use crate::scores::{summarise, CaseScores, Summary};
 use crate::train::infer;
-use crate::train::metrics::{summarise, CaseScores, Confusion, EmptyClasses, Scoring, Summary};
-use crate::train::surface::{self, Mask};
+use crate::train::metrics::{Confusion, EmptyClasses, Scoring};
+use crate::train::surface::{self, Mask, SurfaceDistances};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// `[evaluation]` of an experiment file.
@@ -155,8 +158,7 @@ pub fn score(
             });
         }
         let at_resolution = confusion_at_resolution(case, &labels, scoring.classes);
-        let dice_at_resolution = scoring.scored().map(|c| at_resolution.dice(c, scoring.empty)).collect();
-        let (native, hd95) = match &case.native {
+        let (native, surfaces) = match &case.native {
             Some(source) => {
                 let truth = source
                     .labels()
@@ -169,22 +171,28 @@ pub fn score(
                 }
                 let mut confusion = Confusion::new(scoring.classes);
                 confusion.add(&as_labels(&predicted.data), &as_labels(&truth.data));
-                let hd95 = if spec.hd95 {
-                    hd95_per_class(&predicted, &truth, scoring, spec.hd95_missed)
-                } else {
-                    vec![None; scoring.scored().len()]
-                };
-                (confusion, hd95)
+                let surfaces = spec.hd95.then(|| surfaces_per_class(&predicted, &truth, scoring, spec.hd95_missed));
+                (confusion, surfaces)
             }
-            None => (at_resolution.clone(), vec![None; scoring.scored().len()]),
+            None => (at_resolution.clone(), None),
         };
         dataset.merge(&native);
+        let mut values = BTreeMap::new();
+        for metric in &registry::ALL {
+            let per_class: Vec<Option<f64>> = match metric.source {
+                Source::Native(value) => scoring.scored().map(|c| value(&native, c, scoring.empty)).collect(),
+                Source::AtResolution(value) => scoring.scored().map(|c| value(&at_resolution, c, scoring.empty)).collect(),
+                Source::Surface(value) => match &surfaces {
+                    Some(surfaces) => surfaces.iter().map(|s| s.value(value, metric.missing)).collect(),
+                    None => vec![None; scoring.scored().len()],
+                },
+                Source::Dataset(_) | Source::Validation(_) => continue,
+            };
+            values.insert(metric.name, per_class);
+        }
         scores.push(CaseScores {
             case_id: case.id.clone(),
-            dice: scoring.scored().map(|c| native.dice(c, scoring.empty)).collect(),
-            iou: scoring.scored().map(|c| native.iou(c, scoring.empty)).collect(),
-            hd95,
-            dice_at_resolution,
+            values,
             missed: scoring.scored().map(|c| native.missed(c)).collect(),
         });
     }
@@ -221,21 +229,20 @@ pub fn dice_of_labels(cases: &[&Case], labels: &[Vec<Vec<u8>>], scoring: &Scorin
         .zip(labels)
         .map(|(case, hard)| {
             let confusion = confusion_at_resolution(case, hard, scoring.classes);
-            let dice: Vec<Option<f64>> = scoring.scored().map(|c| confusion.dice(c, scoring.empty)).collect();
             CaseScores {
                 case_id: case.id.clone(),
-                iou: dice.clone(),
-                hd95: Vec::new(),
-                dice_at_resolution: dice.clone(),
-                dice,
+                values: BTreeMap::from([(
+                    registry::DICE.name,
+                    scoring.scored().map(|c| confusion.dice(c, scoring.empty)).collect(),
+                )]),
                 missed: scoring.scored().map(|c| confusion.missed(c)).collect(),
             }
         })
         .collect();
     let summary = summarise(&scores, &Confusion::new(scoring.classes), scoring);
     LabelDice {
-        per_class: summary.dice_per_class,
-        mean: summary.dice_mean,
+        per_class: summary.per_class(registry::DICE.name).to_vec(),
+        mean: summary.mean(registry::DICE.name),
     }
 }
 
@@ -264,9 +271,28 @@ fn as_labels(values: &[f32]) -> Vec<u8> {
     values.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect()
 }
 
-/// HD95 per scored class: None for a class absent from the truth, the `missed` penalty for one
-/// the prediction lacks, else the distance.
-fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring, missed: Hd95Missed) -> Vec<Option<f64>> {
+/// How a class's predicted surface stands against its true one in one case.
+enum ClassSurfaces {
+    /// The truth lacks the class: no surface distance is defined.
+    AbsentFromTruth,
+    /// The truth has it, the prediction none of it: the penalty in mm.
+    Missed(f64),
+    Measured(SurfaceDistances),
+}
+
+impl ClassSurfaces {
+    /// A surface metric's value by the registry's missing-value rule.
+    fn value(&self, metric: fn(&SurfaceDistances) -> f64, missing: Missing) -> Option<f64> {
+        match (self, missing) {
+            (Self::Measured(distances), _) => Some(metric(distances)),
+            (Self::Missed(penalty), Missing::DistancePenalty) => Some(*penalty),
+            (Self::Missed(_), Missing::EmptyClassRule) | (Self::AbsentFromTruth, _) => None,
+        }
+    }
+}
+
+/// The surfaces of every scored class: distances computed once, read by every surface metric.
+fn surfaces_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring, missed: Hd95Missed) -> Vec<ClassSurfaces> {
     let spacing = truth.spacing.map(f64::from);
     scoring
         .scored()
@@ -275,23 +301,17 @@ fn hd95_per_class(predicted: &Volume, truth: &Volume, scoring: &Scoring, missed:
             let p: Vec<bool> = predicted.data.iter().map(|&v| v == target).collect();
             let t: Vec<bool> = truth.data.iter().map(|&v| v == target).collect();
             if !t.iter().any(|&x| x) {
-                return None;
+                return ClassSurfaces::AbsentFromTruth;
             }
             if !p.iter().any(|&x| x) {
-                return Some(missed.millimetres(truth.dims, spacing));
+                return ClassSurfaces::Missed(missed.millimetres(truth.dims, spacing));
             }
-            surface::hd95(
-                &Mask {
-                    dims: predicted.dims,
-                    spacing,
-                    voxels: &p,
-                },
-                &Mask {
-                    dims: truth.dims,
-                    spacing,
-                    voxels: &t,
-                },
-            )
+            let mask = |voxels| Mask {
+                dims: truth.dims,
+                spacing,
+                voxels,
+            };
+            surface::distances(&mask(&p), &mask(&t)).map_or(ClassSurfaces::AbsentFromTruth, ClassSurfaces::Measured)
         })
         .collect()
 }

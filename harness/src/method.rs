@@ -510,11 +510,11 @@ pub(crate) mod tests {
             .evaluate(&ctx.new_model().into(), &ctx.data.test)
             .unwrap()
             .summary
-            .dice_mean
+            .mean("dice")
             .unwrap_or(0.0);
         let labeled = ctx.data.labeled.clone();
         let (model, log) = train_supervised(&mut ctx, &labeled, 400, "run").unwrap();
-        let trained = ctx.evaluate(&model.into(), &ctx.data.test).unwrap().summary.dice_mean.unwrap();
+        let trained = ctx.evaluate(&model.into(), &ctx.data.test).unwrap().summary.mean("dice").unwrap();
         eprintln!(
             "untrained dice {untrained:.3}, trained dice {trained:.3}, loss {:.3} -> {:.3}",
             log.first_loss, log.last_loss

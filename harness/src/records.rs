@@ -10,9 +10,9 @@
 //! stops later sweeps or reports. Non-finite numbers round-trip (`json_float`).
 
 use crate::fsio;
-use crate::metric_names as metric;
+use crate::metric_registry as registry;
+use crate::scores::{CaseScores, RunMetrics};
 use crate::train::curves::CurvePoint;
-use crate::train::metrics::CaseScores;
 use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -173,32 +173,10 @@ pub struct RunRecord {
     pub seed: u64,
     pub status: Status,
     pub error: Option<String>,
-    /// Test-set mean Dice over scored classes (per case, then per class) on the native grid.
-    #[serde(with = "crate::json_float::option")]
-    pub dice_mean: Option<f64>,
-    #[serde(with = "crate::json_float::option")]
-    pub iou_mean: Option<f64>,
-    /// Mean HD95 (mm) on the native grid.
-    #[serde(default, with = "crate::json_float::option")]
-    pub hd95_mean: Option<f64>,
-    /// Dataset-level mean IoU over scored classes (the driving literature's mIoU).
-    #[serde(default, with = "crate::json_float::option")]
-    pub miou: Option<f64>,
-    /// Test Dice at the training resolution.
-    #[serde(default, with = "crate::json_float::option")]
-    pub dice_at_resolution_mean: Option<f64>,
-    #[serde(with = "crate::json_float::option")]
-    pub val_dice_mean: Option<f64>,
-    /// Test-set Dice per scored class, by class name.
-    #[serde(with = "crate::json_float::named_option_vec")]
-    pub class_dice: Vec<(String, Option<f64>)>,
-    /// Test-set HD95 per scored class, by class name.
-    #[serde(default, with = "crate::json_float::named_option_vec")]
-    pub class_hd95: Vec<(String, Option<f64>)>,
-    /// Validation Dice per scored class, by class name (empty in older records): what a budget
-    /// or setting may be chosen on without looking at the test cases.
-    #[serde(default, with = "crate::json_float::named_option_vec")]
-    pub val_class_dice: Vec<(String, Option<f64>)>,
+    /// Every registered metric (`metric_registry`): its mean under its column (`dice_mean`,
+    /// `hd95_mean`, ...) and its values per scored class under its class key (`class_dice`, ...).
+    #[serde(flatten)]
+    pub metrics: RunMetrics,
     pub iterations: usize,
     pub iterations_used: usize,
     pub batch_size: usize,
@@ -391,9 +369,9 @@ fn named_columns<Row>(rows: &[Row], prefix: &str, pick: &dyn Fn(&Row) -> Named) 
         .collect()
 }
 
-/// The runs table: one row per record, per-class Dice as `dice_<class>` and HD95 as
-/// `hd95_<class>` columns (null where a dataset lacks the class), method diagnostics as
-/// `diag_<name>`.
+/// The runs table: one row per record, every registered metric's mean under its column and, for
+/// the metrics kept per class, `<prefix><class>` columns (`dice_liver`; null where a dataset
+/// lacks the class), method diagnostics as `diag_<name>`.
 pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
     let text = |f: &dyn Fn(&RunRecord) -> String| records.iter().map(f).collect::<Vec<_>>();
     let opt_f = |f: &dyn Fn(&RunRecord) -> Option<f64>| records.iter().map(f).collect::<Vec<_>>();
@@ -409,19 +387,15 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
         Column::new("seed".into(), int(&|r| r.seed)),
         Column::new("status".into(), text(&|r| r.status.as_str().to_string())),
         Column::new("error".into(), records.iter().map(|r| r.error.clone()).collect::<Vec<_>>()),
-        Column::new(metric::DICE.column.into(), opt_f(&|r| r.dice_mean)),
-        Column::new(metric::IOU.column.into(), opt_f(&|r| r.iou_mean)),
-        Column::new(metric::HD95.column.into(), opt_f(&|r| r.hd95_mean)),
-        Column::new(metric::MIOU.column.into(), opt_f(&|r| r.miou)),
-        Column::new(metric::DICE_AT_RESOLUTION.column.into(), opt_f(&|r| r.dice_at_resolution_mean)),
-        Column::new(metric::VALIDATION_DICE.column.into(), opt_f(&|r| r.val_dice_mean)),
     ];
-    let prefix = |m: metric::MetricName| m.per_class_prefix.expect("a per-class metric");
-    columns.extend(named_columns(records, prefix(metric::DICE), &|r| r.class_dice.clone()));
-    columns.extend(named_columns(records, prefix(metric::HD95), &|r| r.class_hd95.clone()));
-    columns.extend(named_columns(records, prefix(metric::VALIDATION_DICE), &|r| {
-        r.val_class_dice.clone()
-    }));
+    for metric in &registry::ALL {
+        columns.push(Column::new(metric.column.into(), opt_f(&|r| r.metrics.mean(metric))));
+    }
+    for metric in &registry::ALL {
+        if let Some(prefix) = metric.per_class_prefix {
+            columns.extend(named_columns(records, prefix, &|r| r.metrics.classes(metric).to_vec()));
+        }
+    }
     columns.extend(named_columns(records, "diag_", &|r| {
         r.diagnostics.iter().map(|(k, v)| (k.clone(), Some(*v))).collect()
     }));
@@ -468,14 +442,16 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
     Ok(DataFrame::new(records.len(), columns)?)
 }
 
-/// The per-case table: one row per (run, test case, scored class): Dice, IoU and HD95 on the
-/// native grid, Dice at the training resolution, and whether the prediction missed a class the
+/// The per-case table: one row per (run, test case, scored class): every metric with per-case
+/// values (`metric_registry`: Dice, IoU, HD95 on the native grid, Dice at the training
+/// resolution), and whether the prediction missed a class the
 /// truth has (null in records written before that was kept).
 pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
+    let per_case: Vec<&registry::Metric> = registry::ALL.iter().filter(|m| m.per_case()).collect();
     let mut run = Vec::new();
     let mut case = Vec::new();
     let mut class = Vec::new();
-    let (mut dice, mut iou, mut hd95, mut at_res) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut values: Vec<Vec<Option<f64>>> = vec![Vec::new(); per_case.len()];
     let mut missed = Vec::new();
     for record in records {
         for scores in &record.cases {
@@ -483,28 +459,22 @@ pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {
                 run.push(record.run_id.clone());
                 case.push(scores.case_id.clone());
                 class.push(name.clone());
-                dice.push(scores.dice.get(i).copied().flatten());
-                iou.push(scores.iou.get(i).copied().flatten());
-                hd95.push(scores.hd95.get(i).copied().flatten());
-                at_res.push(scores.dice_at_resolution.get(i).copied().flatten());
+                for (metric, column) in per_case.iter().zip(&mut values) {
+                    column.push(scores.of(metric).get(i).copied().flatten());
+                }
                 missed.push(scores.missed.get(i).copied());
             }
         }
     }
     let height = run.len();
-    Ok(DataFrame::new(
-        height,
-        vec![
-            Column::new("run_id".into(), run),
-            Column::new("case_id".into(), case),
-            Column::new("class".into(), class),
-            Column::new("dice".into(), dice),
-            Column::new("iou".into(), iou),
-            Column::new("hd95".into(), hd95),
-            Column::new("dice_at_resolution".into(), at_res),
-            Column::new("missed".into(), missed),
-        ],
-    )?)
+    let mut columns = vec![
+        Column::new("run_id".into(), run),
+        Column::new("case_id".into(), case),
+        Column::new("class".into(), class),
+    ];
+    columns.extend(per_case.iter().zip(values).map(|(metric, v)| Column::new(metric.name.into(), v)));
+    columns.push(Column::new("missed".into(), missed));
+    Ok(DataFrame::new(height, columns)?)
 }
 
 /// The columns that say which run a row of a per-run table (stages, curves) belongs to.
@@ -678,15 +648,17 @@ pub(crate) mod tests {
             seed: 0,
             status: Status::Ok,
             error: None,
-            dice_mean: Some(0.5),
-            iou_mean: Some(0.4),
-            hd95_mean: None,
-            miou: Some(0.4),
-            dice_at_resolution_mean: Some(0.5),
-            val_dice_mean: Some(0.5),
-            class_dice: vec![("liver".into(), Some(0.5))],
-            class_hd95: vec![("liver".into(), None)],
-            val_class_dice: vec![],
+            metrics: {
+                let mut metrics = RunMetrics::default();
+                metrics.set_mean(&registry::DICE, Some(0.5));
+                metrics.set_mean(&registry::IOU, Some(0.4));
+                metrics.set_mean(&registry::MIOU, Some(0.4));
+                metrics.set_mean(&registry::DICE_AT_RESOLUTION, Some(0.5));
+                metrics.set_mean(&registry::VALIDATION_DICE, Some(0.5));
+                metrics.set_classes(&registry::DICE, vec![("liver".into(), Some(0.5))]);
+                metrics.set_classes(&registry::HD95, vec![("liver".into(), None)]);
+                metrics
+            },
             iterations: 2,
             iterations_used: 2,
             batch_size: 2,

@@ -94,7 +94,7 @@ impl Reference {
 /// Whether lower values of `metric` (a runs-table column) are better (distances), as the
 /// metric's entry says; columns that are no metric count as higher-is-better.
 pub fn lower_is_better(metric: &str) -> bool {
-    atso_harness::metric_names::of_column(metric).is_some_and(|m| !m.higher_is_better)
+    atso_harness::metric_registry::of_column(metric).is_some_and(|m| !m.higher_is_better)
 }
 
 /// One line of a check.

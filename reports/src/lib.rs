@@ -18,6 +18,8 @@ pub mod table;
 
 use anyhow::{bail, Context, Result};
 use atso_harness::fsio::write_atomic;
+/// The metric the figures plot: the registry's headline.
+use atso_harness::metric_registry::DICE as HEADLINE;
 use polars::prelude::{DataFrame, ParquetReader, SerReader};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -178,7 +180,7 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Resul
                 .iter()
                 .filter(|c| &c.method == m)
                 .filter_map(|c| {
-                    let s = stats::summarise(&c.values("dice_mean"))?;
+                    let s = stats::summarise(&c.values(HEADLINE.column))?;
                     let half = if s.ci95.is_finite() { s.ci95 } else { f64::NAN };
                     Some((
                         100.0 * c.labeled_ratio,
@@ -274,7 +276,7 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Resul
         for run in cells.iter().flat_map(|c| c.runs.iter()) {
             for (name, value) in &run.metrics {
                 if let Some(class) = name
-                    .strip_prefix("dice_")
+                    .strip_prefix(HEADLINE.per_class_prefix.unwrap_or_default())
                     .filter(|c| !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
                 {
                     if value.is_some() && !names.contains(&class.to_string()) {
@@ -296,7 +298,7 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Resul
                             .iter()
                             .map(|class| {
                                 let cell = cells.iter().find(|c| &c.method == m && c.labeled_ratio == ratio)?;
-                                let s = stats::summarise(&cell.values(&format!("dice_{class}")))?;
+                                let s = stats::summarise(&cell.values(&HEADLINE.class_column(class).unwrap_or_default()))?;
                                 let half = if s.ci95.is_finite() { s.ci95 } else { f64::NAN };
                                 Some((100.0 * s.mean, 100.0 * (s.mean - half), 100.0 * (s.mean + half)))
                             })

@@ -4,6 +4,7 @@
 //! tables written by an older harness still load.
 
 use anyhow::{Context, Result};
+use atso_harness::metric_registry as registry;
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,8 @@ pub struct Run {
     pub seed: u64,
     pub ok: bool,
     pub error: Option<String>,
-    /// Named metrics: dice_mean, iou_mean, hd95_mean, miou, dice_at_resolution_mean,
-    /// val_dice_mean, dice_<class>, hd95_<class>, diag_<name>.
+    /// Named metrics: every registered metric's column (`metric_registry`: dice_mean, hd95_mean, ...),
+    /// its per-class columns (dice_<class>, hd95_<class>) and diag_<name>.
     pub metrics: Vec<(String, Option<f64>)>,
     pub n_labeled: u64,
     pub n_unlabeled: u64,
@@ -163,9 +164,9 @@ impl Columns<'_> {
     }
 }
 
-/// The run-level metric columns (`metric_names`), and `first_class`, read as numbers.
+/// The run-level metric columns (`metric_registry`), and `first_class`, read as numbers.
 fn metric_columns() -> impl Iterator<Item = &'static str> {
-    std::iter::once("first_class").chain(atso_harness::metric_names::ALL.iter().map(|m| m.column))
+    std::iter::once("first_class").chain(atso_harness::metric_registry::ALL.iter().map(|m| m.column))
 }
 
 fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
@@ -180,7 +181,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
     for name in frame.get_column_names() {
         let name = name.to_string();
         let per_class =
-            (atso_harness::metric_names::of_column(&name).is_some() || name.starts_with("diag_")) && !metric_names.contains(&name);
+            (atso_harness::metric_registry::of_column(&name).is_some() || name.starts_with("diag_")) && !metric_names.contains(&name);
         if per_class {
             metric_names.push(name);
         }
@@ -247,7 +248,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
 fn case_rows(frame: &DataFrame) -> Result<Vec<CaseRow>> {
     let c = Columns(frame);
     let (run, case, class) = (c.text("run_id")?, c.text("case_id")?, c.text("class")?);
-    let (dice, hd95) = (c.float_or("dice"), c.float_or("hd95"));
+    let (dice, hd95) = (c.float_or(registry::DICE.name), c.float_or(registry::HD95.name));
     Ok((0..frame.height())
         .map(|i| CaseRow {
             run_id: run[i].clone().unwrap_or_default(),

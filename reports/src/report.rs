@@ -10,7 +10,7 @@ use crate::cells::{self, format_ratio, short, Cell};
 use crate::load::{Run, StageRow, Tables};
 use crate::stats::{self, SeedLevel};
 use crate::table::{Entry, Row, Table};
-use atso_harness::metric_names::{self, MetricName};
+use atso_harness::metric_registry::{self as registry, Metric, Shown};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How a metric is shown.
@@ -27,8 +27,8 @@ pub struct MetricView<'m> {
 }
 
 impl MetricView<'static> {
-    /// The view of a metric as its entry in `metric_names` describes it.
-    pub const fn of(metric: &MetricName) -> Self {
+    /// The view of a metric as its entry in `metric_registry` describes it.
+    pub const fn of(metric: &Metric) -> Self {
         MetricView {
             column: metric.column,
             label: metric.label,
@@ -39,15 +39,10 @@ impl MetricView<'static> {
     }
 }
 
-/// The per-class column prefix of a metric that has one.
-fn per_class(metric: &MetricName) -> &'static str {
-    metric.per_class_prefix.expect("a per-class metric")
-}
-
 /// Mean test Dice, the headline metric.
 pub const DICE: MetricView<'static> = MetricView {
     label: "test Dice (%)",
-    ..MetricView::of(&metric_names::DICE)
+    ..MetricView::of(&registry::DICE)
 };
 
 /// One dataset's part of the report.
@@ -93,38 +88,8 @@ pub fn build(tables: &Tables, cells: &[Cell], declared: &[[String; 2]]) -> Conte
         if let Some(table) = per_case_table(&selected, &comparisons, &per_case, &dataset) {
             section.tables.push(table);
         }
-        for class in class_names(&selected, per_class(&metric_names::DICE)) {
-            let column = format!("dice_{class}");
-            let view = MetricView {
-                column: &column,
-                ..MetricView::of(&metric_names::DICE)
-            };
-            section
-                .tables
-                .push(metric_table(&selected, &view, &format!("{dataset}: Dice of {class} (%)")));
-        }
-        if has_metric(&selected, metric_names::HD95.column) {
-            let view = MetricView::of(&metric_names::HD95);
-            let mut table = metric_table(&selected, &view, &format!("{dataset}: HD95 (mm, lower is better)"));
-            table.notes.push(
-                "A run's HD95 is the mean over every class present in a case's truth; a class the prediction misses entirely counts the penalty of `[evaluation] hd95_missed` (default: the diagonal of the case's volume in mm), so losing a class raises HD95 instead of dropping out of the mean. Runs recorded before that penalty existed averaged only the classes they predicted; their commit tells them apart."
-                    .into(),
-            );
-            section.tables.push(table);
-            for class in class_names(&selected, per_class(&metric_names::HD95)) {
-                let column = format!("hd95_{class}");
-                let view = MetricView {
-                    column: &column,
-                    ..MetricView::of(&metric_names::HD95)
-                };
-                section
-                    .tables
-                    .push(metric_table(&selected, &view, &format!("{dataset}: HD95 of {class} (mm)")));
-            }
-        }
-        if scores_every_class(&selected) && has_metric(&selected, metric_names::MIOU.column) {
-            let view = MetricView::of(&metric_names::MIOU);
-            section.tables.push(metric_table(&selected, &view, &format!("{dataset}: mIoU (%)")));
+        for metric in &registry::ALL {
+            section.tables.extend(metric_tables(&selected, metric, &dataset));
         }
         section.tables.extend(lazy_tables(&selected, &tables.stages));
         if let Some(table) = diagnostics_table(&selected) {
@@ -153,6 +118,38 @@ pub fn build(tables: &Tables, cells: &[Cell], declared: &[[String; 2]]) -> Conte
         }
     }
     content
+}
+
+/// A metric's tables by its entry's `shown`: besides the headline's (built above), a table and
+/// one per class where some run recorded it, or one table where the dataset scores every class.
+fn metric_tables(cells: &[Cell], metric: &Metric, dataset: &str) -> Vec<Table> {
+    let view = MetricView::of(metric);
+    let (short, unit) = (metric.short, metric.unit);
+    let direction = if metric.higher_is_better { "" } else { ", lower is better" };
+    let recorded = has_metric(cells, metric.column);
+    // (a table of the run-level column, tables per class)
+    let (main, per_class) = match metric.shown {
+        Shown::Headline => (false, true), // its run-level table leads the section
+        Shown::Table { .. } => (recorded, recorded),
+        Shown::WhenEveryClassScored => (recorded && scores_every_class(cells), false),
+        Shown::TablesOnly => (false, false),
+    };
+    let mut tables = Vec::new();
+    if main {
+        let mut table = metric_table(cells, &view, &format!("{dataset}: {short} ({unit}{direction})"));
+        if let Shown::Table { note } = metric.shown {
+            table.notes.push(note.into());
+        }
+        tables.push(table);
+    }
+    if let Some(prefix) = metric.per_class_prefix.filter(|_| per_class) {
+        for class in class_names(cells, prefix) {
+            let column = format!("{prefix}{class}");
+            let view = MetricView { column: &column, ..view };
+            tables.push(metric_table(cells, &view, &format!("{dataset}: {short} of {class} ({unit})")));
+        }
+    }
+    tables
 }
 
 fn has_metric(cells: &[Cell], metric: &str) -> bool {

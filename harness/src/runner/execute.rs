@@ -14,6 +14,7 @@ use crate::progress::{self, Event, SharedSink};
 use crate::provenance::{Machine, Provenance};
 use crate::records::{RunRecord, Status};
 use crate::rng;
+use crate::scores::RunMetrics;
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -135,7 +136,7 @@ pub fn execute(
         Event::Finished {
             run: run_id,
             ok: record.status == Status::Ok,
-            dice: record.dice_mean,
+            dice: record.metrics.mean(&crate::metric_registry::DICE),
             seconds: record.wall_seconds,
             error: record.error.clone(),
         },
@@ -164,15 +165,7 @@ fn blank_record(
         seed: run.seed,
         status: Status::Failed,
         error: None,
-        dice_mean: None,
-        iou_mean: None,
-        hd95_mean: None,
-        miou: None,
-        dice_at_resolution_mean: None,
-        val_dice_mean: None,
-        class_dice: Vec::new(),
-        class_hd95: Vec::new(),
-        val_class_dice: Vec::new(),
+        metrics: RunMetrics::default(),
         iterations: run.budget.iterations,
         iterations_used: 0,
         batch_size: run.budget.batch_size,
@@ -356,16 +349,7 @@ fn train_and_evaluate(
             );
         }
     }
-    let scored = ctx.scored_class_names();
-    record.dice_mean = test.summary.dice_mean;
-    record.iou_mean = test.summary.iou_mean;
-    record.hd95_mean = test.summary.hd95_mean;
-    record.miou = test.summary.miou;
-    record.dice_at_resolution_mean = test.summary.dice_at_resolution_mean;
-    record.val_dice_mean = validation.summary.dice_mean;
-    record.class_dice = scored.iter().cloned().zip(test.summary.dice_per_class.iter().copied()).collect();
-    record.class_hd95 = scored.iter().cloned().zip(test.summary.hd95_per_class.iter().copied()).collect();
-    record.val_class_dice = scored.into_iter().zip(validation.summary.dice_per_class.iter().copied()).collect();
+    record.metrics = RunMetrics::of_run(&test.summary, &validation.summary, &ctx.scored_class_names());
     record.cases = test.scores;
     Ok(())
 }

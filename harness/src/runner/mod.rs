@@ -465,7 +465,9 @@ pub fn prepare_dataset(spec: &DatasetSpec, resolution: usize, data_base: &Path, 
 
 fn log_record(record: &RunRecord) {
     match record.status {
-        Status::Ok => tracing::debug!(run = %record.run_id, dice = ?record.dice_mean, seconds = record.wall_seconds, "run finished"),
+        Status::Ok => {
+            tracing::debug!(run = %record.run_id, dice = ?record.metrics.mean(&crate::metric_registry::DICE), seconds = record.wall_seconds, "run finished")
+        }
         Status::Failed => tracing::warn!(run = %record.run_id, error = record.error.as_deref().unwrap_or(""), "run failed"),
     }
 }

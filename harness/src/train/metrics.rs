@@ -1,7 +1,7 @@
-//! Segmentation metrics: Dice, IoU and HD95 per class, computed per case (the 3D volume stacked
-//! from its slices), then averaged over cases, as the medical SSL literature reports them; and
-//! the dataset-level IoU (confusion summed over all cases) whose class mean is the driving
-//! literature's mIoU.
+//! Overlap metrics: Dice and IoU per class from the counts of one case (the 3D volume stacked
+//! from its slices), as the medical SSL literature reports them, and from the counts summed over
+//! all cases, whose class mean is the driving literature's mIoU. The registry
+//! (`metric_registry`) names which of these a run records; `scores` averages them.
 //!
 //! Empty classes follow a documented rule (`[evaluation] empty_classes`):
 //! - `monai` (default, MONAI's `DiceMetric(ignore_empty=True)`): a class absent from a case's
@@ -10,10 +10,10 @@
 //! - `strict`: only a class absent from both truth and prediction is left out; a prediction of a
 //!   class the case lacks scores 0.
 //!
-//! HD95 is undefined (left out) when the class is absent from the truth; when the truth has the
-//! class and the prediction misses it, the case gets the penalty of `[evaluation] hd95_missed`
-//! (see `evaluate::Hd95Missed`), so a lost class counts against a run instead of dropping out of
-//! its mean.
+//! Surface distances (HD95, `train::surface`) are undefined (left out) when the class is absent
+//! from the truth; when the truth has the class and the prediction misses it, the case gets the
+//! penalty of `[evaluation] hd95_missed` (see `evaluate::Hd95Missed`), so a lost class counts
+//! against a run instead of dropping out of its mean.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,27 +41,6 @@ impl Scoring {
     pub fn scored(&self) -> std::ops::Range<usize> {
         self.first_class..self.classes
     }
-}
-
-/// Scores of one case, one entry per scored class (in class order from `first_class`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CaseScores {
-    pub case_id: String,
-    /// Dice on the case's native grid (predictions resized back), the headline number.
-    #[serde(with = "crate::json_float::option_vec")]
-    pub dice: Vec<Option<f64>>,
-    #[serde(with = "crate::json_float::option_vec")]
-    pub iou: Vec<Option<f64>>,
-    /// 95th-percentile Hausdorff distance in millimetres on the native grid.
-    #[serde(default, with = "crate::json_float::option_vec")]
-    pub hd95: Vec<Option<f64>>,
-    /// Dice at the training resolution.
-    #[serde(default, with = "crate::json_float::option_vec")]
-    pub dice_at_resolution: Vec<Option<f64>>,
-    /// Per scored class: the truth has it and the prediction has none of it (its Dice is 0 and
-    /// its HD95 the penalty). Empty in records written before it was kept.
-    #[serde(default)]
-    pub missed: Vec<bool>,
 }
 
 /// Counts true positives, false positives and false negatives per class.
@@ -142,48 +121,6 @@ impl Confusion {
     }
 }
 
-/// Per-class means over cases (None where no case defines the class) and their means.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Summary {
-    pub dice_per_class: Vec<Option<f64>>,
-    pub iou_per_class: Vec<Option<f64>>,
-    pub hd95_per_class: Vec<Option<f64>>,
-    pub dice_mean: Option<f64>,
-    pub iou_mean: Option<f64>,
-    pub hd95_mean: Option<f64>,
-    pub dice_at_resolution_mean: Option<f64>,
-    /// Dataset-level IoU per class (confusion summed over cases) and its mean: mIoU.
-    pub dataset_iou_per_class: Vec<Option<f64>>,
-    pub miou: Option<f64>,
-}
-
-/// Averages case scores: per class over the cases that define it, then over classes.
-/// `dataset` is the confusion summed over all cases (for mIoU).
-pub fn summarise(cases: &[CaseScores], dataset: &Confusion, scoring: &Scoring) -> Summary {
-    let classes = scoring.scored().len();
-    let class_mean = |pick: &dyn Fn(&CaseScores) -> &Vec<Option<f64>>| -> Vec<Option<f64>> {
-        (0..classes)
-            .map(|c| mean(cases.iter().filter_map(|case| pick(case).get(c).copied().flatten())))
-            .collect()
-    };
-    let dice_per_class = class_mean(&|c| &c.dice);
-    let iou_per_class = class_mean(&|c| &c.iou);
-    let hd95_per_class = class_mean(&|c| &c.hd95);
-    let at_resolution = class_mean(&|c| &c.dice_at_resolution);
-    let dataset_iou_per_class: Vec<Option<f64>> = scoring.scored().map(|c| dataset.iou(c, scoring.empty)).collect();
-    Summary {
-        dice_mean: mean(dice_per_class.iter().flatten().copied()),
-        iou_mean: mean(iou_per_class.iter().flatten().copied()),
-        hd95_mean: mean(hd95_per_class.iter().flatten().copied()),
-        dice_at_resolution_mean: mean(at_resolution.iter().flatten().copied()),
-        miou: mean(dataset_iou_per_class.iter().flatten().copied()),
-        dice_per_class,
-        iou_per_class,
-        hd95_per_class,
-        dataset_iou_per_class,
-    }
-}
-
 /// Mean of the values, None when there are none.
 pub fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
@@ -214,30 +151,6 @@ mod tests {
         both_empty.add(&[1, 0], &[1, 0]);
         assert_eq!(both_empty.dice(2, EmptyClasses::Strict), None);
         assert_eq!(both_empty.dice(2, EmptyClasses::Monai), None);
-    }
-
-    #[test]
-    fn absent_class_is_excluded_from_the_mean() {
-        let scores = |id: &str, dice: Vec<Option<f64>>| CaseScores {
-            case_id: id.into(),
-            iou: dice.clone(),
-            hd95: vec![None; dice.len()],
-            dice_at_resolution: dice.clone(),
-            missed: vec![false; dice.len()],
-            dice,
-        };
-        let a = scores("a", vec![Some(0.8), None]);
-        let b = scores("b", vec![Some(0.6), Some(0.5)]);
-        let scoring = Scoring {
-            classes: 3,
-            first_class: 1,
-            empty: EmptyClasses::Monai,
-        };
-        let summary = summarise(&[a, b], &Confusion::new(3), &scoring);
-        assert!((summary.dice_per_class[0].unwrap() - 0.7).abs() < 1e-12);
-        assert_eq!(summary.dice_per_class[1], Some(0.5));
-        assert!((summary.dice_mean.unwrap() - 0.6).abs() < 1e-12);
-        assert_eq!(summary.hd95_mean, None);
     }
 
     #[test]

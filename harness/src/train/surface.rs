@@ -1,5 +1,6 @@
-//! Surface distances between binary masks: the 95th-percentile Hausdorff distance (HD95) in
-//! millimetres, defined as medpy's `hd95` (which SSL4MIS and most medical SSL papers report).
+//! Surface distances between binary masks in millimetres, and the metrics read from them as
+//! medpy defines them (which SSL4MIS and most medical SSL papers report): the 95th-percentile
+//! Hausdorff distance (HD95).
 //!
 //! A mask's surface is its voxels that have a 6-connected neighbour outside it (voxels on the
 //! volume's border count as surface, as with scipy's erosion and its zero border). For every
@@ -16,24 +17,46 @@ pub struct Mask<'a> {
     pub voxels: &'a [bool],
 }
 
-/// HD95 between two masks on the same grid; `None` when either is empty (undefined).
-pub fn hd95(a: &Mask, b: &Mask) -> Option<f64> {
-    assert_eq!(a.dims, b.dims, "masks must share a grid");
-    let surface_a = surface(a);
-    let surface_b = surface(b);
-    if !surface_a.iter().any(|&s| s) || !surface_b.iter().any(|&s| s) {
+/// The distances (mm) from each mask's surface voxels to the other mask's surface, computed once
+/// per class and case; every surface metric of the registry (`metric_registry`) reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurfaceDistances {
+    /// From each surface voxel of the prediction to the truth's surface, in voxel order.
+    pub predicted_to_truth: Vec<f64>,
+    /// From each surface voxel of the truth to the prediction's surface, in voxel order.
+    pub truth_to_predicted: Vec<f64>,
+}
+
+impl SurfaceDistances {
+    /// The 95th percentile of both directions pooled: medpy's `hd95`.
+    pub fn hd95(&self) -> f64 {
+        let mut pooled: Vec<f64> = self.predicted_to_truth.iter().chain(&self.truth_to_predicted).copied().collect();
+        percentile(&mut pooled, 95.0)
+    }
+}
+
+/// Surface distances between a predicted and a true mask on the same grid; `None` when either
+/// is empty (no surface to measure from).
+pub fn distances(predicted: &Mask, truth: &Mask) -> Option<SurfaceDistances> {
+    assert_eq!(predicted.dims, truth.dims, "masks must share a grid");
+    let surface_predicted = surface(predicted);
+    let surface_truth = surface(truth);
+    if !surface_predicted.iter().any(|&s| s) || !surface_truth.iter().any(|&s| s) {
         return None;
     }
-    let to_b = distance_to(&surface_b, a.dims, a.spacing);
-    let to_a = distance_to(&surface_a, a.dims, a.spacing);
-    let mut distances: Vec<f64> = surface_a
-        .iter()
-        .zip(&to_b)
-        .filter(|(s, _)| **s)
-        .map(|(_, d)| *d)
-        .chain(surface_b.iter().zip(&to_a).filter(|(s, _)| **s).map(|(_, d)| *d))
-        .collect();
-    Some(percentile(&mut distances, 95.0))
+    let on_surface =
+        |surface: &[bool], distance: &[f64]| -> Vec<f64> { surface.iter().zip(distance).filter(|(s, _)| **s).map(|(_, d)| *d).collect() };
+    let to_truth = distance_to(&surface_truth, predicted.dims, predicted.spacing);
+    let to_predicted = distance_to(&surface_predicted, predicted.dims, predicted.spacing);
+    Some(SurfaceDistances {
+        predicted_to_truth: on_surface(&surface_predicted, &to_truth),
+        truth_to_predicted: on_surface(&surface_truth, &to_predicted),
+    })
+}
+
+/// HD95 between two masks on the same grid; `None` when either is empty (undefined).
+pub fn hd95(a: &Mask, b: &Mask) -> Option<f64> {
+    distances(a, b).map(|d| d.hd95())
 }
 
 /// Voxels of `mask` with a 6-neighbour outside the mask or outside the volume.
