@@ -522,13 +522,15 @@ fn every_shipped_experiment_file_is_valid() {
 }
 
 #[test]
-fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() {
+fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice_and_asd() {
     let dir = tempfile::tempdir().unwrap();
     let text = TINY
         .replace("labeled_ratios = [0.34, 1.0]", "labeled_ratios = [0.5]")
         .replace("seeds = [0, 1]", "seeds = [0]")
-        + "\n[output]\nsave_predictions = true\n";
-    let text = text.replace("iterations = 4", "iterations = 30");
+        + "\n[output]\nsave_predictions = true\n[optimizer]\nlr = 0.05\n";
+    // Trained long enough to predict the organs, so surface distances are measured, not only
+    // penalised.
+    let text = text.replace("iterations = 4", "iterations = 200");
     std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
     let output = atso(dir.path(), &["sweep", "tiny.toml"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -536,6 +538,7 @@ fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() 
     let record = records(&results).pop().unwrap();
     let predictions = results.join(record.predictions_dir.as_deref().expect("predictions recorded"));
     assert_eq!(record.cases.len(), record.n_test);
+    let mut measured = 0;
     for scores in &record.cases {
         let path = predictions.join(format!("{}.nii.gz", scores.case_id));
         let (predicted, header) = atso_harness::data::nifti::read_with_header(&path).unwrap();
@@ -559,8 +562,67 @@ fn saved_predictions_reopen_on_the_image_grid_and_reproduce_the_recorded_dice() 
                 (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "{} class {class}: {a} vs {b}", scores.case_id),
                 (a, b) => assert_eq!(a, b, "{} class {class}", scores.case_id),
             }
+            // ASD recomputed by brute force (medpy's asd(prediction, truth)): the mean over the
+            // prediction's surface voxels of the distance to the nearest truth surface voxel; a
+            // missed class costs the volume's diagonal, an absent one has none.
+            let dims = truth.dims;
+            let spacing = truth.spacing.map(f64::from);
+            let (p_surface, t_surface) = (
+                surface_points(&predicted.data, c, dims, spacing),
+                surface_points(&truth.data, c, dims, spacing),
+            );
+            let recomputed = match (t_surface.is_empty(), p_surface.is_empty()) {
+                (true, _) => None,
+                (false, true) => Some(dims.iter().zip(spacing).map(|(&n, s)| (n as f64 * s).powi(2)).sum::<f64>().sqrt()),
+                (false, false) => {
+                    let nearest = |a: &[f64; 3]| {
+                        t_surface
+                            .iter()
+                            .map(|b| (0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f64>().sqrt())
+                            .fold(f64::INFINITY, f64::min)
+                    };
+                    Some(p_surface.iter().map(nearest).sum::<f64>() / p_surface.len() as f64)
+                }
+            };
+            let recorded = scores.of(&atso_harness::metric_registry::ASD)[i];
+            match (recorded, recomputed) {
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() < 1e-9, "{} class {class} ASD: {a} vs {b}", scores.case_id);
+                    measured += usize::from(!p_surface.is_empty());
+                }
+                (a, b) => assert_eq!(a, b, "{} class {class} ASD", scores.case_id),
+            }
         }
     }
+    assert!(measured > 0, "no case had a measured ASD to compare: {:?}", record.cases);
+    // The runs table and the report carry ASD beside HD95.
+    let runs = read_parquet(&results.join("runs.parquet"));
+    assert!(runs.column("asd_mean").unwrap().f64().unwrap().get(0).is_some_and(|v| v >= 0.0));
+    let output = atso(dir.path(), &["report", "results/tiny"]);
+    assert!(output.status.success(), "report failed: {}", stderr(&output));
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(report.contains("ASD (mm, lower is better)"), "{report}");
+}
+
+/// Positions (mm) of the voxels of `class` that have a 6-neighbour outside it or lie on the
+/// volume's border (scipy's erosion with a zero border, as medpy uses it).
+fn surface_points(data: &[f32], class: f32, dims: [usize; 3], spacing: [f64; 3]) -> Vec<[f64; 3]> {
+    let at = |x: isize, y: isize, z: isize| {
+        let inside = (0..dims[0] as isize).contains(&x) && (0..dims[1] as isize).contains(&y) && (0..dims[2] as isize).contains(&z);
+        inside && data[x as usize + dims[0] * (y as usize + dims[1] * z as usize)] == class
+    };
+    let mut points = Vec::new();
+    for z in 0..dims[2] as isize {
+        for y in 0..dims[1] as isize {
+            for x in 0..dims[0] as isize {
+                let neighbours = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)];
+                if at(x, y, z) && neighbours.iter().any(|(dx, dy, dz)| !at(x + dx, y + dy, z + dz)) {
+                    points.push([x as f64 * spacing[0], y as f64 * spacing[1], z as f64 * spacing[2]]);
+                }
+            }
+        }
+    }
+    points
 }
 
 const M0_CONTROL: &str = r#"

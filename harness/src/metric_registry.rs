@@ -148,6 +148,26 @@ pub const HD95: Metric = Metric {
     },
 };
 
+/// Average surface distance in mm (medpy's `asd(prediction, truth)`, which SSL4MIS reports beside
+/// Dice and HD95): the mean distance from the prediction's surface to the truth's.
+pub const ASD: Metric = Metric {
+    name: "asd",
+    column: "asd_mean",
+    per_class_prefix: Some("asd_"),
+    class_key: Some("class_asd"),
+    label: "ASD (mm)",
+    short: "ASD",
+    unit: "mm",
+    scale: 1.0,
+    higher_is_better: false,
+    range: DISTANCE,
+    source: Source::Surface(SurfaceDistances::asd),
+    missing: Missing::DistancePenalty,
+    shown: Shown::Table {
+        note: "ASD is medpy's `asd(prediction, truth)` as SSL4MIS reports it: the mean distance from the prediction's surface to the truth's (one direction). A class the prediction misses entirely counts the penalty of `[evaluation] hd95_missed`, as for HD95.",
+    },
+};
+
 /// Driving datasets: IoU per class from the confusion over all test images, then the mean.
 pub const MIOU: Metric = Metric {
     name: "miou",
@@ -200,7 +220,7 @@ pub const VALIDATION_DICE: Metric = Metric {
 };
 
 /// Every metric, headline first; tables list their columns in this order.
-pub const ALL: [Metric; 6] = [DICE, IOU, HD95, MIOU, DICE_AT_RESOLUTION, VALIDATION_DICE];
+pub const ALL: [Metric; 7] = [DICE, IOU, HD95, ASD, MIOU, DICE_AT_RESOLUTION, VALIDATION_DICE];
 
 /// The metric of this name.
 pub fn by_name(name: &str) -> Option<&'static Metric> {

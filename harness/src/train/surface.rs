@@ -1,6 +1,6 @@
 //! Surface distances between binary masks in millimetres, and the metrics read from them as
 //! medpy defines them (which SSL4MIS and most medical SSL papers report): the 95th-percentile
-//! Hausdorff distance (HD95).
+//! Hausdorff distance (HD95) and the average surface distance (ASD).
 //!
 //! A mask's surface is its voxels that have a 6-connected neighbour outside it (voxels on the
 //! volume's border count as surface, as with scipy's erosion and its zero border). For every
@@ -32,6 +32,12 @@ impl SurfaceDistances {
     pub fn hd95(&self) -> f64 {
         let mut pooled: Vec<f64> = self.predicted_to_truth.iter().chain(&self.truth_to_predicted).copied().collect();
         percentile(&mut pooled, 95.0)
+    }
+
+    /// The mean distance from the prediction's surface to the truth's: medpy's
+    /// `asd(result, reference)` (one direction), SSL4MIS's ASD.
+    pub fn asd(&self) -> f64 {
+        self.predicted_to_truth.iter().sum::<f64>() / self.predicted_to_truth.len() as f64
     }
 }
 
@@ -228,6 +234,32 @@ mod tests {
         assert!((0.0..=1.0).contains(&h) && h > 0.0, "{h}");
         let empty = vec![false; a.len()];
         assert_eq!(hd95(&mask(&a), &mask(&empty)), None);
+    }
+
+    #[test]
+    fn asd_is_the_mean_distance_from_the_predicted_surface_to_the_true_one() {
+        // One voxel thick: every voxel is surface. Prediction at x = 0 and 1, truth at x = 3.
+        let dims = [5, 1, 1];
+        let mask = |v: &'static [bool]| Mask {
+            dims,
+            spacing: [1.0, 1.0, 1.0],
+            voxels: v,
+        };
+        let (predicted, truth) = (mask(&[true, true, false, false, false]), mask(&[false, false, false, true, false]));
+        let d = distances(&predicted, &truth).unwrap();
+        assert_eq!(d.asd(), 2.5); // (3 + 2) / 2, one direction only
+        assert!((d.hd95() - 2.9).abs() < 1e-12); // numpy.percentile([3, 2, 2], 95)
+                                                 // Against brute force on an irregular pair with anisotropic spacing.
+        let dims = [9, 7, 4];
+        let spacing = [0.6, 1.1, 2.5];
+        let a: Vec<bool> = (0..252).map(|i| (i * 7 + 3) % 5 < 3 && i % 9 > 1).collect();
+        let b: Vec<bool> = (0..252).map(|i| (i * 11 + 1) % 6 < 2 || i % 9 == 4).collect();
+        let (ma, mb) = (Mask { dims, spacing, voxels: &a }, Mask { dims, spacing, voxels: &b });
+        let (sa, sb) = (surface(&ma), surface(&mb));
+        let to_b = brute_force(&sb, dims, spacing);
+        let on_a: Vec<f64> = sa.iter().zip(&to_b).filter(|(s, _)| **s).map(|(_, d)| *d).collect();
+        let expected = on_a.iter().sum::<f64>() / on_a.len() as f64;
+        assert!((distances(&ma, &mb).unwrap().asd() - expected).abs() < 1e-9);
     }
 
     #[test]
