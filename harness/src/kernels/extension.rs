@@ -338,10 +338,11 @@ fn with_f32<const N: usize, R>(tensors: [&FlexTensor; N], kernel: impl FnOnce([&
     Some(kernel(views))
 }
 
-/// The kernel-facing shape of a 4-D activation; `None` for another rank (burn's path).
+/// The kernel-facing shape of a 4-D activation; `None` for another rank or an empty one (burn's
+/// path).
 fn norm_shape(x: &FlexTensor) -> Option<NormShape> {
     let shape = x.shape();
-    (shape.num_dims() == 4).then(|| NormShape {
+    (shape.num_dims() == 4 && shape.num_elements() > 0).then(|| NormShape {
         batch: shape[0],
         channels: shape[1],
         positions: shape[2] * shape[3],
@@ -543,7 +544,12 @@ impl UnetKernels for Flex {
         let grad = shape
             .is_valid()
             .then(|| with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_grad(x, dy, &shape)));
-        match grad.flatten() {
+        // The kernel's sums also read the values beside the padding, times a zero output
+        // gradient: an infinite input there gives NaN where burn's sum, which never reads them,
+        // stays finite. A non-finite gradient is therefore recomputed by burn's op (a check of
+        // the small weight gradient; a finite sum never takes it).
+        let grad = grad.flatten().filter(|dw| dw.iter().all(|v| v.is_finite()));
+        match grad {
             Some(dw) => flex_tensor(dw, weight.shape().dims::<4>().to_vec()),
             None => Self::conv2d_weight_backward(x, weight, output_grad, options(padding)),
         }

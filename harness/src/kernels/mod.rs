@@ -143,7 +143,8 @@ fn batch_norm_then(norm: &BatchNorm, act: Option<&LeakyRelu>, x: Tensor<4>) -> T
         Some(act) => leaky_relu(act, y),
         None => y,
     };
-    if !(own_kernels() && is_flex(&x)) {
+    // An empty activation takes burn's modules (the kernels' planes are never empty).
+    if !(own_kernels() && is_flex(&x)) || x.shape().num_elements() == 0 {
         return activate(norm.forward(x));
     }
     if !(device.is_autodiff() && norm.training.is_enabled()) {
@@ -178,7 +179,10 @@ pub fn dropout(layer: &Dropout, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let active = layer.training.is_enabled() && device.is_autodiff() && layer.prob != 0.0;
     let [_, _, height, width] = x.dims();
-    if !(active && own_kernels() && is_flex(&x)) || height * width == 0 {
+    // burn's formula where the mask's threshold is not a probability below 1 (`DropoutConfig`
+    // refuses p = 1, a hand-built layer may have it: burn then gives 0 x inf = NaN).
+    let covered = (0.0..1.0).contains(&layer.prob) && height * width > 0;
+    if !(active && covered && own_kernels() && is_flex(&x)) {
         return layer.forward(x);
     }
     let mask = DropoutMask {
@@ -310,6 +314,24 @@ mod tests {
         ]
     }
 
+    /// A random input and output weighting for `conv` at `[batch, height, width]`, then the
+    /// output and the three gradients through the kernel and through burn, compared.
+    fn compare_with_burn(conv: &Conv2d, [batch, height, width]: [usize; 3], device: &Device) {
+        let channels = conv.weight.val().dims()[1];
+        let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), device);
+        let out = conv.forward(x.clone()).dims();
+        let r = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), device);
+        let (x, r) = (x.into_data(), r.into_data());
+        let own = run(conv, &x, &r, true);
+        let burn = run(conv, &x, &r, false);
+        for (what, (a, b)) in ["output", "input gradient", "weight gradient", "bias gradient"]
+            .iter()
+            .zip(own.iter().zip(&burn))
+        {
+            assert_close(&format!("{what} at {:?}", conv.weight.val().dims()), a, b, 1e-4);
+        }
+    }
+
     #[test]
     fn values_and_gradients_match_burns_convolution() {
         let _serial = crate::backend::serial_random_stream();
@@ -323,19 +345,94 @@ mod tests {
         ] {
             let conv = Conv2dConfig::new(channels, kernel).with_padding(padding.clone()).init(&device);
             assert!(covered_padding(&conv).is_some(), "{padding:?} should take the project's kernel");
-            let x = Tensor::<4>::random([3, channels[0], 9, 7], Distribution::Normal(0.0, 1.0), &device);
-            let out = conv.forward(x.clone()).dims();
-            let r = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
-            let (x, r) = (x.into_data(), r.into_data());
-            let own = run(&conv, &x, &r, true);
-            let burn = run(&conv, &x, &r, false);
-            for (what, (a, b)) in ["output", "input gradient", "weight gradient", "bias gradient"]
-                .iter()
-                .zip(own.iter().zip(&burn))
-            {
-                assert_close(what, a, b, 1e-4);
-            }
+            compare_with_burn(&conv, [3, 9, 7], &device);
         }
+    }
+
+    /// The U-Net's widths: 16 to 64 output channels (several of the micro-kernel's lane groups,
+    /// one of them partly filled at 24), planes wider and taller than a tile, odd sizes, and a
+    /// 1 x 1 head, against burn's op.
+    #[test]
+    fn gradients_match_burns_at_the_unets_channel_counts() {
+        let _serial = crate::backend::serial_random_stream();
+        let device = Device::flex().autodiff();
+        device.seed(12);
+        for (channels, kernel, size) in [
+            ([1, 16], [3, 3], [2, 33, 29]),
+            ([16, 16], [3, 3], [2, 17, 23]),
+            ([16, 24], [3, 3], [2, 19, 13]),
+            ([24, 32], [3, 3], [3, 11, 16]),
+            ([32, 64], [3, 3], [2, 12, 9]),
+            ([64, 40], [3, 3], [1, 8, 8]),
+            ([32, 4], [1, 1], [2, 16, 16]),
+        ] {
+            let padding = PaddingConfig2d::Explicit(kernel[0] / 2, kernel[1] / 2, kernel[0] / 2, kernel[1] / 2);
+            let conv = Conv2dConfig::new(channels, kernel).with_padding(padding).init(&device);
+            assert!(covered_padding(&conv).is_some());
+            compare_with_burn(&conv, size, &device);
+        }
+    }
+
+    /// An infinite input in the last column: burn's weight gradient is infinite where a real
+    /// output reads it and finite at the tap that reads it only from beyond the padding; the
+    /// kernel's (whose padded rows read it there times a zero gradient) would be NaN, so that
+    /// gradient is burn's, to the bit.
+    #[test]
+    fn an_infinite_input_beside_the_padding_gives_burns_weight_gradient() {
+        let _serial = crate::backend::serial_random_stream();
+        let device = Device::flex().autodiff();
+        device.seed(13);
+        let conv = Conv2dConfig::new([2, 3], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let x = Tensor::<4>::random([1, 2, 6, 5], Distribution::Normal(0.0, 1.0), &device);
+        let mut values = x.into_data().try_to_vec::<f32>().unwrap();
+        values[2 * 5 + 4] = f32::INFINITY; // channel 0, row 2, last column
+        let x = TensorData::new(values, [1, 2, 6, 5]);
+        let r = Tensor::<4>::random([1, 3, 6, 5], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let [_, _, own, _] = run(&conv, &x, &r, true);
+        let [_, _, burn, _] = run(&conv, &x, &r, false);
+        let (own, burn) = (bits(own), bits(burn));
+        assert_eq!(own, burn);
+        let finite = burn.iter().filter(|&&b| f32::from_bits(b).is_finite()).count();
+        assert!(finite > 0 && finite < burn.len(), "{finite} finite of {}", burn.len());
+    }
+
+    /// Empty activations and a hand-built dropout of p = 1 (`DropoutConfig` refuses it) take
+    /// burn's ops: the same result, or the same panic.
+    #[test]
+    fn empty_activations_and_certain_dropout_behave_as_burns_ops() {
+        let _serial = crate::backend::serial_random_stream();
+        let device = Device::flex().autodiff();
+        let outcome = |own: bool, f: &dyn Fn() -> TensorData| {
+            use_own_kernels(own);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map(bits);
+            use_own_kernels(true);
+            result.map_err(|_| "panicked")
+        };
+        let norm = BatchNormConfig::new(3).init(&device);
+        let act = LeakyReluConfig::new().init();
+        for dims in [[2, 3, 0, 4], [0, 3, 4, 4], [2, 3, 4, 0]] {
+            let x = Tensor::<4>::zeros(dims, &device).require_grad();
+            let f = || {
+                let y = batch_norm_then(&norm, Some(&act), x.clone());
+                let grads = y.clone().sum().backward();
+                let _ = x.grad(&grads);
+                y.into_data()
+            };
+            assert_eq!(outcome(true, &f), outcome(false, &f), "batch norm of {dims:?}");
+        }
+        let mut layer = burn::nn::DropoutConfig::new(0.5).init();
+        layer.prob = 1.0;
+        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let f = || dropout(&layer, x.clone()).into_data();
+        let (own, burn) = (outcome(true, &f), outcome(false, &f));
+        assert_eq!(own.as_ref().map(Vec::len), burn.as_ref().map(Vec::len));
+        let all_nan = |b: &Vec<u32>| b.iter().all(|&v| f32::from_bits(v).is_nan());
+        assert!(
+            own.as_ref().is_ok_and(all_nan) && burn.as_ref().is_ok_and(all_nan),
+            "burn's 0 x inf"
+        );
     }
 
     fn assert_close(what: &str, a: &TensorData, b: &TensorData, tolerance: f32) {
