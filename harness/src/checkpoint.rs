@@ -74,7 +74,7 @@ pub struct Position {
     /// The run's training curve up to this point (checkpoints written before curves existed
     /// have none).
     #[serde(default)]
-    pub curve: Vec<crate::train::curves::CurvePoint>,
+    pub curve: Vec<crate::curves::CurvePoint>,
 }
 
 /// What a checkpoint file holds: its position and opaque byte blobs.

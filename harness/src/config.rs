@@ -53,17 +53,7 @@ pub struct Experiment {
     pub report: ReportSpec,
 }
 
-/// `[report]` of an experiment file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReportSpec {
-    /// The family of comparisons, declared before anything runs: each `[method, against]` pair
-    /// of method labels is compared (method − against) at every labeled ratio where both ran,
-    /// and Holm's adjustment runs over exactly these. Empty: every method against supervised-only
-    /// and against ATSO.
-    #[serde(default)]
-    pub comparisons: Vec<[String; 2]>,
-}
+pub use atso_schema::comparisons::ReportSpec;
 
 /// `[output]` of an experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -453,17 +443,7 @@ impl Experiment {
     }
 }
 
-/// Checks a name that becomes part of a path or a column name: letters, digits, '-', '_' and '.'
-/// only, not starting with '.' (so never "." or ".." or a hidden file), at most 100 characters.
-pub fn validate_name(key: &str, what: &str, name: &str) -> Result<()> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if name.is_empty() || name.len() > 100 || !ok_chars || name.starts_with('.') {
-        bail!(
-            "{key}: the {what} '{name}' must be 1-100 characters of letters, digits, '-', '_' or '.', not starting with '.' (it names files and folders)"
-        );
-    }
-    Ok(())
-}
+pub use atso_schema::records::validate_name;
 
 fn unique(key: &str, names: impl Iterator<Item = String>) -> Result<()> {
     let mut seen = BTreeSet::new();

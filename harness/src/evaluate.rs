@@ -12,11 +12,11 @@
 use crate::data::slices::resize_nearest_to;
 use crate::data::{Case, Volume};
 use crate::metric_registry::{self as registry, Missing, Source};
+use crate::overlap::{Confusion, EmptyClasses, Scoring};
 use crate::previews::{preview_slice, Preview};
 use crate::scores::{summarise, CaseScores, Summary};
+use crate::surface::{self, Mask, SurfaceDistances};
 use crate::train::infer;
-use crate::train::metrics::{Confusion, EmptyClasses, Scoring};
-use crate::train::surface::{self, Mask, SurfaceDistances};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationSpec {
-    /// How a class absent from a case is scored (see `train::metrics`).
+    /// How a class absent from a case is scored (see `overlap`).
     #[serde(default)]
     pub empty_classes: EmptyClasses,
     /// Compute HD95 per case and class (costs a distance transform per class and case).

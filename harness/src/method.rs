@@ -8,6 +8,7 @@
 use crate::data::Case;
 use crate::evaluate::{self, Evaluation, EvaluationSpec};
 use crate::model::{ModelSpec, UNet};
+use crate::overlap::Scoring;
 use crate::records::{LedgerEntry, StageRecord};
 use crate::rng;
 use crate::train::augment::Augmentation;
@@ -15,7 +16,6 @@ use crate::train::batch::{self, BatchLayout, Example, Pool, Target};
 use crate::train::engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss, Validation};
 use crate::train::infer;
 use crate::train::loss;
-use crate::train::metrics::Scoring;
 use anyhow::Result;
 use burn::tensor::{Device, Tensor};
 use std::collections::BTreeMap;

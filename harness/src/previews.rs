@@ -16,7 +16,7 @@ use crate::data::Case;
 use crate::data::IGNORE;
 use crate::fsio;
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One case's preview slice: its index, size and the predicted labels on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,15 +40,7 @@ pub fn preview_slice(case: &Case, first_class: u8) -> usize {
     best.0
 }
 
-/// The folder of a dataset's shared preview files.
-pub fn data_dir(results: &Path, dataset: &str) -> PathBuf {
-    results.join("previews").join("data").join(dataset)
-}
-
-/// The folder of a run's predicted previews.
-pub fn run_dir(results: &Path, run_id: &str) -> PathBuf {
-    results.join("previews").join(run_id)
-}
+pub use atso_schema::records::{previews_of_dataset as data_dir, previews_of_run as run_dir};
 
 fn png(values: &[u8], size: usize) -> Result<Vec<u8>> {
     let image = image::GrayImage::from_raw(size as u32, size as u32, values.to_vec()).context("preview size")?;
@@ -138,7 +130,7 @@ mod tests {
             predicted: vec![0, 1, 1, 2],
         };
         write(dir.path(), "d", "run", &[&case], &[preview]).unwrap();
-        let read = |p: PathBuf| image::open(p).unwrap().into_luma8().into_raw();
+        let read = |p: std::path::PathBuf| image::open(p).unwrap().into_luma8().into_raw();
         assert_eq!(read(run_dir(dir.path(), "run").join("c1.png")), [0, 1, 1, 2]);
         assert_eq!(read(data_dir(dir.path(), "d").join("c1.truth.png")), [0, 1, 2, 255]);
         assert_eq!(read(data_dir(dir.path(), "d").join("c1.image.png")), [0, 64, 128, 255]);

@@ -68,11 +68,7 @@ pub struct Machine {
 impl Machine {
     /// Facts of the machine this process runs on.
     pub fn current() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let host = atso_schema::leftovers::this_host().to_string();
         let model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|text| {

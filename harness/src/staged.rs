@@ -181,7 +181,7 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
     // The latest labels of each subset made by a model whose lineage never trained on it.
     let mut cross: Vec<SubsetLabels> = labels.clone();
     for (name, cases) in &subsets {
-        ctx.ledger.push(LedgerEntry::label(0, name, 0, cases));
+        ctx.ledger.push(LedgerEntry::label(0, name, 0, case_ids(cases)));
     }
     // exposure[s]: subsets the model after stage s (and its ancestors) trained on.
     let mut exposure: Vec<BTreeSet<usize>> = vec![BTreeSet::new()];
@@ -201,7 +201,7 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
             StudentInit::Base => (base.valid().train(), 0),
         };
         ctx.ledger
-            .push(LedgerEntry::train(stage, name, labels[k].from_stage, init_from, cases));
+            .push(LedgerEntry::train(stage, name, labels[k].from_stage, init_from, case_ids(cases)));
         // The student's own predictions before the stage: its "self" labels, and the reference
         // for the flip rate.
         let before = ctx.hard_predictions(&student, cases);
@@ -259,8 +259,12 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
         if !exposure[stage].contains(&relabeled) {
             cross[relabeled] = labels[relabeled].clone();
         }
-        ctx.ledger
-            .push(LedgerEntry::label(stage, &subsets[relabeled].0, stage, &subsets[relabeled].1));
+        ctx.ledger.push(LedgerEntry::label(
+            stage,
+            &subsets[relabeled].0,
+            stage,
+            case_ids(&subsets[relabeled].1),
+        ));
         students.push(student.clone());
         current = student;
         current_stage = stage;
@@ -373,6 +377,11 @@ pub fn self_labeled_stages(ledger: &[LedgerEntry]) -> Vec<usize> {
         .collect();
     stages.sort_unstable();
     stages
+}
+
+/// The ids of `cases`, as the ledger names them.
+fn case_ids(cases: &[&Case]) -> Vec<String> {
+    cases.iter().map(|c| c.id.clone()).collect()
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ impl Reference {
 /// Whether lower values of `metric` (a runs-table column) are better (distances), as the
 /// metric's entry says; columns that are no metric count as higher-is-better.
 pub fn lower_is_better(metric: &str) -> bool {
-    atso_harness::metric_registry::of_column(metric).is_some_and(|m| !m.higher_is_better)
+    atso_schema::metric_registry::of_column(metric).is_some_and(|m| !m.higher_is_better)
 }
 
 /// One line of a check.
@@ -350,7 +350,7 @@ pub fn write_reference(path: &Path, reference: &Reference) -> Result<()> {
     let text = toml::to_string_pretty(reference).context("serialising the reference")?;
     let header = "# Expected results and tolerances for `atso check`; written by `atso check --update`\n\
                   # (expected values), tolerances and derivations maintained by hand.\n\n";
-    atso_harness::fsio::write_atomic(path, format!("{header}{text}").as_bytes())
+    atso_schema::fsio::write_atomic(path, format!("{header}{text}").as_bytes())
 }
 
 /// Compares the rows recorded at `base` with those at `head` in the same folders: per cell,

@@ -17,9 +17,9 @@ pub mod stats;
 pub mod table;
 
 use anyhow::{bail, Context, Result};
-use atso_harness::fsio::write_atomic;
+use atso_schema::fsio::write_atomic;
 /// The metric the figures plot: the registry's headline.
-use atso_harness::metric_registry::DICE as HEADLINE;
+use atso_schema::metric_registry::DICE as HEADLINE;
 use polars::prelude::{DataFrame, ParquetReader, SerReader};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -49,10 +49,10 @@ pub fn declared_comparisons(folders: &[PathBuf]) -> Vec<[String; 2]> {
         for path in paths {
             let parsed = std::fs::read_to_string(&path)
                 .map_err(anyhow::Error::from)
-                .and_then(|text| atso_harness::config::Experiment::from_toml(&text));
+                .and_then(|text| atso_schema::comparisons::declared_in(&text));
             match parsed {
-                Ok(experiment) => {
-                    for pair in experiment.report.comparisons {
+                Ok(report) => {
+                    for pair in report.comparisons {
                         if !declared.contains(&pair) {
                             declared.push(pair);
                         }
@@ -277,7 +277,7 @@ fn figures(dataset: &str, cells: &[cells::Cell], tables: &load::Tables) -> Resul
             for (name, value) in &run.metrics {
                 if let Some(class) = name
                     .strip_prefix(HEADLINE.per_class_prefix.unwrap_or_default())
-                    .filter(|c| !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
+                    .filter(|c| !atso_schema::records::RESERVED_CLASS_NAMES.contains(c))
                 {
                     if value.is_some() && !names.contains(&class.to_string()) {
                         names.push(class.to_string());

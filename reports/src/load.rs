@@ -4,7 +4,7 @@
 //! tables written by an older harness still load.
 
 use anyhow::{Context, Result};
-use atso_harness::metric_registry as registry;
+use atso_schema::metric_registry as registry;
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -166,7 +166,7 @@ impl Columns<'_> {
 
 /// The run-level metric columns (`metric_registry`), and `first_class`, read as numbers.
 fn metric_columns() -> impl Iterator<Item = &'static str> {
-    std::iter::once("first_class").chain(atso_harness::metric_registry::ALL.iter().map(|m| m.column))
+    std::iter::once("first_class").chain(atso_schema::metric_registry::ALL.iter().map(|m| m.column))
 }
 
 fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
@@ -181,7 +181,7 @@ fn runs_rows(frame: &DataFrame, folder: &Path) -> Result<Vec<Run>> {
     for name in frame.get_column_names() {
         let name = name.to_string();
         let per_class =
-            (atso_harness::metric_registry::of_column(&name).is_some() || name.starts_with("diag_")) && !metric_names.contains(&name);
+            (atso_schema::metric_registry::of_column(&name).is_some() || name.starts_with("diag_")) && !metric_names.contains(&name);
         if per_class {
             metric_names.push(name);
         }

@@ -6,7 +6,7 @@
 //! need no C font stack at build time. Files are written whole or not at all.
 
 use anyhow::{anyhow, Context, Result};
-use atso_harness::fsio;
+use atso_schema::fsio;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ pub fn render(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Rendered> 
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::Builder::new()
         // The bitmap backend picks the format from the extension: `.tmp.png`.
-        .prefix(&format!(".{stem}.{}.", atso_harness::leftovers::owner_tag()))
+        .prefix(&format!(".{stem}.{}.", atso_schema::leftovers::owner_tag()))
         .suffix(".tmp.png")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file for {}", png.display()))?;

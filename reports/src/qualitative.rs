@@ -13,7 +13,7 @@
 use crate::cells::{self, Cell};
 use crate::plot::{ensure_font, err, Rendered};
 use anyhow::{Context, Result};
-use atso_harness::fsio;
+use atso_schema::fsio;
 use base64::Engine;
 use image::{GrayImage, RgbImage};
 use plotters::prelude::*;
@@ -142,10 +142,10 @@ pub fn build(dataset: &str, cells: &[Cell], per_case: &HashMap<String, BTreeMap<
         .metrics
         .iter()
         .filter_map(|(name, _)| name.strip_prefix("dice_"))
-        .filter(|c| !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
+        .filter(|c| !atso_schema::records::RESERVED_CLASS_NAMES.contains(c))
         .map(str::to_string)
         .collect();
-    let shared = atso_harness::previews::data_dir(&first.folder, dataset);
+    let shared = atso_schema::records::previews_of_dataset(&first.folder, dataset);
     let read = |path: &Path| -> Option<GrayImage> { image::open(path).ok().map(|i| i.into_luma8()) };
     let mut rows = Vec::new();
     let mut any = false;
@@ -157,7 +157,7 @@ pub fn build(dataset: &str, cells: &[Cell], per_case: &HashMap<String, BTreeMap<
         let mut panels = vec![Some(overlay(&image, None, first_class, class_names.len()))];
         panels.push(truth.as_ref().map(|t| overlay(&image, Some(t), first_class, class_names.len())));
         for run in &runs {
-            let predicted = read(&atso_harness::previews::run_dir(&run.folder, &run.run_id).join(format!("{case}.png")));
+            let predicted = read(&atso_schema::records::previews_of_run(&run.folder, &run.run_id).join(format!("{case}.png")));
             any |= predicted.is_some();
             panels.push(
                 predicted

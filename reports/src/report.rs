@@ -10,7 +10,7 @@ use crate::cells::{self, format_ratio, short, Cell};
 use crate::load::{Run, StageRow, Tables};
 use crate::stats::{self, SeedLevel};
 use crate::table::{Entry, Row, Table};
-use atso_harness::metric_registry::{self as registry, Metric, Shown};
+use atso_schema::metric_registry::{self as registry, Metric, Shown};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How a metric is shown.
@@ -170,7 +170,7 @@ fn class_names(cells: &[Cell], prefix: &str) -> Vec<String> {
             .filter(|(n, v)| n.starts_with(prefix) && v.is_some())
             .filter_map(|(n, _)| n.strip_prefix(prefix))
             // dice_mean, hd95_mean, dice_at_resolution_mean are summaries, not classes.
-            .filter(|c| prefix == "diag_" || !atso_harness::records::RESERVED_CLASS_NAMES.contains(c))
+            .filter(|c| prefix == "diag_" || !atso_schema::records::RESERVED_CLASS_NAMES.contains(c))
             .map(str::to_string)
             .collect::<Vec<_>>()
     }))

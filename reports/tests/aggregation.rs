@@ -2,9 +2,9 @@
 //! numbers are computed by hand below; the paired statistics against scipy fixtures; and the
 //! Markdown and LaTeX of a fixed table against stored files.
 
-use atso_harness::records::{self, RunRecord};
 use atso_reports::check::{self, Expected, Order, Reference};
 use atso_reports::{cells, load, report, stats, table};
+use atso_schema::records::{self, RunRecord};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

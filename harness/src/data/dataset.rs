@@ -256,7 +256,7 @@ impl PreparedDataset {
 impl DatasetSpec {
     /// Checks values that serde cannot (window order, axis range, keys of another format).
     pub fn validate(&self) -> Result<()> {
-        crate::config::validate_name("datasets", "dataset name", &self.name)?;
+        crate::records::validate_name("datasets", "dataset name", &self.name)?;
         if let Some(window) = self.window {
             if window[0].partial_cmp(&window[1]) != Some(std::cmp::Ordering::Less) {
                 bail!(

@@ -1,9 +1,6 @@
 //! An in-memory 3D volume: the common currency between file readers and preprocessing.
 
-/// The label value of a pixel without a label (Cityscapes' ignored ids, pseudo-labels below
-/// their confidence threshold): skipped by the loss and by every metric. It lives at the bottom
-/// of the data layer because readers produce it and training and evaluation consume it.
-pub const IGNORE: u8 = 255;
+pub use atso_schema::overlap::IGNORE;
 
 /// A 3D array stored x-fastest (`index = x + nx * (y + ny * z)`), as NIfTI stores voxels.
 #[derive(Debug, Clone, PartialEq)]

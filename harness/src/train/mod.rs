@@ -6,9 +6,7 @@ pub mod curves;
 pub mod engine;
 pub mod infer;
 pub mod loss;
-pub mod metrics;
 pub mod schedule;
-pub mod surface;
 
 pub use batch::{Example, Pool, Target};
 pub use engine::{Engine, Objective, OptimizerSpec, PhaseLog, Step, StepLoss, StepReport, StepTimes, StepValues};

@@ -7,7 +7,7 @@
 //! nothing here.
 
 use crate::metric_registry::{self as registry, Metric, Source};
-use crate::train::metrics::{mean, Confusion, Scoring};
+use crate::overlap::{mean, Confusion, Scoring};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -215,7 +215,7 @@ mod by_name {
 mod tests {
     use super::*;
     use crate::metric_registry::{DICE, HD95, IOU, VALIDATION_DICE};
-    use crate::train::metrics::EmptyClasses;
+    use crate::overlap::EmptyClasses;
 
     fn scores(id: &str, dice: Vec<Option<f64>>) -> CaseScores {
         CaseScores {

@@ -26,10 +26,16 @@ pub fn owner_tag() -> &'static str {
     TAG.get_or_init(|| format!("~{}@{}~", std::process::id(), this_host()))
 }
 
-/// This host's name, read once (provenance reads it with the CPU's description).
-pub(crate) fn this_host() -> &'static str {
+/// This host's name, read once (provenance stamps it on every record).
+pub fn this_host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| crate::provenance::Machine::current().host)
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    })
 }
 
 /// The writer a leftover's name carries, if any.
@@ -49,7 +55,7 @@ pub fn is_leftover_name(name: &str) -> bool {
 }
 
 /// Whether process `pid` of this host exists (signal 0; a process of another user counts).
-pub(crate) fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

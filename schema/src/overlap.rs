@@ -17,6 +17,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The label value of a pixel without a label (Cityscapes' ignored ids, pseudo-labels below
+/// their confidence threshold): skipped by the loss and by every metric. It lives here, at the
+/// bottom of every crate, because readers produce it and training and evaluation consume it.
+pub const IGNORE: u8 = 255;
+
 /// How classes absent from a case are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -67,7 +72,7 @@ impl Confusion {
     pub fn add(&mut self, predicted: &[u8], truth: &[u8]) {
         let classes = self.tp.len();
         for (&p, &t) in predicted.iter().zip(truth) {
-            if t == super::batch::IGNORE || t as usize >= classes {
+            if t == IGNORE || t as usize >= classes {
                 continue;
             }
             self.truth[t as usize] += 1;

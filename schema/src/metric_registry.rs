@@ -6,10 +6,10 @@
 //! tables (`records`), the report's tables and figures and `atso check` (atso-reports) all walk
 //! this list instead of naming metrics themselves. A new metric is one entry here plus, when it
 //! needs a new kind of number, the function that computes it (ASD is one entry and one function
-//! in `train::surface`).
+//! in `surface`).
 
-use crate::train::metrics::{Confusion, EmptyClasses};
-use crate::train::surface::SurfaceDistances;
+use crate::overlap::{Confusion, EmptyClasses};
+use crate::surface::SurfaceDistances;
 
 /// One metric.
 #[derive(Debug, Clone, Copy)]

@@ -9,10 +9,10 @@
 //! cannot read (a truncated record from a full disk, a macOS `._x.json`), so one bad file never
 //! stops later sweeps or reports. Non-finite numbers round-trip (`json_float`).
 
+use crate::curves::CurvePoint;
 use crate::fsio;
 use crate::metric_registry as registry;
 use crate::scores::{CaseScores, RunMetrics};
-use crate::train::curves::CurvePoint;
 use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -130,27 +130,27 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     /// The model of stage `by` labeled `subset` (recorded at `stage`).
-    pub fn label(stage: usize, subset: &str, by: usize, cases: &[&crate::data::Case]) -> Self {
+    pub fn label(stage: usize, subset: &str, by: usize, cases: Vec<String>) -> Self {
         Self {
             stage,
             event: LedgerEvent::Label,
             subset: subset.into(),
             labels_from_stage: by,
             init_from_stage: None,
-            cases: cases.iter().map(|c| c.id.clone()).collect(),
+            cases,
         }
     }
 
     /// Stage `stage` trained on `subset` with labels of stage `labels_from`, starting from the
     /// model of stage `init_from`.
-    pub fn train(stage: usize, subset: &str, labels_from: usize, init_from: usize, cases: &[&crate::data::Case]) -> Self {
+    pub fn train(stage: usize, subset: &str, labels_from: usize, init_from: usize, cases: Vec<String>) -> Self {
         Self {
             stage,
             event: LedgerEvent::Train,
             subset: subset.into(),
             labels_from_stage: labels_from,
             init_from_stage: Some(init_from),
-            cases: cases.iter().map(|c| c.id.clone()).collect(),
+            cases,
         }
     }
 }
@@ -265,9 +265,32 @@ fn one() -> usize {
 /// table's summaries, `pseudo_label_dice_<class>` with the stages table's `pseudo_label_dice_all`.
 pub const RESERVED_CLASS_NAMES: [&str; 3] = ["mean", "at_resolution_mean", "all"];
 
+/// Checks a name that becomes part of a path or a column name: letters, digits, '-', '_' and '.'
+/// only, not starting with '.' (so never "." or ".." or a hidden file), at most 100 characters.
+pub fn validate_name(key: &str, what: &str, name: &str) -> Result<()> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if name.is_empty() || name.len() > 100 || !ok_chars || name.starts_with('.') {
+        anyhow::bail!(
+            "{key}: the {what} '{name}' must be 1-100 characters of letters, digits, '-', '_' or '.', not starting with '.' (it names files and folders)"
+        );
+    }
+    Ok(())
+}
+
 /// The records folder of an experiment's results directory.
 pub fn records_dir(results: &Path) -> PathBuf {
     results.join("records")
+}
+
+/// The folder of a dataset's shared preview files (the harness writes them, the report's
+/// qualitative figure reads them).
+pub fn previews_of_dataset(results: &Path, dataset: &str) -> PathBuf {
+    results.join("previews").join("data").join(dataset)
+}
+
+/// The folder of a run's predicted previews.
+pub fn previews_of_run(results: &Path, run_id: &str) -> PathBuf {
+    results.join("previews").join(run_id)
 }
 
 /// Writes `record` as `records/<run_id>.json`, whole or not at all; refuses to replace an
