@@ -8,6 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use atso_harness::config::Experiment;
+use atso_harness::data::dataset::Format;
+use atso_harness::data::phantom::PhantomFormat;
 use atso_harness::progress::{Event, Sink};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -82,10 +84,9 @@ fn estimated_run_bytes(experiment: &Experiment) -> u64 {
     let slices: u64 = experiment
         .datasets
         .iter()
-        .map(|d| {
-            d.phantom
-                .as_ref()
-                .map_or(2000, |p| (p.cases as u64).saturating_mul(p.slices as u64))
+        .map(|d| match &d.format {
+            Format::Phantom(PhantomFormat { phantom: Some(p) }) => (p.cases as u64).saturating_mul(p.slices as u64),
+            _ => 2000,
         })
         .max()
         .unwrap_or(2000);

@@ -7,8 +7,11 @@
 mod common;
 use common::{atso, skip_unless_required, stderr};
 
-use atso_harness::data::dataset::{DataFormat, DatasetSpec, Preset};
+use atso_harness::data::brain::{Colin27Format, Mni152Format, Mni152Labels};
+use atso_harness::data::dataset::{DatasetSpec, Format};
+use atso_harness::data::msd::{MsdFormat, MsdPreset};
 use atso_harness::data::nifti::{self, Datatype};
+use atso_harness::data::nih::{NihFormat, NihPreset};
 use atso_harness::data::Volume;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
@@ -64,7 +67,7 @@ fn cityscapes_tree(root: &Path) {
 fn cityscapes_spec(root: &Path) -> DatasetSpec {
     DatasetSpec {
         name: "cs".into(),
-        format: DataFormat::Cityscapes,
+        format: Format::Cityscapes(Default::default()),
         path: root.to_path_buf(),
         ..DatasetSpec::default()
     }
@@ -302,9 +305,10 @@ fn nih_tree(root: &Path, patients: u32) -> PathBuf {
 fn nih_spec(root: &Path) -> DatasetSpec {
     DatasetSpec {
         name: "nih".into(),
-        format: DataFormat::NihPancreas,
+        format: Format::NihPancreas(NihFormat {
+            preset: Some(NihPreset::NihPancreas),
+        }),
         path: root.to_path_buf(),
-        preset: Some(Preset::NihPancreas),
         ..DatasetSpec::default()
     }
 }
@@ -367,8 +371,9 @@ fn the_converted_nih_layout_prepares_as_the_dicom_tree_does_with_the_pancreas_wi
         "{lo} {hi}"
     );
     let msd = DatasetSpec {
-        preset: Some(Preset::MsdPancreas),
-        format: DataFormat::Msd,
+        format: Format::Msd(MsdFormat {
+            preset: Some(MsdPreset::MsdPancreas),
+        }),
         ..DatasetSpec::default()
     };
     assert_eq!(msd.window(), [-100.0, 240.0], "MSD Task07_Pancreas uses the same window");
@@ -462,9 +467,10 @@ fn presets_check_the_classes_they_expect() {
     .unwrap();
     let spec = DatasetSpec {
         name: "liver".into(),
-        format: DataFormat::Msd,
+        format: Format::Msd(MsdFormat {
+            preset: Some(MsdPreset::MsdLiver),
+        }),
         path: dir.path().to_path_buf(),
-        preset: Some(Preset::MsdLiver),
         ..DatasetSpec::default()
     };
     assert_eq!(spec.window(), [-200.0, 250.0]);
@@ -494,7 +500,7 @@ fn msd_task(root: &Path) {
 fn msd_spec(root: &Path) -> DatasetSpec {
     DatasetSpec {
         name: "task".into(),
-        format: DataFormat::Msd,
+        format: Format::Msd(MsdFormat::default()),
         path: root.to_path_buf(),
         ..DatasetSpec::default()
     }
@@ -791,9 +797,11 @@ fn the_installed_brain_templates_prepare_as_slab_cases() {
     assert!(output.status.success(), "{}", stderr(&output));
     let spec = DatasetSpec {
         name: "colin27".into(),
-        format: DataFormat::Colin27,
+        format: Format::Colin27(Colin27Format {
+            slab: Some(10),
+            ..Default::default()
+        }),
         path: data.join("colin27"),
-        slab: Some(10),
         ..DatasetSpec::default()
     };
     let prepared = spec.prepare(32, Path::new("/")).unwrap();
@@ -888,9 +896,11 @@ fn mni152_installs_from_the_nilearn_wheel_and_prepares() {
     assert!(output.status.success(), "{}", stderr(&output));
     let spec = DatasetSpec {
         name: "mni".into(),
-        format: DataFormat::Mni152,
+        format: Format::Mni152(Mni152Format {
+            labels: Some(Mni152Labels::TissueCsf),
+            ..Default::default()
+        }),
         path: dir.path().join("data/mni152"),
-        labels: Some("tissue-csf".into()),
         ..DatasetSpec::default()
     };
     // The wheel's NIfTI files have their own header quirks (vox_offset 0): read as nibabel does.

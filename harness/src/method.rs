@@ -18,6 +18,7 @@ use crate::train::infer;
 use crate::train::loss;
 use anyhow::Result;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -271,18 +272,32 @@ pub struct MixedObjective {
     probe: Option<Probe>,
 }
 
+/// The targets a first-step probe loss is measured against (written as "trained", "self" and
+/// "cross" in checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeTargets {
+    /// The targets the phase trains on.
+    Trained,
+    /// The student's own predictions before the phase.
+    #[serde(rename = "self")]
+    OwnPredictions,
+    /// The latest labels of the images made by a model that never trained on them.
+    Cross,
+}
+
 struct Probe {
     pool: usize,
-    alternatives: Vec<(String, Vec<Arc<Target>>)>,
+    alternatives: Vec<(ProbeTargets, Vec<Arc<Target>>)>,
     /// Losses measured and not read yet.
-    measured: Vec<(String, Tensor<1>)>,
+    measured: Vec<(ProbeTargets, Tensor<1>)>,
     /// Losses read (or restored from a checkpoint).
-    losses: BTreeMap<String, f64>,
+    losses: BTreeMap<ProbeTargets, f64>,
 }
 
 impl Probe {
     /// Every loss by name, reading the measured ones from the device.
-    fn losses(&self) -> Result<BTreeMap<String, f64>> {
+    fn losses(&self) -> Result<BTreeMap<ProbeTargets, f64>> {
         let mut losses = self.losses.clone();
         if self.measured.is_empty() {
             return Ok(losses);
@@ -294,8 +309,8 @@ impl Probe {
         let data = transaction
             .try_execute()
             .map_err(|err| anyhow::anyhow!("reading the first-step probe's losses: {err:?}"))?;
-        for ((name, _), value) in self.measured.iter().zip(data) {
-            losses.insert(name.clone(), value.iter::<f32>().next().map_or(f64::NAN, f64::from));
+        for ((targets, _), value) in self.measured.iter().zip(data) {
+            losses.insert(*targets, value.iter::<f32>().next().map_or(f64::NAN, f64::from));
         }
         Ok(losses)
     }
@@ -316,9 +331,9 @@ impl MixedObjective {
     }
 
     /// Measures the first step's loss on pool `pool` (index among the pools given to `new`)
-    /// against its own targets and against each named alternative (one target per example of
-    /// that pool, in the pool's order).
-    pub fn with_first_step_probe(mut self, pool: usize, alternatives: Vec<(String, Vec<Arc<Target>>)>) -> Self {
+    /// against its own targets and against each alternative (one target per example of that
+    /// pool, in the pool's order).
+    pub fn with_first_step_probe(mut self, pool: usize, alternatives: Vec<(ProbeTargets, Vec<Arc<Target>>)>) -> Self {
         self.probe = Some(Probe {
             pool,
             alternatives,
@@ -328,9 +343,9 @@ impl MixedObjective {
         self
     }
 
-    /// The probe's losses by name ("trained" and each alternative); empty without a probe or
+    /// The probe's losses (its own targets and each alternative); empty without a probe or
     /// before the first step.
-    pub fn probe_losses(&self) -> Result<BTreeMap<String, f64>> {
+    pub fn probe_losses(&self) -> Result<BTreeMap<ProbeTargets, f64>> {
         self.probe.as_ref().map_or(Ok(BTreeMap::new()), Probe::losses)
     }
 }
@@ -351,13 +366,13 @@ impl Objective for MixedObjective {
             let part = logits.clone().detach().narrow(0, start, indices.len());
             let transforms = &batch.transforms[start..start + indices.len()];
             let own: Vec<Example> = examples[start..start + indices.len()].to_vec();
-            let mut measure = |name: &str, chosen: Vec<Example>| {
+            let mut measure = |against: ProbeTargets, chosen: Vec<Example>| {
                 let targets = batch::assemble_with(&chosen, transforms, self.layout, &self.device);
                 let value = loss::segmentation(part.clone(), targets.targets, targets.weights);
-                probe.measured.push((name.to_string(), value));
+                probe.measured.push((against, value));
             };
-            measure("trained", own.clone());
-            for (name, targets) in &probe.alternatives {
+            measure(ProbeTargets::Trained, own.clone());
+            for (against, targets) in &probe.alternatives {
                 let chosen = own
                     .iter()
                     .zip(indices)
@@ -366,7 +381,7 @@ impl Objective for MixedObjective {
                         target: targets[i].clone(),
                     })
                     .collect();
-                measure(name, chosen);
+                measure(*against, chosen);
             }
         }
         let parts: Vec<(&'static str, Tensor<1>)> = if step.recorded && self.pools.len() > 1 {
@@ -397,7 +412,7 @@ impl Objective for MixedObjective {
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
-        let (pools, probe): (Vec<crate::train::batch::PoolState>, Option<BTreeMap<String, f64>>) = serde_json::from_slice(state)?;
+        let (pools, probe): (Vec<crate::train::batch::PoolState>, Option<BTreeMap<ProbeTargets, f64>>) = serde_json::from_slice(state)?;
         for ((_, pool, _), saved) in self.pools.iter_mut().zip(&pools) {
             pool.restore(saved)?;
         }
@@ -422,8 +437,8 @@ pub fn train_supervised(ctx: &mut RunContext, cases: &[&Case], steps: usize, pha
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::data::dataset::DataFormat;
-    use crate::data::phantom::PhantomSpec;
+    use crate::data::dataset::Format;
+    use crate::data::phantom::{PhantomFormat, PhantomSpec};
     use crate::data::splits::SplitSpec;
     use crate::data::{DatasetSpec, PreparedDataset};
 
@@ -431,15 +446,16 @@ pub(crate) mod tests {
     pub(crate) fn phantom(dir: &std::path::Path, cases: usize) -> PreparedDataset {
         let spec = DatasetSpec {
             name: "p".into(),
-            format: DataFormat::Phantom,
-            path: dir.join("p"),
-            phantom: Some(PhantomSpec {
-                cases,
-                size: 48,
-                slices: 8,
-                seed: 4,
-                ..PhantomSpec::default()
+            format: Format::Phantom(PhantomFormat {
+                phantom: Some(PhantomSpec {
+                    cases,
+                    size: 48,
+                    slices: 8,
+                    seed: 4,
+                    ..PhantomSpec::default()
+                }),
             }),
+            path: dir.join("p"),
             ..DatasetSpec::default()
         };
         spec.prepare(32, dir).unwrap()
@@ -485,6 +501,20 @@ pub(crate) mod tests {
             evaluation: EvaluationSpec::default(),
             seed: 0,
         }
+    }
+
+    /// Checkpoints written before the probe's targets were an enum keep loading: the same keys.
+    #[test]
+    fn probe_targets_keep_their_checkpoint_names() {
+        let losses = BTreeMap::from([
+            (ProbeTargets::Trained, 1.0),
+            (ProbeTargets::OwnPredictions, 2.0),
+            (ProbeTargets::Cross, 3.0),
+        ]);
+        let text = serde_json::to_string(&losses).unwrap();
+        assert_eq!(text, r#"{"trained":1.0,"self":2.0,"cross":3.0}"#);
+        let old: BTreeMap<ProbeTargets, f64> = serde_json::from_str(r#"{"cross":3.0,"self":2.0,"trained":1.0}"#).unwrap();
+        assert_eq!(old, losses);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use crate::data::Case;
 use crate::evaluate::{dice_of_labels, LabelDice};
-use crate::method::{train_supervised, Budget, MixedObjective, RunContext, Trained};
+use crate::method::{train_supervised, Budget, MixedObjective, ProbeTargets, RunContext, Trained};
 use crate::model::UNet;
 use crate::records::{LedgerEntry, LedgerEvent, StageRecord};
 use crate::train::batch::{Example, Target, IGNORE};
@@ -220,7 +220,10 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
                 ("pseudo_label", pseudo_pool, n_unlabeled),
             ],
         )
-        .with_first_step_probe(1, vec![("self".into(), self_targets), ("cross".into(), cross_targets)]);
+        .with_first_step_probe(
+            1,
+            vec![(ProbeTargets::OwnPredictions, self_targets), (ProbeTargets::Cross, cross_targets)],
+        );
         let (student, log) = ctx.fit(student, steps, &mut objective, &format!("stage {stage}"))?;
         let probe = objective.probe_losses()?;
         let after = ctx.hard_predictions(&student, cases);
@@ -241,9 +244,9 @@ pub fn run_staged(ctx: &mut RunContext, subsets: Vec<(String, Vec<&Case>)>, spec
             init_from_stage: init_from,
             labels_self_made,
             student_exposed,
-            first_step_pseudo_loss: probe.get("trained").copied().unwrap_or(f64::NAN),
-            first_step_loss_self: probe.get("self").copied().unwrap_or(f64::NAN),
-            first_step_loss_cross: probe.get("cross").copied().unwrap_or(f64::NAN),
+            first_step_pseudo_loss: probe.get(&ProbeTargets::Trained).copied().unwrap_or(f64::NAN),
+            first_step_loss_self: probe.get(&ProbeTargets::OwnPredictions).copied().unwrap_or(f64::NAN),
+            first_step_loss_cross: probe.get(&ProbeTargets::Cross).copied().unwrap_or(f64::NAN),
             flip_rate: flip_rate(&before, &after, ctx.data.first_class as u8),
             flip_rate_all_pixels: flip_rate(&before, &after, 0),
             pseudo_label_dice: pseudo_label_dice.mean,

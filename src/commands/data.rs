@@ -7,11 +7,11 @@ use atso_harness::runner;
 use std::path::PathBuf;
 
 pub fn data(command: DataCommand) -> Result<()> {
-    use atso_harness::data::dataset::DataFormat;
+    use atso_harness::data::dataset::Format;
     match command {
         DataCommand::List { data } => {
             println!("formats (`format = ...` in [[datasets]]):");
-            for format in DataFormat::ALL {
+            for format in Format::all() {
                 println!("  {:16} {}", format.name(), format.describe());
             }
             println!("\ninstallable by package name (`atso data install <name>`):");

@@ -17,8 +17,11 @@
 
 use super::native::{LabelRecipe, NativeSource};
 use super::nifti;
+use super::prepared::{PreparedDataset, Reader, Volumes};
+use super::slices::SlicePlan;
 use super::volume::Volume;
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Files of the installed Colin27 folder.
@@ -64,7 +67,7 @@ fn need(root: &Path, files: &[&str], install: &str) -> Result<()> {
 }
 
 /// AAL region index -> class, from `aal.nii.txt` (lines "index name code").
-fn aal_groups(table: &Path, grouping: &str) -> Result<(Vec<u8>, Vec<String>)> {
+fn aal_groups(table: &Path, grouping: Colin27Labels) -> Result<(Vec<u8>, Vec<String>)> {
     let text = std::fs::read_to_string(table).with_context(|| format!("reading {}", table.display()))?;
     let mut groups = vec![0u8; 256];
     for (n, line) in text.lines().enumerate() {
@@ -77,29 +80,28 @@ fn aal_groups(table: &Path, grouping: &str) -> Result<(Vec<u8>, Vec<String>)> {
             bail!("{} line {}: expected \"index name code\", got \"{line}\"", table.display(), n + 1);
         };
         groups[index] = match grouping {
-            "lobes" => LOBES.iter().position(|(digit, _)| *digit == code / 1000).map_or(0, |p| p as u8 + 1),
+            Colin27Labels::Lobes => LOBES.iter().position(|(digit, _)| *digit == code / 1000).map_or(0, |p| p as u8 + 1),
             // cortex: regions 1-70 and 79-90; deep nuclei 71-78; cerebellum 91-116.
-            "coarse" => match index {
+            Colin27Labels::Coarse => match index {
                 1..=70 | 79..=90 => 1,
                 71..=78 => 2,
                 91..=116 => 3,
                 _ => 0,
             },
-            other => bail!("labels = \"{other}\": Colin27 groups AAL regions as \"lobes\" or \"coarse\""),
         };
     }
     let classes = match grouping {
-        "lobes" => std::iter::once("background")
+        Colin27Labels::Lobes => std::iter::once("background")
             .chain(LOBES.iter().map(|(_, n)| *n))
             .map(String::from)
             .collect(),
-        _ => ["background", "cortex", "deep-nuclei", "cerebellum"].map(String::from).to_vec(),
+        Colin27Labels::Coarse => ["background", "cortex", "deep-nuclei", "cerebellum"].map(String::from).to_vec(),
     };
     Ok((groups, classes))
 }
 
 /// The Colin27 subject from an installed folder.
-pub fn colin27(root: &Path, grouping: &str) -> Result<Subject> {
+pub fn colin27(root: &Path, grouping: Colin27Labels) -> Result<Subject> {
     need(root, &COLIN27_FILES, "colin27")?;
     let (groups, classes) = aal_groups(&root.join("aal.nii.txt"), grouping)?;
     let recipe = LabelRecipe::Grouped {
@@ -120,13 +122,9 @@ pub fn colin27(root: &Path, grouping: &str) -> Result<Subject> {
 }
 
 /// The MNI152 subject from an installed folder.
-pub fn mni152(root: &Path, labels: &str) -> Result<Subject> {
+pub fn mni152(root: &Path, labels: Mni152Labels) -> Result<Subject> {
     need(root, &MNI152_FILES, "mni152")?;
-    let csf = match labels {
-        "tissue" => false,
-        "tissue-csf" => true,
-        other => bail!("labels = \"{other}\": MNI152 labels are \"tissue\" or \"tissue-csf\""),
-    };
+    let csf = labels == Mni152Labels::TissueCsf;
     let recipe = LabelRecipe::Tissue {
         t1: root.join(MNI152_FILES[0]),
         gm: root.join(MNI152_FILES[1]),
@@ -173,6 +171,115 @@ pub fn slab_source(subject: &Subject, axis: usize, range: (usize, usize)) -> Nat
     }
 }
 
+/// Colin27's label groupings (`labels = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Colin27Labels {
+    /// AAL regions grouped by lobe.
+    #[default]
+    Lobes,
+    /// Cortex, deep nuclei, cerebellum.
+    Coarse,
+}
+
+/// MNI152's label sets (`labels = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mni152Labels {
+    /// Grey and white matter.
+    #[default]
+    Tissue,
+    /// Grey and white matter, and a CSF class for brain voxels that are neither.
+    TissueCsf,
+}
+
+/// Slices per case of the one-subject formats when `slab` is not given.
+const DEFAULT_SLAB: usize = 8;
+
+/// `format = "colin27"`: Colin27 T1 + AAL, cut into slab cases.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Colin27Format {
+    /// Label grouping (default `lobes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Colin27Labels>,
+    /// Slices per case (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slab: Option<usize>,
+}
+
+/// `format = "mni152"`: MNI152 2009 T1 + tissue maps, cut into slab cases.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mni152Format {
+    /// Label set (default `tissue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Mni152Labels>,
+    /// Slices per case (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slab: Option<usize>,
+}
+
+/// The 8-bit templates' intensity range.
+const TEMPLATE_WINDOW: [f32; 2] = [0.0, 255.0];
+
+fn check_slab(dataset: &str, slab: Option<usize>) -> Result<()> {
+    if slab == Some(0) {
+        bail!("dataset '{dataset}': slab must be at least 1 slice");
+    }
+    Ok(())
+}
+
+impl Reader for Colin27Format {
+    fn describe(&self) -> &'static str {
+        "Colin27 T1 + AAL (Debian mricron-data; `atso data install colin27`), slab cases"
+    }
+
+    fn default_window(&self) -> [f32; 2] {
+        TEMPLATE_WINDOW
+    }
+
+    fn check(&self, dataset: &str) -> Result<()> {
+        check_slab(dataset, self.slab)
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        let subject = colin27(root, self.labels.unwrap_or_default()).with_context(|| format!("dataset '{dataset}'"))?;
+        Ok(slab_cases(dataset, &subject, plan, self.slab.unwrap_or(DEFAULT_SLAB)))
+    }
+}
+
+impl Reader for Mni152Format {
+    fn describe(&self) -> &'static str {
+        "MNI152 2009 T1 + grey/white matter (nilearn wheel; `atso data install mni152`), slab cases"
+    }
+
+    fn default_window(&self) -> [f32; 2] {
+        TEMPLATE_WINDOW
+    }
+
+    fn check(&self, dataset: &str) -> Result<()> {
+        check_slab(dataset, self.slab)
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        let subject = mni152(root, self.labels.unwrap_or_default()).with_context(|| format!("dataset '{dataset}'"))?;
+        Ok(slab_cases(dataset, &subject, plan, self.slab.unwrap_or(DEFAULT_SLAB)))
+    }
+}
+
+/// One case per slab of `slab` brain slices along the plan's axis.
+fn slab_cases(dataset: &str, subject: &Subject, plan: SlicePlan, slab: usize) -> PreparedDataset {
+    let mut volumes = Volumes::new(dataset, subject.classes.clone(), plan);
+    for (i, range) in slabs(&subject.labels, plan.axis, slab).into_iter().enumerate() {
+        let image = subject.image.crop(plan.axis, range);
+        let label = subject.labels.crop(plan.axis, range);
+        let id = format!("slab{i:02}_{}-{}", range.0, range.0 + range.1 - 1);
+        volumes.add(&id, &image, &label, slab_source(subject, plan.axis, range));
+    }
+    volumes.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,14 +307,14 @@ mod tests {
             "1 Precentral_L 2001\n29 Insula_L 3001\n71 Caudate_L 7001\n91 Cerebelum_Crus1_L 9001\n",
         )
         .unwrap();
-        let (groups, classes) = aal_groups(&table, "lobes").unwrap();
+        let (groups, classes) = aal_groups(&table, Colin27Labels::Lobes).unwrap();
         assert_eq!(classes.len(), 9);
         assert_eq!([groups[1], groups[29], groups[71], groups[91]], [1, 2, 6, 8]);
-        let (coarse, classes) = aal_groups(&table, "coarse").unwrap();
+        let (coarse, classes) = aal_groups(&table, Colin27Labels::Coarse).unwrap();
         assert_eq!(classes, ["background", "cortex", "deep-nuclei", "cerebellum"]);
         assert_eq!([coarse[1], coarse[71], coarse[91]], [1, 2, 3]);
         std::fs::write(&table, "garbage line\n").unwrap();
-        let message = format!("{:#}", aal_groups(&table, "lobes").unwrap_err());
+        let message = format!("{:#}", aal_groups(&table, Colin27Labels::Lobes).unwrap_err());
         assert!(message.contains("aal.nii.txt line 1"), "{message}");
     }
 }

@@ -9,9 +9,11 @@
 //! validation cases, `val` the test cases (as semi-supervised driving papers evaluate on it).
 
 pub use super::labelids::{read_labels, train_id, CLASSES, LABEL_IDS};
-use super::slices::{resize_bilinear, resize_nearest, Case, Slice};
-use super::volume::Volume;
+use super::prepared::{FingerprintBuilder, PreparedDataset, Reader};
+use super::slices::{resize_bilinear, resize_nearest, Case, Slice, SlicePlan};
+use super::volume::{Volume, IGNORE};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One image of the tree and its label file.
@@ -19,10 +21,27 @@ use std::path::{Path, PathBuf};
 pub struct Entry {
     /// `<city>_<seq>_<frame>`.
     pub id: String,
-    /// "train" or "val".
-    pub split: String,
+    pub split: CityscapesSplit,
     pub image: PathBuf,
     pub label: PathBuf,
+}
+
+/// The folders of a Cityscapes tree the harness reads: `val` is the fixed test set (Cityscapes'
+/// test labels are not public).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CityscapesSplit {
+    Train,
+    Val,
+}
+
+impl CityscapesSplit {
+    /// Its folder under `leftImg8bit/` and `gtFine/`.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Val => "val",
+        }
+    }
 }
 
 /// Lists the images of the `train` and `val` folders with their label files, checking that
@@ -43,8 +62,8 @@ pub fn index(root: &Path) -> Result<Vec<Entry>> {
         );
     }
     let mut entries = Vec::new();
-    for split in ["train", "val"] {
-        let dir = images.join(split);
+    for split in [CityscapesSplit::Train, CityscapesSplit::Val] {
+        let dir = images.join(split.folder());
         if !dir.is_dir() {
             bail!("{}: missing; Cityscapes needs leftImg8bit/train and leftImg8bit/val", dir.display());
         }
@@ -62,20 +81,19 @@ pub fn index(root: &Path) -> Result<Vec<Entry>> {
                 }
                 let id = parse_name(name).with_context(|| format!("{}: unexpected file name", image.display()))?;
                 let city_name = city.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let label = labels.join(split).join(city_name).join(format!("{id}_gtFine_labelIds.png"));
+                let label = labels
+                    .join(split.folder())
+                    .join(city_name)
+                    .join(format!("{id}_gtFine_labelIds.png"));
                 if !label.is_file() {
                     bail!("{}: the label file of {} is missing", label.display(), image.display());
                 }
-                entries.push(Entry {
-                    id,
-                    split: split.to_string(),
-                    image,
-                    label,
-                });
+                entries.push(Entry { id, split, image, label });
             }
         }
     }
-    if !entries.iter().any(|e| e.split == "train") || !entries.iter().any(|e| e.split == "val") {
+    let has = |split: CityscapesSplit| entries.iter().any(|e| e.split == split);
+    if !has(CityscapesSplit::Train) || !has(CityscapesSplit::Val) {
         bail!("{}: leftImg8bit/train and leftImg8bit/val must both hold images", root.display());
     }
     Ok(entries)
@@ -157,6 +175,58 @@ pub fn load_case_and_native(entry: &Entry, resolution: usize) -> Result<(Case, V
         }),
     };
     Ok((case, channels, labels))
+}
+
+/// `format = "cityscapes"`: a Cityscapes tree.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CityscapesFormat {}
+
+impl Reader for CityscapesFormat {
+    fn describe(&self) -> &'static str {
+        "Cityscapes: leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/.../*_gtFine_labelIds.png"
+    }
+
+    /// Unused: RGB images are scaled from 8 bits.
+    fn default_window(&self) -> [f32; 2] {
+        [0.0, 255.0]
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        read_tree(dataset, root, plan)
+    }
+}
+
+/// Every image of the Cityscapes tree at `root` (the driving phantom's layout too); the `val`
+/// images are the fixed test set, every class is scored, pixels outside the 19 are ignored.
+pub(crate) fn read_tree(dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+    let context = || format!("dataset '{dataset}'");
+    let entries = index(root).with_context(context)?;
+    let classes: Vec<String> = CLASSES.map(String::from).to_vec();
+    let mut stats = FingerprintBuilder::new(classes.len());
+    let mut cases = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let (case, intensity, labels) = load_case_and_native(entry, plan.resolution).with_context(context)?;
+        stats.add(&intensity[..labels.data.len()], &labels, labels.dims, labels.spacing);
+        cases.push(case);
+    }
+    Ok(PreparedDataset {
+        name: dataset.to_string(),
+        classes,
+        in_channels: 3,
+        first_class: 0,
+        outside_label: IGNORE,
+        fingerprint: stats.finish(cases.len()),
+        cases,
+        fixed_test: Some(
+            entries
+                .iter()
+                .filter(|e| e.split == CityscapesSplit::Val)
+                .map(|e| e.id.clone())
+                .collect(),
+        ),
+        folds: None,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! rare ones (people) and an ignored ego-vehicle band make class imbalance and the ignore label
 //! real. Files are written in the published naming pattern, label maps as 8-bit labelIds.
 
+use super::cityscapes;
+use super::prepared::{PreparedDataset, Reader};
+use super::slices::SlicePlan;
 use crate::fsio;
 use crate::rng::{self, SeededRng};
 use anyhow::{Context, Result};
@@ -275,6 +278,32 @@ pub fn scene(width: u32, height: u32, rng: &mut SeededRng) -> (RgbImage, GrayIma
         *pixel = Luma([labels[i]]);
     }
     (image, label_image)
+}
+
+/// `format = "driving-phantom"`: synthetic driving scenes, generated as a Cityscapes tree at the
+/// dataset's path when missing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivingFormat {
+    /// Generator settings (default: `DrivingSpec::default()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driving: Option<DrivingSpec>,
+}
+
+impl Reader for DrivingFormat {
+    fn describe(&self) -> &'static str {
+        "synthetic driving scenes, generated as a Cityscapes tree"
+    }
+
+    /// Unused: RGB images are scaled from 8 bits.
+    fn default_window(&self) -> [f32; 2] {
+        [0.0, 255.0]
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        ensure(root, &self.driving.clone().unwrap_or_default())?;
+        cityscapes::read_tree(dataset, root, plan)
+    }
 }
 
 #[cfg(test)]

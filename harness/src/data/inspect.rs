@@ -4,7 +4,7 @@
 //! (MSD, NIH Pancreas-CT, Cityscapes, the installed brain templates) is recognised and
 //! fingerprinted through its loader.
 
-use super::dataset::{DataFormat, DatasetSpec};
+use super::dataset::{DatasetSpec, Format};
 use super::volume::Volume;
 use super::{cityscapes, dicom, nifti};
 use anyhow::{bail, Context, Result};
@@ -109,21 +109,21 @@ fn describe_classes(out: &mut String, labels: &Volume, names: &[&str]) {
 }
 
 /// The format a folder looks like.
-pub fn detect(path: &Path) -> Option<DataFormat> {
+pub fn detect(path: &Path) -> Option<Format> {
     if path.join("dataset.json").is_file() {
-        Some(DataFormat::Msd)
+        Some(Format::Msd(Default::default()))
     } else if path.join("leftImg8bit").is_dir() {
-        Some(DataFormat::Cityscapes)
+        Some(Format::Cityscapes(Default::default()))
     } else if path.join("aal.nii.gz").is_file() {
-        Some(DataFormat::Colin27)
+        Some(Format::Colin27(Default::default()))
     } else if path.join(super::brain::MNI152_FILES[0]).is_file() {
-        Some(DataFormat::Mni152)
+        Some(Format::Mni152(Default::default()))
     } else if std::fs::read_dir(path)
         .ok()?
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().starts_with("PANCREAS_"))
     {
-        Some(DataFormat::NihPancreas)
+        Some(Format::NihPancreas(Default::default()))
     } else {
         None
     }
@@ -146,7 +146,7 @@ fn folder(path: &Path) -> Result<String> {
     };
     let spec = DatasetSpec {
         name: "inspected".into(),
-        format,
+        format: format.clone(),
         path: path.to_path_buf(),
         ..DatasetSpec::default()
     };

@@ -18,6 +18,7 @@ pub mod native;
 pub mod nifti;
 pub mod nih;
 pub mod phantom;
+pub mod prepared;
 pub mod slices;
 pub mod splits;
 pub mod volume;

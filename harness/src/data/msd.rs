@@ -5,7 +5,10 @@
 //! the embedded phantom is read back with. It tolerates what real downloads contain: paths that
 //! start with "./", non-contiguous ids, and macOS `._*` files.
 
+use super::native::NativeSource;
 use super::nifti;
+use super::prepared::{PreparedDataset, Reader, Volumes};
+use super::slices::SlicePlan;
 use super::volume::Volume;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -140,6 +143,96 @@ pub fn write_dataset_json(root: &Path, name: &str, description: &str, modality: 
     };
     let path = root.join("dataset.json");
     crate::fsio::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+}
+
+/// The CT window when neither the experiment file nor a preset gives one, in HU.
+pub(crate) const CT_WINDOW: [f32; 2] = [-125.0, 275.0];
+
+/// `format = "msd"`: a Medical Segmentation Decathlon task folder.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsdFormat {
+    /// A known task's fixed settings (window, class names). Written by `DatasetSpec` before the
+    /// window, where run hashes have always had it.
+    #[serde(default, skip_serializing)]
+    pub preset: Option<MsdPreset>,
+}
+
+/// Known MSD tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MsdPreset {
+    /// Task03_Liver: background, liver, cancer; HU window [-200, 250] (H-DenseUNet's for LiTS,
+    /// whose scans Task03 reuses).
+    MsdLiver,
+    /// Task07_Pancreas: background, pancreas, cancer; HU window [-100, 240] (RSTN's).
+    MsdPancreas,
+}
+
+impl MsdPreset {
+    fn window(self) -> [f32; 2] {
+        match self {
+            Self::MsdLiver => [-200.0, 250.0],
+            Self::MsdPancreas => [-100.0, 240.0],
+        }
+    }
+
+    fn classes(self) -> &'static [&'static str] {
+        match self {
+            Self::MsdLiver => &["background", "liver", "cancer"],
+            Self::MsdPancreas => &["background", "pancreas", "cancer"],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::MsdLiver => "msd-liver",
+            Self::MsdPancreas => "msd-pancreas",
+        }
+    }
+}
+
+impl Reader for MsdFormat {
+    fn describe(&self) -> &'static str {
+        "Medical Segmentation Decathlon task folder: dataset.json, imagesTr/, labelsTr/ (.nii/.nii.gz)"
+    }
+
+    fn default_window(&self) -> [f32; 2] {
+        self.preset.map_or(CT_WINDOW, MsdPreset::window)
+    }
+
+    fn preset(&self) -> Option<&'static str> {
+        self.preset.map(MsdPreset::name)
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        let prepared = read_layout(dataset, root, plan)?;
+        match self.preset {
+            Some(preset) => prepared.with_class_names(preset.classes()),
+            None => Ok(prepared),
+        }
+    }
+}
+
+/// Every case of the MSD task folder at `root` (the phantom's layout too).
+pub(crate) fn read_layout(dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+    let context = || format!("dataset '{dataset}'");
+    let index = read_index(root).with_context(context)?;
+    let mut volumes = Volumes::new(dataset, index.classes.clone(), plan);
+    for entry in &index.entries {
+        let (image, label) = load_case(entry, index.classes.len()).with_context(context)?;
+        volumes.add(
+            &entry.id,
+            &image,
+            &label,
+            NativeSource::Nifti {
+                geometry: entry.image.clone(),
+                label: entry.label.clone(),
+                axis: plan.axis,
+            },
+        );
+    }
+    Ok(volumes.finish())
 }
 
 #[cfg(test)]

@@ -7,9 +7,13 @@
 //! rows, z over slices in InstanceNumber order (z = InstanceNumber - 1); `dicom::read_series`
 //! builds the image on the same grid. Image and label must then agree in shape, which is checked.
 
+use super::native::NativeSource;
+use super::prepared::{PreparedDataset, Reader, Volumes};
+use super::slices::SlicePlan;
 use super::volume::Volume;
 use super::{dicom, nifti};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -145,6 +149,81 @@ pub fn load_case(entry: &Entry) -> Result<(Volume, Volume)> {
         bail!("{}: label value {bad} is not background (0) or pancreas (1)", entry.label.display());
     }
     Ok((image, label))
+}
+
+/// `format = "nih-pancreas"`: NIH Pancreas-CT.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NihFormat {
+    /// The dataset's fixed settings (window, classes, folds). Written by `DatasetSpec` before
+    /// the window, where run hashes have always had it.
+    #[serde(default, skip_serializing)]
+    pub preset: Option<NihPreset>,
+}
+
+/// The NIH Pancreas-CT preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NihPreset {
+    /// Background, pancreas; HU window [-100, 240]; RSTN's 4 folds over cases 1-20, 21-40,
+    /// 41-61, 62-82 (pick one with `[splits] test_fold`).
+    NihPancreas,
+}
+
+impl NihPreset {
+    /// Case-number ranges of the cross-validation folds.
+    fn folds(self) -> [(u32, u32); 4] {
+        [(1, 20), (21, 40), (41, 61), (62, 82)]
+    }
+}
+
+impl Reader for NihFormat {
+    fn describe(&self) -> &'static str {
+        "NIH Pancreas-CT: PANCREAS_xxxx DICOM series or PANCREAS_xxxx.nii.gz, labelxxxx.nii.gz"
+    }
+
+    fn default_window(&self) -> [f32; 2] {
+        match self.preset {
+            Some(NihPreset::NihPancreas) => [-100.0, 240.0],
+            None => super::msd::CT_WINDOW,
+        }
+    }
+
+    fn preset(&self) -> Option<&'static str> {
+        self.preset.map(|_| "nih-pancreas")
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        let context = || format!("dataset '{dataset}'");
+        let entries = index(root).with_context(context)?;
+        let mut volumes = Volumes::new(dataset, CLASSES.map(String::from).to_vec(), plan);
+        for entry in &entries {
+            let (image, label) = load_case(entry).with_context(context)?;
+            volumes.add(
+                &entry.id,
+                &image,
+                &label,
+                NativeSource::Nifti {
+                    geometry: entry.label.clone(),
+                    label: entry.label.clone(),
+                    axis: plan.axis,
+                },
+            );
+        }
+        let mut prepared = volumes.finish();
+        if let Some(preset) = self.preset {
+            let of_fold = |(first, last): (u32, u32)| {
+                entries
+                    .iter()
+                    .filter(|e| (first..=last).contains(&e.number))
+                    .map(|e| e.id.clone())
+                    .collect()
+            };
+            prepared.folds = Some(preset.folds().into_iter().map(of_fold).collect());
+            prepared = prepared.with_class_names(&CLASSES)?;
+        }
+        Ok(prepared)
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 
 use super::msd;
 use super::nifti::{self, Datatype};
+use super::prepared::{PreparedDataset, Reader};
+use super::slices::SlicePlan;
 use super::volume::Volume;
 use crate::rng::{self, SeededRng};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::f32::consts::PI;
@@ -244,6 +246,38 @@ fn inside_pancreas(a: &Anatomy, u: f32, v: f32, scale: f32) -> bool {
     let along = c * du + s * dv;
     let across = -s * du + c * dv - a.pancreas_bend * along * along;
     (along / a.pancreas_radii.0).powi(2) + (across / (a.pancreas_radii.1 * scale.max(0.3))).powi(2) < scale
+}
+
+/// `format = "phantom"`: the embedded synthetic CT, generated into MSD layout at the dataset's
+/// path when missing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhantomFormat {
+    /// Generator settings (default: `PhantomSpec::default()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phantom: Option<PhantomSpec>,
+}
+
+impl Reader for PhantomFormat {
+    fn describe(&self) -> &'static str {
+        "synthetic abdominal CT (liver, pancreas, lesion), generated; MSD layout"
+    }
+
+    fn default_window(&self) -> [f32; 2] {
+        msd::CT_WINDOW
+    }
+
+    fn check(&self, dataset: &str) -> Result<()> {
+        if self.phantom.as_ref().is_some_and(|p| p.cases < 4) {
+            bail!("dataset '{dataset}': phantom.cases must be at least 4 (labeled, unlabeled, validation, test)");
+        }
+        Ok(())
+    }
+
+    fn read(&self, dataset: &str, root: &Path, plan: SlicePlan) -> Result<PreparedDataset> {
+        ensure(root, &self.phantom.clone().unwrap_or_default())?;
+        msd::read_layout(dataset, root, plan)
+    }
 }
 
 #[cfg(test)]
