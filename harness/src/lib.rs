@@ -17,16 +17,13 @@ pub mod atso;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod evaluate;
-pub mod kernels;
 pub mod memory;
 pub mod method;
 pub mod model;
 pub mod previews;
 pub mod progress;
 pub mod provenance;
-pub mod rng;
 pub mod runner;
 pub mod staged;
 pub mod tensorboard;
@@ -36,3 +33,7 @@ pub use burn;
 // The results folder's schema, from the crate reports also build on; re-exported so the
 // harness names it as its own modules.
 pub use atso_schema::{comparisons, curves, fsio, json_float, leftovers, metric_registry, overlap, records, scores, surface};
+// Data (readers, phantoms, slices, splits) and the seeded random streams, from atso-data.
+pub use atso_data::{self as data, rng};
+// The U-Net's CPU kernels (burn only), from atso-kernels.
+pub use atso_kernels as kernels;

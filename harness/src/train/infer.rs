@@ -72,6 +72,8 @@ mod tests {
 
     #[test]
     fn an_ensemble_predicts_the_mean_of_its_members_softmax() {
+        // It seeds and draws from the process's one stream: no other test may draw meanwhile.
+        let _serial = crate::backend::serial_random_stream();
         let device = Device::flex();
         let spec = crate::model::ModelSpec {
             channels: vec![4, 8],

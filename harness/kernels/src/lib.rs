@@ -283,10 +283,19 @@ fn is_flex(x: &Tensor<4>) -> bool {
     matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
+/// The CPU backend keeps one random stream per process: tests that draw from it (seeding a
+/// device, dropout masks, random tensors) hold this so concurrently running tests do not draw
+/// from each other's stream.
+#[cfg(test)]
+fn serial_random_stream() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::{Module, Param};
+    use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::interpolate::Interpolate2dConfig;
     use burn::nn::{BatchNormConfig, LeakyReluConfig};
@@ -334,7 +343,7 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_convolution() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(11);
         for (channels, kernel, padding) in [
@@ -354,7 +363,7 @@ mod tests {
     /// 1 x 1 head, against burn's op.
     #[test]
     fn gradients_match_burns_at_the_unets_channel_counts() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(12);
         for (channels, kernel, size) in [
@@ -379,7 +388,7 @@ mod tests {
     /// gradient is burn's, to the bit.
     #[test]
     fn an_infinite_input_beside_the_padding_gives_burns_weight_gradient() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(13);
         let conv = Conv2dConfig::new([2, 3], [3, 3])
@@ -402,7 +411,7 @@ mod tests {
     /// burn's ops: the same result, or the same panic.
     #[test]
     fn empty_activations_and_certain_dropout_behave_as_burns_ops() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         let outcome = |own: bool, f: &dyn Fn() -> TensorData| {
             use_own_kernels(own);
@@ -447,7 +456,7 @@ mod tests {
     /// running statistics and the gradients of `sum(leaky_relu(batch_norm(x)) * r)`.
     #[test]
     fn batch_norm_and_leaky_relu_match_burns_modules() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(12);
         let x = Tensor::<4>::random([4, 3, 6, 5], Distribution::Normal(0.5, 2.0), &device).into_data();
@@ -517,46 +526,6 @@ mod tests {
         assert_eq!(both(run(true)), both(run(false)));
     }
 
-    /// One whole U-Net training step (a forward pass with dropout, the backward pass, an SGD
-    /// update, then the updated network's forward pass) gives the same bits on the portable path
-    /// and on AVX2, at widths the U-Net trains with (16 to 64 channels, 24 between).
-    #[test]
-    fn a_unet_training_step_gives_the_same_bits_on_every_isa() {
-        use burn::optim::{GradientsParams, SgdConfig};
-        use isa::Isa;
-        let spec = crate::model::ModelSpec {
-            channels: vec![16, 24, 32, 64],
-            dropout: vec![0.05, 0.1, 0.2, 0.3],
-        };
-        let step = |isa: Isa| {
-            let _forced = isa::force(isa);
-            assert_eq!(isa::current(), isa);
-            let device = Device::flex().autodiff();
-            device.seed(11);
-            let model = spec.init(1, 4, &device);
-            let x = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let r = Tensor::<4>::random([2, 4, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-            let y = model.forward(x.clone());
-            let grads = (y.clone() * r).sum().backward();
-            let dx = x.grad(&grads).unwrap().into_data();
-            let params = GradientsParams::from_grads(grads, &model);
-            let mut optimizer = SgdConfig::new().init();
-            let model = optimizer.step(0.1, model, params);
-            let next = model.valid().forward(x.inner()).into_data();
-            (bits(y.into_data()), bits(dx), bits(next))
-        };
-        let _serial = crate::backend::serial_random_stream();
-        let portable = step(Isa::Portable);
-        if isa::detected() != Isa::Avx2 {
-            eprintln!("SKIPPED: this CPU has no AVX2 + FMA, so only the portable path exists here");
-            return;
-        }
-        let avx2 = step(Isa::Avx2);
-        assert!(portable.0 == avx2.0, "forward differs");
-        assert!(portable.1 == avx2.1, "input gradient differs");
-        assert!(portable.2 == avx2.2, "the updated network differs");
-    }
-
     fn bits(t: TensorData) -> Vec<u32> {
         t.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
     }
@@ -564,7 +533,7 @@ mod tests {
     /// Batch norm in inference: the one-pass kernel gives burn's four ops' values bit for bit.
     #[test]
     fn batch_norm_inference_is_bitwise_burns() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex();
         device.seed(13);
         let mut norm = BatchNormConfig::new(3).init(&device);
@@ -587,7 +556,7 @@ mod tests {
     /// where values were kept. Outside training it is the identity.
     #[test]
     fn dropout_follows_the_seed_and_its_gradient_the_mask() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         let layer = burn::nn::DropoutConfig::new(0.25).init();
         let x = Tensor::<4>::random([4, 3, 20, 20], Distribution::Uniform(1.0, 2.0), &device);
@@ -626,7 +595,7 @@ mod tests {
     /// a 1 x 1 kernel, more output channels than one tile holds, and odd image sizes.
     #[test]
     fn a_fused_inference_layer_is_bitwise_its_three_ops() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex();
         device.seed(17);
         let channels = 7;
@@ -652,7 +621,7 @@ mod tests {
     /// conventions, a scale factor and an explicit size.
     #[test]
     fn bilinear_resizing_is_bitwise_burns() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(14);
         let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -685,7 +654,7 @@ mod tests {
     /// (where one output's two sources can coincide at the border) and a single pixel.
     #[test]
     fn separable_bilinear_matches_burns_interpolate() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(16);
         let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -726,7 +695,7 @@ mod tests {
     /// (the last NaN wins), signed zeros and an odd size (the last row and column dropped).
     #[test]
     fn max_pooling_is_bitwise_burns() {
-        let _serial = crate::backend::serial_random_stream();
+        let _serial = serial_random_stream();
         let device = Device::flex().autodiff();
         device.seed(15);
         let random = Tensor::<4>::random([2, 3, 6, 8], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -758,31 +727,6 @@ mod tests {
             };
             assert_eq!(run(true), run(false), "{x:?}");
         }
-    }
-
-    /// A U-Net seeded the same way gives the same first forward pass (in evaluation, so without
-    /// dropout masks) on either path: the kernels read the same weights. (burn initialises
-    /// parameters lazily; `ModelSpec::init` draws them all, and the wrappers read a convolution's
-    /// weight before its bias as burn does, which once mattered: the other order drew other
-    /// initial weights.)
-    #[test]
-    fn a_seeded_model_draws_the_same_weights_on_either_path() {
-        let spec = crate::model::ModelSpec {
-            channels: vec![4, 8],
-            dropout: vec![0.0, 0.2],
-        };
-        let run = |own: bool| {
-            use_own_kernels(own);
-            let device = Device::flex().autodiff();
-            device.seed(5);
-            let x = Tensor::<4>::ones([2, 1, 8, 8], &device);
-            let y = spec.init(1, 3, &device).valid().forward(x.inner()).into_data();
-            use_own_kernels(true);
-            y
-        };
-        let _serial = crate::backend::serial_random_stream();
-        let (own, burn) = (run(true), run(false));
-        assert_close("logits", &own, &burn, 1e-4);
     }
 
     #[test]

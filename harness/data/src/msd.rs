@@ -238,7 +238,7 @@ pub(crate) fn read_layout(dataset: &str, root: &Path, plan: SlicePlan) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::nifti::Datatype;
+    use crate::nifti::Datatype;
 
     fn tiny_task(root: &Path) {
         let image = Volume {

@@ -1,4 +1,4 @@
-//! Data: from files on disk to normalised 2D slices grouped by case.
+//! atso-data: from files on disk to normalised 2D slices grouped by case (no burn).
 //!
 //! Real data and the embedded phantom take the same path: volumes are written in (or come in) a
 //! real on-disk layout, read back by the loader for that layout, then windowed, sliced and resized
@@ -19,6 +19,7 @@ pub mod nifti;
 pub mod nih;
 pub mod phantom;
 pub mod prepared;
+pub mod rng;
 pub mod slices;
 pub mod splits;
 pub mod volume;
@@ -26,3 +27,7 @@ pub mod volume;
 pub use dataset::{DatasetSpec, PreparedDataset};
 pub use slices::{Case, Slice};
 pub use volume::{Volume, IGNORE};
+
+// The results folder's schema (atomic writes, leftovers, naming rules) under the names the
+// harness gives it.
+pub(crate) use atso_schema::{fsio, leftovers, records};

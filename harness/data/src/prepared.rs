@@ -244,7 +244,7 @@ impl FingerprintBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::slices::Slice;
+    use crate::slices::Slice;
 
     /// A one-case dataset with the given class names.
     fn with_classes(classes: &[&str]) -> PreparedDataset {
