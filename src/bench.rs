@@ -21,7 +21,7 @@
 //! with a profiler, not a verdict.
 
 use anyhow::{bail, Context, Result};
-use atso_harness::backend;
+use atso_harness::backend::{self, Backend};
 use atso_harness::evaluate::EvaluationSpec;
 use atso_harness::method::{Budget, MixedObjective, RunContext, RunData, RunSetup};
 use atso_harness::model::ModelSpec;
@@ -39,7 +39,7 @@ use crate::cpu_use::{CpuMark, CpuUse};
 pub struct BenchArgs {
     /// Backends to compare, the first is the reference (default: all compiled in).
     #[arg(long, value_delimiter = ',')]
-    pub backends: Vec<String>,
+    pub backends: Vec<Backend>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 128)]
@@ -130,7 +130,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
         args.threads = if all > 1 { vec![1, all] } else { vec![1] };
     }
     if args.backends.is_empty() {
-        args.backends = backend::available().into_iter().map(String::from).collect();
+        args.backends = backend::available();
     }
     let (results, failures) = run(&args)?;
     if !results.is_empty() {
@@ -227,28 +227,32 @@ pub fn run(args: &BenchArgs) -> Result<(Vec<BenchResult>, Vec<BenchFailure>)> {
     if let Some(unknown) = args.kernels.iter().find(|k| !matches!(k.as_str(), "own" | "burn")) {
         bail!("--kernels takes own and/or burn, got '{unknown}'");
     }
-    let configurations: Vec<(String, Option<usize>, bool)> = args
+    let configurations: Vec<(Backend, Option<usize>, bool)> = args
         .backends
         .iter()
-        .flat_map(|name| match name.as_str() {
-            "flex" => args
+        .flat_map(|&name| match name {
+            Backend::Flex => args
                 .kernels
                 .iter()
-                .flat_map(|k| args.threads.iter().map(move |&t| (name.clone(), Some(t), k == "own")))
+                .flat_map(|k| args.threads.iter().map(move |&t| (name, Some(t), k == "own")))
                 .collect::<Vec<_>>(),
-            _ => vec![(name.clone(), None, true)],
+            _ => vec![(name, None, true)],
         })
         .collect();
     for (name, threads, own_kernels) in configurations {
-        let kernels = if name == "flex" && !own_kernels { ", burn's ops" } else { "" };
+        let kernels = if name == Backend::Flex && !own_kernels {
+            ", burn's ops"
+        } else {
+            ""
+        };
         let label = match threads {
-            Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(&name), if t == 1 { "" } else { "s" }),
-            None => backend::label(&name),
+            Some(t) => format!("{}{kernels} ({t} thread{})", backend::label(name), if t == 1 { "" } else { "s" }),
+            None => backend::label(name),
         };
         let measure = || -> Result<(Measured, f64)> {
             atso_harness::kernels::use_own_kernels(own_kernels);
-            let measured = measure(args, &name, &examples, &model_spec)?;
-            Ok((measured, gemm_gflops(&name)?))
+            let measured = measure(args, name, &examples, &model_spec)?;
+            Ok((measured, gemm_gflops(name)?))
         };
         atso_harness::memory::reset_peak();
         let measured = atso_harness::runner::run_guarded(|| match threads {
@@ -279,7 +283,7 @@ struct Measured {
 
 /// Median seconds of a training step and of an inference batch on backend `name`, and with
 /// `--phases` where the training step's time goes.
-fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &ModelSpec) -> Result<Measured> {
+fn measure(args: &BenchArgs, name: Backend, examples: &[Example], model_spec: &ModelSpec) -> Result<Measured> {
     let device = backend::device(name, 0)?;
     let data = RunData {
         class_names: (0..4).map(|c| c.to_string()).collect(),
@@ -360,7 +364,7 @@ fn measure(args: &BenchArgs, name: &str, examples: &[Example], model_spec: &Mode
 }
 
 /// GFLOP/s of a 1024 x 1024 x 1024 fp32 matrix product on backend `name` (median of 5).
-fn gemm_gflops(name: &str) -> Result<f64> {
+fn gemm_gflops(name: Backend) -> Result<f64> {
     use atso_harness::burn::tensor::{Distribution, Tensor};
     let device = backend::device(name, 0)?;
     let n = 1024;

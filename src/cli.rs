@@ -2,6 +2,7 @@
 //! sweep's arguments are forwarded to its workers. The verbs' code is in `commands/`.
 
 use crate::bench;
+use atso_harness::backend::Backend;
 use atso_harness::data::phantom::PhantomSpec;
 use atso_harness::runner::{Shard, SweepOptions};
 use clap::{Args, Parser, Subcommand};
@@ -49,7 +50,7 @@ pub enum Command {
         #[arg(long)]
         experiment: Option<PathBuf>,
         #[arg(long, default_value = "flex")]
-        backend: String,
+        backend: Backend,
     },
     /// Tables (Markdown, LaTeX, CSV, HTML) and plots from one or more results folders.
     Report {
@@ -161,7 +162,7 @@ pub struct RunArgs {
     pub results: PathBuf,
     /// Compute backend: flex (CPU), or cuda when built with --features cuda.
     #[arg(long, default_value = "flex")]
-    pub backend: String,
+    pub backend: Backend,
     /// Run again runs that already have an ok record with the same configuration.
     #[arg(long)]
     pub rerun: bool,
@@ -203,7 +204,7 @@ pub struct SlurmArgs {
 
 impl RunArgs {
     pub fn options(&self, shard: Option<Shard>, threads: usize) -> SweepOptions {
-        let mut options = SweepOptions::new(self.results.clone(), self.data_base.clone(), &self.backend);
+        let mut options = SweepOptions::new(self.results.clone(), self.data_base.clone(), self.backend);
         options.rerun = self.rerun;
         options.rerun_stale = self.rerun_stale;
         options.shard = shard;
@@ -218,7 +219,7 @@ impl RunArgs {
             "--results".into(),
             self.results.display().to_string(),
             "--backend".into(),
-            self.backend.clone(),
+            self.backend.to_string(),
             "--data-base".into(),
             self.data_base.display().to_string(),
         ];

@@ -103,7 +103,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             experiment,
             backend,
         } => {
-            status(&results, experiment.as_deref(), &backend)?;
+            status(&results, experiment.as_deref(), backend)?;
             Ok(Outcome::AllOk)
         }
         Command::Report { results, out, allow_mixed } => {

@@ -7,6 +7,7 @@
 //! their events as JSON lines, which this process draws as one view.
 
 use anyhow::{bail, Context, Result};
+use atso_harness::backend::Backend;
 use atso_harness::config::Experiment;
 use atso_harness::data::dataset::Format;
 use atso_harness::data::phantom::PhantomFormat;
@@ -26,8 +27,8 @@ pub struct Plan {
 /// inside one run (at small sizes the second thread of a run buys nothing: docs/benchmarks.md),
 /// so the default is one single-threaded run per core, fewer when the runs' estimated memory
 /// would not fit in half of the available memory, and one run (all cores) on a GPU backend.
-pub fn choose(experiment: &Experiment, backend: &str, cores: usize, available_memory: Option<u64>) -> (Plan, String) {
-    if backend != "flex" {
+pub fn choose(experiment: &Experiment, backend: Backend, cores: usize, available_memory: Option<u64>) -> (Plan, String) {
+    if backend != Backend::Flex {
         return (
             Plan { jobs: 1, threads: cores },
             format!("1 run at a time on the {backend} backend"),

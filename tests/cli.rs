@@ -254,3 +254,32 @@ fn the_portable_kernels_can_be_forced_and_give_the_default_paths_numbers() {
         assert_eq!(serde_json::to_string(&p.cases).unwrap(), serde_json::to_string(&d.cases).unwrap());
     }
 }
+
+/// A backend this build lacks is refused once, before anything is prepared or recorded; an
+/// unknown one by the argument parser.
+#[test]
+fn a_backend_not_compiled_in_stops_the_sweep_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let mut refused = 0;
+    for backend in ["cuda", "vulkan"] {
+        let output = atso(dir.path(), &["sweep", "tiny.toml", "--backend", backend]);
+        let message = stderr(&output);
+        if output.status.success() || !message.contains("not compiled into this build") {
+            continue; // a GPU build has this backend
+        }
+        assert_eq!(output.status.code(), Some(1), "{message}");
+        assert!(message.contains(&format!("--features {backend}")), "{message}");
+        assert!(!dir.path().join("results").exists(), "nothing prepared or recorded");
+        refused += 1;
+    }
+    if refused == 0 {
+        eprintln!("SKIPPED the refusal: this build has both GPU backends");
+    }
+    let output = atso(dir.path(), &["sweep", "tiny.toml", "--backend", "tpu"]);
+    assert!(
+        !output.status.success() && stderr(&output).contains("unknown backend 'tpu'"),
+        "{}",
+        stderr(&output)
+    );
+}

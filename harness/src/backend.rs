@@ -1,27 +1,71 @@
 //! Compute backend selection. The model and engine are written once against burn's `Device`;
-//! this module maps a `--backend` name to a device among those compiled in.
+//! this module maps a `--backend` to a device among those compiled in.
 
 use anyhow::{bail, Result};
 use burn::tensor::Device;
 
-/// Backends this build can run on.
-pub fn available() -> Vec<&'static str> {
-    let mut names = vec!["flex"];
-    if cfg!(feature = "cuda") {
-        names.push("cuda");
-    }
-    if cfg!(feature = "vulkan") {
-        names.push("vulkan");
-    }
-    names
+/// A compute backend, as `--backend` names it; which ones a build can run depends on its
+/// features ([`available`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// burn's pure-Rust CPU backend, with the project's kernels.
+    Flex,
+    /// NVIDIA GPUs through burn-cuda (`--features cuda`).
+    Cuda,
+    /// GPUs through burn-wgpu on Vulkan (`--features vulkan`).
+    Vulkan,
 }
 
-/// The plain (non-autodiff) device for `name`, seeded with `seed`.
-pub fn device(name: &str, seed: u64) -> Result<Device> {
-    let device = match name {
-        "flex" => Device::flex(),
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::Flex, Backend::Cuda, Backend::Vulkan];
+
+    /// Its name on the command line and in records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Cuda => "cuda",
+            Backend::Vulkan => "vulkan",
+        }
+    }
+
+    /// Whether this build has it.
+    pub fn compiled(self) -> bool {
+        match self {
+            Backend::Flex => true,
+            Backend::Cuda => cfg!(feature = "cuda"),
+            Backend::Vulkan => cfg!(feature = "vulkan"),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        Backend::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown backend '{name}'; known: {}", known.join(", "))
+        })
+    }
+}
+
+/// Backends this build can run on.
+pub fn available() -> Vec<Backend> {
+    Backend::ALL.into_iter().filter(|b| b.compiled()).collect()
+}
+
+/// The plain (non-autodiff) device for `backend`, seeded with `seed`.
+pub fn device(backend: Backend, seed: u64) -> Result<Device> {
+    let device = match backend {
+        Backend::Flex => Device::flex(),
         #[cfg(feature = "cuda")]
-        "cuda" => {
+        Backend::Cuda => {
             // Without a driver burn-cuda's device thread dies and the caller only sees
             // "RecvError"; say what is missing instead.
             if let Some(missing) = missing_nvidia_driver() {
@@ -32,10 +76,11 @@ pub fn device(name: &str, seed: u64) -> Result<Device> {
         // The best adapter Vulkan offers (a discrete GPU first; CUBECL_WGPU_DEFAULT_DEVICE picks
         // another, e.g. Cpu for a software renderer such as lavapipe).
         #[cfg(feature = "vulkan")]
-        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+        Backend::Vulkan => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+        #[allow(unreachable_patterns)] // with every backend compiled in
         other => bail!(
             "backend '{other}' is not compiled into this build; available: {}",
-            available().join(", ")
+            available().iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
         ),
     };
     device.seed(seed);
@@ -53,22 +98,22 @@ fn missing_driver_file(version: &std::path::Path) -> Option<String> {
 }
 
 /// A label for results rows: the backend plus CPU features that change its speed.
-pub fn label(name: &str) -> String {
-    if name == "flex" && cfg!(feature = "x86-v4") {
+pub fn label(backend: Backend) -> String {
+    if backend == Backend::Flex && cfg!(feature = "x86-v4") {
         "flex+x86-v4".into()
     } else {
-        name.into()
+        backend.name().into()
     }
 }
 
 /// What a run's `simd` column records: the CPU kernels' SIMD levels (`cpu_simd`) for flex, the
 /// GPU backend otherwise. A GPU run's numbers come from the GPU's kernels, so `atso check`
 /// expectations tied to a CPU's SIMD level must not apply to it.
-pub fn kernels_description(name: &str, cpu_simd: &str) -> String {
-    if name == "flex" {
+pub fn kernels_description(backend: Backend, cpu_simd: &str) -> String {
+    if backend == Backend::Flex {
         cpu_simd.into()
     } else {
-        format!("{name} GPU kernels")
+        format!("{backend} GPU kernels")
     }
 }
 
@@ -100,8 +145,25 @@ mod tests {
     #[test]
     fn gpu_runs_do_not_claim_the_cpus_simd_level() {
         let cpu = "conv avx2+fma, elementwise x86-64-v4 (cpu x86-64-v4)";
-        assert_eq!(kernels_description("flex", cpu), cpu);
-        let gpu = kernels_description("vulkan", cpu);
+        assert_eq!(kernels_description(Backend::Flex, cpu), cpu);
+        let gpu = kernels_description(Backend::Vulkan, cpu);
         assert!(!gpu.contains("x86-64") && gpu.contains("vulkan"), "{gpu}");
+    }
+
+    #[test]
+    fn backends_read_and_write_their_command_line_names() {
+        for backend in Backend::ALL {
+            assert_eq!(backend.name().parse::<Backend>(), Ok(backend));
+        }
+        assert_eq!(
+            "flex".parse::<Backend>().map(label).as_deref(),
+            Ok(if cfg!(feature = "x86-v4") { "flex+x86-v4" } else { "flex" })
+        );
+        let unknown = "tpu".parse::<Backend>().unwrap_err();
+        assert!(
+            unknown.contains("unknown backend 'tpu'") && unknown.contains("flex, cuda, vulkan"),
+            "{unknown}"
+        );
+        assert!(available().contains(&Backend::Flex));
     }
 }

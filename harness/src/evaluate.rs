@@ -29,7 +29,8 @@ pub struct EvaluationSpec {
     /// How a class absent from a case is scored (see `overlap`).
     #[serde(default)]
     pub empty_classes: EmptyClasses,
-    /// Compute HD95 per case and class (costs a distance transform per class and case).
+    /// Compute the surface distances (HD95 and ASD) per case and class (costs two distance
+    /// transforms per class and case, shared by both).
     #[serde(default = "yes")]
     pub hd95: bool,
     /// Score the validation cases every this many steps during training (Dice at the training

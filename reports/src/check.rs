@@ -382,7 +382,7 @@ pub fn compare(folders: &[PathBuf], base: &str, head: &str, reference: Option<&R
         else {
             continue;
         };
-        let metric = "dice_mean";
+        let metric = atso_schema::metric_registry::DICE.column;
         let (Some(b), Some(h)) = (cell_mean(Some(base_cell), metric), cell_mean(Some(head_cell), metric)) else {
             continue;
         };

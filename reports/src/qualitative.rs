@@ -141,7 +141,7 @@ pub fn build(dataset: &str, cells: &[Cell], per_case: &HashMap<String, BTreeMap<
     let class_names: Vec<String> = first
         .metrics
         .iter()
-        .filter_map(|(name, _)| name.strip_prefix("dice_"))
+        .filter_map(|(name, _)| name.strip_prefix(atso_schema::metric_registry::DICE.per_class_prefix.unwrap_or_default()))
         .filter(|c| !atso_schema::records::RESERVED_CLASS_NAMES.contains(c))
         .map(str::to_string)
         .collect();

@@ -34,7 +34,7 @@ pub fn data(command: DataCommand) -> Result<()> {
                     let kind = match (generated, atso_harness::data::inspect::detect(&path)) {
                         (Some(&"phantom.json"), _) => "phantom (generated)".to_string(),
                         (Some(_), _) => "driving-phantom (generated)".to_string(),
-                        (None, Some(format)) => format.name(),
+                        (None, Some(format)) => format.name().to_string(),
                         (None, None) => continue,
                     };
                     println!("  {:40} {kind}", path.display());

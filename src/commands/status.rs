@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use atso_harness::runner::{self, SweepOptions};
 use std::path::{Path, PathBuf};
 
-pub fn status(results: &Path, experiment: Option<&Path>, backend: &str) -> Result<()> {
+pub fn status(results: &Path, experiment: Option<&Path>, backend: atso_harness::backend::Backend) -> Result<()> {
     let file = match experiment {
         Some(f) => f.to_path_buf(),
         None => newest_config(results)?,

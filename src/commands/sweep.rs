@@ -21,6 +21,16 @@ pub fn set_threads(threads: usize) {
 /// Runs a sweep in this process or across worker processes; returns the results folder and how
 /// many runs failed.
 pub fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs, shard: Option<Shard>) -> Result<(PathBuf, usize)> {
+    // One error before anything runs, not one failed record per run.
+    if !args.backend.compiled() {
+        let available: Vec<String> = atso_harness::backend::available().iter().map(ToString::to_string).collect();
+        bail!(
+            "--backend {}: not compiled into this build (available: {}); build with --features {}",
+            args.backend,
+            available.join(", "),
+            args.backend
+        );
+    }
     parallel::check_memory(experiment, parallel::available_memory(), args.ignore_memory_estimate)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (plan, why) = match args.jobs {
@@ -33,7 +43,7 @@ pub fn sweep(experiment: &Experiment, source: &str, file: &Path, args: &RunArgs,
             )
         }
         None => {
-            let (mut plan, why) = parallel::choose(experiment, &args.backend, cores, parallel::available_memory());
+            let (mut plan, why) = parallel::choose(experiment, args.backend, cores, parallel::available_memory());
             if let Some(t) = args.threads {
                 plan.threads = t;
             }

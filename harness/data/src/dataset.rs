@@ -1,42 +1,63 @@
 //! Dataset entries of experiment files (`[[datasets]]`): what every format shares, and each
-//! format's own settings as a tagged enum, so a key of another format is refused by serde with
-//! the key's name, and a new format is one file (its settings and `Reader`) and one line in
-//! `formats!` below. Preparation is the format's reader (`prepared`).
+//! format's own settings as an enum, so a key of another format is refused with the dataset,
+//! format and key named, and a new format is one file (its settings and `Reader`), declared in
+//! lib.rs, and one line in `formats!` below. Preparation is the format's reader (`prepared`).
 
-use super::brain::{Colin27Format, Mni152Format};
-use super::cityscapes::CityscapesFormat;
-use super::driving::DrivingFormat;
-use super::msd::MsdFormat;
-use super::nih::NihFormat;
-use super::phantom::PhantomFormat;
 pub use super::prepared::{Fingerprint, PreparedDataset, Reader};
 use super::slices::SlicePlan;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize, Serializer};
 use std::path::{Path, PathBuf};
 
-/// Declares the formats: the `Format` enum (`format = "..."` in an experiment file, kebab-case
-/// of the variant), every format at its defaults (`atso data list`), and the dispatch to each
-/// one's reader and settings.
+/// Declares the formats: the `Format` enum, each one's name (`format = "..."` in an experiment
+/// file), every format at its defaults (`atso data list`), and the dispatch to each one's
+/// reader and settings.
 macro_rules! formats {
-    ($($(#[$doc:meta])* $variant:ident($settings:ty),)+) => {
+    ($($(#[$doc:meta])* $variant:ident($name:literal, $settings:ty),)+) => {
         /// An on-disk format with its own settings.
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(tag = "format", rename_all = "kebab-case")]
+        #[derive(Debug, Clone, PartialEq)]
         pub enum Format {
             $($(#[$doc])* $variant($settings),)+
         }
 
         impl Format {
+            /// Every format's name, in the order `atso data list` shows them.
+            pub const NAMES: &[&str] = &[$($name,)+];
+
             /// Every format with its default settings.
             pub fn all() -> Vec<Format> {
                 vec![$(Format::$variant(<$settings>::default()),)+]
+            }
+
+            /// The name used in experiment files.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Format::$variant(_) => $name,)+
+                }
             }
 
             /// The format's reader.
             pub fn reader(&self) -> &dyn Reader {
                 match self {
                     $(Format::$variant(settings) => settings,)+
+                }
+            }
+
+            /// The format named `name` with `settings` (the entry's other keys); an error names
+            /// the key path inside them.
+            fn read(name: &str, settings: serde_json::Value) -> std::result::Result<Format, String> {
+                let read = |error: serde_path_to_error::Error<serde_json::Error>| {
+                    let (key, message) = (error.path().to_string(), error.inner().to_string());
+                    // An unknown key names itself.
+                    if key == "." || message.starts_with("unknown field") {
+                        message
+                    } else {
+                        format!("key `{key}`: {message}")
+                    }
+                };
+                match name {
+                    $($name => serde_path_to_error::deserialize(settings).map(Format::$variant).map_err(read),)+
+                    other => Err(format!("unknown format `{other}`, expected one of {}", Format::NAMES.join(", "))),
                 }
             }
         }
@@ -53,31 +74,23 @@ macro_rules! formats {
 
 formats! {
     /// The embedded synthetic CT, generated into MSD layout at `path` when missing.
-    Phantom(PhantomFormat),
+    Phantom("phantom", super::phantom::PhantomFormat),
     /// A Medical Segmentation Decathlon task folder (dataset.json, imagesTr, labelsTr).
-    Msd(MsdFormat),
+    Msd("msd", super::msd::MsdFormat),
     /// NIH Pancreas-CT: DICOM series per patient (or converted PANCREAS_xxxx.nii.gz) and
     /// labelxxxx.nii.gz files.
-    NihPancreas(NihFormat),
+    NihPancreas("nih-pancreas", super::nih::NihFormat),
     /// A Cityscapes tree (leftImg8bit/, gtFine/).
-    Cityscapes(CityscapesFormat),
+    Cityscapes("cityscapes", super::cityscapes::CityscapesFormat),
     /// Synthetic driving scenes, generated as a Cityscapes tree at `path` when missing.
-    DrivingPhantom(DrivingFormat),
+    DrivingPhantom("driving-phantom", super::driving::DrivingFormat),
     /// Colin27 T1 + AAL parcellation, installed with `atso data install colin27`.
-    Colin27(Colin27Format),
+    Colin27("colin27", super::brain::Colin27Format),
     /// MNI152 2009 T1 + tissue maps, installed with `atso data install mni152`.
-    Mni152(Mni152Format),
+    Mni152("mni152", super::brain::Mni152Format),
 }
 
 impl Format {
-    /// The name used in experiment files.
-    pub fn name(&self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.get("format")?.as_str().map(str::to_string))
-            .unwrap_or_default()
-    }
-
     /// What the format is, in one line.
     pub fn describe(&self) -> &'static str {
         self.reader().describe()
@@ -133,11 +146,19 @@ impl TryFrom<Entry> for DatasetSpec {
     type Error = String;
 
     fn try_from(e: Entry) -> std::result::Result<Self, String> {
-        let named = e.format.get("format").and_then(|f| f.as_str()).map(str::to_string);
-        let format = serde_json::from_value(serde_json::Value::Object(e.format)).map_err(|err| match named {
-            Some(format) => format!("dataset '{}', format '{format}': {err}", e.name),
-            None => format!("dataset '{}': {err}", e.name),
-        })?;
+        let mut settings = e.format;
+        let format = match settings.remove("format") {
+            Some(serde_json::Value::String(name)) => Format::read(&name, serde_json::Value::Object(settings))
+                .map_err(|err| format!("dataset '{}', format '{name}': {err}", e.name))?,
+            Some(other) => return Err(format!("dataset '{}': format must be a name, got {other}", e.name)),
+            None => {
+                return Err(format!(
+                    "dataset '{}': missing field `format` (one of {})",
+                    e.name,
+                    Format::NAMES.join(", ")
+                ))
+            }
+        };
         Ok(Self {
             name: e.name,
             format,
@@ -158,7 +179,7 @@ impl Serialize for DatasetSpec {
         #[derive(Serialize)]
         struct Written<'a> {
             name: &'a str,
-            format: String,
+            format: &'static str,
             path: &'a Path,
             #[serde(skip_serializing_if = "Option::is_none")]
             preset: Option<&'static str>,
@@ -191,7 +212,7 @@ impl Default for DatasetSpec {
     fn default() -> Self {
         Self {
             name: "phantom-ct".into(),
-            format: Format::Phantom(PhantomFormat::default()),
+            format: Format::Phantom(Default::default()),
             path: PathBuf::from("data/phantom-ct"),
             window: None,
             axis: default_axis(),
@@ -326,17 +347,21 @@ mod tests {
             ),
             (
                 "name = \"n\"\nformat = \"nih-pancreas\"\npath = \"h\"\npreset = \"msd-liver\"",
-                "dataset 'n', format 'nih-pancreas': unknown variant `msd-liver`, expected `nih-pancreas`",
+                "dataset 'n', format 'nih-pancreas': key `preset`: unknown variant `msd-liver`, expected `nih-pancreas`",
             ),
             (
                 "name = \"c\"\nformat = \"colin27\"\npath = \"h\"\nlabels = \"tissue\"",
-                "dataset 'c', format 'colin27': unknown variant `tissue`, expected `lobes` or `coarse`",
+                "dataset 'c', format 'colin27': key `labels`: unknown variant `tissue`, expected `lobes` or `coarse`",
             ),
             (
                 "name = \"s\"\nformat = \"tiff\"\npath = \"h\"",
-                "dataset 's', format 'tiff': unknown variant `tiff`",
+                "dataset 's', format 'tiff': unknown format `tiff`, expected one of phantom, msd",
             ),
             ("name = \"t\"\npath = \"h\"", "dataset 't': missing field `format`"),
+            (
+                "name = \"p\"\nformat = \"phantom\"\npath = \"h\"\nphantom = { cases = \"8\", size = 32, slices = 6, seed = 3 }",
+                "dataset 'p', format 'phantom': key `phantom.cases`: invalid type: string \"8\", expected usize",
+            ),
         ] {
             let message = parse(toml).unwrap_err();
             assert!(message.contains(expected), "{message}");
@@ -362,7 +387,7 @@ mod tests {
 
     #[test]
     fn every_format_is_listed_by_its_name_with_its_window() {
-        let names: Vec<String> = Format::all().iter().map(Format::name).collect();
+        let names: Vec<&str> = Format::all().iter().map(Format::name).collect();
         assert_eq!(
             names,
             [

@@ -8,7 +8,7 @@
 
 /// Whether the AVX2 instantiations run (`isa`: the CPU has AVX2 and FMA, and no override says
 /// otherwise; the loops here need only AVX2, the one switch keeps both kinds of kernel together).
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_kernels)]
 #[inline]
 fn avx2() -> bool {
     super::isa::current() == super::isa::Isa::Avx2
@@ -18,7 +18,7 @@ fn avx2() -> bool {
 /// function, so its loops vectorize eight lanes wide), else as built.
 #[inline(always)]
 pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_kernels)]
     if avx2() {
         // SAFETY: the CPU has AVX2 (checked above).
         return unsafe { run_avx2(body) };
@@ -26,7 +26,7 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_kernels)]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
     body()

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// An instruction set the kernels have code for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(not(x86_kernels), allow(dead_code))]
 pub enum Isa {
     /// Plain Rust (`f32::mul_add` for every fused multiply-add), compiled for the baseline CPU.
     Portable,
@@ -33,7 +33,7 @@ impl Isa {
 
 /// The best instruction set this CPU runs (`std` caches the detection).
 pub fn detected() -> Isa {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_kernels)]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return Isa::Avx2;
     }

@@ -15,7 +15,7 @@ pub const BLOCK: usize = 6;
 pub const LANES: usize = 8;
 
 /// Whether the AVX2 + FMA versions run (`isa`: the CPU has them and no override says otherwise).
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_kernels)]
 #[inline]
 fn simd() -> bool {
     super::isa::current() == super::isa::Isa::Avx2
@@ -52,7 +52,7 @@ pub unsafe fn forward_tile(
             }
         };
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_kernels)]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked); the pointer contract is the caller's.
         unsafe { dispatch!(forward_tile_avx2) };
@@ -93,7 +93,7 @@ unsafe fn forward_tile_scalar<const C: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_kernels)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_tile_avx2<const C: usize>(
     src: *const f32,
@@ -175,7 +175,7 @@ pub unsafe fn weight_tile(
             }
         };
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_kernels)]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked); the pointer contract is the caller's.
         unsafe { dispatch!(weight_tile_avx2) };
@@ -223,7 +223,7 @@ unsafe fn weight_tile_scalar<const R: usize, const T: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_kernels)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_tile_avx2<const R: usize, const T: usize>(
     src: *const f32,

@@ -10,7 +10,7 @@
 //! - `strict`: only a class absent from both truth and prediction is left out; a prediction of a
 //!   class the case lacks scores 0.
 //!
-//! Surface distances (HD95, `train::surface`) are undefined (left out) when the class is absent
+//! Surface distances (HD95, ASD: `surface`) are undefined (left out) when the class is absent
 //! from the truth; when the truth has the class and the prediction misses it, the case gets the
 //! penalty of `[evaluation] hd95_missed` (see `evaluate::Hd95Missed`), so a lost class counts
 //! against a run instead of dropping out of its mean.

@@ -466,7 +466,7 @@ pub fn runs_frame(records: &[RunRecord]) -> Result<DataFrame> {
 }
 
 /// The per-case table: one row per (run, test case, scored class): every metric with per-case
-/// values (`metric_registry`: Dice, IoU, HD95 on the native grid, Dice at the training
+/// values (`metric_registry`: Dice, IoU, HD95, ASD on the native grid, Dice at the training
 /// resolution), and whether the prediction missed a class the
 /// truth has (null in records written before that was kept).
 pub fn cases_frame(records: &[RunRecord]) -> Result<DataFrame> {

@@ -72,10 +72,12 @@ pub fn summarise(cases: &[CaseScores], dataset: &Confusion, scoring: &Scoring) -
 }
 
 /// A run's metrics as its record keeps them: each metric's mean under its column, and its
-/// values per scored class (by class name) under its class key.
+/// values per scored class (by class name) under its class key. Only values are held (no entry
+/// for an undefined mean or an empty class list), so two equal runs compare equal however their
+/// records were written.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunMetrics {
-    means: BTreeMap<&'static str, Option<f64>>,
+    means: BTreeMap<&'static str, f64>,
     classes: BTreeMap<&'static str, Vec<(String, Option<f64>)>>,
 }
 
@@ -100,11 +102,14 @@ impl RunMetrics {
 
     /// The run-level value (None: undefined, or not recorded).
     pub fn mean(&self, metric: &Metric) -> Option<f64> {
-        self.means.get(metric.column).copied().flatten()
+        self.means.get(metric.column).copied()
     }
 
     pub fn set_mean(&mut self, metric: &Metric, value: Option<f64>) {
-        self.means.insert(metric.column, value);
+        match value {
+            Some(value) => self.means.insert(metric.column, value),
+            None => self.means.remove(metric.column),
+        };
     }
 
     /// The values per scored class, by class name (empty when not recorded).
@@ -113,7 +118,11 @@ impl RunMetrics {
     }
 
     pub fn set_classes(&mut self, metric: &Metric, values: Vec<(String, Option<f64>)>) {
-        self.classes.insert(metric.name, values);
+        if values.is_empty() {
+            self.classes.remove(metric.name);
+        } else {
+            self.classes.insert(metric.name, values);
+        }
     }
 }
 

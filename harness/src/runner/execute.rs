@@ -22,7 +22,7 @@ use std::time::Instant;
 /// What every run of a sweep shares.
 pub struct RunEnvironment<'a> {
     pub results: &'a Path,
-    pub backend: &'a str,
+    pub backend: backend::Backend,
     pub provenance: &'a Provenance,
     pub machine: &'a Machine,
     pub threads: usize,

@@ -41,7 +41,7 @@ pub struct SweepOptions {
     pub results_root: PathBuf,
     /// Relative dataset paths are resolved from here.
     pub data_base: PathBuf,
-    pub backend: String,
+    pub backend: crate::backend::Backend,
     /// Run again runs recorded ok before this sweep started.
     pub rerun: bool,
     /// Run again runs whose ok records all come from another commit.
@@ -59,11 +59,11 @@ pub struct SweepOptions {
 
 impl SweepOptions {
     /// Options with defaults for everything but the folders and backend.
-    pub fn new(results_root: PathBuf, data_base: PathBuf, backend: &str) -> Self {
+    pub fn new(results_root: PathBuf, data_base: PathBuf, backend: crate::backend::Backend) -> Self {
         Self {
             results_root,
             data_base,
-            backend: backend.to_string(),
+            backend,
             rerun: false,
             rerun_stale: false,
             shard: None,
@@ -226,14 +226,14 @@ pub fn sweep(
     let machine = Machine::current();
     let env = RunEnvironment {
         results: &dir,
-        backend: &options.backend,
+        backend: options.backend,
         provenance: &provenance,
         machine: &machine,
         threads: options.threads,
         output: &experiment.output,
         checkpoint: experiment.checkpoint,
     };
-    let backend = crate::backend::label(&options.backend);
+    let backend = crate::backend::label(options.backend);
     let runs: Vec<RunSpec> = expand(experiment)
         .into_iter()
         .enumerate()
@@ -374,7 +374,7 @@ pub struct StatusRow {
 pub fn status(experiment: &Experiment, options: &SweepOptions) -> Result<Vec<StatusRow>> {
     let dir = options.results_root.join(&experiment.name);
     let provenance = Provenance::discover(&std::env::current_dir().unwrap_or_default());
-    let backend = crate::backend::label(&options.backend);
+    let backend = crate::backend::label(options.backend);
     let existing = heads(&dir);
     let mut rows = Vec::new();
     for run in expand(experiment) {

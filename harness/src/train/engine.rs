@@ -688,7 +688,7 @@ mod tests {
 
     fn engine_at_step(schedule: &str, step: usize) -> Engine {
         let spec: OptimizerSpec = toml::from_str(&format!("lr = 0.1\nschedule = \"{schedule}\"")).unwrap();
-        let mut engine = Engine::new(spec, 100, 0, crate::backend::device("flex", 0).unwrap());
+        let mut engine = Engine::new(spec, 100, 0, crate::backend::device(crate::backend::Backend::Flex, 0).unwrap());
         engine.step = step;
         engine
     }
