@@ -130,7 +130,7 @@ fn simd_level() -> String {
         } else {
             1
         };
-        // The project's convolution kernels run AVX2 + FMA or portable code with the same bits;
+        // The project's convolution kernels run AVX-512, AVX2 + FMA or portable code with the same bits;
         // flex's elementwise and reduction kernels (macerator, with its default avx512 feature)
         // dispatch up to v4, and their width changes summation orders.
         let conv = crate::kernels::isa::current().name();

@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernel::{self, BLOCK, LANES, TILE};
+use super::microkernel::{self, BLOCK, LANES, TILE, WEIGHT_GROUPS};
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,15 +367,15 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 for band_start in (0..stride).step_by(band) {
                     let len = band.min(stride - band_start);
                     for (block, block_offsets) in task_offsets.chunks(BLOCK).enumerate() {
-                        for first in (0..lanes).step_by(2 * LANES) {
-                            let regs = ((lanes - first) / LANES).min(2);
+                        for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
+                            let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
                             // SAFETY: reads of `src` end before `stride + max_offset <=
                             // padded_len` (checked), of `dy` at row `band_start + len <= stride`
-                            // and column `first + 8 regs <= lanes`; `image_sum` holds this task's
+                            // and column `first + LANES groups <= lanes`; `image_sum` holds this task's
                             // taps x `lanes`.
                             unsafe {
                                 microkernel::weight_tile(
-                                    regs,
+                                    groups,
                                     src.as_ptr().add(band_start),
                                     block_offsets,
                                     dy.as_ptr().add(band_start * lanes + first),

@@ -1,27 +1,27 @@
 //! Elementwise passes over rows of activations (normalization, activation and their gradients),
-//! each loop compiled twice: for AVX2 and for the baseline x86-64 the crate is built for.
+//! each loop compiled three times: for AVX-512, for AVX2 and for the baseline x86-64 the crate
+//! is built for.
 //!
 //! Why: the crate targets every x86-64, so the compiler vectorizes these loops four lanes wide
-//! (SSE2); where the CPU has AVX2 the same loop runs eight lanes wide. Both compute each element
-//! with the closure's IEEE operations (Rust never fuses a multiply and an add on its own), so the
-//! two versions give the same bits and a result does not depend on the CPU.
+//! (SSE2); where the CPU has AVX2 or AVX-512 the same loop runs eight or sixteen lanes wide. All
+//! compute each element with the closure's IEEE operations (Rust never fuses a multiply and an
+//! add on its own), so the versions give the same bits and a result does not depend on the CPU.
 
-/// Whether the AVX2 instantiations run (`isa`: the CPU has AVX2 and FMA, and no override says
-/// otherwise; the loops here need only AVX2, the one switch keeps both kinds of kernel together).
 #[cfg(x86_kernels)]
-#[inline]
-fn avx2() -> bool {
-    super::isa::current() == super::isa::Isa::Avx2
-}
+use super::isa::{self, Isa};
 
-/// Runs `body` compiled for AVX2 where the CPU has it (the closure is inlined into an AVX2
-/// function, so its loops vectorize eight lanes wide), else as built.
+/// Runs `body` compiled for the widest instruction set the kernels may use (`isa::current`;
+/// the closure is inlined into a function compiled for it, so its loops vectorize to that
+/// width), else as built.
 #[inline(always)]
 pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(x86_kernels)]
-    if avx2() {
-        // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { run_avx2(body) };
+    match isa::current() {
+        // SAFETY: `current` names an instruction set only where the CPU has it.
+        Isa::Avx512 => return unsafe { run_avx512(body) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { run_avx2(body) },
+        Isa::Portable => {}
     }
     body()
 }
@@ -29,6 +29,12 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
@@ -82,10 +88,10 @@ pub fn leaky_grad(x: f32, g: f32, slope: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// The dispatched loop and the baseline loop give the same bits, including on odd lengths,
-    /// signed zeros, NaN and subnormals.
+    /// On every instruction set this CPU has, the dispatched loops give the baseline loops' bits,
+    /// including on odd lengths, signed zeros, NaN and subnormals.
     #[test]
-    fn both_instantiations_give_the_same_bits() {
+    fn every_instantiation_gives_the_same_bits() {
         let mut src: Vec<f32> = (0..1003).map(|i| ((i * 7919) % 2001) as f32 / 37.0 - 27.0).collect();
         src.extend([
             0.0,
@@ -98,14 +104,18 @@ mod tests {
         let other: Vec<f32> = src.iter().rev().copied().collect();
         let f = |x: f32| leaky((x - 0.3) / 1.7 * 0.9 + 0.1, 0.01);
         let g = |x: f32, y: f32| leaky_grad(x, y, 0.01);
-        let (mut fast, mut plain) = (vec![0.0; src.len()], vec![0.0; src.len()]);
-        map(&src, &mut fast, f);
-        map_plain(&src, &mut plain, f);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&fast), bits(&plain));
-        zip_map(&src, &other, &mut fast, g);
-        zip_map_plain(&src, &other, &mut plain, g);
-        assert_eq!(bits(&fast), bits(&plain));
+        let (mut plain_map, mut plain_zip) = (vec![0.0; src.len()], vec![0.0; src.len()]);
+        map_plain(&src, &mut plain_map, f);
+        zip_map_plain(&src, &other, &mut plain_zip, g);
+        for isa in super::super::isa::available() {
+            let _forced = super::super::isa::force(isa);
+            let mut fast = vec![0.0; src.len()];
+            map(&src, &mut fast, f);
+            assert_eq!(bits(&fast), bits(&plain_map), "{isa:?}");
+            zip_map(&src, &other, &mut fast, g);
+            assert_eq!(bits(&fast), bits(&plain_zip), "{isa:?}");
+        }
         assert_eq!(leaky_grad(-0.0, -0.0, 0.01).to_bits(), 0.0f32.to_bits());
     }
 }

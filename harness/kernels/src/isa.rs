@@ -1,73 +1,107 @@
 //! Which instruction set the project's kernels run with: one choice, made in one place.
 //!
-//! The convolution micro-kernels and the elementwise passes each exist as AVX2 (+ FMA) code and
-//! as portable code that performs the same IEEE operations in the same order, so both give the
-//! same bits. That promise is only worth something if both paths are exercised on one machine:
-//! `ATSO_KERNEL_ISA=portable` makes a process run the portable code on a CPU that has AVX2, and
-//! tests force each path in turn ([`force`]) to compare whole training steps bit for bit.
-//! `ATSO_KERNEL_ISA=avx2` (or `auto`, the default) uses AVX2 where the CPU has it; asking for it
-//! on a CPU without it falls back to portable code, which `simd` in each record names.
+//! The convolution micro-kernels and the elementwise passes each exist as AVX-512, AVX2 (+ FMA)
+//! and portable code that perform the same IEEE operations in the same order for every output
+//! value (a wider register holds more output values, never a reordered sum), so all of them give
+//! the same bits. That promise is only worth something if the paths are exercised on one machine:
+//! `ATSO_KERNEL_ISA` caps what a process uses (`portable`, `avx2`, `avx512`; `auto`, the default,
+//! takes the best the CPU has), and tests force each path in turn ([`force`]) to compare whole
+//! training steps bit for bit. A cap above what the CPU has falls back to the best it has, which
+//! `simd` in each record names.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-/// An instruction set the kernels have code for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An instruction set the kernels have code for, from the narrowest up (the order is the order
+/// of capability: a CPU that runs one runs every one before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(not(x86_kernels), allow(dead_code))]
 pub enum Isa {
     /// Plain Rust (`f32::mul_add` for every fused multiply-add), compiled for the baseline CPU.
     Portable,
     /// AVX2 + FMA intrinsics (x86-64-v3).
     Avx2,
+    /// AVX-512 Foundation intrinsics (with AVX2 + FMA, which every AVX-512 CPU has).
+    Avx512,
 }
 
 impl Isa {
+    /// Every instruction set, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
     /// The name records and `atso bench` print.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2+fma",
+            Isa::Avx512 => "avx512f",
         }
+    }
+
+    /// The value of `ATSO_KERNEL_ISA` that caps the kernels at this instruction set.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
     }
 }
 
 /// The best instruction set this CPU runs (`std` caches the detection).
 pub fn detected() -> Isa {
     #[cfg(x86_kernels)]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return Isa::Avx2;
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if avx2 && std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
     }
     Isa::Portable
 }
 
-/// What `ATSO_KERNEL_ISA` asks for, read once: `portable` forces the portable code, anything
-/// else (`auto`, `avx2`, unset) takes what the CPU has.
+/// The instruction sets this CPU runs, narrowest first (what tests compare).
+pub fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|&isa| isa <= detected()).collect()
+}
+
+/// What `ATSO_KERNEL_ISA` asks for, read once: `portable`, `avx2` or `avx512` cap the kernels at
+/// that instruction set; anything else (`auto`, unset) takes what the CPU has.
 fn configured() -> Isa {
     static CONFIGURED: OnceLock<Isa> = OnceLock::new();
-    *CONFIGURED.get_or_init(|| match std::env::var("ATSO_KERNEL_ISA").as_deref() {
-        Ok("portable") => Isa::Portable,
-        _ => detected(),
+    *CONFIGURED.get_or_init(|| {
+        let cap = std::env::var("ATSO_KERNEL_ISA")
+            .ok()
+            .and_then(|value| Isa::ALL.into_iter().find(|isa| isa.setting() == value))
+            .unwrap_or(Isa::Avx512);
+        cap.min(detected())
     })
 }
 
-/// A forced choice (tests); 0 = none.
+/// A forced choice (tests): 0 = none, else `Isa::code`.
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
 /// The instruction set the kernels run with now. Checked at every tile, so it is one relaxed
 /// atomic load plus a cached value.
 #[inline]
 pub fn current() -> Isa {
-    match FORCED.load(Ordering::Relaxed) {
-        1 => Isa::Portable,
-        2 if detected() == Isa::Avx2 => Isa::Avx2,
-        2 => Isa::Portable,
-        _ => configured(),
+    let forced = FORCED.load(Ordering::Relaxed);
+    match Isa::ALL.into_iter().find(|isa| isa.code() == forced) {
+        Some(isa) => isa.min(detected()),
+        None => configured(),
     }
 }
 
 /// Holds a forced instruction set until dropped. Forcing is process-wide (kernels run on the
 /// rayon pool's threads), so forcing callers take turns through one lock; everything else keeps
-/// running meanwhile, on either path, with the same bits.
+/// running meanwhile, on any path, with the same bits.
 pub struct Forced {
     _turn: MutexGuard<'static, ()>,
 }
@@ -78,16 +112,28 @@ impl Drop for Forced {
     }
 }
 
-/// Makes the kernels run `isa` (AVX2 only where the CPU has it) until the guard is dropped.
+/// Makes the kernels run `isa` (or the best this CPU has, if it lacks `isa`) until the guard is
+/// dropped.
 pub fn force(isa: Isa) -> Forced {
     static TURN: Mutex<()> = Mutex::new(());
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    FORCED.store(
-        match isa {
-            Isa::Portable => 1,
-            Isa::Avx2 => 2,
-        },
-        Ordering::Relaxed,
-    );
+    FORCED.store(isa.code(), Ordering::Relaxed);
     Forced { _turn: turn }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forcing_caps_at_what_the_cpu_has() {
+        for isa in Isa::ALL {
+            let _forced = force(isa);
+            assert_eq!(current(), isa.min(detected()));
+        }
+        assert_eq!(available().first(), Some(&Isa::Portable));
+        assert_eq!(available().last(), Some(&detected()));
+        let settings: Vec<_> = Isa::ALL.iter().map(|isa| isa.setting()).collect();
+        assert_eq!(settings, ["portable", "avx2", "avx512"]);
+    }
 }

@@ -1,25 +1,32 @@
-//! The two inner loops every convolution pass runs, each written twice: with AVX2 + FMA
-//! intrinsics, and as plain Rust with `f32::mul_add` for every other CPU.
+//! The two inner loops every convolution pass runs, each written three times: with AVX-512
+//! intrinsics, with AVX2 + FMA intrinsics, and as plain Rust with `f32::mul_add` for every other
+//! CPU.
 //!
 //! Why our own loops rather than a GEMM crate: the convolutions read their input straight from a
 //! zero-padded copy of the image (no im2col matrix, no operand packing), which a GEMM interface
-//! cannot express; at 16 channels those copies cost as much as the arithmetic. And because both
-//! versions perform the same fused multiply-adds in the same order, every CPU computes the same
-//! bits: results depend neither on the instruction set nor on cache sizes, only on the code.
+//! cannot express; at 16 channels those copies cost as much as the arithmetic. And because every
+//! version performs the same fused multiply-adds in the same order for each output value (a wider
+//! register holds more output values side by side, it never splits or reorders one sum), every
+//! CPU computes the same bits: results depend neither on the instruction set nor on cache sizes,
+//! only on the code.
+//!
+//! A tile's size is fixed for all of them (`TILE` positions, up to `WEIGHT_GROUPS` x `LANES`
+//! weight-gradient channels), so the callers in `conv_cpu` are one code path: AVX-512 fills a
+//! tile with two 16-lane registers per row, AVX2 and the portable code run it as two halves.
 
-/// Output positions one forward tile computes (two AVX2 registers).
-pub const TILE: usize = 16;
+use super::isa;
+
+/// Output positions one forward tile computes (two AVX-512 registers, four AVX2 ones).
+pub const TILE: usize = 32;
 /// Output channels one tile computes; packed weights hold `BLOCK` values per tap.
 pub const BLOCK: usize = 6;
-/// Output channels one weight-gradient register holds.
+/// Output channels per weight-gradient channel group (one AVX2 register).
 pub const LANES: usize = 8;
+/// Channel groups one weight-gradient tile computes at most (two AVX-512 registers).
+pub const WEIGHT_GROUPS: usize = 4;
 
-/// Whether the AVX2 + FMA versions run (`isa`: the CPU has them and no override says otherwise).
-#[cfg(x86_kernels)]
-#[inline]
-fn simd() -> bool {
-    super::isa::current() == super::isa::Isa::Avx2
-}
+/// Positions per forward half-tile (two AVX2 registers).
+const HALF_TILE: usize = TILE / 2;
 
 /// Forward tile: for `c < channels` (at most `BLOCK`) and `i < TILE`,
 /// `out[c * out_stride + i] = start + Σ_k weights[k * BLOCK + c] * src[offsets[k] + i]`,
@@ -41,28 +48,38 @@ pub unsafe fn forward_tile(
 ) {
     assert!(weights.len() >= offsets.len() * BLOCK && init.is_none_or(|i| i.len() >= channels) && (1..=BLOCK).contains(&channels));
     macro_rules! dispatch {
-        ($f:ident) => {
+        ($f:ident, $src:expr, $out:expr) => {
             match channels {
-                1 => $f::<1>(src, offsets, weights, init, out, out_stride),
-                2 => $f::<2>(src, offsets, weights, init, out, out_stride),
-                3 => $f::<3>(src, offsets, weights, init, out, out_stride),
-                4 => $f::<4>(src, offsets, weights, init, out, out_stride),
-                5 => $f::<5>(src, offsets, weights, init, out, out_stride),
-                _ => $f::<6>(src, offsets, weights, init, out, out_stride),
+                1 => $f::<1>($src, offsets, weights, init, $out, out_stride),
+                2 => $f::<2>($src, offsets, weights, init, $out, out_stride),
+                3 => $f::<3>($src, offsets, weights, init, $out, out_stride),
+                4 => $f::<4>($src, offsets, weights, init, $out, out_stride),
+                5 => $f::<5>($src, offsets, weights, init, $out, out_stride),
+                _ => $f::<6>($src, offsets, weights, init, $out, out_stride),
             }
         };
     }
-    #[cfg(x86_kernels)]
-    if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked); the pointer contract is the caller's.
-        unsafe { dispatch!(forward_tile_avx2) };
-        return;
+    match isa::current() {
+        // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
+        // halves stay inside the tile, so the pointer contract is the caller's.
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx512 => unsafe { dispatch!(forward_tile_avx512, src, out) },
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx2 => {
+            for half in [0, HALF_TILE] {
+                unsafe { dispatch!(forward_half_avx2, src.add(half), out.add(half)) };
+            }
+        }
+        _ => {
+            for half in [0, HALF_TILE] {
+                unsafe { dispatch!(forward_half_scalar, src.add(half), out.add(half)) };
+            }
+        }
     }
-    // SAFETY: the pointer contract is the caller's.
-    unsafe { dispatch!(forward_tile_scalar) };
 }
 
-unsafe fn forward_tile_scalar<const C: usize>(
+/// The forward tile's definition over `HALF_TILE` positions, in plain Rust.
+unsafe fn forward_half_scalar<const C: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
@@ -70,17 +87,17 @@ unsafe fn forward_tile_scalar<const C: usize>(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let mut acc = [[0.0f32; TILE]; C];
+    let mut acc = [[0.0f32; HALF_TILE]; C];
     for (c, row) in acc.iter_mut().enumerate() {
         match init {
             Some(init) => row.fill(init[c]),
-            // SAFETY: readable at `c * out_stride + 0..TILE` (the caller's contract).
-            None => row.copy_from_slice(unsafe { std::slice::from_raw_parts(out.add(c * out_stride), TILE) }),
+            // SAFETY: readable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
+            None => row.copy_from_slice(unsafe { std::slice::from_raw_parts(out.add(c * out_stride), HALF_TILE) }),
         }
     }
     for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
-        // SAFETY: readable at `offset + 0..TILE` (the caller's contract).
-        let x = unsafe { std::slice::from_raw_parts(src.add(offset), TILE) };
+        // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
+        let x = unsafe { std::slice::from_raw_parts(src.add(offset), HALF_TILE) };
         for (row, &wc) in acc.iter_mut().zip(w) {
             for (a, &xi) in row.iter_mut().zip(x) {
                 *a = wc.mul_add(xi, *a);
@@ -88,14 +105,15 @@ unsafe fn forward_tile_scalar<const C: usize>(
         }
     }
     for (c, row) in acc.iter().enumerate() {
-        // SAFETY: writable at `c * out_stride + 0..TILE` (the caller's contract).
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(c * out_stride), TILE) };
+        // SAFETY: writable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(c * out_stride), HALF_TILE) };
     }
 }
 
+/// `forward_half_scalar` with two AVX2 registers per output channel.
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_tile_avx2<const C: usize>(
+unsafe fn forward_half_avx2<const C: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
@@ -108,7 +126,7 @@ unsafe fn forward_tile_avx2<const C: usize>(
     for (c, pair) in acc.iter_mut().enumerate() {
         *pair = match init {
             Some(init) => [_mm256_set1_ps(init[c]); 2],
-            // SAFETY: readable at `c * out_stride + 0..TILE` (the caller's contract).
+            // SAFETY: readable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
             None => unsafe {
                 [
                     _mm256_loadu_ps(out.add(c * out_stride)),
@@ -118,7 +136,7 @@ unsafe fn forward_tile_avx2<const C: usize>(
         };
     }
     for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
-        // SAFETY: readable at `offset + 0..TILE` (the caller's contract).
+        // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
         let (x0, x1) = unsafe { (_mm256_loadu_ps(src.add(offset)), _mm256_loadu_ps(src.add(offset + 8))) };
         for (pair, wc) in acc.iter_mut().zip(w) {
             let wc = _mm256_broadcast_ss(wc);
@@ -127,7 +145,7 @@ unsafe fn forward_tile_avx2<const C: usize>(
         }
     }
     for (c, pair) in acc.iter().enumerate() {
-        // SAFETY: writable at `c * out_stride + 0..TILE` (the caller's contract).
+        // SAFETY: writable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
         unsafe {
             _mm256_storeu_ps(out.add(c * out_stride), pair[0]);
             _mm256_storeu_ps(out.add(c * out_stride + 8), pair[1]);
@@ -135,18 +153,62 @@ unsafe fn forward_tile_avx2<const C: usize>(
     }
 }
 
+/// The whole forward tile with two AVX-512 registers per output channel: the AVX2 half-tile's
+/// operations on twice the positions (12 accumulators, two loads and six broadcasts per tap).
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_tile_avx512<const C: usize>(
+    src: *const f32,
+    offsets: &[usize],
+    weights: &[f32],
+    init: Option<&[f32]>,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; C];
+    for (c, pair) in acc.iter_mut().enumerate() {
+        *pair = match init {
+            Some(init) => [_mm512_set1_ps(init[c]); 2],
+            // SAFETY: readable at `c * out_stride + 0..TILE` (the caller's contract).
+            None => unsafe {
+                [
+                    _mm512_loadu_ps(out.add(c * out_stride)),
+                    _mm512_loadu_ps(out.add(c * out_stride + 16)),
+                ]
+            },
+        };
+    }
+    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
+        // SAFETY: readable at `offset + 0..TILE` (the caller's contract).
+        let (x0, x1) = unsafe { (_mm512_loadu_ps(src.add(offset)), _mm512_loadu_ps(src.add(offset + 16))) };
+        for (pair, &wc) in acc.iter_mut().zip(w) {
+            let wc = _mm512_set1_ps(wc);
+            pair[0] = _mm512_fmadd_ps(wc, x0, pair[0]);
+            pair[1] = _mm512_fmadd_ps(wc, x1, pair[1]);
+        }
+    }
+    for (c, pair) in acc.iter().enumerate() {
+        // SAFETY: writable at `c * out_stride + 0..TILE` (the caller's contract).
+        unsafe {
+            _mm512_storeu_ps(out.add(c * out_stride), pair[0]);
+            _mm512_storeu_ps(out.add(c * out_stride + 16), pair[1]);
+        }
+    }
+}
+
 /// Weight-gradient tile, with output channels along the registers: for `j < offsets.len()` (at
-/// most `BLOCK`) and `c < 8 * REGS`, continues the chain
+/// most `BLOCK`) and `c < LANES * groups` (`groups` at most `WEIGHT_GROUPS`), continues the chain
 /// `grad[j * grad_stride + c] = fma(src[offsets[j] + p], dyt[p * dyt_stride + c], grad[..])` over
 /// positions `p < len` in order. The chain is stored in `grad` between calls, so splitting the
 /// positions across calls does not change a bit.
 ///
 /// # Safety
 /// `src` must be readable at `offsets[j] + p`, `dyt` at `p * dyt_stride + c`, and `grad` readable
-/// and writable at `j * grad_stride + c`, for all `j`, `p < len`, `c < 8 * regs`.
+/// and writable at `j * grad_stride + c`, for all `j`, `p < len`, `c < LANES * groups`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn weight_tile(
-    regs: usize,
+    groups: usize,
     src: *const f32,
     offsets: &[usize],
     dyt: *const f32,
@@ -155,34 +217,52 @@ pub unsafe fn weight_tile(
     grad: *mut f32,
     grad_stride: usize,
 ) {
-    assert!((1..=2).contains(&regs) && offsets.len() <= BLOCK);
+    assert!((1..=WEIGHT_GROUPS).contains(&groups) && (1..=BLOCK).contains(&offsets.len()));
     macro_rules! dispatch {
-        ($f:ident) => {
-            match (regs, offsets.len()) {
-                (2, 6) => $f::<2, 6>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (2, 5) => $f::<2, 5>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (2, 4) => $f::<2, 4>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (2, 3) => $f::<2, 3>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (2, 2) => $f::<2, 2>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (2, 1) => $f::<2, 1>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 6) => $f::<1, 6>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 5) => $f::<1, 5>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 4) => $f::<1, 4>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 3) => $f::<1, 3>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 2) => $f::<1, 2>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                (_, 1) => $f::<1, 1>(src, offsets, dyt, dyt_stride, len, grad, grad_stride),
-                _ => {}
+        ($f:ident, $r:literal, $dyt:expr, $grad:expr $(, $extra:expr)?) => {
+            match offsets.len() {
+                6 => $f::<$r, 6>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                5 => $f::<$r, 5>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                4 => $f::<$r, 4>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                3 => $f::<$r, 3>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                2 => $f::<$r, 2>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                _ => $f::<$r, 1>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
             }
         };
     }
-    #[cfg(x86_kernels)]
-    if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked); the pointer contract is the caller's.
-        unsafe { dispatch!(weight_tile_avx2) };
-        return;
+    // AVX2 and the portable code run the tile as halves of at most two groups (16 channels);
+    // each channel's chain is the same whichever half holds it.
+    macro_rules! in_halves {
+        ($f:ident) => {
+            for first in (0..groups).step_by(2) {
+                let (dyt, grad) = (dyt.add(first * LANES), grad.add(first * LANES));
+                if groups - first >= 2 {
+                    dispatch!($f, 2, dyt, grad)
+                } else {
+                    dispatch!($f, 1, dyt, grad)
+                }
+            }
+        };
     }
-    // SAFETY: the pointer contract is the caller's.
-    unsafe { dispatch!(weight_tile_scalar) };
+    match isa::current() {
+        // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
+        // registers and halves cover `LANES * groups` channels, so the pointer contract is the
+        // caller's.
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx512 => unsafe {
+            // Two groups per register; an odd last group fills half of its register (a masked
+            // load, so nothing past the tile is read, and a masked store).
+            let last: u16 = if groups % 2 == 1 { 0x00ff } else { 0xffff };
+            if groups > 2 {
+                dispatch!(weight_tile_avx512, 2, dyt, grad, last)
+            } else {
+                dispatch!(weight_tile_avx512, 1, dyt, grad, last)
+            }
+        },
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx2 => unsafe { in_halves!(weight_tile_avx2) },
+        _ => unsafe { in_halves!(weight_tile_scalar) },
+    }
 }
 
 unsafe fn weight_tile_scalar<const R: usize, const T: usize>(
@@ -262,6 +342,51 @@ unsafe fn weight_tile_avx2<const R: usize, const T: usize>(
     }
 }
 
+/// The weight-gradient tile with `Z` AVX-512 registers (two channel groups each) per tap; the
+/// last register's lanes are `last_mask` (`0x00ff` when it holds one group).
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_tile_avx512<const Z: usize, const T: usize>(
+    src: *const f32,
+    offsets: &[usize],
+    dyt: *const f32,
+    dyt_stride: usize,
+    len: usize,
+    grad: *mut f32,
+    grad_stride: usize,
+    last_mask: u16,
+) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; Z] = std::array::from_fn(|z| if z + 1 == Z { last_mask } else { 0xffff });
+    let mut taps = [std::ptr::null::<f32>(); T];
+    for (tap, &offset) in taps.iter_mut().zip(offsets) {
+        // SAFETY: an offset the caller's contract makes readable.
+        *tap = unsafe { src.add(offset) };
+    }
+    // SAFETY: the masked lanes are readable at `j * grad_stride + ..` (the caller's contract);
+    // masked-off lanes are not read.
+    let mut acc: [[__m512; Z]; T] =
+        std::array::from_fn(|j| std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add(j * grad_stride + 16 * z)) }));
+    for p in 0..len {
+        // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
+        let g: [__m512; Z] = std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) });
+        for (row, tap) in acc.iter_mut().zip(&taps) {
+            // SAFETY: readable at `offset + p` (the caller's contract).
+            let x = _mm512_set1_ps(unsafe { *tap.add(p) });
+            for (a, &gz) in row.iter_mut().zip(&g) {
+                *a = _mm512_fmadd_ps(x, gz, *a);
+            }
+        }
+    }
+    for (j, row) in acc.iter().enumerate() {
+        for (z, a) in row.iter().enumerate() {
+            // SAFETY: the masked lanes are writable (the caller's contract).
+            unsafe { _mm512_mask_storeu_ps(grad.add(j * grad_stride + 16 * z), masks[z], *a) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,86 +397,100 @@ mod tests {
             .collect()
     }
 
-    /// The SIMD and plain versions agree bit for bit (on a CPU without AVX2 both calls run the
-    /// plain version, which still checks the tile against its definition below).
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// On every instruction set this CPU has, the forward tile gives the bits of its definition
+    /// (one `mul_add` per tap, in tap order), also when its taps are split over two calls, and
+    /// writes nothing past the tile.
     #[test]
-    fn both_versions_give_the_same_bits_and_the_definition() {
+    fn the_forward_tile_gives_its_definitions_bits_on_every_isa() {
+        const ROW: usize = TILE + 8;
         let src = values(400, 1);
-        let offsets = [0usize, 7, 33, 120, 121, 250, 300];
+        let offsets = [0usize, 7, 33, 120, 121, 250, 300, 301, 302];
         let weights = values(offsets.len() * BLOCK, 2);
         let init = values(BLOCK, 3);
-        for channels in 1..=BLOCK {
-            let mut simd_out = vec![0.0f32; BLOCK * 20];
-            let mut plain_out = vec![0.0f32; BLOCK * 20];
-            // SAFETY: src holds 400 values, the largest read is 300 + 15; out holds 6 rows of 20.
-            unsafe {
-                // Split over two calls, the second continuing from what the first stored.
-                forward_tile(
-                    channels,
-                    src.as_ptr(),
-                    &offsets[..3],
-                    &weights,
-                    Some(&init),
-                    simd_out.as_mut_ptr(),
-                    20,
-                );
-                forward_tile(
-                    channels,
-                    src.as_ptr(),
-                    &offsets[3..],
-                    &weights[3 * BLOCK..],
-                    None,
-                    simd_out.as_mut_ptr(),
-                    20,
-                );
-                forward_tile_scalar::<6>(src.as_ptr(), &offsets, &weights, Some(&init), plain_out.as_mut_ptr(), 20);
-            }
-            for c in 0..channels {
-                for i in 0..TILE {
-                    let got = simd_out[c * 20 + i];
-                    assert_eq!(got.to_bits(), plain_out[c * 20 + i].to_bits(), "channel {c} position {i}");
-                    let exact: f64 = init[c] as f64
-                        + offsets
-                            .iter()
-                            .enumerate()
-                            .map(|(k, &o)| weights[k * BLOCK + c] as f64 * src[o + i] as f64)
-                            .sum::<f64>();
-                    assert!((got as f64 - exact).abs() < 1e-5, "{got} vs {exact}");
+        for isa in isa::available() {
+            let _forced = isa::force(isa);
+            for channels in 1..=BLOCK {
+                let mut out = vec![7.0f32; BLOCK * ROW];
+                // SAFETY: src holds 400 values, the largest read is 302 + 31; out holds 6 rows
+                // of ROW > TILE values.
+                unsafe {
+                    forward_tile(channels, src.as_ptr(), &offsets[..3], &weights, Some(&init), out.as_mut_ptr(), ROW);
+                    let rest = &weights[3 * BLOCK..];
+                    forward_tile(channels, src.as_ptr(), &offsets[3..], rest, None, out.as_mut_ptr(), ROW);
                 }
-                assert_eq!(simd_out[c * 20 + TILE], 0.0, "wrote past the tile");
+                for c in 0..channels {
+                    let definition: Vec<f32> = (0..TILE)
+                        .map(|i| {
+                            let taps = offsets.iter().enumerate();
+                            taps.fold(init[c], |sum, (k, &o)| weights[k * BLOCK + c].mul_add(src[o + i], sum))
+                        })
+                        .collect();
+                    let row = &out[c * ROW..][..ROW];
+                    assert_eq!(bits(&row[..TILE]), bits(&definition), "{isa:?}, {channels} channels, channel {c}");
+                    assert!(row[TILE..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
+                }
             }
         }
-        // Weight tile: 5 taps x 16 channels over 40 positions, chained over two calls.
-        let dyt = values(40 * 20, 4);
-        let taps = &offsets[..5];
-        for regs in [1, 2] {
-            let mut simd_grad = vec![0.25f32; 5 * 24];
-            let mut plain_grad = simd_grad.clone();
-            // SAFETY: src reads end at 121 + 39 < 400, dyt rows are 20 apart (40 rows), grad rows
-            // 24 apart (5 rows).
-            unsafe {
-                weight_tile(regs, src.as_ptr(), taps, dyt.as_ptr(), 20, 25, simd_grad.as_mut_ptr(), 24);
-                weight_tile(
-                    regs,
-                    src[25..].as_ptr(),
-                    taps,
-                    dyt[25 * 20..].as_ptr(),
-                    20,
-                    15,
-                    simd_grad.as_mut_ptr(),
-                    24,
-                );
-                weight_tile_scalar::<2, 5>(src.as_ptr(), taps, dyt.as_ptr(), 20, 40, plain_grad.as_mut_ptr(), 24);
-            }
-            for j in 0..5 {
-                for c in 0..8 * regs {
-                    let got = simd_grad[j * 24 + c];
-                    assert_eq!(got.to_bits(), plain_grad[j * 24 + c].to_bits(), "regs {regs} tap {j} channel {c}");
-                    let exact = 0.25 + (0..40).map(|p| src[taps[j] + p] as f64 * dyt[p * 20 + c] as f64).sum::<f64>();
-                    assert!((got as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{got} vs {exact}");
+    }
+
+    /// On every instruction set this CPU has, the weight-gradient tile continues each channel's
+    /// chain of `mul_add`s over the positions exactly as defined, for one to four channel groups
+    /// and one to six taps, split over two calls, and writes nothing past its channels.
+    #[test]
+    fn the_weight_tile_gives_its_definitions_bits_on_every_isa() {
+        const ROW: usize = WEIGHT_GROUPS * LANES + 8;
+        let (positions, split) = (40, 25);
+        let src = values(400, 1);
+        let offsets = [0usize, 7, 33, 120, 121, 250];
+        let dyt = values(positions * ROW, 4);
+        for isa in isa::available() {
+            let _forced = isa::force(isa);
+            for groups in 1..=WEIGHT_GROUPS {
+                for taps in [1, 4, 6] {
+                    let taps = &offsets[..taps];
+                    let mut grad = values(taps.len() * ROW, 5);
+                    let start = grad.clone();
+                    // SAFETY: src reads end at 250 + 39 < 400; dyt rows are ROW apart (40 rows),
+                    // grad rows ROW apart, each covering 8 * groups <= ROW channels.
+                    unsafe {
+                        weight_tile(groups, src.as_ptr(), taps, dyt.as_ptr(), ROW, split, grad.as_mut_ptr(), ROW);
+                        let (src, dyt) = (src[split..].as_ptr(), dyt[split * ROW..].as_ptr());
+                        weight_tile(groups, src, taps, dyt, ROW, positions - split, grad.as_mut_ptr(), ROW);
+                    }
+                    for (j, &offset) in taps.iter().enumerate() {
+                        let channels = LANES * groups;
+                        let definition: Vec<f32> = (0..channels)
+                            .map(|c| (0..positions).fold(start[j * ROW + c], |sum, p| src[offset + p].mul_add(dyt[p * ROW + c], sum)))
+                            .collect();
+                        let row = &grad[j * ROW..][..ROW];
+                        assert_eq!(bits(&row[..channels]), bits(&definition), "{isa:?}, {groups} groups, tap {j}");
+                        assert_eq!(
+                            bits(&row[channels..]),
+                            bits(&start[j * ROW + channels..][..ROW - channels]),
+                            "{isa:?}: past the tile"
+                        );
+                    }
                 }
-                assert_eq!(simd_grad[j * 24 + 8 * regs], 0.25, "wrote past the tile");
             }
         }
+    }
+
+    /// The definitions the tests above hold the kernels to are the sums they claim to be.
+    #[test]
+    fn the_definitions_are_the_sums() {
+        let src = values(64, 1);
+        let weights = values(3, 2);
+        let sum = [0usize, 5, 9].iter().zip(&weights).fold(0.5f32, |s, (&o, &w)| w.mul_add(src[o], s));
+        let exact = 0.5
+            + [0usize, 5, 9]
+                .iter()
+                .zip(&weights)
+                .map(|(&o, &w)| w as f64 * src[o] as f64)
+                .sum::<f64>();
+        assert!((sum as f64 - exact).abs() < 1e-6);
     }
 }

@@ -271,7 +271,7 @@ mod tests {
 
         /// One whole U-Net training step (a forward pass with dropout, the backward pass, an SGD
         /// update, then the updated network's forward pass) gives the same bits on the portable path
-        /// and on AVX2, at widths the U-Net trains with (16 to 64 channels, 24 between).
+        /// and on each SIMD path the CPU has (AVX2, AVX-512), at widths the U-Net trains with (16 to 64 channels, 24 between).
         #[test]
         fn a_unet_training_step_gives_the_same_bits_on_every_isa() {
             use burn::optim::{GradientsParams, SgdConfig};
@@ -299,14 +299,16 @@ mod tests {
             };
             let _serial = crate::backend::serial_random_stream();
             let portable = step(Isa::Portable);
-            if isa::detected() != Isa::Avx2 {
-                eprintln!("SKIPPED: this CPU has no AVX2 + FMA, so only the portable path exists here");
-                return;
+            for isa in Isa::ALL.into_iter().skip(1) {
+                if !isa::available().contains(&isa) {
+                    eprintln!("SKIPPED {isa:?}: this CPU lacks it, so its path is not compared here");
+                    continue;
+                }
+                let other = step(isa);
+                assert!(portable.0 == other.0, "forward differs on {isa:?}");
+                assert!(portable.1 == other.1, "input gradient differs on {isa:?}");
+                assert!(portable.2 == other.2, "the updated network differs on {isa:?}");
             }
-            let avx2 = step(Isa::Avx2);
-            assert!(portable.0 == avx2.0, "forward differs");
-            assert!(portable.1 == avx2.1, "input gradient differs");
-            assert!(portable.2 == avx2.2, "the updated network differs");
         }
 
         /// A U-Net seeded the same way gives the same first forward pass (in evaluation, so without

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The CPU kernels on a machine whose instruction sets this one lacks (AVX-512 above all), in one
+# short call. The development machines differ by session (AVX2 only, or AVX-512); the lent GPU
+# machines' hosts have had Intel Xeons with AVX-512. Nothing is built there:
+#   scripts/isa-check.sh --build      (here) builds .isa/: the release `atso` and the unit-test
+#                                     binaries of atso-kernels and atso-harness, stripped and
+#                                     xz-compressed (carry ".isa")
+#   scripts/isa-check.sh OUT          (there, from the repository root) writes into OUT:
+#     cpu.txt        the CPU, its SIMD flags, what the kernels detect, the commit measured
+#     tests.txt      the instruction-set tests on every path the CPU has, printed as they run:
+#                    the micro-kernels and elementwise passes against their definitions bit for
+#                    bit, and a whole U-Net training step compared across paths bit for bit
+#                    (`SKIPPED <isa>` names a path the CPU lacks)
+#     bench-<isa>-<n>.md
+#                    `atso bench --threads 2 --kernels own --vs-pytorch --steps 11` on two cores
+#                    (taskset 0,1), with the kernels capped at each path the CPU has
+#                    (ATSO_KERNEL_ISA), three rounds alternating; PyTorch (CPU, 2 threads) timed
+#                    right after flex in each, so each file carries its own ratio
+# Exit status: 0 when the tests passed and every bench ran.
+set -uo pipefail
+repo=$(pwd)
+if [ "${1:-}" = "--build" ]; then
+  set -e
+  mkdir -p .isa
+  cargo build --release --workspace
+  cargo test --release --workspace --lib --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("executable") and m.get("profile", {}).get("test") and m["target"]["name"] in ("atso_kernels", "atso_harness"):
+        print(m["target"]["name"], m["executable"])' | while read -r name path; do
+    strip -o ".isa/$name-tests" "$path"
+  done
+  strip -o .isa/atso target/release/atso
+  git rev-parse HEAD > .isa/commit
+  for f in .isa/atso .isa/atso_kernels-tests .isa/atso_harness-tests; do
+    xz -T2 -6 -f "$f"
+  done
+  du -ch .isa/*.xz
+  exit 0
+fi
+out="${1:?usage: scripts/isa-check.sh --build | scripts/isa-check.sh OUT}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+for f in atso atso_kernels-tests atso_harness-tests; do
+  if [ ! -x ".isa/$f" ] && [ -f ".isa/$f.xz" ]; then
+    xz -dc ".isa/$f.xz" > ".isa/$f" && chmod +x ".isa/$f"
+  fi
+done
+status=0
+{
+  echo "commit measured: $(cat .isa/commit 2>/dev/null || echo unknown)"
+  lscpu | grep -E "Model name|^CPU\(s\)|L1d|L2|L3"
+  echo "SIMD flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma)' | tr '\n' ' ')"
+} > "$out/cpu.txt"
+cat "$out/cpu.txt"
+# The tests, with output shown (`--nocapture`), one at a time so the forced paths take turns.
+filters=(microkernel elementwise isa:: a_unet_training_step_gives_the_same_bits_on_every_isa)
+for t in atso_kernels-tests atso_harness-tests; do
+  echo "== $t" >> "$out/tests.txt"
+  timeout 240 ".isa/$t" --test-threads 1 --nocapture "${filters[@]}" >> "$out/tests.txt" 2>&1 || status=1
+done
+tail -n 30 "$out/tests.txt"
+# Which paths this CPU has, as the kernels see them (the names `simd` records carry).
+isas=(portable avx2)
+grep -qw avx512f /proc/cpuinfo && isas+=(avx512)
+grep -qw avx2 /proc/cpuinfo || isas=(portable)
+for round in 1 2 3; do
+  for isa in "${isas[@]}"; do
+    [ "$isa" = portable ] && [ "${#isas[@]}" -gt 1 ] && continue
+    ATSO_KERNEL_ISA=$isa timeout 150 taskset -c 0,1 .isa/atso bench --threads 2 --kernels own --vs-pytorch \
+      --steps 11 --pytorch-script "$repo/benchmarks/pytorch_unet.py" > "$out/bench-$isa-$round.md" 2>&1 || status=1
+    grep -E "^kernels:|^\| flex|^PyTorch|^throughput" "$out/bench-$isa-$round.md" | head -6
+  done
+done
+exit $status
