@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernel::{self, BLOCK, LANES, TILE, WEIGHT_GROUPS};
+use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS};
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +111,9 @@ impl ConvShape {
     }
 
     /// Output positions per channel in the padded layout (`out_height` rows of `padded_width`),
-    /// rounded up to whole tiles.
+    /// rounded up to whole half-tiles (the last tile of a channel may be a half one).
     fn padded_positions(&self) -> usize {
-        (self.out_height() * self.padded_width()).next_multiple_of(TILE)
+        (self.out_height() * self.padded_width()).next_multiple_of(HALF_TILE)
     }
 
     /// Length of one image's padded copy: the planes, then zeros for the last tile's reads.
@@ -258,7 +258,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
             // Every value of `local` is written by the first tap chunk before it is read.
             local.resize(shape.channels_out * stride, 0.0);
             // The tiles' reads and writes stay inside `padded` and `local`: the last tile
-            // starts at `stride - TILE` and reads up to `stride + max offset <= padded_len`.
+            // ends at `stride` and reads up to `stride + max offset <= padded_len`.
             assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
             for band_start in (0..stride).step_by(band) {
                 // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
@@ -269,12 +269,17 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                         let first = block * BLOCK;
                         let channels = BLOCK.min(shape.channels_out - first);
                         let init = (chunk_start == 0).then(|| &bias[first..]);
-                        for position in (band_start..(band_start + band).min(stride)).step_by(TILE) {
-                            // SAFETY: checked above (`position + TILE <= stride`, channels
+                        let band_end = (band_start + band).min(stride);
+                        for position in (band_start..band_end).step_by(TILE) {
+                            // A whole tile, or a half one at the end (`stride` and `band` are
+                            // multiples of `HALF_TILE`).
+                            let positions = TILE.min(band_end - position);
+                            // SAFETY: checked above (`position + positions <= stride`, channels
                             // `first..first + channels` rows of `local`).
                             unsafe {
                                 microkernel::forward_tile(
                                     channels,
+                                    positions,
                                     padded.as_ptr().add(position),
                                     &offsets[chunk.clone()],
                                     &weights[chunk.start * BLOCK..chunk.end * BLOCK],

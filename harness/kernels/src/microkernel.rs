@@ -10,9 +10,10 @@
 //! CPU computes the same bits: results depend neither on the instruction set nor on cache sizes,
 //! only on the code.
 //!
-//! A tile's size is fixed for all of them (`TILE` positions, up to `WEIGHT_GROUPS` x `LANES`
-//! weight-gradient channels), so the callers in `conv_cpu` are one code path: AVX-512 fills a
-//! tile with two 16-lane registers per row, AVX2 and the portable code run it as two halves.
+//! A tile's size is the same for all of them (`TILE` positions, or `HALF_TILE` at the end of a
+//! row of positions; up to `WEIGHT_GROUPS` x `LANES` weight-gradient channels), so the callers in
+//! `conv_cpu` are one code path: AVX-512 fills a tile with two 16-lane registers per row, AVX2
+//! and the portable code run it as halves.
 
 use super::isa;
 
@@ -25,20 +26,23 @@ pub const LANES: usize = 8;
 /// Channel groups one weight-gradient tile computes at most (two AVX-512 registers).
 pub const WEIGHT_GROUPS: usize = 4;
 
-/// Positions per forward half-tile (two AVX2 registers).
-const HALF_TILE: usize = TILE / 2;
+/// Positions per forward half-tile (two AVX2 registers, one AVX-512 one): what output rows are
+/// rounded up to, so a layer computes at most 15 junk positions per channel, not 31.
+pub const HALF_TILE: usize = TILE / 2;
 
-/// Forward tile: for `c < channels` (at most `BLOCK`) and `i < TILE`,
+/// Forward tile: for `c < channels` (at most `BLOCK`) and `i < positions` (`TILE` or `HALF_TILE`),
 /// `out[c * out_stride + i] = start + Σ_k weights[k * BLOCK + c] * src[offsets[k] + i]`,
 /// the sum taken as one fused multiply-add per tap, in tap order. `start` is `init[c]`, or with
 /// `init` `None` the value already in `out`: a sum split over calls gives the same bits.
 ///
 /// # Safety
-/// `src` must be readable at `offsets[k] + i` for every `k` and `i < TILE`, `out` readable and
-/// writable at `c * out_stride + i` for `c < channels`, `i < TILE`; `weights` must hold
+/// `src` must be readable at `offsets[k] + i` for every `k` and `i < positions`, `out` readable
+/// and writable at `c * out_stride + i` for `c < channels`, `i < positions`; `weights` must hold
 /// `offsets.len() * BLOCK` values and `init` at least `channels`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn forward_tile(
     channels: usize,
+    positions: usize,
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
@@ -47,15 +51,19 @@ pub unsafe fn forward_tile(
     out_stride: usize,
 ) {
     assert!(weights.len() >= offsets.len() * BLOCK && init.is_none_or(|i| i.len() >= channels) && (1..=BLOCK).contains(&channels));
+    assert!(
+        positions == TILE || positions == HALF_TILE,
+        "a forward tile is {TILE} or {HALF_TILE} positions"
+    );
     macro_rules! dispatch {
-        ($f:ident, $src:expr, $out:expr) => {
+        ($f:ident $(:: $r:literal)?, $src:expr, $out:expr) => {
             match channels {
-                1 => $f::<1>($src, offsets, weights, init, $out, out_stride),
-                2 => $f::<2>($src, offsets, weights, init, $out, out_stride),
-                3 => $f::<3>($src, offsets, weights, init, $out, out_stride),
-                4 => $f::<4>($src, offsets, weights, init, $out, out_stride),
-                5 => $f::<5>($src, offsets, weights, init, $out, out_stride),
-                _ => $f::<6>($src, offsets, weights, init, $out, out_stride),
+                1 => $f::<1 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                2 => $f::<2 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                3 => $f::<3 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                4 => $f::<4 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                5 => $f::<5 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                _ => $f::<6 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
             }
         };
     }
@@ -63,15 +71,17 @@ pub unsafe fn forward_tile(
         // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
         // halves stay inside the tile, so the pointer contract is the caller's.
         #[cfg(x86_kernels)]
-        isa::Isa::Avx512 => unsafe { dispatch!(forward_tile_avx512, src, out) },
+        isa::Isa::Avx512 if positions == TILE => unsafe { dispatch!(forward_tile_avx512::2, src, out) },
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx512 => unsafe { dispatch!(forward_tile_avx512::1, src, out) },
         #[cfg(x86_kernels)]
         isa::Isa::Avx2 => {
-            for half in [0, HALF_TILE] {
+            for half in (0..positions).step_by(HALF_TILE) {
                 unsafe { dispatch!(forward_half_avx2, src.add(half), out.add(half)) };
             }
         }
         _ => {
-            for half in [0, HALF_TILE] {
+            for half in (0..positions).step_by(HALF_TILE) {
                 unsafe { dispatch!(forward_half_scalar, src.add(half), out.add(half)) };
             }
         }
@@ -153,11 +163,12 @@ unsafe fn forward_half_avx2<const C: usize>(
     }
 }
 
-/// The whole forward tile with two AVX-512 registers per output channel: the AVX2 half-tile's
-/// operations on twice the positions (12 accumulators, two loads and six broadcasts per tap).
+/// The forward tile with `R` AVX-512 registers per output channel (`16 R` positions): the AVX2
+/// half-tile's operations on up to twice the positions (at `R = 2`, 12 accumulators, two loads
+/// and six broadcasts per tap).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_tile_avx512<const C: usize>(
+unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
@@ -166,33 +177,28 @@ unsafe fn forward_tile_avx512<const C: usize>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; C];
-    for (c, pair) in acc.iter_mut().enumerate() {
-        *pair = match init {
-            Some(init) => [_mm512_set1_ps(init[c]); 2],
-            // SAFETY: readable at `c * out_stride + 0..TILE` (the caller's contract).
-            None => unsafe {
-                [
-                    _mm512_loadu_ps(out.add(c * out_stride)),
-                    _mm512_loadu_ps(out.add(c * out_stride + 16)),
-                ]
-            },
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
+    for (c, regs) in acc.iter_mut().enumerate() {
+        *regs = match init {
+            Some(init) => [_mm512_set1_ps(init[c]); R],
+            // SAFETY: readable at `c * out_stride + 0..16 R` (the caller's contract).
+            None => std::array::from_fn(|r| unsafe { _mm512_loadu_ps(out.add(c * out_stride + 16 * r)) }),
         };
     }
     for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
-        // SAFETY: readable at `offset + 0..TILE` (the caller's contract).
-        let (x0, x1) = unsafe { (_mm512_loadu_ps(src.add(offset)), _mm512_loadu_ps(src.add(offset + 16))) };
-        for (pair, &wc) in acc.iter_mut().zip(w) {
+        // SAFETY: readable at `offset + 0..16 R` (the caller's contract).
+        let x: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(src.add(offset + 16 * r)) });
+        for (regs, &wc) in acc.iter_mut().zip(w) {
             let wc = _mm512_set1_ps(wc);
-            pair[0] = _mm512_fmadd_ps(wc, x0, pair[0]);
-            pair[1] = _mm512_fmadd_ps(wc, x1, pair[1]);
+            for (a, &xr) in regs.iter_mut().zip(&x) {
+                *a = _mm512_fmadd_ps(wc, xr, *a);
+            }
         }
     }
-    for (c, pair) in acc.iter().enumerate() {
-        // SAFETY: writable at `c * out_stride + 0..TILE` (the caller's contract).
-        unsafe {
-            _mm512_storeu_ps(out.add(c * out_stride), pair[0]);
-            _mm512_storeu_ps(out.add(c * out_stride + 16), pair[1]);
+    for (c, regs) in acc.iter().enumerate() {
+        for (r, &a) in regs.iter().enumerate() {
+            // SAFETY: writable at `c * out_stride + 0..16 R` (the caller's contract).
+            unsafe { _mm512_storeu_ps(out.add(c * out_stride + 16 * r), a) };
         }
     }
 }
@@ -401,9 +407,9 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// On every instruction set this CPU has, the forward tile gives the bits of its definition
-    /// (one `mul_add` per tap, in tap order), also when its taps are split over two calls, and
-    /// writes nothing past the tile.
+    /// On every instruction set this CPU has, the forward tile (whole or half) gives the bits of
+    /// its definition (one `mul_add` per tap, in tap order), also when its taps are split over two
+    /// calls, and writes nothing past the tile.
     #[test]
     fn the_forward_tile_gives_its_definitions_bits_on_every_isa() {
         const ROW: usize = TILE + 8;
@@ -413,25 +419,39 @@ mod tests {
         let init = values(BLOCK, 3);
         for isa in isa::available() {
             let _forced = isa::force(isa);
-            for channels in 1..=BLOCK {
+            for (channels, positions) in (1..=BLOCK).flat_map(|c| [(c, TILE), (c, HALF_TILE)]) {
                 let mut out = vec![7.0f32; BLOCK * ROW];
                 // SAFETY: src holds 400 values, the largest read is 302 + 31; out holds 6 rows
                 // of ROW > TILE values.
                 unsafe {
-                    forward_tile(channels, src.as_ptr(), &offsets[..3], &weights, Some(&init), out.as_mut_ptr(), ROW);
+                    let first = &offsets[..3];
+                    forward_tile(
+                        channels,
+                        positions,
+                        src.as_ptr(),
+                        first,
+                        &weights,
+                        Some(&init),
+                        out.as_mut_ptr(),
+                        ROW,
+                    );
                     let rest = &weights[3 * BLOCK..];
-                    forward_tile(channels, src.as_ptr(), &offsets[3..], rest, None, out.as_mut_ptr(), ROW);
+                    forward_tile(channels, positions, src.as_ptr(), &offsets[3..], rest, None, out.as_mut_ptr(), ROW);
                 }
                 for c in 0..channels {
-                    let definition: Vec<f32> = (0..TILE)
+                    let definition: Vec<f32> = (0..positions)
                         .map(|i| {
                             let taps = offsets.iter().enumerate();
                             taps.fold(init[c], |sum, (k, &o)| weights[k * BLOCK + c].mul_add(src[o + i], sum))
                         })
                         .collect();
                     let row = &out[c * ROW..][..ROW];
-                    assert_eq!(bits(&row[..TILE]), bits(&definition), "{isa:?}, {channels} channels, channel {c}");
-                    assert!(row[TILE..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
+                    assert_eq!(
+                        bits(&row[..positions]),
+                        bits(&definition),
+                        "{isa:?}, {positions} x {channels}, channel {c}"
+                    );
+                    assert!(row[positions..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
                 }
             }
         }
