@@ -9,21 +9,24 @@
 #     cpu.txt        the CPU, its SIMD flags, what the kernels detect, the commit measured
 #     tests.txt      the instruction-set tests on every path the CPU has, printed as they run:
 #                    the micro-kernels and elementwise passes against their definitions bit for
-#                    bit, and a whole U-Net training step compared across paths bit for bit
-#                    (`SKIPPED <isa>` names a path the CPU lacks)
+#                    bit, the convolutions against burn's and a plain one (on the best path), and
+#                    a whole U-Net training step compared across paths bit for bit (`SKIPPED
+#                    <isa>` names a path the CPU lacks)
 #     bench-<isa>-<n>.md
 #                    `atso bench --threads 2 --kernels own --vs-pytorch --steps 11` on two cores
-#                    (taskset 0,1), with the kernels capped at each path the CPU has
-#                    (ATSO_KERNEL_ISA), three rounds alternating; PyTorch (CPU, 2 threads) timed
-#                    right after flex in each, so each file carries its own ratio
-# Exit status: 0 when the tests passed and every bench ran.
+#                    (taskset 0,1), with the kernels capped at each SIMD path the CPU has
+#                    (ATSO_KERNEL_ISA=avx2, avx512; portable only where there is no other), three
+#                    rounds alternating; PyTorch (CPU, 2 threads) timed right after flex in each,
+#                    so each file carries its own ratio
+# Exit status: 0 when the tests passed and every bench ran; a bench needs python3 with torch
+# (without it the bench files say so and the status is 1 even when the tests passed).
 set -uo pipefail
 repo=$(pwd)
 if [ "${1:-}" = "--build" ]; then
   set -e
   mkdir -p .isa
   cargo build --release --workspace
-  cargo test --release --workspace --lib --no-run --message-format=json 2>/dev/null | python3 -c '
+  cargo test --release --workspace --lib --no-run --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -55,7 +58,7 @@ status=0
 } > "$out/cpu.txt"
 cat "$out/cpu.txt"
 # The tests, with output shown (`--nocapture`), one at a time so the forced paths take turns.
-filters=(microkernel elementwise isa:: a_unet_training_step_gives_the_same_bits_on_every_isa)
+filters=(microkernel elementwise isa:: conv_cpu a_unet_training_step_gives_the_same_bits_on_every_isa)
 for t in atso_kernels-tests atso_harness-tests; do
   echo "== $t" >> "$out/tests.txt"
   timeout 240 ".isa/$t" --test-threads 1 --nocapture "${filters[@]}" >> "$out/tests.txt" 2>&1 || status=1

@@ -36,6 +36,10 @@ const QUICKSTART: &str = include_str!("../experiments/quickstart.toml");
 fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();
+    if let Err(error) = atso_harness::kernels::isa::check_setting() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
     // A worker's stderr is relayed by its parent: warnings only, no colour codes.
     let worker = matches!(cli.command, Command::Sweep { worker: true, .. });
     let terminal = std::io::stderr().is_terminal() && !worker;

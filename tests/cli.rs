@@ -255,6 +255,24 @@ fn the_portable_kernels_can_be_forced_and_give_the_default_paths_numbers() {
     }
 }
 
+/// A misspelt `ATSO_KERNEL_ISA` stops the program with one error naming the variable and what it
+/// takes, before anything is prepared or recorded (it used to mean `auto` silently).
+#[test]
+fn an_unknown_kernel_isa_is_refused_before_anything_runs() {
+    let dir = setup();
+    let output = atso_command(dir.path(), &["sweep", "tiny.toml", "--jobs", "1"])
+        .env("ATSO_KERNEL_ISA", "avx-512")
+        .output()
+        .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("ATSO_KERNEL_ISA=avx-512") && message.contains("portable, avx2 or avx512"),
+        "{message}"
+    );
+    assert!(!dir.path().join("results").exists(), "nothing prepared or recorded");
+}
+
 /// A backend this build lacks is refused once, before anything is prepared or recorded; an
 /// unknown one by the argument parser.
 #[test]

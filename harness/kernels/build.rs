@@ -1,4 +1,4 @@
-//! Sets `x86_kernels`, which compiles the AVX2 code paths: on x86-64, unless
+//! Sets `x86_kernels`, which compiles the AVX2 and AVX-512 code paths: on x86-64, unless
 //! `ATSO_PORTABLE_ONLY` is set. With it the crate builds as on a CPU without x86-64 intrinsics
 //! (portable code only, the detection helpers without their x86 branch), so `.ci/run` can check
 //! and test that build with `-D warnings` on an x86 machine: the nearest to an aarch64 build

@@ -72,16 +72,41 @@ pub fn available() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|&isa| isa <= detected()).collect()
 }
 
-/// What `ATSO_KERNEL_ISA` asks for, read once: `portable`, `avx2` or `avx512` cap the kernels at
-/// that instruction set; anything else (`auto`, unset) takes what the CPU has.
+/// The instruction sets this CPU lacks (what tests say they skipped).
+pub fn missing() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|&isa| isa > detected()).collect()
+}
+
+/// The cap a value of `ATSO_KERNEL_ISA` sets: `portable`, `avx2`, `avx512` (or the names records
+/// carry, `avx2+fma`, `avx512f`); `auto` or an empty value sets none. Anything else is an error
+/// that names the variable and what it takes.
+pub fn parse_setting(value: &str) -> Result<Option<Isa>, String> {
+    match value {
+        "" | "auto" => Ok(None),
+        _ => Isa::ALL
+            .into_iter()
+            .find(|isa| isa.setting() == value || isa.name() == value)
+            .map(Some)
+            .ok_or_else(|| format!("ATSO_KERNEL_ISA={value}: expected auto, portable, avx2 or avx512")),
+    }
+}
+
+/// Checks `ATSO_KERNEL_ISA` (the command line calls this first, so a misspelt value stops the
+/// program with one clear error instead of silently running another instruction set).
+pub fn check_setting() -> Result<(), String> {
+    match std::env::var("ATSO_KERNEL_ISA") {
+        Ok(value) => parse_setting(&value).map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// What `ATSO_KERNEL_ISA` asks for, read once, capped at what the CPU has (a value
+/// `check_setting` refuses sets no cap here).
 fn configured() -> Isa {
     static CONFIGURED: OnceLock<Isa> = OnceLock::new();
     *CONFIGURED.get_or_init(|| {
-        let cap = std::env::var("ATSO_KERNEL_ISA")
-            .ok()
-            .and_then(|value| Isa::ALL.into_iter().find(|isa| isa.setting() == value))
-            .unwrap_or(Isa::Avx512);
-        cap.min(detected())
+        let value = std::env::var("ATSO_KERNEL_ISA").unwrap_or_default();
+        parse_setting(&value).ok().flatten().unwrap_or(Isa::Avx512).min(detected())
     })
 }
 
@@ -135,5 +160,20 @@ mod tests {
         assert_eq!(available().last(), Some(&detected()));
         let settings: Vec<_> = Isa::ALL.iter().map(|isa| isa.setting()).collect();
         assert_eq!(settings, ["portable", "avx2", "avx512"]);
+        assert_eq!(available().len() + missing().len(), Isa::ALL.len());
+    }
+
+    #[test]
+    fn settings_are_read_strictly() {
+        assert_eq!(parse_setting("auto"), Ok(None));
+        assert_eq!(parse_setting(""), Ok(None));
+        assert_eq!(parse_setting("avx2"), Ok(Some(Isa::Avx2)));
+        assert_eq!(parse_setting("avx2+fma"), Ok(Some(Isa::Avx2)));
+        assert_eq!(parse_setting("avx512f"), Ok(Some(Isa::Avx512)));
+        let error = parse_setting("avx-512").unwrap_err();
+        assert!(
+            error.contains("ATSO_KERNEL_ISA=avx-512") && error.contains("portable, avx2 or avx512"),
+            "{error}"
+        );
     }
 }

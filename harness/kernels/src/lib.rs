@@ -4,7 +4,7 @@
 //! run far below the machine's arithmetic rate on flex (docs/benchmarks.md has the profile). The
 //! kernels here compute the same functions directly over zero-padded images (`conv_cpu`, with the
 //! inner loops in `microkernel`), and batch norm (fused with the LeakyReLU after it), dropout, max
-//! pooling and bilinear resizing in few passes (`elementwise` compiles their loops for AVX2 too);
+//! pooling and bilinear resizing in few passes (`elementwise` compiles their loops for AVX2 and AVX-512 too);
 //! in inference a block's convolution, batch norm and LeakyReLU are one op. They plug into burn's
 //! autodiff through a backend extension (`extension`). Other backends (GPUs) and other shapes keep
 //! burn's ops. The tests below check values and gradients against burn's.

@@ -271,7 +271,8 @@ mod tests {
 
         /// One whole U-Net training step (a forward pass with dropout, the backward pass, an SGD
         /// update, then the updated network's forward pass) gives the same bits on the portable path
-        /// and on each SIMD path the CPU has (AVX2, AVX-512), at widths the U-Net trains with (16 to 64 channels, 24 between).
+        /// and on each SIMD path the CPU has (AVX2, AVX-512), at widths the U-Net trains with (16 to 64
+        /// channels, 24 between).
         #[test]
         fn a_unet_training_step_gives_the_same_bits_on_every_isa() {
             use burn::optim::{GradientsParams, SgdConfig};
