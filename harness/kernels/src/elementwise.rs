@@ -108,10 +108,7 @@ mod tests {
         let (mut plain_map, mut plain_zip) = (vec![0.0; src.len()], vec![0.0; src.len()]);
         map_plain(&src, &mut plain_map, f);
         zip_map_plain(&src, &other, &mut plain_zip, g);
-        for missing in super::super::isa::missing() {
-            eprintln!("SKIPPED {missing:?}: this CPU lacks it");
-        }
-        for isa in super::super::isa::available() {
+        for isa in super::super::isa::compared_in("the elementwise passes") {
             let _forced = super::super::isa::force(isa);
             let mut fast = vec![0.0; src.len()];
             map(&src, &mut fast, f);

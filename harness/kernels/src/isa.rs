@@ -47,6 +47,7 @@ impl Isa {
         }
     }
 
+    /// Its value in `FORCED` (0 there means none).
     fn code(self) -> u8 {
         self as u8 + 1
     }
@@ -72,9 +73,18 @@ pub fn available() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|&isa| isa <= detected()).collect()
 }
 
-/// The instruction sets this CPU lacks (what tests say they skipped).
+/// The instruction sets this CPU lacks.
 pub fn missing() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|&isa| isa > detected()).collect()
+}
+
+/// The instruction sets a test compares (`available`), after printing `SKIPPED <isa> in <test>`
+/// for each one this CPU lacks, so a passing test says what it could not check.
+pub fn compared_in(test: &str) -> Vec<Isa> {
+    for isa in missing() {
+        eprintln!("SKIPPED {isa:?} in {test}: this CPU lacks it");
+    }
+    available()
 }
 
 /// The cap a value of `ATSO_KERNEL_ISA` sets: `portable`, `avx2`, `avx512` (or the names records
@@ -117,10 +127,9 @@ static FORCED: AtomicU8 = AtomicU8::new(0);
 /// atomic load plus a cached value.
 #[inline]
 pub fn current() -> Isa {
-    let forced = FORCED.load(Ordering::Relaxed);
-    match Isa::ALL.into_iter().find(|isa| isa.code() == forced) {
-        Some(isa) => isa.min(detected()),
-        None => configured(),
+    match FORCED.load(Ordering::Relaxed) {
+        0 => configured(),
+        code => Isa::ALL[usize::from(code) - 1].min(detected()),
     }
 }
 

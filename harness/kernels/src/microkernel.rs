@@ -407,14 +407,6 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// The instruction sets to compare here, saying which this CPU lacks.
-    fn isas(test: &str) -> Vec<isa::Isa> {
-        for missing in isa::missing() {
-            eprintln!("SKIPPED {missing:?} in {test}: this CPU lacks it");
-        }
-        isa::available()
-    }
-
     /// On every instruction set this CPU has, the forward tile (whole or half) gives the bits of
     /// its definition (one `mul_add` per tap, in tap order), also when its taps are split over two
     /// calls, and writes nothing past the tile.
@@ -425,7 +417,7 @@ mod tests {
         let offsets = [0usize, 7, 33, 120, 121, 250, 300, 301, 302];
         let weights = values(offsets.len() * BLOCK, 2);
         let init = values(BLOCK, 3);
-        for isa in isas("the forward tile") {
+        for isa in isa::compared_in("the forward tile") {
             let _forced = isa::force(isa);
             for (channels, positions) in (1..=BLOCK).flat_map(|c| [(c, TILE), (c, HALF_TILE)]) {
                 let mut out = vec![7.0f32; BLOCK * ROW];
@@ -485,7 +477,7 @@ mod tests {
         let src = values(400, 1);
         let offsets = [0usize, 7, 33, 120, 121, 250];
         let dyt = values(positions * ROW, 4);
-        for isa in isas("the weight tile") {
+        for isa in isa::compared_in("the weight tile") {
             let _forced = isa::force(isa);
             for groups in 1..=WEIGHT_GROUPS {
                 for taps in 1..=BLOCK {
