@@ -21,6 +21,7 @@
 use rayon::prelude::*;
 
 use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS};
+use super::output;
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,10 +251,11 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let offsets = shape.tap_offsets();
     let packed = pack_weights(weight, shape.channels_out, taps);
     let band = shape.band_positions();
-    let mut output = vec![0.0f32; shape.batch * shape.output_len()];
-    output.par_chunks_mut(shape.output_len()).enumerate().for_each_init(
+    output::filled_by_chunks(
+        shape.batch * shape.output_len(),
+        shape.output_len(),
         || (Vec::new(), Vec::new()),
-        |(padded, local), (b, out)| {
+        |(padded, local), b, out| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
             // Every value of `local` is written by the first tap chunk before it is read.
             local.resize(shape.channels_out * stride, 0.0);
@@ -294,8 +296,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
             }
             unpad_output(local, stride, shape, shape.channels_out, out, finish);
         },
-    );
-    output
+    )
 }
 
 /// Taps per forward chunk: `BLOCK` x 256 packed weights are 6 KiB.

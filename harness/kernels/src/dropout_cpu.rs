@@ -7,9 +7,9 @@
 //! bulk, so planes are independent work for the threads, the mask depends neither on the thread
 //! count nor on the CPU, and the backward pass regenerates it rather than keeping it alive.
 
+use super::output;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use super::elementwise;
 
@@ -54,18 +54,14 @@ impl DropoutMask {
             self.plane
         );
         assert!((0.0..1.0).contains(&self.prob), "dropout probability {} outside [0, 1)", self.prob);
-        let mut out = vec![0.0f32; values.len()];
-        out.par_chunks_mut(self.plane)
-            .zip(values.par_chunks(self.plane))
-            .enumerate()
-            .for_each_init(Vec::new, |draws, (index, (out, values))| {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-                rng.set_stream(index as u64);
-                draws.resize(self.plane, 0u32);
-                rng.fill(&mut draws[..]);
-                fill(draws, values, out);
-            });
-        out
+        output::filled_by_chunks(values.len(), self.plane, Vec::new, |draws, index, out| {
+            let values = &values[index * self.plane..][..self.plane];
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            rng.set_stream(index as u64);
+            draws.resize(self.plane, 0u32);
+            rng.fill(&mut draws[..]);
+            fill(draws, values, out);
+        })
     }
 
     /// The mask as 0 / 1 values for `len` elements (for backends without this kernel).

@@ -10,12 +10,14 @@
 //! burn's ops. The tests below check values and gradients against burn's.
 
 pub mod batch_norm_cpu;
+pub mod channel_sums;
 pub mod conv_cpu;
 pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;
 pub mod isa;
 pub mod microkernel;
+pub mod output;
 pub mod pool_cpu;
 pub mod resize_cpu;
 

@@ -6,7 +6,7 @@
 //! tensor for the gradient; here a window is four reads, and the gradient recomputes the winner
 //! from the saved input instead of storing indices.
 
-use rayon::prelude::*;
+use super::output;
 
 use super::elementwise;
 
@@ -48,18 +48,14 @@ fn unpool_row(top: &[f32], bottom: &[f32], dy: &[f32], grad_top: &mut [f32], gra
 pub fn forward(x: &[f32], planes: usize, [h, w]: [usize; 2]) -> Vec<f32> {
     assert_eq!(x.len(), planes * h * w, "max pool input");
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![0.0f32; planes * oh * ow];
-    if oh * ow == 0 {
-        return out;
-    }
-    out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
+    output::filled(planes * oh * ow, oh * ow, |p, out| {
+        let plane = &x[p * h * w..][..h * w];
         elementwise::vectorized(|| {
             for (row, pair) in out.chunks_mut(ow).zip(plane.chunks(2 * w)) {
                 pool_row(&pair[..2 * ow], &pair[w..w + 2 * ow], row);
             }
         })
-    });
-    out
+    })
 }
 
 /// The gradient with respect to `x` (`[planes, h, w]`) from the output's gradient.
@@ -67,24 +63,21 @@ pub fn backward(x: &[f32], output_grad: &[f32], planes: usize, [h, w]: [usize; 2
     let (oh, ow) = (h / 2, w / 2);
     assert_eq!(x.len(), planes * h * w, "max pool input");
     assert_eq!(output_grad.len(), planes * oh * ow, "max pool output gradient");
-    let mut grad = vec![0.0f32; planes * h * w];
     if oh * ow == 0 {
-        return grad;
+        return vec![0.0f32; planes * h * w];
     }
-    grad.par_chunks_mut(h * w)
-        .zip(x.par_chunks(h * w).zip(output_grad.par_chunks(oh * ow)))
-        .for_each(|(grad, (plane, dy))| {
-            elementwise::vectorized(|| {
-                for ((grad_pair, pair), dy) in grad.chunks_mut(2 * w).zip(plane.chunks(2 * w)).zip(dy.chunks(ow)) {
-                    // An odd height leaves a last, partial chunk: no output row reads it.
-                    if grad_pair.len() < 2 * w {
-                        break;
-                    }
-                    let (grad_top, grad_bottom) = grad_pair.split_at_mut(w);
-                    let (top, bottom) = (&pair[..2 * ow], &pair[w..w + 2 * ow]);
-                    unpool_row(top, bottom, dy, &mut grad_top[..2 * ow], &mut grad_bottom[..2 * ow]);
+    output::filled(planes * h * w, h * w, |p, grad| {
+        let (plane, dy) = (&x[p * h * w..][..h * w], &output_grad[p * oh * ow..][..oh * ow]);
+        elementwise::vectorized(|| {
+            for ((grad_pair, pair), dy) in grad.chunks_mut(2 * w).zip(plane.chunks(2 * w)).zip(dy.chunks(ow)) {
+                // An odd height leaves a last, partial chunk: no output row reads it.
+                if grad_pair.len() < 2 * w {
+                    break;
                 }
-            })
-        });
-    grad
+                let (grad_top, grad_bottom) = grad_pair.split_at_mut(w);
+                let (top, bottom) = (&pair[..2 * ow], &pair[w..w + 2 * ow]);
+                unpool_row(top, bottom, dy, &mut grad_top[..2 * ow], &mut grad_bottom[..2 * ow]);
+            }
+        })
+    })
 }

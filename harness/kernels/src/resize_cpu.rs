@@ -6,7 +6,7 @@
 //! every output value and every gradient sum takes the same operations in the same order as
 //! flex's, so results are identical bit for bit (tested).
 
-use rayon::prelude::*;
+use super::output;
 
 /// For one axis, per output coordinate: the two source indices and the weight of the second.
 pub(crate) struct AxisMap {
@@ -55,8 +55,7 @@ impl AxisMap {
 pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usize; 2], align_corners: bool) -> Vec<f32> {
     let ([ih, iw], [oh, ow]) = (in_size, out_size);
     let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
-    let mut output = vec![0.0f32; planes * oh * ow];
-    output.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
+    output::filled(planes * oh * ow, oh * ow, |p, out| {
         let plane = &input[p * ih * iw..][..ih * iw];
         for (y, out_row) in out.chunks_mut(ow).enumerate() {
             let (top, bottom) = (&plane[rows.low[y] * iw..][..iw], &plane[rows.high[y] * iw..][..iw]);
@@ -66,8 +65,7 @@ pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usi
                 *value = top[l] * (one - xw) * (one - yw) + top[h] * xw * (one - yw) + bottom[l] * (one - xw) * yw + bottom[h] * xw * yw;
             }
         }
-    });
-    output
+    })
 }
 
 /// The gradient with respect to the input, from the output's: each output pixel's gradient is
@@ -75,8 +73,7 @@ pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usi
 pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_size: [usize; 2], align_corners: bool) -> Vec<f32> {
     let ([ih, iw], [oh, ow]) = (in_size, out_size);
     let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
-    let mut grad = vec![0.0f32; planes * ih * iw];
-    grad.par_chunks_mut(ih * iw).enumerate().for_each(|(p, plane)| {
+    output::filled(planes * ih * iw, ih * iw, |p, plane| {
         let out = &output_grad[p * oh * ow..][..oh * ow];
         for (y, grad_row) in out.chunks(ow).enumerate() {
             let (top, bottom, yw, one) = (rows.low[y] * iw, rows.high[y] * iw, rows.weight[y], 1.0f32);
@@ -88,6 +85,5 @@ pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_siz
                 plane[bottom + h] += g * xw * yw;
             }
         }
-    });
-    grad
+    })
 }
