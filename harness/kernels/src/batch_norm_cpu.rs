@@ -9,7 +9,7 @@
 pub use super::channel_sums::NormShape;
 use super::channel_sums::{channel_sums, NormGradients, SquaredDeviations, Values};
 use super::elementwise;
-use super::output;
+use super::output::{self, Writer};
 
 /// What the forward pass returns: the output, and the batch mean and biased variance per channel.
 pub struct NormForward {
@@ -59,7 +59,7 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, shape: &Nor
     let output = per_channel_runs(shape, |c, b, out| {
         let input = &x[(b * shape.channels + c) * shape.positions..][..shape.positions];
         let (scale, shift) = (scale[c], shift[c]);
-        elementwise::map(input, out, move |v| then.value(v * scale + shift));
+        out.map(input, move |v| then.value(v * scale + shift));
     });
     NormForward { output, mean, variance }
 }
@@ -112,9 +112,7 @@ pub fn backward(
         let projection = (gamma_grad[c] as f64 / n) as f32;
         let (mu, inv) = (mean[c], inv_std[c] as f32);
         let dy_at = gradients.normalized_grad(c);
-        elementwise::zip_map(xs, dys, out, move |v, g| {
-            scale * (dy_at(v, g) - mean_dy - (v - mu) * inv * projection)
-        });
+        out.zip_map(xs, dys, move |v, g| scale * (dy_at(v, g) - mean_dy - (v - mu) * inv * projection));
     });
     NormGrads {
         x: x_grad,
@@ -160,9 +158,9 @@ impl EvalNorm {
     /// `out = then(normalized row)` for a row of channel `c`: `then` is applied to each value
     /// burn's `batch_norm` gives (the identity, or the activation that follows).
     #[inline]
-    pub fn apply(&self, c: usize, row: &[f32], out: &mut [f32], then: impl Fn(f32) -> f32) {
+    pub fn apply(&self, c: usize, row: &[f32], out: &mut Writer, then: impl Fn(f32) -> f32) {
         let (m, s, g, bt) = (self.mean[c], self.std[c], self.gamma[c], self.beta[c]);
-        elementwise::map(row, out, move |v| then((v - m) / s * g + bt));
+        out.map(row, move |v| then((v - m) / s * g + bt));
     }
 }
 
@@ -181,9 +179,9 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: 
 
 /// A `[batch, channels, positions]` output written by `fill(channel, image, run)` for every
 /// channel run, runs in parallel.
-fn per_channel_runs(shape: &NormShape, fill: impl Fn(usize, usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+fn per_channel_runs(shape: &NormShape, fill: impl Fn(usize, usize, &mut Writer) + Sync + Send) -> Vec<f32> {
     let len = shape.batch * shape.channels * shape.positions;
-    output::filled(len, shape.positions, |run, values| {
+    output::written(len, shape.positions, |run, values| {
         fill(run % shape.channels, run / shape.channels, values)
     })
 }

@@ -21,7 +21,8 @@
 use rayon::prelude::*;
 
 use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS};
-use super::output;
+use super::output::{self, Writer};
+use super::scratch::Scratch;
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,22 +170,23 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
 /// `stride` apart) into a dense `[channels, out_height, out_width]` block, dropping the junk
 /// columns: each row through `finish(channel, row, dense_row)` (a copy, or what follows the
 /// convolution).
-fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut [f32], finish: &impl RowFinish) {
+fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut Writer, finish: &impl RowFinish) {
     let (ow, pw) = (shape.out_width(), shape.padded_width());
-    for (c, dense_channel) in dense.chunks_mut(shape.positions()).enumerate().take(channels) {
-        for (oy, row) in dense_channel.chunks_mut(ow).enumerate() {
-            finish(c, &padded[c * stride + oy * pw..][..ow], row);
+    for c in 0..channels {
+        for oy in 0..shape.out_height() {
+            finish(c, &padded[c * stride + oy * pw..][..ow], dense);
         }
     }
 }
 
-/// What happens to a row of output channel `c` as it leaves the convolution: `(c, row, out)`.
-pub trait RowFinish: Fn(usize, &[f32], &mut [f32]) + Sync {}
-impl<F: Fn(usize, &[f32], &mut [f32]) + Sync> RowFinish for F {}
+/// What happens to a row of output channel `c` as it leaves the convolution: `(c, row, out)`,
+/// writing the row's values to `out`.
+pub trait RowFinish: Fn(usize, &[f32], &mut Writer) + Sync {}
+impl<F: Fn(usize, &[f32], &mut Writer) + Sync> RowFinish for F {}
 
 /// The plain convolution's finish: the row as computed.
-fn copy_row(_channel: usize, row: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(row);
+fn copy_row(_channel: usize, row: &[f32], out: &mut Writer) {
+    out.copy(row);
 }
 
 /// One image's padded copy in a buffer of its own.
@@ -251,14 +253,14 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let offsets = shape.tap_offsets();
     let packed = pack_weights(weight, shape.channels_out, taps);
     let band = shape.band_positions();
-    output::filled_by_chunks(
+    output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
-        || (Vec::new(), Vec::new()),
+        || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
             // Every value of `local` is written by the first tap chunk before it is read.
-            local.resize(shape.channels_out * stride, 0.0);
+            let local = local.at_least(shape.channels_out * stride);
             // The tiles' reads and writes stay inside `padded` and `local`: the last tile
             // ends at `stride` and reads up to `stride + max offset <= padded_len`.
             assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
@@ -590,8 +592,9 @@ mod tests {
             }
             let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
             assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
-            let mut back = vec![0.0; dense.len()];
-            unpad_output(&padded, stride, &s, s.channels_out, &mut back, &copy_row);
+            let back = output::written(dense.len(), dense.len(), |_, writer| {
+                unpad_output(&padded, stride, &s, s.channels_out, writer, &copy_row)
+            });
             assert_eq!(back, dense, "{s:?}");
             let image = values(s.input_len(), 4);
             // A reused buffer with other values in it: every border is written again.

@@ -7,11 +7,9 @@
 //! bulk, so planes are independent work for the threads, the mask depends neither on the thread
 //! count nor on the CPU, and the backward pass regenerates it rather than keeping it alive.
 
-use super::output;
+use super::output::{self, Writer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-use super::elementwise;
 
 /// One dropout: the drop probability, the seed its mask comes from and the plane length
 /// (positions per channel) that splits the mask into streams.
@@ -46,7 +44,7 @@ impl DropoutMask {
 
     /// Calls `fill(draws, values, out)` for each plane of `values` (its stream's 32-bit draws,
     /// its values, its output), planes in parallel.
-    fn for_each_plane(&self, values: &[f32], fill: impl Fn(&[u32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    fn for_each_plane(&self, values: &[f32], fill: impl Fn(&[u32], &[f32], &mut Writer) + Sync) -> Vec<f32> {
         assert!(
             self.plane > 0 && values.len().is_multiple_of(self.plane),
             "dropout: {} values are not whole planes of {}",
@@ -54,7 +52,7 @@ impl DropoutMask {
             self.plane
         );
         assert!((0.0..1.0).contains(&self.prob), "dropout probability {} outside [0, 1)", self.prob);
-        output::filled_by_chunks(values.len(), self.plane, Vec::new, |draws, index, out| {
+        output::written_by_chunks(values.len(), self.plane, Vec::new, |draws, index, out| {
             let values = &values[index * self.plane..][..self.plane];
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
             rng.set_stream(index as u64);
@@ -67,10 +65,8 @@ impl DropoutMask {
     /// The mask as 0 / 1 values for `len` elements (for backends without this kernel).
     pub fn values(&self, len: usize) -> Vec<f32> {
         let threshold = self.threshold();
-        self.for_each_plane(&vec![0.0; len], |draws, _, out| {
-            for (o, &u) in out.iter_mut().zip(draws) {
-                *o = Self::kept(threshold, u);
-            }
+        self.for_each_plane(&vec![0.0; len], |draws, zeros, out| {
+            out.zip_map(zeros, draws, |_, u| Self::kept(threshold, u))
         })
     }
 
@@ -78,11 +74,7 @@ impl DropoutMask {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let (threshold, scale) = (self.threshold(), self.scale());
         self.for_each_plane(x, |draws, x, out| {
-            elementwise::vectorized(|| {
-                for ((o, &v), &u) in out.iter_mut().zip(x).zip(draws) {
-                    *o = (v * Self::kept(threshold, u)) * scale;
-                }
-            })
+            out.zip_map(x, draws, |v, u| (v * Self::kept(threshold, u)) * scale)
         })
     }
 
@@ -91,11 +83,7 @@ impl DropoutMask {
     pub fn backward(&self, output_grad: &[f32]) -> Vec<f32> {
         let (threshold, scale) = (self.threshold(), self.scale());
         self.for_each_plane(output_grad, |draws, dy, out| {
-            elementwise::vectorized(|| {
-                for ((o, &g), &u) in out.iter_mut().zip(dy).zip(draws) {
-                    *o = (g * scale) * Self::kept(threshold, u);
-                }
-            })
+            out.zip_map(dy, draws, |g, u| (g * scale) * Self::kept(threshold, u))
         })
     }
 }

@@ -7,6 +7,8 @@
 //! compute each element with the closure's IEEE operations (Rust never fuses a multiply and an
 //! add on its own), so the versions give the same bits and a result does not depend on the CPU.
 
+use std::mem::MaybeUninit;
+
 #[cfg(x86_kernels)]
 use super::isa::{self, Isa};
 
@@ -38,31 +40,37 @@ unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// `dst[i] = f(src[i])`.
+/// `dst[i] = f(src[i])`, into values not yet written (`output::Writer` hands them out).
 #[inline(always)]
-pub fn map(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
+pub fn map_into(src: &[f32], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
     assert_eq!(src.len(), dst.len(), "elementwise map: lengths differ");
-    vectorized(|| map_plain(src, dst, f));
+    vectorized(
+        #[inline(always)]
+        || map_plain(src, dst, f),
+    );
 }
 
-/// `dst[i] = f(a[i], b[i])`.
+/// `dst[i] = f(a[i], b[i])`, into values not yet written.
 #[inline(always)]
-pub fn zip_map(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+pub fn zip_map_into<T: Copy>(a: &[f32], b: &[T], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32, T) -> f32) {
     assert!(a.len() == dst.len() && b.len() == dst.len(), "elementwise zip_map: lengths differ");
-    vectorized(|| zip_map_plain(a, b, dst, f));
+    vectorized(
+        #[inline(always)]
+        || zip_map_plain(a, b, dst, f),
+    );
 }
 
 #[inline(always)]
-fn map_plain(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
+fn map_plain(src: &[f32], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f(s);
+        d.write(f(s));
     }
 }
 
 #[inline(always)]
-fn zip_map_plain(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+fn zip_map_plain<T: Copy>(a: &[f32], b: &[T], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32, T) -> f32) {
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(x, y);
+        d.write(f(x, y));
     }
 }
 
@@ -105,15 +113,13 @@ mod tests {
         let f = |x: f32| leaky((x - 0.3) / 1.7 * 0.9 + 0.1, 0.01);
         let g = |x: f32, y: f32| leaky_grad(x, y, 0.01);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let (mut plain_map, mut plain_zip) = (vec![0.0; src.len()], vec![0.0; src.len()]);
-        map_plain(&src, &mut plain_map, f);
-        zip_map_plain(&src, &other, &mut plain_zip, g);
+        let plain_map: Vec<f32> = src.iter().map(|&x| f(x)).collect();
+        let plain_zip: Vec<f32> = src.iter().zip(&other).map(|(&x, &y)| g(x, y)).collect();
         for isa in super::super::isa::compared_in("the elementwise passes") {
             let _forced = super::super::isa::force(isa);
-            let mut fast = vec![0.0; src.len()];
-            map(&src, &mut fast, f);
+            let fast = crate::output::written(src.len(), src.len(), |_, out| out.map(&src, f));
             assert_eq!(bits(&fast), bits(&plain_map), "{isa:?}");
-            zip_map(&src, &other, &mut fast, g);
+            let fast = crate::output::written(src.len(), src.len(), |_, out| out.zip_map(&src, &other, g));
             assert_eq!(bits(&fast), bits(&plain_zip), "{isa:?}");
         }
         assert_eq!(leaky_grad(-0.0, -0.0, 0.01).to_bits(), 0.0f32.to_bits());

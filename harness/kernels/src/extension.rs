@@ -25,6 +25,7 @@ use super::batch_norm_cpu::{self, EvalNorm, NormShape, Then};
 use super::conv_cpu::{self, ConvShape};
 use super::dropout_cpu::DropoutMask;
 use super::elementwise;
+use super::output;
 use super::pool_cpu;
 use super::resize_cpu;
 
@@ -517,7 +518,7 @@ impl UnetKernels for Flex {
             with_f32([&x, &weight, &bias, &gamma, &beta, &mean, &variance], |[x, w, b, g, bt, m, v]| {
                 let norm = EvalNorm::new(g, bt, m, v, epsilon);
                 let slope = negative_slope as f32;
-                conv_cpu::forward_then(x, w, b, &shape, &|c: usize, row: &[f32], out: &mut [f32]| {
+                conv_cpu::forward_then(x, w, b, &shape, &|c: usize, row: &[f32], out: &mut output::Writer| {
                     norm.apply(c, row, out, move |y| elementwise::leaky(y, slope))
                 })
             })

@@ -20,6 +20,7 @@ pub mod microkernel;
 pub mod output;
 pub mod pool_cpu;
 pub mod resize_cpu;
+pub mod scratch;
 
 use std::cell::Cell;
 use std::sync::OnceLock;

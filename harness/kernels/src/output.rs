@@ -1,15 +1,18 @@
-//! Output buffers for the kernels, zeroed and filled chunk by chunk by the threads that write
-//! them.
+//! Output buffers for the kernels, filled chunk by chunk by the threads that write them.
 //!
 //! Why: `vec![0.0; n]` zero-fills a layer's whole output on the calling thread before the
 //! threads write it: a memset of megabytes, plus the page faults of fresh memory, while the other
 //! cores wait. The profile of a training step found these fills at about 2 % of its CPU time and
-//! among the parts one core ran alone. Here each chunk is zeroed by the thread about to write it,
-//! so the zeros land in its cache and the threads share the work.
+//! among the parts one core ran alone. Outputs whose every value a kernel writes ([`written`])
+//! are never zeroed: a [`Writer`] hands out the values front to back and the chunk is checked
+//! whole before the vector is; the few that add into zeros ([`filled`]) have each chunk zeroed by
+//! the thread about to write it, in its cache.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use super::elementwise;
 
 /// `len` values, written by `fill(state, index, chunk)` for each `chunk`-long piece (the last
 /// may be shorter), pieces in parallel; `state` comes from `init`, once per piece of work a
@@ -42,6 +45,77 @@ pub fn filled_by_chunks<T>(
     output
 }
 
+/// `len` values, written front to back by `fill(state, index, writer)` for each `chunk`-long
+/// piece (the last may be shorter), pieces in parallel, with `state` as in `filled_by_chunks`.
+/// Nothing is zeroed first: `fill` must write every value of its piece, or this panics.
+pub fn written_by_chunks<T>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> T + Sync + Send,
+    fill: impl Fn(&mut T, usize, &mut Writer) + Sync + Send,
+) -> Vec<f32> {
+    if len == 0 {
+        return Vec::new();
+    }
+    assert!(chunk > 0, "output chunks must hold at least one value");
+    let mut output: Vec<f32> = Vec::with_capacity(len);
+    output.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each_init(init, |state, (index, piece)| {
+            let mut writer = Writer { slots: piece, written: 0 };
+            fill(state, index, &mut writer);
+            assert_eq!(writer.remaining(), 0, "output chunk {index}: values left unwritten");
+        });
+    // SAFETY: every piece was written whole (checked above; a panic unwinds past this line,
+    // leaving the vector empty).
+    unsafe { output.set_len(len) };
+    output
+}
+
+/// `written_by_chunks` without per-thread state.
+pub fn written(len: usize, chunk: usize, fill: impl Fn(usize, &mut Writer) + Sync + Send) -> Vec<f32> {
+    written_by_chunks(len, chunk, || (), |(), index, writer| fill(index, writer))
+}
+
+/// The values of one output chunk not yet written, handed out front to back.
+pub struct Writer<'a> {
+    slots: &'a mut [MaybeUninit<f32>],
+    written: usize,
+}
+
+impl Writer<'_> {
+    /// Values still to write.
+    pub fn remaining(&self) -> usize {
+        self.slots.len() - self.written
+    }
+
+    /// The next `len` values (panics past the chunk's end).
+    fn next(&mut self, len: usize) -> &mut [MaybeUninit<f32>] {
+        assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
+        let start = self.written;
+        self.written += len;
+        &mut self.slots[start..][..len]
+    }
+
+    /// Writes `values` as they are.
+    pub fn copy(&mut self, values: &[f32]) {
+        self.next(values.len()).write_copy_of_slice(values);
+    }
+
+    /// Writes `f(x)` for each `x` of `src`.
+    #[inline(always)]
+    pub fn map(&mut self, src: &[f32], f: impl Fn(f32) -> f32) {
+        elementwise::map_into(src, self.next(src.len()), f);
+    }
+
+    /// Writes `f(a[i], b[i])` for each `i`.
+    #[inline(always)]
+    pub fn zip_map<T: Copy>(&mut self, a: &[f32], b: &[T], f: impl Fn(f32, T) -> f32) {
+        elementwise::zip_map_into(a, b, self.next(a.len()), f);
+    }
+}
+
 /// `filled_by_chunks` without per-thread state.
 pub fn filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
     filled_by_chunks(len, chunk, || (), |(), index, piece| fill(index, piece))
@@ -69,5 +143,24 @@ mod tests {
             }
         }
         assert!(filled(0, 0, |_, _| panic!("nothing to fill")).is_empty());
+    }
+
+    /// A writer's values land in order, chunk by chunk; a chunk left short or written past its
+    /// end panics instead of handing out a vector with values never written.
+    #[test]
+    fn writers_fill_every_value_or_panic() {
+        let source: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let out = written(10, 4, |index, writer| {
+            let part = &source[index * 4..][..writer.remaining()];
+            let half = part.len() / 2;
+            writer.copy(&part[..half]);
+            writer.map(&part[half..], |v| v + 0.5);
+        });
+        let expected: Vec<f32> = [0.0, 1.0, 2.5, 3.5, 4.0, 5.0, 6.5, 7.5, 8.0, 9.5].to_vec();
+        assert_eq!(out, expected);
+        let short = std::panic::catch_unwind(|| written(8, 4, |_, writer| writer.copy(&[1.0; 3])));
+        assert!(short.is_err(), "a chunk with a value left unwritten");
+        let long = std::panic::catch_unwind(|| written(8, 4, |_, writer| writer.copy(&[1.0; 5])));
+        assert!(long.is_err(), "a chunk written past its end");
     }
 }
