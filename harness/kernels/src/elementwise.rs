@@ -46,7 +46,7 @@ pub fn map_into(src: &[f32], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f3
     assert_eq!(src.len(), dst.len(), "elementwise map: lengths differ");
     vectorized(
         #[inline(always)]
-        || map_plain(src, dst, f),
+        move || map_plain(src, dst, f),
     );
 }
 
@@ -56,7 +56,21 @@ pub fn zip_map_into<T: Copy>(a: &[f32], b: &[T], dst: &mut [MaybeUninit<f32>], f
     assert!(a.len() == dst.len() && b.len() == dst.len(), "elementwise zip_map: lengths differ");
     vectorized(
         #[inline(always)]
-        || zip_map_plain(a, b, dst, f),
+        move || zip_map_plain(a, b, dst, f),
+    );
+}
+
+/// `dst[i] = f(i)`, into values not yet written: for loops that read several slices at `i`
+/// (sliced to `dst`'s length beforehand, so the compiler drops the bounds checks and vectorizes).
+#[inline(always)]
+pub fn from_fn_into(dst: &mut [MaybeUninit<f32>], f: impl Fn(usize) -> f32) {
+    vectorized(
+        #[inline(always)]
+        move || {
+            for (i, d) in dst.iter_mut().enumerate() {
+                d.write(f(i));
+            }
+        },
     );
 }
 

@@ -109,6 +109,12 @@ impl Writer<'_> {
         elementwise::map_into(src, self.next(src.len()), f);
     }
 
+    /// Writes `f(i)` for `i` in `0..len`.
+    #[inline(always)]
+    pub fn from_fn(&mut self, len: usize, f: impl Fn(usize) -> f32) {
+        elementwise::from_fn_into(self.next(len), f);
+    }
+
     /// Writes `f(a[i], b[i])` for each `i`.
     #[inline(always)]
     pub fn zip_map<T: Copy>(&mut self, a: &[f32], b: &[T], f: impl Fn(f32, T) -> f32) {

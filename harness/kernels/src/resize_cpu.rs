@@ -55,15 +55,39 @@ impl AxisMap {
 pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usize; 2], align_corners: bool) -> Vec<f32> {
     let ([ih, iw], [oh, ow]) = (in_size, out_size);
     let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
-    output::filled(planes * oh * ow, oh * ow, |p, out| {
+    let one = 1.0f32;
+    let (high_weight, low_weight): (&[f32], Vec<f32>) = (&cols.weight, cols.weight.iter().map(|&xw| one - xw).collect());
+    output::written_by_chunks(planes * oh * ow, oh * ow, Vec::new, |spread, p, out| {
         let plane = &input[p * ih * iw..][..ih * iw];
-        for (y, out_row) in out.chunks_mut(ow).enumerate() {
-            let (top, bottom) = (&plane[rows.low[y] * iw..][..iw], &plane[rows.high[y] * iw..][..iw]);
-            let (yw, one) = (rows.weight[y], 1.0f32);
-            for (x, value) in out_row.iter_mut().enumerate() {
-                let (l, h, xw) = (cols.low[x], cols.high[x], cols.weight[x]);
-                *value = top[l] * (one - xw) * (one - yw) + top[h] * xw * (one - yw) + bottom[l] * (one - xw) * yw + bottom[h] * xw * yw;
+        // Every source row read at the output columns' low, then high sources, once: output
+        // rows then combine two of these with vector arithmetic instead of gathering.
+        spread.resize(ih * 2 * ow, 0.0);
+        for (row, spread_row) in plane.chunks(iw).zip(spread.chunks_mut(2 * ow)) {
+            let (at_low, at_high) = spread_row.split_at_mut(ow);
+            for (((value_low, value_high), &l), &h) in at_low.iter_mut().zip(at_high).zip(&cols.low).zip(&cols.high) {
+                (*value_low, *value_high) = (row[l], row[h]);
             }
+        }
+        let (low_weight, high_weight) = (&low_weight[..ow], &high_weight[..ow]);
+        for y in 0..oh {
+            let (top, bottom) = (
+                &spread[rows.low[y] * 2 * ow..][..2 * ow],
+                &spread[rows.high[y] * 2 * ow..][..2 * ow],
+            );
+            let ((top_low, top_high), (bottom_low, bottom_high)) = (top.split_at(ow), bottom.split_at(ow));
+            let (yw, one_minus_yw) = (rows.weight[y], one - rows.weight[y]);
+            // `top[l] * (1 - xw) * (1 - yw) + top[h] * xw * (1 - yw) + bottom[l] * (1 - xw) * yw
+            // + bottom[h] * xw * yw`, flex's operations in flex's order.
+            out.from_fn(
+                ow,
+                #[inline(always)]
+                |x| {
+                    top_low[x] * low_weight[x] * one_minus_yw
+                        + top_high[x] * high_weight[x] * one_minus_yw
+                        + bottom_low[x] * low_weight[x] * yw
+                        + bottom_high[x] * high_weight[x] * yw
+                },
+            );
         }
     })
 }
