@@ -1,7 +1,8 @@
 //! The U-Net's kernels plugged into burn through its backend-extension traits: a `Flex`
 //! implementation (convolutions from `conv_cpu`, batch norm and its fused LeakyReLU from
 //! `batch_norm_cpu`, dropout from `dropout_cpu`, max pooling from `pool_cpu`, bilinear resizing
-//! from `resize_cpu`, a one-pass LeakyReLU gradient, and the fused inference layer), and an
+//! from `resize_cpu`, concatenation and softmax over channels from `channel_ops`, a one-pass
+//! LeakyReLU gradient, and the fused inference layer), and an
 //! `Autodiff` implementation that records each op as one graph node whose gradients come from
 //! the same kernels.
 //!
@@ -16,12 +17,15 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::ops::binary::binary_op;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward, ConvOptions, InterpolateMode, InterpolateOptions, ModuleOps};
+use burn::backend::ops::{
+    ActivationOps, BatchNormTrain, BatchNormTrainBackward, ConvOptions, FloatTensorOps, InterpolateMode, InterpolateOptions, ModuleOps,
+};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, TensorData, TensorMetadata};
+use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, Slice, TensorData, TensorMetadata};
 use burn::tensor::IntDType;
 
 use super::batch_norm_cpu::{self, EvalNorm, NormShape, Then};
+use super::channel_ops;
 use super::conv_cpu::{self, ConvShape};
 use super::dropout_cpu::DropoutMask;
 use super::elementwise;
@@ -169,6 +173,34 @@ pub trait UnetKernels: Backend {
         output_grad: FloatTensor<Self>,
     ) -> NormGrads<Self> {
         burns_batch_norm_train_grad::<Self>(x, gamma, beta, mean, variance, epsilon, then, output_grad)
+    }
+
+    /// `[batch, c_a, h, w]` and `[batch, c_b, h, w]` joined along the channels (burn's `cat`
+    /// on axis 1).
+    fn cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_cat(vec![a, b], 1)
+    }
+
+    /// Channels `start..start + len` of `[batch, channels, h, w]` (the gradient of
+    /// `cat_channels` for one of its inputs): burn's slice on every backend, which on flex is a
+    /// view that the gradient's consumers read in place (a parallel copy was no faster in an A/B
+    /// of whole training steps).
+    fn channel_range(x: FloatTensor<Self>, start: usize, len: usize) -> FloatTensor<Self> {
+        let [batch, _, h, w] = x.shape().dims();
+        Self::float_slice(
+            x,
+            &[
+                Slice::from(0..batch),
+                Slice::from(start..start + len),
+                Slice::from(0..h),
+                Slice::from(0..w),
+            ],
+        )
+    }
+
+    /// Softmax over the channels of `[batch, channels, h, w]` (burn's `softmax` on axis 1).
+    fn softmax_channels(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::softmax(x, 1)
     }
 }
 
@@ -385,6 +417,25 @@ impl UnetKernels for Flex {
         match with_f32([&output_grad], |[dy]| mask.backward(dy)) {
             Some(dx) => flex_tensor(dx, output_grad.shape().dims::<4>().to_vec()),
             None => burns_dropout_grad::<Self>(output_grad, mask),
+        }
+    }
+
+    fn cat_channels(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let ([batch, ca, h, w], [batch_b, cb, h_b, w_b]) = (a.shape().dims(), b.shape().dims());
+        if (batch, h, w) != (batch_b, h_b, w_b) {
+            return Self::float_cat(vec![a, b], 1);
+        }
+        match with_f32([&a, &b], |[a, b]| channel_ops::concat(a, b, batch, [ca * h * w, cb * h * w])) {
+            Some(y) => flex_tensor(y, vec![batch, ca + cb, h, w]),
+            None => Self::float_cat(vec![a, b], 1),
+        }
+    }
+
+    fn softmax_channels(x: FlexTensor) -> FlexTensor {
+        let [batch, channels, h, w] = x.shape().dims();
+        match with_f32([&x], |[x]| channel_ops::softmax(x, batch, channels, h * w)) {
+            Some(y) => flex_tensor(y, vec![batch, channels, h, w]),
+            None => Self::softmax(x, 1),
         }
     }
 
@@ -698,7 +749,36 @@ impl<B: UnetKernels> Backward<B, 1> for ResizeBilinearBackward {
     }
 }
 
+/// The backward step of `cat_channels`: each input's channels of the output gradient.
+#[derive(Debug)]
+struct CatChannelsBackward;
+
+impl<B: UnetKernels> Backward<B, 2> for CatChannelsBackward {
+    /// The channel counts of the two inputs.
+    type State = [usize; 2];
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let [channels_a, channels_b] = ops.state;
+        if let Some(node) = node_a {
+            grads.register::<B>(node.id, B::channel_range(output_grad.clone(), 0, channels_a));
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::channel_range(output_grad, channels_a, channels_b));
+        }
+    }
+}
+
 impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
+    fn cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let channels = [a.shape()[1], b.shape()[1]];
+        match CatChannelsBackward.prepare::<C>([a.node(), b.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(channels, B::cat_channels(a.into_primitive(), b.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::cat_channels(a.into_primitive(), b.into_primitive())),
+        }
+    }
+
     fn resize_bilinear(x: FloatTensor<Self>, height: usize, width: usize, align_corners: bool) -> FloatTensor<Self> {
         match ResizeBilinearBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {

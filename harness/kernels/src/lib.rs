@@ -3,13 +3,16 @@
 //! A training step spends most of its time in convolutions, and burn's generic gradients for them
 //! run far below the machine's arithmetic rate on flex (docs/benchmarks.md has the profile). The
 //! kernels here compute the same functions directly over zero-padded images (`conv_cpu`, with the
-//! inner loops in `microkernel`), and batch norm (fused with the LeakyReLU after it), dropout, max
-//! pooling and bilinear resizing in few passes (`elementwise` compiles their loops for AVX2 and AVX-512 too);
-//! in inference a block's convolution, batch norm and LeakyReLU are one op. They plug into burn's
-//! autodiff through a backend extension (`extension`). Other backends (GPUs) and other shapes keep
-//! burn's ops. The tests below check values and gradients against burn's.
+//! inner loops in `microkernel`), and batch norm (fused with the LeakyReLU after it, its sums in
+//! `channel_sums`), dropout, max pooling, bilinear resizing, concatenation and softmax over
+//! channels in few passes (`elementwise` compiles their loops for AVX2 and AVX-512 too; `output`
+//! hands out their output buffers, `scratch` keeps working buffers per thread); in inference a
+//! block's convolution, batch norm and LeakyReLU are one op. They plug into burn's autodiff
+//! through a backend extension (`extension`). Other backends (GPUs) and other shapes keep burn's
+//! ops. The tests below check values and gradients against burn's.
 
 pub mod batch_norm_cpu;
+pub mod channel_ops;
 pub mod channel_sums;
 pub mod conv_cpu;
 pub mod dropout_cpu;
@@ -202,6 +205,27 @@ fn seed_from_device(device: &Device) -> u64 {
     let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), device).into_data();
     let draws: Vec<f32> = draws.convert::<f32>().try_to_vec().expect("f32 after conversion");
     draws.iter().fold(0u64, |seed, &v| seed << 23 ^ (v as f64 * 8_388_608.0) as u64)
+}
+
+/// `Tensor::cat(vec![a, b], 1)` for two activations: on flex, a copy per image, images in
+/// parallel (burn's values and gradients bit for bit; burn concatenates on one thread).
+pub fn cat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    if own_kernels() && is_flex(&a) && is_flex(&b) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::cat_channels(a.into_dispatch(), b.into_dispatch()))
+    } else {
+        Tensor::cat(vec![a, b], 1)
+    }
+}
+
+/// `softmax(x, 1)`: on flex outside autodiff, per image in parallel with the channel axis where
+/// it lies (burn's values bit for bit; flex transposes the activation, runs rows as long as
+/// the channel count and transposes back). With autodiff, burn's op and its gradient.
+pub fn softmax_channels(x: Tensor<4>) -> Tensor<4> {
+    if own_kernels() && is_flex(&x) && !x.device().is_autodiff() {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::softmax_channels(x.into_dispatch()))
+    } else {
+        burn::tensor::activation::softmax(x, 1)
+    }
 }
 
 /// `pool.forward(x)`; a 2 x 2, stride-2 pooling without padding on flex goes through the
@@ -617,6 +641,50 @@ mod tests {
             let fused = bits(conv_norm_leaky(&conv, &norm, &act, x.clone()).into_data());
             let composed = bits(leaky_relu(&act, batch_norm(&norm, conv2d(&conv, x.clone()))).into_data());
             assert_eq!(fused, composed, "{kernel} x {kernel} kernel");
+        }
+    }
+
+    /// Concatenation along the channels: values and both inputs' gradients bit for bit burn's
+    /// `cat` (in training), and the values outside autodiff.
+    #[test]
+    fn channel_concatenation_is_bitwise_burns() {
+        let _serial = serial_random_stream();
+        let device = Device::flex().autodiff();
+        device.seed(23);
+        let a = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let b = Tensor::<4>::random([2, 4, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let r = Tensor::<4>::random([2, 7, 5, 7], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let run = |own: bool| {
+            use_own_kernels(own);
+            let a = Tensor::<4>::from_data(a.clone(), &device).require_grad();
+            let b = Tensor::<4>::from_data(b.clone(), &device).require_grad();
+            let y = cat_channels(a.clone(), b.clone());
+            let grads = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum().backward();
+            let plain = cat_channels(a.clone().inner(), b.clone().inner()).into_data();
+            use_own_kernels(true);
+            let grad = |t: &Tensor<4>| bits(t.grad(&grads).unwrap().into_data());
+            (bits(y.into_data()), grad(&a), grad(&b), bits(plain))
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    /// Softmax over the channels outside autodiff: bit for bit burn's, for one channel, fewer
+    /// channels than a SIMD register holds and more (where burn's row maximum is a vector
+    /// reduction), large logits, minus infinity and a tie.
+    #[test]
+    fn channel_softmax_is_bitwise_burns() {
+        let _serial = serial_random_stream();
+        let device = Device::flex();
+        device.seed(29);
+        for channels in [1, 4, 19] {
+            let x = Tensor::<4>::random([3, channels, 6, 5], Distribution::Normal(0.0, 4.0), &device);
+            let mut values: Vec<f32> = x.into_data().try_to_vec().unwrap();
+            (values[0], values[1], values[2]) = (80.0, f32::NEG_INFINITY, -80.0);
+            values[3] = values[4];
+            let x = Tensor::<4>::from_data(TensorData::new(values, [3, channels, 6, 5]), &device);
+            let own = bits(softmax_channels(x.clone()).into_data());
+            let burns = bits(burn::tensor::activation::softmax(x, 1).into_data());
+            assert_eq!(own, burns, "{channels} channels");
         }
     }
 

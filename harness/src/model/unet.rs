@@ -167,7 +167,7 @@ impl UpBlock {
 
     fn forward(&self, deep: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
         let x = kernels::interpolate(&self.upsample, kernels::conv2d(&self.reduce, deep));
-        self.block.forward(Tensor::cat(vec![skip, x], 1))
+        self.block.forward(kernels::cat_channels(skip, x))
     }
 }
 

@@ -2,9 +2,9 @@
 //! network in evaluation mode (BatchNorm running statistics, no dropout).
 
 use super::batch::images_tensor;
+use crate::kernels;
 use crate::model::UNet;
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::Device;
 
 /// Softmax probabilities for each image, class-major (`classes x size x size`) per image,
@@ -17,7 +17,7 @@ pub fn probabilities(models: &[UNet], images: &[&[f32]], size: usize, batch_size
         let input = images_tensor(chunk, size, device);
         let mut mean = None;
         for model in &models {
-            let probs = softmax(model.forward(input.clone()), 1);
+            let probs = kernels::softmax_channels(model.forward(input.clone()));
             mean = Some(match mean {
                 None => probs,
                 Some(sum) => sum + probs,
