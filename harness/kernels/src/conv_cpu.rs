@@ -432,23 +432,28 @@ fn check_lengths(shape: &ConvShape, input: Option<&[f32]>, weight: Option<&[f32]
 pub(crate) fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     check_lengths(shape, None, None, Some(output_grad));
     let n = shape.positions();
-    let mut grad = vec![0.0f32; shape.channels_out];
-    for image in output_grad.chunks(shape.output_len()) {
-        for (g, row) in grad.iter_mut().zip(image.chunks(n)) {
-            let mut lanes = [0.0f32; LANES];
-            let mut chunks = row.chunks_exact(LANES);
-            for chunk in &mut chunks {
-                for (lane, value) in lanes.iter_mut().zip(chunk) {
+    // Channels in parallel: each channel's sum is one thread's, in image order.
+    (0..shape.channels_out)
+        .into_par_iter()
+        .map(|c| {
+            let mut g = 0.0f32;
+            for image in output_grad.chunks(shape.output_len()) {
+                let row = &image[c * n..][..n];
+                let mut lanes = [0.0f32; LANES];
+                let mut chunks = row.chunks_exact(LANES);
+                for chunk in &mut chunks {
+                    for (lane, value) in lanes.iter_mut().zip(chunk) {
+                        *lane += value;
+                    }
+                }
+                for (lane, value) in lanes.iter_mut().zip(chunks.remainder()) {
                     *lane += value;
                 }
+                g += lanes.iter().sum::<f32>();
             }
-            for (lane, value) in lanes.iter_mut().zip(chunks.remainder()) {
-                *lane += value;
-            }
-            *g += lanes.iter().sum::<f32>();
-        }
-    }
-    grad
+            g
+        })
+        .collect()
 }
 
 #[cfg(test)]
