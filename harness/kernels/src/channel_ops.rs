@@ -6,8 +6,12 @@
 //! transposing back. In an inference batch of the U-Net the two were about 4 % of the time and
 //! among the parts one core ran alone. Here each image is one task, and the softmax runs across
 //! positions with the channel axis where it lies. Values are flex's bit for bit: a concatenation
-//! copies, and the softmax performs flex's scalar row operations in their order (the maximum by
-//! `>` from minus infinity, `f32::exp`, the sum in channel order, one reciprocal, a product).
+//! copies, and the softmax performs flex's row operations in their order: the maximum, then
+//! `(x - max).exp()` with `f32::exp`, their sum from +0 in channel order, one reciprocal, a
+//! product. Flex takes the maximum of a row at least one SIMD register long as a vector
+//! reduction, here it is `>` from minus infinity: the two can differ only in the sign of a zero
+//! maximum, which leaves `x - max` and so every output unchanged, or where a NaN makes every
+//! output of the row NaN on both paths.
 
 use super::output;
 

@@ -670,7 +670,8 @@ mod tests {
 
     /// Softmax over the channels outside autodiff: bit for bit burn's, for one channel, fewer
     /// channels than a SIMD register holds and more (where burn's row maximum is a vector
-    /// reduction), large logits, minus infinity and a tie.
+    /// reduction), large logits, minus infinity, a tie for the maximum and a zero maximum of
+    /// either sign.
     #[test]
     fn channel_softmax_is_bitwise_burns() {
         let _serial = serial_random_stream();
@@ -679,8 +680,16 @@ mod tests {
         for channels in [1, 4, 19] {
             let x = Tensor::<4>::random([3, channels, 6, 5], Distribution::Normal(0.0, 4.0), &device);
             let mut values: Vec<f32> = x.into_data().try_to_vec().unwrap();
+            // A channel holds 30 positions: `values[p + 30 k]` is channel k at position p.
             (values[0], values[1], values[2]) = (80.0, f32::NEG_INFINITY, -80.0);
-            values[3] = values[4];
+            let plane = 30;
+            if channels > 1 {
+                (values[3], values[3 + plane]) = (50.0, 50.0);
+                for c in 0..channels {
+                    values[4 + c * plane] = -(c as f32) - 1.0;
+                }
+                (values[4], values[4 + plane]) = (-0.0, 0.0);
+            }
             let x = Tensor::<4>::from_data(TensorData::new(values, [3, channels, 6, 5]), &device);
             let own = bits(softmax_channels(x.clone()).into_data());
             let burns = bits(burn::tensor::activation::softmax(x, 1).into_data());

@@ -90,35 +90,41 @@ impl Writer<'_> {
         self.slots.len() - self.written
     }
 
-    /// The next `len` values (panics past the chunk's end).
-    fn next(&mut self, len: usize) -> &mut [MaybeUninit<f32>] {
+    /// Has `write` fill the next `len` values (panics past the chunk's end), and counts them
+    /// written only once it has returned: `write` writes every value it is given (each caller
+    /// below does), and a panic inside it leaves them uncounted, so no caller that catches the
+    /// panic can end up with values counted but never written.
+    #[inline(always)]
+    fn write_next(&mut self, len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) {
         assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
-        let start = self.written;
+        write(&mut self.slots[self.written..][..len]);
         self.written += len;
-        &mut self.slots[start..][..len]
     }
 
     /// Writes `values` as they are.
     pub fn copy(&mut self, values: &[f32]) {
-        self.next(values.len()).write_copy_of_slice(values);
+        self.write_next(values.len(), |slots| {
+            slots.write_copy_of_slice(values);
+        });
     }
 
     /// Writes `f(x)` for each `x` of `src`.
     #[inline(always)]
     pub fn map(&mut self, src: &[f32], f: impl Fn(f32) -> f32) {
-        elementwise::map_into(src, self.next(src.len()), f);
+        self.write_next(src.len(), |slots| elementwise::map_into(src, slots, f));
     }
 
     /// Writes `f(i)` for `i` in `0..len`.
     #[inline(always)]
     pub fn from_fn(&mut self, len: usize, f: impl Fn(usize) -> f32) {
-        elementwise::from_fn_into(self.next(len), f);
+        self.write_next(len, |slots| elementwise::from_fn_into(slots, f));
     }
 
     /// Writes `f(a[i], b[i])` for each `i`.
     #[inline(always)]
     pub fn zip_map<T: Copy>(&mut self, a: &[f32], b: &[T], f: impl Fn(f32, T) -> f32) {
-        elementwise::zip_map_into(a, b, self.next(a.len()), f);
+        assert_eq!(a.len(), b.len(), "output zip_map: lengths differ");
+        self.write_next(a.len(), |slots| elementwise::zip_map_into(a, b, slots, f));
     }
 }
 
@@ -168,5 +174,19 @@ mod tests {
         assert!(short.is_err(), "a chunk with a value left unwritten");
         let long = std::panic::catch_unwind(|| written(8, 4, |_, writer| writer.copy(&[1.0; 5])));
         assert!(long.is_err(), "a chunk written past its end");
+        // A write that panics inside `fill`, caught there: its values are not counted, so the
+        // chunk is still found short.
+        let left = std::sync::atomic::AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(|| {
+            written(4, 4, |_, writer| {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.zip_map(&[1.0; 4], &[1.0; 3], |a, _| a)));
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer.map(&[1.0; 4], |_| panic!("inside the write"))
+                }));
+                left.store(writer.remaining(), std::sync::atomic::Ordering::Relaxed);
+            })
+        });
+        assert_eq!(left.into_inner(), 4, "writes that panicked are not counted");
+        assert!(caught.is_err(), "a chunk whose writes all panicked is refused");
     }
 }
