@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(x86_kernels)]
+use super::isa::{self, Isa};
 use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS};
 use super::output::{self, Writer};
 use super::scratch::Scratch;
@@ -208,14 +210,67 @@ fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
         let start = dyt.len();
         dyt.resize(start + pw * lanes, 0.0);
         let block = &mut dyt[start..];
+        // Blocks of 8 channels x 8 columns turned around in registers where the CPU has AVX2,
+        // the rest value by value.
+        let (mut blocked_channels, mut blocked_columns) = (0, 0);
+        #[cfg(x86_kernels)]
+        if isa::current() >= Isa::Avx2 {
+            (blocked_channels, blocked_columns) = (shape.channels_out / 8 * 8, ow / 8 * 8);
+            // SAFETY: `current` names AVX2 only where the CPU has it.
+            unsafe { transpose_blocks_avx2(dense, positions, oy * ow, [blocked_channels, blocked_columns], block, lanes) };
+        }
         for (c, channel) in dense.chunks(positions).enumerate() {
-            for (ox, &value) in channel[oy * ow..][..ow].iter().enumerate() {
+            let done = if c < blocked_channels { blocked_columns } else { 0 };
+            for (ox, &value) in channel[oy * ow..][..ow].iter().enumerate().skip(done) {
                 block[ox * lanes + c] = value;
             }
         }
     }
     dyt.resize(shape.padded_positions() * lanes, 0.0);
     dyt
+}
+
+/// `block[x * lanes + c] = dense[c * positions + row_start + x]` for `c < channels`, `x < columns`
+/// (both multiples of 8), an 8 x 8 block at a time in AVX2 registers.
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx2")]
+fn transpose_blocks_avx2(
+    dense: &[f32],
+    positions: usize,
+    row_start: usize,
+    [channels, columns]: [usize; 2],
+    block: &mut [f32],
+    lanes: usize,
+) {
+    use std::arch::x86_64::*;
+    for c0 in (0..channels).step_by(8) {
+        for x0 in (0..columns).step_by(8) {
+            // SAFETY (loads and stores): each slice is bounds-checked to 8 values first.
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(dense[(c0 + i) * positions + row_start + x0..][..8].as_ptr()) });
+            let (t0, t1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
+            let (t2, t3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
+            let (t4, t5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
+            let (t6, t7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
+            let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+            let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+            let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+            let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+            let columns_of_block = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (j, column) in columns_of_block.into_iter().enumerate() {
+                unsafe { _mm256_storeu_ps(block[(x0 + j) * lanes + c0..][..8].as_mut_ptr(), column) };
+            }
+        }
+    }
 }
 
 /// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `BLOCK` output channels,
@@ -608,6 +663,38 @@ mod tests {
             assert_eq!(src.len(), s.padded_len(), "{s:?}");
             assert_eq!(total(&src), total(&image), "{s:?}: input values outside their places");
             assert_eq!(padded_image(&image, &s), src, "{s:?}: a fresh buffer and a reused one differ");
+        }
+    }
+
+    /// The output gradient laid out for the weight-gradient tile holds each value at its place
+    /// and zeros elsewhere on every instruction set, where 8 x 8 blocks are turned around in
+    /// registers and where channels or columns are left over.
+    #[test]
+    fn transposed_output_gradients_hold_each_value_at_its_place() {
+        for isa in crate::isa::compared_in("the transposed output gradient") {
+            let _forced = crate::isa::force(isa);
+            for (channels_out, width) in [(16, 16), (13, 19), (8, 8), (24, 7), (5, 40), (32, 128)] {
+                let s = ConvShape {
+                    batch: 1,
+                    channels_in: 2,
+                    channels_out,
+                    height: 3,
+                    width,
+                    kernel: [3, 3],
+                    padding: 1,
+                };
+                // Every value distinct, so a value in another's place cannot go unseen.
+                let dense: Vec<f32> = (0..s.output_len()).map(|i| i as f32 + 0.5).collect();
+                let dyt = transposed_output(&dense, &s);
+                let (lanes, pw, ow) = (channels_out.next_multiple_of(LANES), s.padded_width(), s.out_width());
+                let mut expected = vec![0.0f32; s.padded_positions() * lanes];
+                for (i, &value) in dense.iter().enumerate() {
+                    let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
+                    expected[(oy * pw + ox) * lanes + c] = value;
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&dyt), bits(&expected), "{isa:?}, {channels_out} channels, width {width}");
+            }
         }
     }
 
