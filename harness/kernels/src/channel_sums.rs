@@ -434,6 +434,7 @@ mod tests {
             ("portable x4", 4, portable_group_sums::<4, N>),
             ("portable x8", 8, portable_group_sums::<8, N>),
         ];
+        #[cfg_attr(not(x86_kernels), allow(unused_mut))]
         let mut all: Vec<(&str, usize, GroupSums<_, N>)> = groupings.to_vec();
         #[cfg(x86_kernels)]
         if crate::isa::detected() >= crate::isa::Isa::Avx2 {

@@ -212,6 +212,7 @@ fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
         let block = &mut dyt[start..];
         // Blocks of 8 channels x 8 columns turned around in registers where the CPU has AVX2,
         // the rest value by value.
+        #[cfg_attr(not(x86_kernels), allow(unused_mut))]
         let (mut blocked_channels, mut blocked_columns) = (0, 0);
         #[cfg(x86_kernels)]
         if isa::current() >= Isa::Avx2 {
