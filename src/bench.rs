@@ -87,6 +87,25 @@ pub struct BenchArgs {
     /// directory, else in the source tree this binary was built from).
     #[arg(long)]
     pub pytorch_script: Option<std::path::PathBuf>,
+    /// With --vs-pytorch: rounds of the comparison, the last configuration and PyTorch taking
+    /// turns, and the ratio as the median of the rounds' ratios (on a shared or noisy machine a
+    /// single pair can swing by more than the difference being measured).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+}
+
+impl BenchArgs {
+    /// These arguments narrowed to the last configuration they measure (the one compared with
+    /// PyTorch), without `--phases`.
+    fn last_configuration(&self) -> Self {
+        Self {
+            backends: last_only(&self.backends),
+            threads: last_only(&self.threads),
+            kernels: last_only(&self.kernels),
+            phases: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// A configuration that could not be measured, and why.
@@ -163,17 +182,84 @@ pub fn command(args: BenchArgs) -> Result<()> {
                 our_peak / their_peak
             );
         }
-        println!(
-            "throughput, atso ({}) / PyTorch: train {:.2}x, inference {:.2}x",
-            ours.label,
-            theirs.train_seconds / ours.train_seconds,
-            theirs.inference_seconds / ours.inference_seconds
-        );
+        let mut ratios = vec![Ratios::of(ours, &theirs)];
+        let again = args.last_configuration();
+        for round in 2..=args.rounds {
+            let (mut measured, failed) = run(&again)?;
+            if let Some(failure) = failed.first() {
+                bail!("round {round}: {} could not be measured: {}", failure.label, failure.error);
+            }
+            let ours = measured.pop().context("no configuration measured")?;
+            let theirs = pytorch(&args)?;
+            let r = Ratios::of(&ours, &theirs);
+            println!(
+                "round {round}: atso train {:.1} ms, inference {:.1} ms; PyTorch train {:.1} ms, inference {:.1} ms; train {:.2}x, inference {:.2}x",
+                1e3 * ours.train_seconds,
+                1e3 * ours.inference_seconds,
+                1e3 * theirs.train_seconds,
+                1e3 * theirs.inference_seconds,
+                r.train,
+                r.inference
+            );
+            ratios.push(r);
+        }
+        println!("throughput, atso ({}) / PyTorch: {}", ours.label, Ratios::summary(&ratios));
     }
     if !failures.is_empty() {
         bail!("{} of {} configuration(s) failed", failures.len(), failures.len() + results.len());
     }
     Ok(())
+}
+
+/// The last value of a list (none of an empty one).
+fn last_only<T: Clone>(values: &[T]) -> Vec<T> {
+    values.last().cloned().into_iter().collect()
+}
+
+/// PyTorch's time over ours (above 1: ours is faster), for a training step and an inference batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ratios {
+    train: f64,
+    inference: f64,
+}
+
+impl Ratios {
+    fn of(ours: &BenchResult, theirs: &PyTorchResult) -> Self {
+        Self {
+            train: theirs.train_seconds / ours.train_seconds,
+            inference: theirs.inference_seconds / ours.inference_seconds,
+        }
+    }
+
+    /// `train 1.10x, inference 1.20x`, for one round; for several, the medians and, in
+    /// parentheses, how many rounds and the range.
+    fn summary(rounds: &[Ratios]) -> String {
+        let median_and_range = |pick: fn(&Ratios) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            let n = values.len();
+            let median = if n % 2 == 1 {
+                values[n / 2]
+            } else {
+                (values[n / 2 - 1] + values[n / 2]) / 2.0
+            };
+            (median, values[0], values[n - 1])
+        };
+        let (train, inference) = (median_and_range(|r| r.train), median_and_range(|r| r.inference));
+        if rounds.len() == 1 {
+            return format!("train {:.2}x, inference {:.2}x", train.0, inference.0);
+        }
+        format!(
+            "train {:.2}x, inference {:.2}x (medians of {} alternating rounds; train {:.2}x to {:.2}x, inference {:.2}x to {:.2}x)",
+            train.0,
+            inference.0,
+            rounds.len(),
+            train.1,
+            train.2,
+            inference.1,
+            inference.2
+        )
+    }
 }
 
 /// Forward-pass convolution FLOPs of the U-Net for one image (multiply-adds count 2).
@@ -504,6 +590,20 @@ fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One round prints as before; several print their medians (the mean of the middle two for
+    /// an even count) and range.
+    #[test]
+    fn ratio_summaries() {
+        let r = |train, inference| Ratios { train, inference };
+        assert_eq!(Ratios::summary(&[r(1.234, 0.9)]), "train 1.23x, inference 0.90x");
+        assert_eq!(
+            Ratios::summary(&[r(1.3, 1.0), r(1.1, 1.4), r(1.2, 1.2)]),
+            "train 1.20x, inference 1.20x (medians of 3 alternating rounds; train 1.10x to 1.30x, inference 1.00x to 1.40x)"
+        );
+        assert!(Ratios::summary(&[r(1.0, 1.0), r(1.2, 1.1), r(2.0, 1.3), r(0.5, 1.5)])
+            .starts_with("train 1.10x, inference 1.20x (medians of 4"));
+    }
 
     #[test]
     fn flop_count_of_a_two_level_unet() {

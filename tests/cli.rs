@@ -227,6 +227,64 @@ fn bench_phases_split_the_training_step() {
     }
 }
 
+/// `atso bench --vs-pytorch --rounds 3` takes turns with the PyTorch script three times and
+/// prints each further round and the medians of the rounds' ratios. A stand-in script answers
+/// with times that differ per call, so the medians can only come from all three calls.
+#[test]
+fn bench_rounds_take_turns_with_pytorch_and_report_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, calls) = (dir.path().join("stand_in.py"), dir.path().join("calls"));
+    let stand_in = r#"
+import json, pathlib, sys
+calls = pathlib.Path(sys.argv[0]).with_name("calls")
+n = int(calls.read_text()) if calls.exists() else 0
+calls.write_text(str(n + 1))
+train = [1.0, 3.0, 2.0][n % 3]
+print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "inference_seconds": train / 2}))
+"#;
+    std::fs::write(&script, stand_in).unwrap();
+    let script_arg = script.to_string_lossy().into_owned();
+    let args = [
+        "bench",
+        "--backends",
+        "flex",
+        "--threads",
+        "1",
+        "--kernels",
+        "own",
+        "--channels",
+        "4,8",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--vs-pytorch",
+        "--rounds",
+        "3",
+        "--pytorch-script",
+        &script_arg,
+    ];
+    let bench = atso(dir.path(), &args);
+    assert!(bench.status.success(), "{}", stderr(&bench));
+    let out = String::from_utf8_lossy(&bench.stdout);
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "3", "three PyTorch calls: {out}");
+    for round in ["round 2:", "round 3:"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(round) && l.contains("PyTorch train")),
+            "{round} missing: {out}"
+        );
+    }
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("throughput, atso (flex (1 thread)) / PyTorch:"))
+        .unwrap_or_else(|| panic!("no summary: {out}"));
+    assert!(summary.contains("(medians of 3 alternating rounds;"), "{summary}");
+}
+
 /// `ATSO_KERNEL_ISA=portable` runs the portable kernels on a CPU with AVX2; the record says so
 /// in `simd`, and every number equals the default path's (the two give the same bits).
 #[test]
