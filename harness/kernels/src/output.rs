@@ -14,40 +14,10 @@ use rayon::prelude::*;
 
 use super::elementwise;
 
-/// `len` values, written by `fill(state, index, chunk)` for each `chunk`-long piece (the last
-/// may be shorter), pieces in parallel; `state` comes from `init`, once per piece of work a
-/// thread takes (as `for_each_init`: a scratch buffer to reuse). Each piece is zero before
-/// `fill` sees it, so values `fill` leaves alone are 0.
-pub fn filled_by_chunks<T>(
-    len: usize,
-    chunk: usize,
-    init: impl Fn() -> T + Sync + Send,
-    fill: impl Fn(&mut T, usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    if len == 0 {
-        return Vec::new();
-    }
-    assert!(chunk > 0, "output chunks must hold at least one value");
-    let mut output: Vec<f32> = Vec::with_capacity(len);
-    output.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .for_each_init(init, |state, (index, piece)| {
-            piece.fill(MaybeUninit::new(0.0));
-            // SAFETY: every value of `piece` was written just above, and `MaybeUninit<f32>` has
-            // the layout of `f32`.
-            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            fill(state, index, piece);
-        });
-    // SAFETY: the pieces cover `..len` and each was written above (a panic in `fill` unwinds
-    // past this line, leaving the vector empty).
-    unsafe { output.set_len(len) };
-    output
-}
-
 /// `len` values, written front to back by `fill(state, index, writer)` for each `chunk`-long
-/// piece (the last may be shorter), pieces in parallel, with `state` as in `filled_by_chunks`.
-/// Nothing is zeroed first: `fill` must write every value of its piece, or this panics.
+/// piece (the last may be shorter), pieces in parallel; `state` comes from `init`, once per piece of
+/// work a thread takes (as `for_each_init`: a scratch buffer to reuse). Nothing is zeroed first:
+/// `fill` must write every value of its piece, or this panics.
 pub fn written_by_chunks<T>(
     len: usize,
     chunk: usize,
@@ -101,6 +71,17 @@ impl Writer<'_> {
         self.written += len;
     }
 
+    /// Writes `len` zeros and hands them back, written, to be added into.
+    pub fn zeros(&mut self, len: usize) -> &mut [f32] {
+        assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
+        let slots = &mut self.slots[self.written..][..len];
+        slots.fill(MaybeUninit::new(0.0));
+        self.written += len;
+        // SAFETY: every value of `slots` was written just above, and `MaybeUninit<f32>` has the
+        // layout of `f32`.
+        unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
+    }
+
     /// Writes `values` as they are.
     pub fn copy(&mut self, values: &[f32]) {
         self.write_next(values.len(), |slots| {
@@ -128,9 +109,14 @@ impl Writer<'_> {
     }
 }
 
-/// `filled_by_chunks` without per-thread state.
+/// `len` values, written by `fill(index, chunk)` for each `chunk`-long piece (the last may be
+/// shorter), pieces in parallel. Each piece is zero before `fill` sees it (zeroed by the thread
+/// about to fill it), so values `fill` leaves alone are 0: for outputs that add into zeros.
 pub fn filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
-    filled_by_chunks(len, chunk, || (), |(), index, piece| fill(index, piece))
+    written(len, chunk, |index, writer| {
+        let whole = writer.remaining();
+        fill(index, writer.zeros(whole))
+    })
 }
 
 #[cfg(test)]
