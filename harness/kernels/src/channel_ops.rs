@@ -33,8 +33,8 @@ pub fn softmax(x: &[f32], batch: usize, channels: usize, positions: usize) -> Ve
     output::written_by_chunks(
         batch * image_len,
         image_len,
-        || (Vec::new(), Vec::new()),
-        |(exps, scale): &mut (Vec<f32>, Vec<f32>), image, out| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(exps, scale, sums): &mut (Vec<f32>, Vec<f32>, Vec<f32>), image, out| {
             let planes = &x[image * image_len..][..image_len];
             // Per position: the maximum over channels, as `if x > max { max = x }` from -inf.
             scale.clear();
@@ -51,13 +51,14 @@ pub fn softmax(x: &[f32], batch: usize, channels: usize, positions: usize) -> Ve
                     .chunks(positions)
                     .flat_map(|plane| plane.iter().zip(scale.iter()).map(|(&v, &max)| (v - max).exp())),
             );
-            let mut sums = vec![0.0f32; positions];
+            sums.clear();
+            sums.resize(positions, 0.0);
             for plane in exps.chunks(positions) {
                 for (sum, &e) in sums.iter_mut().zip(plane) {
                     *sum += e;
                 }
             }
-            for (inverse, sum) in scale.iter_mut().zip(&sums) {
+            for (inverse, sum) in scale.iter_mut().zip(sums.iter()) {
                 *inverse = 1.0 / sum;
             }
             for plane in exps.chunks(positions) {
