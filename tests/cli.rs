@@ -182,13 +182,10 @@ fn compare_sets_the_rows_of_two_commits_side_by_side() {
     }
 }
 
-/// `atso bench --phases` splits the training step into its parts on each configuration and
-/// reads the CPU use of the process, of the thread driving the training and of other busy
-/// threads. (Structure only: how fast is the benchmark's to say, not a test's.)
-#[test]
-fn bench_phases_split_the_training_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = [
+/// `atso bench` as small as a test can afford: flex alone, one thread, the project's kernels, a
+/// two-level U-Net on 2 x 32 x 32 images, one warm-up step; `extra` follows.
+fn small_bench<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "bench",
         "--backends",
         "flex",
@@ -202,13 +199,20 @@ fn bench_phases_split_the_training_step() {
         "32",
         "--batch-size",
         "2",
-        "--steps",
-        "3",
         "--warmup",
         "1",
-        "--phases",
     ];
-    let bench = atso(dir.path(), &args);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `atso bench --phases` splits the training step into its parts on each configuration and
+/// reads the CPU use of the process, of the thread driving the training and of other busy
+/// threads. (Structure only: how fast is the benchmark's to say, not a test's.)
+#[test]
+fn bench_phases_split_the_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = atso(dir.path(), &small_bench(&["--steps", "3", "--phases"]));
     assert!(bench.status.success(), "{}", stderr(&bench));
     let out = String::from_utf8_lossy(&bench.stdout);
     let row = out
@@ -244,31 +248,8 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
 "#;
     std::fs::write(&script, stand_in).unwrap();
     let script_arg = script.to_string_lossy().into_owned();
-    let args = [
-        "bench",
-        "--backends",
-        "flex",
-        "--threads",
-        "1",
-        "--kernels",
-        "own",
-        "--channels",
-        "4,8",
-        "--resolution",
-        "32",
-        "--batch-size",
-        "2",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--vs-pytorch",
-        "--rounds",
-        "3",
-        "--pytorch-script",
-        &script_arg,
-    ];
-    let bench = atso(dir.path(), &args);
+    let extra = ["--steps", "2", "--vs-pytorch", "--rounds", "3", "--pytorch-script", &script_arg];
+    let bench = atso(dir.path(), &small_bench(&extra));
     assert!(bench.status.success(), "{}", stderr(&bench));
     let out = String::from_utf8_lossy(&bench.stdout);
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "3", "three PyTorch calls: {out}");
