@@ -181,23 +181,6 @@ pub trait UnetKernels: Backend {
         Self::float_cat(vec![a, b], 1)
     }
 
-    /// Channels `start..start + len` of `[batch, channels, h, w]` (the gradient of
-    /// `cat_channels` for one of its inputs): burn's slice on every backend, which on flex is a
-    /// view that the gradient's consumers read in place (a parallel copy was no faster in an A/B
-    /// of whole training steps).
-    fn channel_range(x: FloatTensor<Self>, start: usize, len: usize) -> FloatTensor<Self> {
-        let [batch, _, h, w] = x.shape().dims();
-        Self::float_slice(
-            x,
-            &[
-                Slice::from(0..batch),
-                Slice::from(start..start + len),
-                Slice::from(0..h),
-                Slice::from(0..w),
-            ],
-        )
-    }
-
     /// Softmax over the channels of `[batch, channels, h, w]` (burn's `softmax` on axis 1).
     fn softmax_channels(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::softmax(x, 1)
@@ -762,12 +745,29 @@ impl<B: UnetKernels> Backward<B, 2> for CatChannelsBackward {
         let output_grad = grads.consume::<B>(&ops.node);
         let [channels_a, channels_b] = ops.state;
         if let Some(node) = node_a {
-            grads.register::<B>(node.id, B::channel_range(output_grad.clone(), 0, channels_a));
+            grads.register::<B>(node.id, channel_range::<B>(output_grad.clone(), 0, channels_a));
         }
         if let Some(node) = node_b {
-            grads.register::<B>(node.id, B::channel_range(output_grad, channels_a, channels_b));
+            grads.register::<B>(node.id, channel_range::<B>(output_grad, channels_a, channels_b));
         }
     }
+}
+
+/// Channels `start..start + len` of `[batch, channels, h, w]` (the gradient of `cat_channels` for
+/// one of its inputs): burn's slice on every backend, which on flex is a view that the
+/// gradient's consumers read in place (a parallel copy was no faster in an A/B of whole training
+/// steps).
+fn channel_range<B: Backend>(x: FloatTensor<B>, start: usize, len: usize) -> FloatTensor<B> {
+    let [batch, _, h, w] = x.shape().dims();
+    B::float_slice(
+        x,
+        &[
+            Slice::from(0..batch),
+            Slice::from(start..start + len),
+            Slice::from(0..h),
+            Slice::from(0..w),
+        ],
+    )
 }
 
 impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
