@@ -168,29 +168,15 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     padded.resize(shape.padded_len(), 0.0);
 }
 
-/// Writes the padded-layout positions `range` of a band (`band[c * row_stride + i]` holds
-/// channel `c`'s position `range.start + i`) into each channel's dense output, dropping the junk
-/// columns: each piece of a row through `finish(channel, piece, out)` (a copy, or what follows
-/// the convolution). Bands come in position order, so each channel's values arrive front to back.
-fn unpad_band(
-    band: &[f32],
-    row_stride: usize,
-    range: std::ops::Range<usize>,
-    shape: &ConvShape,
-    channels: &mut [Writer],
-    finish: &impl RowFinish,
-) {
-    let (ow, pw, rows) = (shape.out_width(), shape.padded_width(), shape.out_height());
-    for (c, out) in channels.iter_mut().enumerate() {
-        let values = &band[c * row_stride..][..range.len()];
-        let mut position = range.start;
-        while position < range.end && position / pw < rows {
-            let row_start = position / pw * pw;
-            let end = (row_start + ow).min(range.end);
-            if position < end {
-                finish(c, &values[position - range.start..end - range.start], out);
-            }
-            position = row_start + pw;
+/// Writes `[channels, out_height, padded_width]` values in the padded layout (channel rows
+/// `stride` apart) into a dense `[channels, out_height, out_width]` block, dropping the junk
+/// columns: each row through `finish(channel, row, dense_row)` (a copy, or what follows the
+/// convolution).
+fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut Writer, finish: &impl RowFinish) {
+    let (ow, pw) = (shape.out_width(), shape.padded_width());
+    for c in 0..channels {
+        for oy in 0..shape.out_height() {
+            finish(c, &padded[c * stride + oy * pw..][..ow], dense);
         }
     }
 }
@@ -323,59 +309,50 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let offsets = shape.tap_offsets();
     let packed = pack_weights(weight, shape.channels_out, taps);
     let band = shape.band_positions();
-    // A band's rows in `local` are one cache line longer than the band: rows a power of two
-    // apart (512 positions, 2 KiB) put every other row at the same 4 KiB offset, where the CPU
-    // cannot tell a tile's loads from the stores before them (a probe timed the 16- and 32-channel layers 1.2x to 1.3x slower).
-    let local_stride = band + HALF_TILE;
     output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
         || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
-            // One band's sums, a row of `local_stride` per output channel: every value a tile
-            // reads back was written by the band's first tap chunk.
-            let local = local.at_least(shape.channels_out * local_stride);
-            // The tiles' reads stay inside `padded`: the last tile ends at `stride` and reads up
-            // to `stride + max offset <= padded_len`.
-            assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len());
-            out.in_parts(shape.channels_out, shape.out_height() * shape.out_width(), |channels| {
-                for band_start in (0..stride).step_by(band) {
-                    let band_end = (band_start + band).min(stride);
-                    // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
-                    // from one chunk to the next through `local`, so the chunks change no bit.
-                    for chunk_start in (0..taps).step_by(TAP_CHUNK) {
-                        let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-                        for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
-                            let first = block * BLOCK;
-                            let channels = BLOCK.min(shape.channels_out - first);
-                            let init = (chunk_start == 0).then(|| &bias[first..]);
-                            for position in (band_start..band_end).step_by(TILE) {
-                                // A whole tile, or a half one at the end (`stride` and `band`
-                                // are multiples of `HALF_TILE`).
-                                let positions = TILE.min(band_end - position);
-                                // SAFETY: reads checked above; writes to rows `first..first +
-                                // channels` of `local`, positions `position - band_start +
-                                // positions <= band`.
-                                unsafe {
-                                    microkernel::forward_tile(
-                                        channels,
-                                        positions,
-                                        padded.as_ptr().add(position),
-                                        &offsets[chunk.clone()],
-                                        &weights[chunk.start * BLOCK..chunk.end * BLOCK],
-                                        init,
-                                        local.as_mut_ptr().add(first * local_stride + position - band_start),
-                                        local_stride,
-                                    );
-                                }
+            // Every value of `local` is written by the first tap chunk before it is read.
+            let local = local.at_least(shape.channels_out * stride);
+            // The tiles' reads and writes stay inside `padded` and `local`: the last tile
+            // ends at `stride` and reads up to `stride + max offset <= padded_len`.
+            assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
+            for band_start in (0..stride).step_by(band) {
+                // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
+                // from one chunk to the next through `local`, so the chunks change no bit.
+                for chunk_start in (0..taps).step_by(TAP_CHUNK) {
+                    let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
+                    for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
+                        let first = block * BLOCK;
+                        let channels = BLOCK.min(shape.channels_out - first);
+                        let init = (chunk_start == 0).then(|| &bias[first..]);
+                        let band_end = (band_start + band).min(stride);
+                        for position in (band_start..band_end).step_by(TILE) {
+                            // A whole tile, or a half one at the end (`stride` and `band` are
+                            // multiples of `HALF_TILE`).
+                            let positions = TILE.min(band_end - position);
+                            // SAFETY: checked above (`position + positions <= stride`, channels
+                            // `first..first + channels` rows of `local`).
+                            unsafe {
+                                microkernel::forward_tile(
+                                    channels,
+                                    positions,
+                                    padded.as_ptr().add(position),
+                                    &offsets[chunk.clone()],
+                                    &weights[chunk.start * BLOCK..chunk.end * BLOCK],
+                                    init,
+                                    local.as_mut_ptr().add(first * stride + position),
+                                    stride,
+                                );
                             }
                         }
                     }
-                    // The band's outputs leave while they are still in the core's cache.
-                    unpad_band(local, local_stride, band_start..band_end, shape, channels, finish);
                 }
-            });
+            }
+            unpad_output(local, stride, shape, shape.channels_out, out, finish);
         },
     )
 }
@@ -668,8 +645,7 @@ mod tests {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let dyt = transposed_output(&dense, &s);
             assert_eq!(dyt.len(), stride * lanes);
-            // Junk columns and the tail hold NaN: none may reach the dense output.
-            let mut padded = vec![f32::NAN; s.channels_out * stride];
+            let mut padded = vec![0.0; s.channels_out * stride];
             for (i, &value) in dense.iter().enumerate() {
                 let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
                 assert_eq!(dyt[(oy * pw + ox) * lanes + c], value, "{s:?}");
@@ -677,22 +653,10 @@ mod tests {
             }
             let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
             assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
-            // Bands that split rows anywhere, and the forward pass's own.
-            for band in [HALF_TILE, TILE, 3 * TILE, s.band_positions()] {
-                let back = output::written(dense.len(), dense.len(), |_, writer| {
-                    writer.in_parts(s.channels_out, s.positions(), |channels| {
-                        for start in (0..stride).step_by(band) {
-                            let range = start..(start + band).min(stride);
-                            let mut piece = vec![f32::NAN; s.channels_out * band];
-                            for c in 0..s.channels_out {
-                                piece[c * band..][..range.len()].copy_from_slice(&padded[c * stride..][range.clone()]);
-                            }
-                            unpad_band(&piece, band, range, &s, channels, &copy_row);
-                        }
-                    })
-                });
-                assert_eq!(back, dense, "{s:?}, bands of {band}");
-            }
+            let back = output::written(dense.len(), dense.len(), |_, writer| {
+                unpad_output(&padded, stride, &s, s.channels_out, writer, &copy_row)
+            });
+            assert_eq!(back, dense, "{s:?}");
             let image = values(s.input_len(), 4);
             // A reused buffer with other values in it: every border is written again.
             let mut src = vec![7.0; s.padded_len() + 5];

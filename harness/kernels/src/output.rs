@@ -71,34 +71,6 @@ impl Writer<'_> {
         self.written += len;
     }
 
-    /// Splits the next `parts * part_len` values into `parts` writers of `part_len` values each,
-    /// for `fill` to write in any interleaving (each part front to back), and counts them written
-    /// once `fill` has returned with every part whole (panics otherwise). For outputs written in
-    /// another order than their layout: a convolution finishing bands of positions across all its
-    /// output channels at once.
-    pub fn in_parts(&mut self, parts: usize, part_len: usize, fill: impl FnOnce(&mut [Writer])) {
-        let len = parts.checked_mul(part_len).expect("output parts overflow");
-        assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
-        let mut writers: Vec<Writer> = if part_len == 0 {
-            (0..parts)
-                .map(|_| Writer {
-                    slots: &mut [],
-                    written: 0,
-                })
-                .collect()
-        } else {
-            self.slots[self.written..][..len]
-                .chunks_mut(part_len)
-                .map(|slots| Writer { slots, written: 0 })
-                .collect()
-        };
-        fill(&mut writers);
-        for (part, writer) in writers.iter().enumerate() {
-            assert_eq!(writer.remaining(), 0, "output part {part}: values left unwritten");
-        }
-        self.written += len;
-    }
-
     /// Writes `len` zeros and hands them back, written, to be added into.
     pub fn zeros(&mut self, len: usize) -> &mut [f32] {
         assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
@@ -150,27 +122,6 @@ pub fn filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parts written in an interleaved order land in their places; a part left short panics and
-    /// leaves the output unwritten.
-    #[test]
-    fn parts_are_written_in_any_interleaving() {
-        let out = written(12, 12, |_, writer| {
-            writer.copy(&[-1.0]);
-            writer.in_parts(2, 5, |parts| {
-                for step in 0..5 {
-                    for (p, part) in parts.iter_mut().enumerate() {
-                        part.copy(&[(p * 10 + step) as f32]);
-                    }
-                }
-            });
-            writer.in_parts(0, 3, |parts| assert!(parts.is_empty()));
-            writer.copy(&[-2.0]);
-        });
-        assert_eq!(out, [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0, -2.0]);
-        let short = std::panic::catch_unwind(|| written(4, 4, |_, writer| writer.in_parts(2, 2, |parts| parts[0].copy(&[1.0, 2.0]))));
-        assert!(short.is_err());
-    }
 
     /// Every value is written once, by its chunk's call, zero where the call leaves it, for
     /// lengths that are and are not whole chunks; an empty output calls nothing.
