@@ -29,6 +29,7 @@ use super::channel_ops;
 use super::conv_cpu::{self, ConvShape};
 use super::dropout_cpu::DropoutMask;
 use super::elementwise;
+use super::loss_cpu::{self, LossShape};
 use super::output;
 use super::pool_cpu;
 use super::resize_cpu;
@@ -185,6 +186,39 @@ pub trait UnetKernels: Backend {
     fn softmax_channels(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::softmax(x, 1)
     }
+
+    /// The segmentation loss of `harness/src/train/loss.rs`, `0.5 * (cross-entropy + Dice)`
+    /// (`[1]`): `logits` and `targets` `[batch, classes, h, w]`, `weights` `[batch, 1, h, w]`;
+    /// burn's ops as loss.rs writes them, with softmax as burn composes it for autodiff (flex's
+    /// own softmax, outside autodiff, sums in another order).
+    fn segmentation_loss(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        smooth: f64,
+    ) -> FloatTensor<Self> {
+        combined_loss::<Self>(Self::segmentation_loss_parts(logits, targets, weights), smooth)
+    }
+
+    /// The loss's parts before they are combined: the cross-entropy (`[1]`) and Dice's class
+    /// sums of `S * Tw`, `S * S` and `Tw * Tw` (`[classes]` each).
+    fn segmentation_loss_parts(logits: FloatTensor<Self>, targets: FloatTensor<Self>, weights: FloatTensor<Self>) -> LossParts<Self> {
+        burns_loss_parts::<Self>(logits, targets, weights)
+    }
+
+    /// The logits' gradients from Dice and from the cross-entropy, given burn's gradients of the
+    /// cross-entropy's batch sum (`[1]`) and of Dice's class sums of `S * Tw` and `S * S`: the
+    /// steps burn-autodiff takes back through loss.rs's ops.
+    fn segmentation_loss_grads(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad_ce_sum: FloatTensor<Self>,
+        grad_intersect: FloatTensor<Self>,
+        grad_score_sum: FloatTensor<Self>,
+    ) -> LossGrads<Self> {
+        burns_loss_grads::<Self>(logits, targets, weights, grad_ce_sum, grad_intersect, grad_score_sum)
+    }
 }
 
 /// Batch normalization's training-mode outputs: the output and the batch statistics.
@@ -201,6 +235,23 @@ pub struct NormGrads<B: Backend> {
     pub x: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub beta: FloatTensor<B>,
+}
+
+/// The segmentation loss's parts: the cross-entropy and Dice's three class sums.
+#[derive(ExtensionType)]
+pub struct LossParts<B: Backend> {
+    pub cross_entropy: FloatTensor<B>,
+    pub intersect: FloatTensor<B>,
+    pub score_sum: FloatTensor<B>,
+    pub target_sum: FloatTensor<B>,
+}
+
+/// The logits' two gradients from the segmentation loss, kept apart because burn-autodiff adds
+/// them to the logits one after the other.
+#[derive(ExtensionType)]
+pub struct LossGrads<B: Backend> {
+    pub dice: FloatTensor<B>,
+    pub cross_entropy: FloatTensor<B>,
 }
 
 impl<B: Backend> From<BatchNormTrain<B>> for NormOutput<B> {
@@ -227,6 +278,161 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for NormGrads<B> {
 fn burns_max_pool2x2_grad<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let indices = B::max_pool2d_with_indices(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false, IntDType::I64).indices;
     B::max_pool2d_with_indices_backward(x, [2, 2], [2, 2], [0, 0], [1, 1], false, output_grad, indices).x_grad
+}
+
+/// The weighted cross-entropy as burn's ops: the mean over the weight mass (at least 1) of
+/// `-Σ_c log_softmax(logits)_c * targets_c`, each pixel times its weight.
+fn burns_cross_entropy<B: Backend>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> FloatTensor<B> {
+    let per_pixel = B::float_neg(B::float_sum_dim(B::float_mul(B::log_softmax(logits, 1), targets), 1));
+    B::float_div(B::float_sum(B::float_mul(per_pixel, weights.clone())), weight_mass::<B>(weights))
+}
+
+/// The weights' sum, at least 1: what the cross-entropy's sum is divided by.
+fn weight_mass<B: Backend>(weights: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_clamp_min(B::float_sum(weights), 1.0.into())
+}
+
+/// Softmax over axis 1 as burn composes it for autodiff: `exp(x - max) / sum_dim(exp)`, the
+/// maximum detached; the exponentials and their sum are returned too.
+fn composed_softmax<B: Backend>(logits: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let max = B::float_max_dim(B::float_detach(logits.clone()), 1);
+    let exp = B::float_exp(B::float_sub(logits, max));
+    let exp_sum = B::float_sum_dim(exp.clone(), 1);
+    (B::float_div(exp.clone(), exp_sum.clone()), exp, exp_sum)
+}
+
+/// A Dice product's sums over batch and pixels, one per class (`[classes]`).
+fn class_sums<B: Backend>(products: FloatTensor<B>) -> FloatTensor<B> {
+    let classes = products.shape()[1];
+    B::float_reshape(B::float_sum_dims(products, &[0, 2, 3]), [classes].into())
+}
+
+/// The loss's parts as burn's ops (`loss.rs`'s `cross_entropy`, and `dice` up to its sums).
+fn burns_loss_parts<B: Backend>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> LossParts<B> {
+    let cross_entropy = burns_cross_entropy::<B>(logits.clone(), targets.clone(), weights.clone());
+    let scores = B::float_mul(composed_softmax::<B>(logits).0, weights.clone());
+    let targets = B::float_mul(targets, weights);
+    LossParts {
+        cross_entropy,
+        intersect: class_sums::<B>(B::float_mul(scores.clone(), targets.clone())),
+        score_sum: class_sums::<B>(B::float_mul(scores.clone(), scores)),
+        target_sum: class_sums::<B>(B::float_mul(targets.clone(), targets)),
+    }
+}
+
+/// `0.5 * (cross-entropy + Dice)`, Dice as `mean(1 - (2 I + smooth) / (S + T + smooth))`: burn's
+/// ops.
+fn combined_loss<B: Backend>(parts: LossParts<B>, smooth: f64) -> FloatTensor<B> {
+    let (numerator, denominator) = dice_ratio_parts::<B>(parts.intersect, parts.score_sum, parts.target_sum, smooth);
+    let ratio = B::float_div(numerator, denominator);
+    let dice = B::float_mean(B::float_add_scalar(B::float_neg(ratio), 1.0.into()));
+    B::float_mul_scalar(B::float_add(parts.cross_entropy, dice), 0.5.into())
+}
+
+/// `(2 I + smooth, S + T + smooth)`.
+fn dice_ratio_parts<B: Backend>(
+    intersect: FloatTensor<B>,
+    score_sum: FloatTensor<B>,
+    target_sum: FloatTensor<B>,
+    smooth: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    (
+        B::float_add_scalar(B::float_mul_scalar(intersect, 2.0.into()), smooth.into()),
+        B::float_add_scalar(B::float_add(score_sum, target_sum), smooth.into()),
+    )
+}
+
+/// burn-autodiff's gradients of Dice with respect to its class sums of `S * Tw` and `S * S`
+/// (`[classes]` each), given Dice's gradient `[1]`.
+fn dice_sum_grads<B: Backend>(
+    intersect: FloatTensor<B>,
+    score_sum: FloatTensor<B>,
+    target_sum: FloatTensor<B>,
+    smooth: f64,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let classes = intersect.shape()[0];
+    let (device, dtype) = (intersect.device(), intersect.dtype());
+    let (numerator, denominator) = dice_ratio_parts::<B>(intersect, score_sum, target_sum, smooth);
+    // mean (ones times 1/n, times the gradient), + 1, neg, then the division's two sides.
+    let mean_factor = B::float_mul_scalar(
+        B::float_ones([classes].into(), &device, dtype.into()),
+        (1.0 / classes as f64).into(),
+    );
+    let grad_ratio = B::float_neg(B::float_mul(mean_factor, B::float_reshape(grad, [1].into())));
+    let grad_numerator = B::float_mul(grad_ratio.clone(), B::float_recip(denominator.clone()));
+    let denominator_squared = B::float_mul(denominator.clone(), denominator);
+    let grad_denominator = B::float_mul(grad_ratio, B::float_div(B::float_neg(numerator), denominator_squared));
+    // 2 I + smooth: times 2; S + T + smooth: as it is.
+    (B::float_mul_scalar(grad_numerator, 2.0.into()), grad_denominator)
+}
+
+/// burn-autodiff's gradients of the loss's parts with respect to the logits, step by step from
+/// the last op back: what the flex kernel (`loss_cpu::grad`) reproduces.
+fn burns_loss_grads<B: Backend>(
+    logits: FloatTensor<B>,
+    targets: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    grad_ce_sum: FloatTensor<B>,
+    grad_intersect: FloatTensor<B>,
+    grad_score_sum: FloatTensor<B>,
+) -> LossGrads<B> {
+    let (shape, pixel_shape, classes) = (logits.shape(), weights.shape(), logits.shape()[1]);
+    let (device, dtype) = (logits.device(), logits.dtype());
+    let ones = |shape| B::float_ones(shape, &device, dtype.into());
+    let (softmax, exp, exp_sum) = composed_softmax::<B>(logits);
+    // Cross-entropy: sum(per_pixel * weights), neg, sum_dim(_, 1), * targets; then log_softmax
+    // = shifted - log(sum_dim(exp(shifted))).
+    let grad_pixels = B::float_mul(ones(pixel_shape), B::float_reshape(grad_ce_sum, [1, 1, 1, 1].into()));
+    let grad_class_sum = B::float_neg(B::float_mul(grad_pixels, weights.clone()));
+    let grad_products = B::float_mul(ones(shape.clone()), B::float_sum_dim(grad_class_sum, 1));
+    let grad_log_softmax = B::float_mul(grad_products, targets.clone());
+    let grad_log_sum = B::float_sum_dim(B::float_neg(grad_log_softmax.clone()), 1);
+    let grad_exp_sum = B::float_mul(grad_log_sum, B::float_recip(exp_sum.clone()));
+    let grad_exp = B::float_mul(ones(shape.clone()), B::float_sum_dim(grad_exp_sum, 1));
+    let cross_entropy = B::float_add(B::float_mul(grad_exp, exp.clone()), grad_log_softmax);
+    // Dice: the class sums' steps (reshape, sum_dim over 3, 2, 0: 0 + g, times ones), then S
+    // = softmax * weights feeding S * Tw and S * S.
+    let scores = B::float_mul(softmax, weights.clone());
+    let targets = B::float_mul(targets, weights.clone());
+    let spread = |g: FloatTensor<B>| {
+        let g = B::float_reshape(g, [1, classes, 1, 1].into());
+        let g = B::float_mul(ones([1, classes, 1, shape[3]].into()), B::float_sum_dim(g, 3));
+        let g = B::float_mul(ones([1, classes, shape[2], shape[3]].into()), B::float_sum_dim(g, 2));
+        B::float_mul(ones(shape.clone()), B::float_sum_dim(g, 0))
+    };
+    let from_square = B::float_mul(spread(grad_score_sum), scores);
+    let from_intersect = B::float_mul(spread(grad_intersect), targets);
+    let grad_scores = B::float_add(from_intersect, B::float_add(from_square.clone(), from_square));
+    // softmax = exp / exp_sum.
+    let grad_softmax = B::float_mul(grad_scores, weights);
+    let grad_exp_direct = B::float_mul(grad_softmax.clone(), B::float_recip(exp_sum.clone()));
+    let exp_sum_squared = B::float_mul(exp_sum.clone(), exp_sum);
+    let grad_exp_sum = B::float_sum_dim(
+        B::float_mul(grad_softmax, B::float_div(B::float_neg(exp.clone()), exp_sum_squared)),
+        1,
+    );
+    let grad_exp_from_sum = B::float_mul(ones(shape), B::float_sum_dim(grad_exp_sum, 1));
+    let dice = B::float_mul(B::float_add(grad_exp_from_sum, grad_exp_direct), exp);
+    LossGrads { dice, cross_entropy }
+}
+
+/// The kernel-facing shape of the loss's inputs, when the kernels cover them: 4-D `f32` logits
+/// and targets of one shape, `[batch, 1, h, w]` weights, a class count they compile for.
+fn loss_shape(logits: &FlexTensor, targets: &FlexTensor, weights: &FlexTensor) -> Option<LossShape> {
+    let (shape, pixels) = (logits.shape(), weights.shape());
+    let covered = shape.num_dims() == 4
+        && targets.shape() == shape
+        && pixels.num_dims() == 4
+        && pixels[0] == shape[0]
+        && pixels[1] == 1
+        && pixels[2..] == shape[2..]
+        && loss_cpu::covers_classes(shape[1]);
+    covered.then(|| LossShape {
+        batch: shape[0],
+        classes: shape[1],
+        positions: shape[2] * shape[3],
+    })
 }
 
 /// `conv_norm_leaky_eval` as its three ops (on flex: where the fused kernel does not apply).
@@ -419,6 +625,49 @@ impl UnetKernels for Flex {
         match with_f32([&x], |[x]| channel_ops::softmax(x, batch, channels, h * w)) {
             Some(y) => flex_tensor(y, vec![batch, channels, h, w]),
             None => Self::softmax(x, 1),
+        }
+    }
+
+    fn segmentation_loss_parts(logits: FlexTensor, targets: FlexTensor, weights: FlexTensor) -> LossParts<Self> {
+        let parts = loss_shape(&logits, &targets, &weights)
+            .and_then(|shape| with_f32([&logits, &targets, &weights], |[l, t, w]| loss_cpu::forward(l, t, w, shape)));
+        let Some([terms, intersect, square, target_square]) = parts else {
+            return burns_loss_parts::<Self>(logits, targets, weights);
+        };
+        // The sums over the batch are flex's own (their order follows the CPU's vector width).
+        let dims = logits.shape().dims::<4>().to_vec();
+        let terms = flex_tensor(terms, weights.shape().dims::<4>().to_vec());
+        LossParts {
+            cross_entropy: Self::float_div(Self::float_sum(terms), weight_mass::<Self>(weights)),
+            intersect: class_sums::<Self>(flex_tensor(intersect, dims.clone())),
+            score_sum: class_sums::<Self>(flex_tensor(square, dims.clone())),
+            target_sum: class_sums::<Self>(flex_tensor(target_square, dims)),
+        }
+    }
+
+    fn segmentation_loss_grads(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        weights: FlexTensor,
+        grad_ce_sum: FlexTensor,
+        grad_intersect: FlexTensor,
+        grad_score_sum: FlexTensor,
+    ) -> LossGrads<Self> {
+        let grads = loss_shape(&logits, &targets, &weights).and_then(|shape| {
+            with_f32(
+                [&logits, &targets, &weights, &grad_ce_sum, &grad_intersect, &grad_score_sum],
+                |[l, t, w, g, gi, gs]| loss_cpu::grad(l, t, w, shape, g[0], gi, gs),
+            )
+        });
+        match grads {
+            Some([dice, cross_entropy]) => {
+                let dims = logits.shape().dims::<4>().to_vec();
+                LossGrads {
+                    dice: flex_tensor(dice, dims.clone()),
+                    cross_entropy: flex_tensor(cross_entropy, dims),
+                }
+            }
+            None => burns_loss_grads::<Self>(logits, targets, weights, grad_ce_sum, grad_intersect, grad_score_sum),
         }
     }
 
@@ -674,6 +923,41 @@ impl<B: UnetKernels> Backward<B, 1> for DropoutBackward {
     }
 }
 
+/// The backward step of `segmentation_loss`, one graph node where burn's ops made about forty.
+/// The logits get the two gradients burn's ops gave them, Dice's then the cross-entropy's, from
+/// a node at the depth of burn's first ops on them, so gradients from other uses of the logits
+/// (mean teacher's consistency term) are added in the same order as before.
+#[derive(Debug)]
+struct SegmentationLossBackward;
+
+type LossSums<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+impl<B: UnetKernels> Backward<B, 2> for SegmentationLossBackward {
+    type State = (NodeId, FloatTensor<B>, FloatTensor<B>, f64, LossSums<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_logits, detached_max] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (logits_state, targets, weights, smooth, (intersect, score_sum, target_sum)) = ops.state;
+        let logits: FloatTensor<B> = checkpointer.retrieve_node_output(logits_state);
+        if let Some(node) = detached_max {
+            // Tracked only when the logits are a leaf that requires a gradient (a test's): the
+            // loss does not depend on the shift, and the detached copy's gradient is never read.
+            let mut shape = logits.shape();
+            shape[1] = 1;
+            grads.register::<B>(node.id, B::float_zeros(shape, &logits.device(), logits.dtype().into()));
+        }
+        let Some(node) = node_logits else { return };
+        // 0.5 * (ce + dice): each term's gradient is the loss's times 0.5; ce = sum / mass.
+        let grad_terms = B::float_mul_scalar(grad, 0.5.into());
+        let (grad_intersect, grad_score_sum) = dice_sum_grads::<B>(intersect, score_sum, target_sum, smooth, grad_terms.clone());
+        let grad_ce_sum = B::float_mul(grad_terms, B::float_recip(weight_mass::<B>(weights.clone())));
+        let result = B::segmentation_loss_grads(logits, targets, weights, grad_ce_sum, grad_intersect, grad_score_sum);
+        grads.register::<B>(node.id, result.dice);
+        grads.register::<B>(node.id, result.cross_entropy);
+    }
+}
+
 /// The backward step of `max_pool2x2`, from its saved input (the winners are recomputed).
 #[derive(Debug)]
 struct MaxPool2x2Backward;
@@ -771,6 +1055,37 @@ fn channel_range<B: Backend>(x: FloatTensor<B>, start: usize, len: usize) -> Flo
 }
 
 impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
+    fn segmentation_loss(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        smooth: f64,
+    ) -> FloatTensor<Self> {
+        // Targets or weights with a gradient of their own take burn's ops (and burn's graph).
+        if targets.is_tracked() || weights.is_tracked() {
+            return combined_loss::<Self>(burns_loss_parts::<Self>(logits, targets, weights), smooth);
+        }
+        // burn's first ops on the logits subtract their detached maximum: with that maximum as a
+        // second parent (it gets no gradient), this node sits at those ops' depth in the graph,
+        // so the logits' gradients from other uses are added in the order burn's ops gave.
+        let max = Self::float_max_dim(Self::float_detach(logits.clone()), 1);
+        let (targets, weights) = (targets.into_primitive(), weights.into_primitive());
+        let parts = B::segmentation_loss_parts(logits.primitive().clone(), targets.clone(), weights.clone());
+        let sums = (parts.intersect.clone(), parts.score_sum.clone(), parts.target_sum.clone());
+        let loss = combined_loss::<B>(parts, smooth);
+        match SegmentationLossBackward
+            .prepare::<C>([logits.node(), max.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&logits), targets, weights, smooth, sums);
+                prep.finish(state, loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        }
+    }
+
     fn cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let channels = [a.shape()[1], b.shape()[1]];
         match CatChannelsBackward.prepare::<C>([a.node(), b.node()]).compute_bound().stateful() {

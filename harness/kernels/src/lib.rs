@@ -19,6 +19,7 @@ pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;
 pub mod isa;
+pub mod loss_cpu;
 pub mod microkernel;
 pub mod output;
 pub mod pool_cpu;
@@ -226,6 +227,21 @@ pub fn softmax_channels(x: Tensor<4>) -> Tensor<4> {
     } else {
         burn::tensor::activation::softmax(x, 1)
     }
+}
+
+/// `loss::segmentation` (harness/src/train/loss.rs) as one op with one fused pass forward and
+/// one backward, on flex with autodiff (where burn composes the softmax it starts from; flex's
+/// own, outside autodiff, sums in another order): burn's value and gradients bit for bit
+/// (loss_cpu.rs says how). `None` elsewhere, where the caller runs burn's ops.
+pub fn segmentation_loss_on_flex(logits: &Tensor<4>, targets: &Tensor<4>, weights: &Tensor<4>, smooth: f64) -> Option<Tensor<1>> {
+    (own_kernels() && is_flex(logits) && logits.device().is_autodiff()).then(|| {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::segmentation_loss(
+            logits.clone().into_dispatch(),
+            targets.clone().into_dispatch(),
+            weights.clone().into_dispatch(),
+            smooth,
+        ))
+    })
 }
 
 /// `pool.forward(x)`; a 2 x 2, stride-2 pooling without padding on flex goes through the

@@ -43,6 +43,44 @@ pub fn written_by_chunks<T>(
     output
 }
 
+/// `K` outputs written together, chunk by chunk: chunk `index` of every output (`lens[k]` values
+/// of output `k`) is written by one call `fill(index, writers)`, chunks in parallel. For a pass
+/// that computes several outputs from the same reads (a loss's per-pixel terms).
+pub fn written_together<const K: usize>(
+    chunks: usize,
+    lens: [usize; K],
+    fill: impl Fn(usize, &mut [Writer; K]) + Sync + Send,
+) -> [Vec<f32>; K] {
+    let mut outputs: [Vec<f32>; K] = std::array::from_fn(|k| Vec::with_capacity(chunks * lens[k]));
+    {
+        let mut rests: [&mut [MaybeUninit<f32>]; K] = {
+            let mut spare = outputs.each_mut().map(|out| out.spare_capacity_mut());
+            std::array::from_fn(|k| std::mem::take(&mut spare[k]))
+        };
+        let mut pieces: Vec<[&mut [MaybeUninit<f32>]; K]> = Vec::with_capacity(chunks);
+        for _ in 0..chunks {
+            pieces.push(std::array::from_fn(|k| {
+                let (piece, rest) = std::mem::take(&mut rests[k]).split_at_mut(lens[k]);
+                rests[k] = rest;
+                piece
+            }));
+        }
+        pieces.into_par_iter().enumerate().for_each(|(index, slots)| {
+            let mut writers = slots.map(|slots| Writer { slots, written: 0 });
+            fill(index, &mut writers);
+            for (k, writer) in writers.iter().enumerate() {
+                assert_eq!(writer.remaining(), 0, "output {k}, chunk {index}: values left unwritten");
+            }
+        });
+    }
+    for (out, len) in outputs.iter_mut().zip(lens) {
+        // SAFETY: every chunk of every output was written whole (checked above; a panic unwinds
+        // past this line, leaving the vectors empty).
+        unsafe { out.set_len(chunks * len) };
+    }
+    outputs
+}
+
 /// `written_by_chunks` without per-thread state.
 pub fn written(len: usize, chunk: usize, fill: impl Fn(usize, &mut Writer) + Sync + Send) -> Vec<f32> {
     written_by_chunks(len, chunk, || (), |(), index, writer| fill(index, writer))
@@ -68,6 +106,34 @@ impl Writer<'_> {
     fn write_next(&mut self, len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) {
         assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
         write(&mut self.slots[self.written..][..len]);
+        self.written += len;
+    }
+
+    /// Splits the next `parts * part_len` values into `parts` writers of `part_len` values each,
+    /// for `fill` to write in any interleaving (each part front to back), and counts them written
+    /// once `fill` has returned with every part whole (panics otherwise). For outputs written in
+    /// another order than their layout: a loss's per-class planes, written a block of pixels at
+    /// a time across all classes.
+    pub fn in_parts(&mut self, parts: usize, part_len: usize, fill: impl FnOnce(&mut [Writer])) {
+        let len = parts.checked_mul(part_len).expect("output parts overflow");
+        assert!(len <= self.remaining(), "output chunk: {len} values written past its end");
+        let mut writers: Vec<Writer> = if part_len == 0 {
+            (0..parts)
+                .map(|_| Writer {
+                    slots: &mut [],
+                    written: 0,
+                })
+                .collect()
+        } else {
+            self.slots[self.written..][..len]
+                .chunks_mut(part_len)
+                .map(|slots| Writer { slots, written: 0 })
+                .collect()
+        };
+        fill(&mut writers);
+        for (part, writer) in writers.iter().enumerate() {
+            assert_eq!(writer.remaining(), 0, "output part {part}: values left unwritten");
+        }
         self.written += len;
     }
 
@@ -122,6 +188,42 @@ pub fn filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parts written in an interleaved order land in their places; a part left short panics and
+    /// leaves the output unwritten.
+    #[test]
+    fn parts_are_written_in_any_interleaving() {
+        let out = written(12, 12, |_, writer| {
+            writer.copy(&[-1.0]);
+            writer.in_parts(2, 5, |parts| {
+                for step in 0..5 {
+                    for (p, part) in parts.iter_mut().enumerate() {
+                        part.copy(&[(p * 10 + step) as f32]);
+                    }
+                }
+            });
+            writer.in_parts(0, 3, |parts| assert!(parts.is_empty()));
+            writer.copy(&[-2.0]);
+        });
+        assert_eq!(out, [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0, -2.0]);
+        let short = std::panic::catch_unwind(|| written(4, 4, |_, writer| writer.in_parts(2, 2, |parts| parts[0].copy(&[1.0, 2.0]))));
+        assert!(short.is_err());
+    }
+
+    /// Outputs written together land chunk by chunk in their own vectors; a chunk left short
+    /// panics.
+    #[test]
+    fn outputs_written_together_hold_their_chunks() {
+        let [a, b, c] = written_together(3, [2, 0, 1], |index, [a, _, c]| {
+            a.from_fn(2, |i| (10 * index + i) as f32);
+            c.copy(&[-(index as f32)]);
+        });
+        assert_eq!(a, [0.0, 1.0, 10.0, 11.0, 20.0, 21.0]);
+        assert!(b.is_empty());
+        assert_eq!(c, [-0.0, -1.0, -2.0]);
+        let short = std::panic::catch_unwind(|| written_together(2, [1], |_, [a]| a.copy(&[])));
+        assert!(short.is_err());
+    }
 
     /// Every value is written once, by its chunk's call, zero where the call leaves it, for
     /// lengths that are and are not whole chunks; an empty output calls nothing.
