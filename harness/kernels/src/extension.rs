@@ -432,6 +432,7 @@ fn loss_shape(logits: &FlexTensor, targets: &FlexTensor, weights: &FlexTensor) -
         batch: shape[0],
         classes: shape[1],
         positions: shape[2] * shape[3],
+        width: shape[3],
     })
 }
 
@@ -631,17 +632,22 @@ impl UnetKernels for Flex {
     fn segmentation_loss_parts(logits: FlexTensor, targets: FlexTensor, weights: FlexTensor) -> LossParts<Self> {
         let parts = loss_shape(&logits, &targets, &weights)
             .and_then(|shape| with_f32([&logits, &targets, &weights], |[l, t, w]| loss_cpu::forward(l, t, w, shape)));
-        let Some([terms, intersect, square, target_square]) = parts else {
+        let Some((terms, row_sums)) = parts else {
             return burns_loss_parts::<Self>(logits, targets, weights);
         };
-        // The sums over the batch are flex's own (their order follows the CPU's vector width).
-        let dims = logits.shape().dims::<4>().to_vec();
+        // The last sums are flex's own: over the batch for the cross-entropy, along the rows for
+        // Dice's products (their order follows the CPU's vector width).
+        let [classes, width] = [logits.shape()[1], logits.shape()[3]];
         let terms = flex_tensor(terms, weights.shape().dims::<4>().to_vec());
+        let [intersect, score_sum, target_sum] = row_sums.map(|sums| {
+            let along_rows = Self::float_sum_dim(flex_tensor(sums, vec![1, classes, 1, width]), 3);
+            Self::float_reshape(along_rows, [classes].into())
+        });
         LossParts {
             cross_entropy: Self::float_div(Self::float_sum(terms), weight_mass::<Self>(weights)),
-            intersect: class_sums::<Self>(flex_tensor(intersect, dims.clone())),
-            score_sum: class_sums::<Self>(flex_tensor(square, dims.clone())),
-            target_sum: class_sums::<Self>(flex_tensor(target_square, dims)),
+            intersect,
+            score_sum,
+            target_sum,
         }
     }
 

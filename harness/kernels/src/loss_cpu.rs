@@ -16,12 +16,14 @@
 
 use super::output;
 
-/// `[batch, classes, positions]` of the logits and targets; the weights are `[batch, positions]`.
+/// `[batch, classes, positions]` of the logits and targets, positions being rows of `width`
+/// pixels; the weights are `[batch, positions]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LossShape {
     pub batch: usize,
     pub classes: usize,
     pub positions: usize,
+    pub width: usize,
 }
 
 impl LossShape {
@@ -43,11 +45,14 @@ pub fn covers_classes(classes: usize) -> bool {
     (1..=20).contains(&classes)
 }
 
-/// The per-pixel parts of the loss, before flex's sums over the batch: the cross-entropy term
-/// `-Σ_c log_softmax(l)_c t_c * w` (`[batch, positions]`), then Dice's products `S * Tw`,
-/// `S * S` and `Tw * Tw` (`[batch, classes, positions]` each), with `S = softmax(l) * w` and
-/// `Tw = t * w`.
-pub fn forward(logits: &[f32], targets: &[f32], weights: &[f32], shape: LossShape) -> [Vec<f32>; 4] {
+/// The per-pixel parts of the loss, up to the sums flex must do itself: the cross-entropy term
+/// `-Σ_c log_softmax(l)_c t_c * w` per pixel (`[batch, positions]`, for flex's sum over the
+/// batch), and for each of Dice's products `S * Tw`, `S * S` and `Tw * Tw` (`S = softmax(l) *
+/// w`, `Tw = t * w`) its sum over the batch, then over the rows (`[classes, width]`): the first
+/// two of flex's three `sum_dim`s over axes 0, 2 and 3, in their order (each from `0.0`, adding
+/// images, then rows, in order), so the products are never stored; the last, along the row,
+/// flex sums in lanes as wide as the CPU's, so it is left to flex.
+pub fn forward(logits: &[f32], targets: &[f32], weights: &[f32], shape: LossShape) -> (Vec<f32>, [Vec<f32>; 3]) {
     shape.check(logits, targets, weights);
     dispatch_classes(
         shape.classes,
@@ -172,33 +177,66 @@ struct Forward<'a> {
 }
 
 impl ClassPass for Forward<'_> {
-    type Out = [Vec<f32>; 4];
+    type Out = (Vec<f32>, [Vec<f32>; 3]);
 
-    fn run<const N: usize>(self) -> [Vec<f32>; 4] {
-        let (p, len) = (self.shape.positions, N * self.shape.positions);
-        output::written_together(self.shape.batch, [p, len, len, len], |b, [ce, intersect, square, target_square]| {
-            let (l, t, w) = image(self.logits, self.targets, self.weights, self.shape, b);
-            let mut pixels: Vec<Pixel<N>> = Vec::with_capacity(BLOCK);
-            intersect.in_parts(N, p, |intersect| {
-                square.in_parts(N, p, |square| {
-                    target_square.in_parts(N, p, |target_square| {
-                        // Blocks of pixels: each pixel's softmax is computed once, and the
-                        // block's values go to every class plane while they are in L1.
-                        for start in (0..p).step_by(BLOCK) {
-                            let n = BLOCK.min(p - start);
-                            pixels.clear();
-                            pixels.extend((start..start + n).map(|i| Pixel::<N>::at(l, t, w[i], p, i)));
-                            ce.from_fn(n, |k| pixels[k].cross_entropy(t, p, start + k));
-                            for c in 0..N {
-                                intersect[c].from_fn(n, |k| pixels[k].scores[c] * pixels[k].targets[c]);
-                                square[c].from_fn(n, |k| pixels[k].scores[c] * pixels[k].scores[c]);
-                                target_square[c].from_fn(n, |k| pixels[k].targets[c] * pixels[k].targets[c]);
-                            }
+    fn run<const N: usize>(self) -> (Vec<f32>, [Vec<f32>; 3]) {
+        let LossShape {
+            batch,
+            positions: p,
+            width,
+            ..
+        } = self.shape;
+        let rows = p / width;
+        let (image_len, row_sums) = (N * p, N * width);
+        // Rows in parallel, each over every image: the cross-entropy terms come out as
+        // `[rows][batch][width]`, each product's batch sums as `[rows][classes][width]`.
+        let [terms_by_row, intersect, square, target_square] = output::written_together(
+            rows,
+            [batch * width, row_sums, row_sums, row_sums],
+            |y, [terms, intersect, square, target_square]| {
+                let mut sums = [[[0.0f32; N]; 3]].repeat(width);
+                let mut row_terms = vec![0.0f32; width];
+                for b in 0..batch {
+                    let (l, t) = (
+                        &self.logits[b * image_len..][..image_len],
+                        &self.targets[b * image_len..][..image_len],
+                    );
+                    let w = &self.weights[b * p..][..p];
+                    for (x, (term, [si, ss, tt])) in row_terms.iter_mut().zip(sums.iter_mut()).enumerate() {
+                        let i = y * width + x;
+                        let px = Pixel::<N>::at(l, t, w[i], p, i);
+                        *term = px.cross_entropy(t, p, i);
+                        // Products added to the sums over the images so far, in image order.
+                        for c in 0..N {
+                            si[c] += px.scores[c] * px.targets[c];
+                            ss[c] += px.scores[c] * px.scores[c];
+                            tt[c] += px.targets[c] * px.targets[c];
                         }
-                    })
-                })
-            });
-        })
+                    }
+                    terms.copy(&row_terms);
+                }
+                for (k, out) in [intersect, square, target_square].into_iter().enumerate() {
+                    (0..N).for_each(|class| out.from_fn(width, |x| sums[x][k][class]));
+                }
+            },
+        );
+        // The terms back to `[batch][rows][width]`, the layout flex sums.
+        let terms = output::written(batch * p, p.max(1), |b, out| {
+            for y in 0..rows {
+                out.copy(&terms_by_row[(y * batch + b) * width..][..width]);
+            }
+        });
+        // Each product's batch sums summed over the rows, in row order from 0.0.
+        let over_rows = |by_row: &[f32]| -> Vec<f32> {
+            let mut total = vec![0.0f32; row_sums];
+            for row in by_row.chunks(row_sums) {
+                for (t, &v) in total.iter_mut().zip(row) {
+                    *t += v;
+                }
+            }
+            total
+        };
+        (terms, [over_rows(&intersect), over_rows(&square), over_rows(&target_square)])
     }
 }
 
