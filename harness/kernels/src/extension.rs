@@ -1,8 +1,9 @@
 //! The U-Net's kernels plugged into burn through its backend-extension traits: a `Flex`
 //! implementation (convolutions from `conv_cpu`, batch norm and its fused LeakyReLU from
 //! `batch_norm_cpu`, dropout from `dropout_cpu`, max pooling from `pool_cpu`, bilinear resizing
-//! from `resize_cpu`, concatenation and softmax over channels from `channel_ops`, a one-pass
-//! LeakyReLU gradient, and the fused inference layer), and an
+//! from `resize_cpu`, concatenation and softmax over channels from `channel_ops`, the
+//! segmentation loss from `loss_cpu`, a one-pass LeakyReLU gradient, and the fused inference
+//! layer), and an
 //! `Autodiff` implementation that records each op as one graph node whose gradients come from
 //! the same kernels.
 //!
@@ -427,6 +428,7 @@ fn loss_shape(logits: &FlexTensor, targets: &FlexTensor, weights: &FlexTensor) -
         && pixels[0] == shape[0]
         && pixels[1] == 1
         && pixels[2..] == shape[2..]
+        && shape.num_elements() > 0
         && loss_cpu::covers_classes(shape[1]);
     covered.then(|| LossShape {
         batch: shape[0],

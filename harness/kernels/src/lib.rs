@@ -229,10 +229,11 @@ pub fn softmax_channels(x: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// `loss::segmentation` (harness/src/train/loss.rs) as one op with one fused pass forward and
-/// one backward, on flex with autodiff (where burn composes the softmax it starts from; flex's
-/// own, outside autodiff, sums in another order): burn's value and gradients bit for bit
-/// (loss_cpu.rs says how). `None` elsewhere, where the caller runs burn's ops.
+/// `loss::segmentation` (harness/src/train/loss.rs) as one graph node whose per-pixel work is one
+/// fused pass forward and one backward, on flex with autodiff (where burn composes the softmax
+/// it starts from; flex's own, outside autodiff, sums in another order): burn's value and
+/// gradients bit for bit, for targets and weights that enter as data (loss_cpu.rs says how and
+/// why). `None` elsewhere, where the caller runs burn's ops.
 pub fn segmentation_loss_on_flex(logits: &Tensor<4>, targets: &Tensor<4>, weights: &Tensor<4>, smooth: f64) -> Option<Tensor<1>> {
     (own_kernels() && is_flex(logits) && logits.device().is_autodiff()).then(|| {
         Tensor::from_dispatch(<Dispatch as UnetKernels>::segmentation_loss(

@@ -1,6 +1,6 @@
 //! The segmentation loss (weighted cross-entropy plus Dice, `harness/src/train/loss.rs`) on
 //! flex: per pixel, the chains of burn ops the two terms are written as, fused into one pass
-//! forward and one backward, images in parallel.
+//! forward (rows in parallel, over every image) and one backward (images in parallel).
 //!
 //! Why: burn ran the loss as about forty ops over `[batch, classes, h, w]`, each a pass on one
 //! core, and its gradient as as many again; at the SSL4MIS size (8 x 4 x 128 x 128) that was
@@ -9,10 +9,17 @@
 //! each pixel's are computed once per pass and shared. The bits stay burn's: every value takes
 //! burn's IEEE operations in burn's order (class sums start from `0.0` and add classes in
 //! order, the maximum keeps the first largest value and the first NaN, gradients multiply by
-//! reciprocals where burn does), and the sums over the batch are left to flex's own reductions,
-//! whose order depends on the CPU's vector width. The gradient follows burn-autodiff's backward
+//! reciprocals where burn does; Dice's products are summed over the images, then the rows, as
+//! flex's `sum_dim`s over those axes add them, from `0.0` in order). The two sums flex takes in
+//! lanes as wide as the CPU's, the cross-entropy's over the whole batch and Dice's along each
+//! row, are left to flex, on the same values. The gradient follows burn-autodiff's backward
 //! steps of those ops one by one (`extension.rs` writes them out as burn ops too); the loss's
 //! test holds values and gradients to burn's bit for bit.
+//!
+//! One assumption: the targets and weights enter the graph as data (no ops on the autodiff
+//! device before the loss; the harness builds them on the host, `train/batch.rs`). burn orders
+//! its backward steps by depth, and targets computed on the device could make it add the two
+//! gradients of the scores in the other order (a rounding difference, not an error).
 
 use super::output;
 

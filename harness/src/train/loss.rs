@@ -69,8 +69,9 @@ mod tests {
     fn fused_loss_is_bitwise_burns() {
         use burn::tensor::TensorData;
         let device = Device::flex().autodiff();
-        for (classes, scale) in [(2, 1.0), (4, 3.0), (19, 30.0), (4, 0.0), (25, 2.0)] {
-            let shape = [3, classes, 5, 7];
+        // (classes, logit scale, height, width): 240 pixels span two of the passes' blocks.
+        for (classes, scale, h, w) in [(2, 1.0, 5, 7), (4, 3.0, 12, 20), (19, 30.0, 5, 7), (4, 0.0, 5, 7), (25, 2.0, 5, 7)] {
+            let shape = [3, classes, h, w];
             let random = |seed: u64, scale: f64| {
                 let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 let values: Vec<f32> = (0..shape.iter().product::<usize>())
@@ -85,8 +86,8 @@ mod tests {
             };
             let logits = random(1 + classes as u64, scale);
             let targets = softmax(Tensor::<4>::from_data(random(7, 2.0), &device), 1).into_data();
-            let weights: Vec<f32> = (0..3 * 35).map(|i| [1.0, 0.0, 0.5, 2.0][i % 4]).collect();
-            let weights = TensorData::new(weights, [3, 1, 5, 7]);
+            let weights: Vec<f32> = (0..3 * h * w).map(|i| [1.0, 0.0, 0.5, 2.0][i % 4]).collect();
+            let weights = TensorData::new(weights, [3, 1, h, w]);
             let run = |own: bool, leaf: bool| {
                 kernels::use_own_kernels(own);
                 let x = Tensor::<4>::from_data(logits.clone(), &device).require_grad();
@@ -94,6 +95,9 @@ mod tests {
                 let t = Tensor::<4>::from_data(targets.clone(), &device);
                 let w = Tensor::<4>::from_data(weights.clone(), &device);
                 let other = (logits.clone() * logits.clone()).mean() * 0.25;
+                // The fused op is the one compared (not burn's ops twice).
+                let fused = kernels::segmentation_loss_on_flex(&logits, &t, &w, SMOOTH).is_some();
+                assert_eq!(fused, own, "the fused op runs exactly when asked for");
                 let loss = segmentation(logits, t, w);
                 let grads = (loss.clone() + other).backward();
                 kernels::use_own_kernels(true);
