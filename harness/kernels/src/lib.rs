@@ -20,6 +20,7 @@ pub mod elementwise;
 pub mod extension;
 pub mod isa;
 pub mod loss_cpu;
+pub mod loss_ops;
 pub mod microkernel;
 pub mod output;
 pub mod pool_cpu;

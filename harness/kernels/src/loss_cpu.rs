@@ -13,7 +13,7 @@
 //! flex's `sum_dim`s over those axes add them, from `0.0` in order). The two sums flex takes in
 //! lanes as wide as the CPU's, the cross-entropy's over the whole batch and Dice's along each
 //! row, are left to flex, on the same values. The gradient follows burn-autodiff's backward
-//! steps of those ops one by one (`extension.rs` writes them out as burn ops too); the loss's
+//! steps of those ops one by one (`loss_ops.rs` writes them out as burn ops too); the loss's
 //! test holds values and gradients to burn's bit for bit.
 //!
 //! One assumption: the targets and weights enter the graph as data (no ops on the autodiff

@@ -63,7 +63,7 @@ mod tests {
     /// with the logits also used by a second term (as mean teacher's consistency uses them),
     /// both as a leaf and as an op's output (then the other term's step runs at the loss's
     /// depth), so the order in which the logits' gradients are added is held too; 2, 4 and 19
-    /// classes (25 are past the kernels: burn's ops written out in extension.rs answer there),
+    /// classes (25 are past the kernels: burn's ops written out in loss_ops.rs answer there),
     /// soft targets, zero weights, all-equal and large logits.
     #[test]
     fn fused_loss_is_bitwise_burns() {
