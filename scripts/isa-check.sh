@@ -9,9 +9,11 @@
 #     cpu.txt        the CPU, its SIMD flags, what the kernels detect, the commit measured
 #     tests.txt      the instruction-set tests on every path the CPU has, printed as they run:
 #                    the micro-kernels and elementwise passes against their definitions bit for
-#                    bit, the convolutions against burn's and a plain one (on the best path), and
-#                    a whole U-Net training step compared across paths bit for bit (`SKIPPED
-#                    <isa>` names a path the CPU lacks)
+#                    bit, the max-pool gradient's paths against its definition, the convolutions
+#                    against burn's and a plain one (on the best path), a whole U-Net training
+#                    step compared across paths bit for bit (`SKIPPED <isa>` names a path the
+#                    CPU lacks), and the fused loss against burn's ops (whose sums run 16 lanes
+#                    wide there)
 #     bench-<isa>-<n>.md
 #                    `atso bench --threads 2 --kernels own --vs-pytorch --steps 11` on two cores
 #                    (taskset 0,1), with the kernels capped at each SIMD path the CPU has
@@ -58,7 +60,7 @@ status=0
 } > "$out/cpu.txt"
 cat "$out/cpu.txt"
 # The tests, with output shown (`--nocapture`), one at a time so the forced paths take turns.
-filters=(microkernel elementwise isa:: conv_cpu a_unet_training_step_gives_the_same_bits_on_every_isa)
+filters=(microkernel elementwise isa:: conv_cpu pool_cpu a_unet_training_step_gives_the_same_bits_on_every_isa fused_loss_is_bitwise_burns)
 for t in atso_kernels-tests atso_harness-tests; do
   echo "== $t" >> "$out/tests.txt"
   timeout 240 ".isa/$t" --test-threads 1 --nocapture "${filters[@]}" >> "$out/tests.txt" 2>&1 || status=1
