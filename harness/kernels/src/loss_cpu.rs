@@ -194,7 +194,7 @@ impl ClassPass for Forward<'_> {
             ..
         } = self.shape;
         let rows = p / width;
-        let (image_len, row_sums) = (N * p, N * width);
+        let row_sums = N * width;
         // Rows in parallel, each over every image: the cross-entropy terms come out as
         // `[rows][batch][width]`, each product's batch sums as `[rows][classes][width]`.
         let [terms_by_row, intersect, square, target_square] = output::written_together(
@@ -204,11 +204,7 @@ impl ClassPass for Forward<'_> {
                 let mut sums = [[[0.0f32; N]; 3]].repeat(width);
                 let mut row_terms = vec![0.0f32; width];
                 for b in 0..batch {
-                    let (l, t) = (
-                        &self.logits[b * image_len..][..image_len],
-                        &self.targets[b * image_len..][..image_len],
-                    );
-                    let w = &self.weights[b * p..][..p];
+                    let (l, t, w) = image(self.logits, self.targets, self.weights, self.shape, b);
                     for (x, (term, [si, ss, tt])) in row_terms.iter_mut().zip(sums.iter_mut()).enumerate() {
                         let i = y * width + x;
                         let px = Pixel::<N>::at(l, t, w[i], p, i);
@@ -247,7 +243,7 @@ impl ClassPass for Forward<'_> {
     }
 }
 
-/// Pixels per block of the passes (a block's values for every class stay in L1).
+/// Pixels per block of the backward pass (a block's gradients for every class stay in L1).
 const BLOCK: usize = 128;
 
 struct Grad<'a> {
