@@ -28,12 +28,8 @@ if [ "${1:-}" = "--build" ]; then
   set -e
   mkdir -p .isa
   cargo build --release --workspace
-  cargo test --release --workspace --lib --no-run --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("executable") and m.get("profile", {}).get("test") and m["target"]["name"] in ("atso_kernels", "atso_harness"):
-        print(m["target"]["name"], m["executable"])' | while read -r name path; do
+  cargo test --release --workspace --lib --no-run --message-format=json \
+    | python3 scripts/test-executables.py atso_kernels atso_harness | while read -r name path; do
     strip -o ".isa/$name-tests" "$path"
   done
   strip -o .isa/atso target/release/atso
