@@ -44,12 +44,16 @@
 #  no CPUID leaf 7 (no AVX2); Debian's build starts in its debugger (`-rc` answers `c`), and its
 #  text display needs a terminal (`script` gives it one).
 set -uo pipefail
+sweep=0
+if [ "${1:-}" = "--sweep" ]; then sweep=1; shift; fi
+out="${1:-}"
+if [ -n "$out" ]; then  # relative to where the script was called from
+  mkdir -p "$out" && out=$(cd "$out" && pwd) || { echo "emulate-avx512: cannot make $out" >&2; exit 2; }
+fi
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 target="${CARGO_TARGET_DIR:-$repo/target}"
-sweep=0
-if [ "${1:-}" = "--sweep" ]; then sweep=1; shift; fi
-out="${1:-$target/avx512-emulated}"
+out="${out:-$target/avx512-emulated}"
 case "$out" in *[[:space:]]*) echo "emulate-avx512: OUT must not contain spaces: $out" >&2; exit 2 ;; esac
 mkdir -p "$out" && out=$(cd "$out" && pwd) || { echo "emulate-avx512: cannot make $out" >&2; exit 2; }
 work="$out/work"
