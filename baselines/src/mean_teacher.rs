@@ -24,6 +24,7 @@ use atso_harness::burn::tensor::activation::softmax;
 use atso_harness::burn::tensor::{Device, Tensor, TensorData};
 use atso_harness::checkpoint;
 use atso_harness::config::EmaScaling;
+use atso_harness::kernels;
 use atso_harness::method::{Budget, Method, RunContext, Trained};
 use atso_harness::model::UNet;
 use atso_harness::rng::{self, SeededRng};
@@ -224,7 +225,8 @@ impl Objective for MeanTeacherObjective {
         let noise = clamped_noise(unlabeled_images.dims(), rng, &self.device);
         let teacher_probs = softmax(self.teacher.forward(unlabeled_images + noise), 1).detach();
         let student_probs = softmax(logits.narrow(0, n_labeled, total - n_labeled), 1);
-        let consistency = (student_probs - teacher_probs).powi_scalar(2).mean();
+        // Summed in one order on every CPU (flex's own `mean` follows the vector width).
+        let consistency = kernels::mean((student_probs - teacher_probs).powi_scalar(2));
         StepLoss::new(supervised.clone() + consistency.clone() * weight)
             .part("supervised", supervised)
             .part("consistency", consistency)

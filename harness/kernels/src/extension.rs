@@ -22,7 +22,7 @@ use burn::backend::ops::{
     ActivationOps, BatchNormTrain, BatchNormTrainBackward, ConvOptions, FloatTensorOps, InterpolateMode, InterpolateOptions, ModuleOps,
 };
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, Slice, TensorData, TensorMetadata};
+use burn::backend::{backend_extension, Autodiff, Backend, DType, ExtensionType, Flex, Shape, Slice, TensorData, TensorMetadata};
 use burn::tensor::IntDType;
 
 use super::batch_norm_cpu::{self, EvalNorm, NormShape, Then};
@@ -32,6 +32,7 @@ use super::dropout_cpu::DropoutMask;
 use super::elementwise;
 use super::loss_cpu::{self, LossShape};
 use super::loss_ops::{burns_loss_grads, burns_loss_parts, combined_loss, dice_sum_grads, weight_mass, LossGrads, LossParts};
+use super::ordered_sum;
 use super::output;
 use super::pool_cpu;
 use super::resize_cpu;
@@ -187,6 +188,24 @@ pub trait UnetKernels: Backend {
     /// Softmax over the channels of `[batch, channels, h, w]` (burn's `softmax` on axis 1).
     fn softmax_channels(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::softmax(x, 1)
+    }
+
+    /// The sum of every value (`[1]`), in one order on every CPU where the backend's own sum
+    /// depends on the CPU (`ordered_sum.rs` says which and why); burn's `sum` elsewhere.
+    fn ordered_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_sum(x)
+    }
+
+    /// `ordered_sum(x) / n` (`[1]`), burn's `mean` in that order.
+    fn ordered_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_mean(x)
+    }
+
+    /// The sums along the last axis, keeping it with size 1 (burn's `sum_dim` on that axis), in
+    /// the order of `ordered_sum`.
+    fn ordered_row_sums(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let last = x.shape().num_dims() - 1;
+        Self::float_sum_dim(x, last)
     }
 
     /// The segmentation loss of `harness/src/train/loss.rs`, `0.5 * (cross-entropy + Dice)`
@@ -478,22 +497,46 @@ impl UnetKernels for Flex {
         }
     }
 
+    fn ordered_sum(x: FlexTensor) -> FlexTensor {
+        match with_f32([&x], |[x]| ordered_sum::sum(x)) {
+            Some(sum) => flex_tensor(vec![sum], vec![1]),
+            None => Self::float_sum(x),
+        }
+    }
+
+    fn ordered_mean(x: FlexTensor) -> FlexTensor {
+        match with_f32([&x], |[x]| ordered_sum::mean(x)) {
+            Some(mean) => flex_tensor(vec![mean], vec![1]),
+            None => Self::float_mean(x),
+        }
+    }
+
+    fn ordered_row_sums(x: FlexTensor) -> FlexTensor {
+        let mut shape = x.shape().to_vec();
+        let row_len = *shape.last().expect("a tensor has at least one axis");
+        match with_f32([&x], |[x]| ordered_sum::sum_rows(x, row_len)) {
+            // An empty row sums to zero (flex's sum_dim gives zeros there too).
+            Some(sums) if row_len > 0 => {
+                *shape.last_mut().expect("checked above") = 1;
+                flex_tensor(sums, shape)
+            }
+            _ => Self::float_sum_dim(x, shape.len() - 1),
+        }
+    }
+
     fn segmentation_loss_parts(logits: FlexTensor, targets: FlexTensor, weights: FlexTensor) -> LossParts<Self> {
         let parts = loss_shape(&logits, &targets, &weights)
             .and_then(|shape| with_f32([&logits, &targets, &weights], |[l, t, w]| loss_cpu::forward(l, t, w, shape)));
         let Some((terms, row_sums)) = parts else {
             return burns_loss_parts::<Self>(logits, targets, weights);
         };
-        // The last sums are flex's own: over the batch for the cross-entropy, along the rows for
-        // Dice's products (their order follows the CPU's vector width).
-        let [classes, width] = [logits.shape()[1], logits.shape()[3]];
-        let terms = flex_tensor(terms, weights.shape().dims::<4>().to_vec());
-        let [intersect, score_sum, target_sum] = row_sums.map(|sums| {
-            let along_rows = Self::float_sum_dim(flex_tensor(sums, vec![1, classes, 1, width]), 3);
-            Self::float_reshape(along_rows, [classes].into())
-        });
+        // The last sums, over the batch for the cross-entropy and along the rows for Dice's
+        // products, are flex's on an AVX2 CPU, in that order on every CPU (`ordered_sum`).
+        let classes = logits.shape()[1];
+        let width = logits.shape()[3];
+        let [intersect, score_sum, target_sum] = row_sums.map(|sums| flex_tensor(ordered_sum::sum_rows(&sums, width), vec![classes]));
         LossParts {
-            cross_entropy: Self::float_div(Self::float_sum(terms), weight_mass::<Self>(weights)),
+            cross_entropy: Self::float_div(flex_tensor(vec![ordered_sum::sum(&terms)], vec![1]), weight_mass::<Self>(weights)),
             intersect,
             score_sum,
             target_sum,
@@ -778,6 +821,58 @@ impl<B: UnetKernels> Backward<B, 1> for DropoutBackward {
     }
 }
 
+/// The backward steps of `ordered_sum`, `ordered_mean` and `ordered_row_sums`: burn-autodiff's
+/// steps for `sum`, `mean` and `sum_dim` (ones, times `1 / n` for the mean, times the gradient
+/// spread over the input's shape), so only the forward order of additions changes.
+#[derive(Debug, Clone, Copy)]
+enum OrderedReduction {
+    Sum,
+    Mean,
+    RowSums,
+}
+
+impl<B: UnetKernels> Backward<B, 1> for OrderedReduction {
+    type State = Shape;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let Some(node) = node_x else { return };
+        let shape = ops.state;
+        let (device, dtype) = (grad.device(), grad.dtype());
+        let ones = B::float_ones(shape.clone(), &device, dtype.into());
+        let (factor, grad) = match self {
+            OrderedReduction::Sum => (ones, B::float_reshape(grad, Shape::from(vec![1; shape.num_dims()]))),
+            OrderedReduction::Mean => {
+                let factor = B::float_mul_scalar(ones, (1.0 / shape.num_elements() as f64).into());
+                (factor, B::float_reshape(grad, Shape::from(vec![1; shape.num_dims()])))
+            }
+            // burn sums the gradient along the axis it spreads it over (of size 1: a copy).
+            OrderedReduction::RowSums => (ones, B::float_sum_dim(grad, shape.num_dims() - 1)),
+        };
+        grads.register::<B>(node.id, B::float_mul(factor, grad));
+    }
+}
+
+impl OrderedReduction {
+    fn forward<B: UnetKernels>(self, x: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            OrderedReduction::Sum => B::ordered_sum(x),
+            OrderedReduction::Mean => B::ordered_mean(x),
+            OrderedReduction::RowSums => B::ordered_row_sums(x),
+        }
+    }
+
+    /// The reduction as one graph node of `Autodiff<B>`, at the depth of burn's own op.
+    fn record<B: UnetKernels, C: CheckpointStrategy>(self, x: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+        let shape = x.shape();
+        match self.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(shape, self.forward::<B>(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(self.forward::<B>(x.into_primitive())),
+        }
+    }
+}
+
 /// The backward step of `segmentation_loss`, one graph node where burn's ops made about forty.
 /// The logits get the two gradients burn's ops gave them, Dice's then the cross-entropy's, from
 /// a node at the depth of burn's first ops on them, so gradients from other uses of the logits
@@ -939,6 +1034,18 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(loss),
         }
+    }
+
+    fn ordered_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        OrderedReduction::Sum.record::<B, C>(x)
+    }
+
+    fn ordered_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        OrderedReduction::Mean.record::<B, C>(x)
+    }
+
+    fn ordered_row_sums(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        OrderedReduction::RowSums.record::<B, C>(x)
     }
 
     fn cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {

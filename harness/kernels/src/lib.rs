@@ -22,6 +22,7 @@ pub mod isa;
 pub mod loss_cpu;
 pub mod loss_ops;
 pub mod microkernel;
+pub mod ordered_sum;
 pub mod output;
 pub mod pool_cpu;
 pub mod resize_cpu;
@@ -246,6 +247,35 @@ pub fn segmentation_loss_on_flex(logits: &Tensor<4>, targets: &Tensor<4>, weight
     })
 }
 
+/// `x.sum()`, its additions in the order `ordered_sum.rs` fixes for every CPU on flex (flex's own
+/// order depends on the CPU's vector width); burn's `sum` elsewhere, and where `ATSO_KERNELS=burn`.
+/// Its gradient is burn's.
+pub fn sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    if own_kernels() && is_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::ordered_sum(x.into_dispatch()))
+    } else {
+        x.sum()
+    }
+}
+
+/// `x.mean()` as [`sum`] orders it: the sum, then a division by the count.
+pub fn mean<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    if own_kernels() && is_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::ordered_mean(x.into_dispatch()))
+    } else {
+        x.mean()
+    }
+}
+
+/// `x.sum_dim(D - 1)` (the last axis kept, with size 1), each row summed as [`sum`] orders it.
+pub fn sum_rows<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if own_kernels() && is_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as UnetKernels>::ordered_row_sums(x.into_dispatch()))
+    } else {
+        x.sum_dim(D - 1)
+    }
+}
+
 /// `pool.forward(x)`; a 2 x 2, stride-2 pooling without padding on flex goes through the
 /// project's kernel (bit for bit flex's values and gradients).
 pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
@@ -324,7 +354,7 @@ fn covered_padding(conv: &Conv2d) -> Option<usize> {
     plain.then_some(padding)
 }
 
-fn is_flex(x: &Tensor<4>) -> bool {
+fn is_flex<const D: usize>(x: &Tensor<D>) -> bool {
     matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
@@ -684,6 +714,66 @@ mod tests {
             (bits(y.into_data()), grad(&a), grad(&b), bits(plain))
         };
         assert_eq!(run(true), run(false));
+    }
+
+    /// The ordered reductions: values in `ordered_sum`'s order (with and without autodiff), and
+    /// gradients bit for bit those of burn's `sum`, `mean` and `sum_dim`, whose backward steps
+    /// they keep. Rows of 37 leave a tail after the 16-lane groups.
+    #[test]
+    fn ordered_reductions_sum_in_one_order_with_burns_gradients() {
+        let _serial = serial_random_stream();
+        let device = Device::flex().autodiff();
+        device.seed(29);
+        let shape = [2, 3, 5, 37];
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).into_data();
+        let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).into_data();
+        let r_rows = Tensor::<4>::random([2, 3, 5, 1], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let products: Vec<f32> = {
+            let (x, r) = (x.try_to_vec::<f32>().unwrap(), r.try_to_vec::<f32>().unwrap());
+            x.iter().zip(&r).map(|(a, b)| a * b).collect()
+        };
+        let run = |own: bool, which: usize| {
+            use_own_kernels(own);
+            let x = Tensor::<4>::from_data(x.clone(), &device).require_grad();
+            let y = x.clone() * Tensor::<4>::from_data(r.clone(), &device);
+            let (value, loss) = match which {
+                0 => {
+                    let s = sum(y);
+                    (s.clone().into_data(), s)
+                }
+                1 => {
+                    let m = mean(y);
+                    (m.clone().into_data(), m)
+                }
+                _ => {
+                    let rows = sum_rows(y);
+                    let loss = (rows.clone() * Tensor::<4>::from_data(r_rows.clone(), &device)).sum();
+                    (rows.into_data(), loss)
+                }
+            };
+            let grads = loss.backward();
+            use_own_kernels(true);
+            (bits(value), bits(x.grad(&grads).unwrap().into_data()))
+        };
+        for which in 0..3 {
+            let (own_value, own_grad) = run(true, which);
+            let (_, burns_grad) = run(false, which);
+            assert_eq!(own_grad, burns_grad, "gradient of reduction {which}");
+            let expected: Vec<f32> = match which {
+                0 => vec![ordered_sum::sum(&products)],
+                1 => vec![ordered_sum::mean(&products)],
+                _ => ordered_sum::sum_rows(&products, 37),
+            };
+            assert_eq!(
+                own_value,
+                expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "value of reduction {which}"
+            );
+        }
+        // Outside autodiff, the same values.
+        let plain = Tensor::<4>::from_data(TensorData::new(products.clone(), shape), &Device::flex());
+        assert_eq!(bits(sum(plain.clone()).into_data()), vec![ordered_sum::sum(&products).to_bits()]);
+        assert_eq!(bits(mean(plain).into_data()), vec![ordered_sum::mean(&products).to_bits()]);
     }
 
     /// Softmax over the channels outside autodiff: bit for bit burn's, for one channel, fewer

@@ -12,7 +12,8 @@
 //! reciprocals where burn does; Dice's products are summed over the images, then the rows, as
 //! flex's `sum_dim`s over those axes add them, from `0.0` in order). The two sums flex takes in
 //! lanes as wide as the CPU's, the cross-entropy's over the whole batch and Dice's along each
-//! row, are left to flex, on the same values. The gradient follows burn-autodiff's backward
+//! row, are taken on the same values in one order for every CPU (`ordered_sum`, AVX-512's), as
+//! loss.rs writes them too. The gradient follows burn-autodiff's backward
 //! steps of those ops one by one (`loss_ops.rs` writes them out as burn ops too); the loss's
 //! test holds values and gradients to burn's bit for bit.
 //!
@@ -52,13 +53,13 @@ pub fn covers_classes(classes: usize) -> bool {
     (1..=20).contains(&classes)
 }
 
-/// The per-pixel parts of the loss, up to the sums flex must do itself: the cross-entropy term
-/// `-Σ_c log_softmax(l)_c t_c * w` per pixel (`[batch, positions]`, for flex's sum over the
-/// batch), and for each of Dice's products `S * Tw`, `S * S` and `Tw * Tw` (`S = softmax(l) *
+/// The per-pixel parts of the loss, up to the sums taken in lanes (`ordered_sum`): the
+/// cross-entropy term `-Σ_c log_softmax(l)_c t_c * w` per pixel (`[batch, positions]`, for the
+/// sum over the batch), and for each of Dice's products `S * Tw`, `S * S` and `Tw * Tw` (`S = softmax(l) *
 /// w`, `Tw = t * w`) its sum over the batch, then over the rows (`[classes, width]`): the first
 /// two of flex's three `sum_dim`s over axes 0, 2 and 3, in their order (each from `0.0`, adding
-/// images, then rows, in order), so the products are never stored; the last, along the row,
-/// flex sums in lanes as wide as the CPU's, so it is left to flex.
+/// images, then rows, in order), so the products are never stored; the last, along the row, is
+/// summed in lanes, in `ordered_sum`'s order.
 pub fn forward(logits: &[f32], targets: &[f32], weights: &[f32], shape: LossShape) -> (Vec<f32>, [Vec<f32>; 3]) {
     shape.check(logits, targets, weights);
     dispatch_classes(

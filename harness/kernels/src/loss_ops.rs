@@ -13,6 +13,8 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, ExtensionType, TensorMetadata};
 
+use super::extension::UnetKernels;
+
 /// The segmentation loss's parts: the cross-entropy and Dice's three class sums.
 #[derive(ExtensionType)]
 pub struct LossParts<B: Backend> {
@@ -32,14 +34,14 @@ pub struct LossGrads<B: Backend> {
 
 /// The weighted cross-entropy as burn's ops: the mean over the weight mass (at least 1) of
 /// `-Σ_c log_softmax(logits)_c * targets_c`, each pixel times its weight.
-fn burns_cross_entropy<B: Backend>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> FloatTensor<B> {
+fn burns_cross_entropy<B: UnetKernels>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> FloatTensor<B> {
     let per_pixel = B::float_neg(B::float_sum_dim(B::float_mul(B::log_softmax(logits, 1), targets), 1));
-    B::float_div(B::float_sum(B::float_mul(per_pixel, weights.clone())), weight_mass::<B>(weights))
+    B::float_div(B::ordered_sum(B::float_mul(per_pixel, weights.clone())), weight_mass::<B>(weights))
 }
 
 /// The weights' sum, at least 1: what the cross-entropy's sum is divided by.
-pub(crate) fn weight_mass<B: Backend>(weights: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_clamp_min(B::float_sum(weights), 1.0.into())
+pub(crate) fn weight_mass<B: UnetKernels>(weights: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_clamp_min(B::ordered_sum(weights), 1.0.into())
 }
 
 /// Softmax over axis 1 as burn composes it for autodiff: `exp(x - max) / sum_dim(exp)`, the
@@ -51,14 +53,17 @@ fn composed_softmax<B: Backend>(logits: FloatTensor<B>) -> (FloatTensor<B>, Floa
     (B::float_div(exp.clone(), exp_sum.clone()), exp, exp_sum)
 }
 
-/// A Dice product's sums over batch and pixels, one per class (`[classes]`).
-fn class_sums<B: Backend>(products: FloatTensor<B>) -> FloatTensor<B> {
+/// A Dice product's sums over batch and pixels, one per class (`[classes]`): burn's
+/// `sum_dims(&[0, 2, 3])`, one axis after the other, the last (along the rows) in the order
+/// `ordered_row_sums` keeps on every CPU.
+fn class_sums<B: UnetKernels>(products: FloatTensor<B>) -> FloatTensor<B> {
     let classes = products.shape()[1];
-    B::float_reshape(B::float_sum_dims(products, &[0, 2, 3]), [classes].into())
+    let over_images_and_rows = B::float_sum_dim(B::float_sum_dim(products, 0), 2);
+    B::float_reshape(B::ordered_row_sums(over_images_and_rows), [classes].into())
 }
 
 /// The loss's parts as burn's ops (`loss.rs`'s `cross_entropy`, and `dice` up to its sums).
-pub(crate) fn burns_loss_parts<B: Backend>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> LossParts<B> {
+pub(crate) fn burns_loss_parts<B: UnetKernels>(logits: FloatTensor<B>, targets: FloatTensor<B>, weights: FloatTensor<B>) -> LossParts<B> {
     let cross_entropy = burns_cross_entropy::<B>(logits.clone(), targets.clone(), weights.clone());
     let scores = B::float_mul(composed_softmax::<B>(logits).0, weights.clone());
     let targets = B::float_mul(targets, weights);
@@ -72,10 +77,10 @@ pub(crate) fn burns_loss_parts<B: Backend>(logits: FloatTensor<B>, targets: Floa
 
 /// `0.5 * (cross-entropy + Dice)`, Dice as `mean(1 - (2 I + smooth) / (S + T + smooth))`: burn's
 /// ops.
-pub(crate) fn combined_loss<B: Backend>(parts: LossParts<B>, smooth: f64) -> FloatTensor<B> {
+pub(crate) fn combined_loss<B: UnetKernels>(parts: LossParts<B>, smooth: f64) -> FloatTensor<B> {
     let (numerator, denominator) = dice_ratio_parts::<B>(parts.intersect, parts.score_sum, parts.target_sum, smooth);
     let ratio = B::float_div(numerator, denominator);
-    let dice = B::float_mean(B::float_add_scalar(B::float_neg(ratio), 1.0.into()));
+    let dice = B::ordered_mean(B::float_add_scalar(B::float_neg(ratio), 1.0.into()));
     B::float_mul_scalar(B::float_add(parts.cross_entropy, dice), 0.5.into())
 }
 

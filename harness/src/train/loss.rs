@@ -8,11 +8,13 @@ use burn::tensor::Tensor;
 const SMOOTH: f64 = 1e-5;
 
 /// Weighted cross-entropy between logits `[B,C,H,W]` and target distributions, averaged over the
-/// weight mass (pixels with weight 0 do not count).
+/// weight mass (pixels with weight 0 do not count). The sums over many values
+/// (`kernels::sum`, `kernels::sum_rows`, `kernels::mean`) add in one order on every CPU, so a
+/// run's losses and gradients do not depend on the CPU's vector width.
 pub fn cross_entropy(logits: Tensor<4>, targets: Tensor<4>, weights: Tensor<4>) -> Tensor<1> {
-    let mass = weights.clone().sum().clamp_min(1.0);
+    let mass = kernels::sum(weights.clone()).clamp_min(1.0);
     let per_pixel = (log_softmax(logits, 1) * targets).sum_dim(1).neg();
-    (per_pixel * weights).sum() / mass
+    kernels::sum(per_pixel * weights) / mass
 }
 
 /// SSL4MIS's Dice loss over all classes on softmax scores:
@@ -22,11 +24,12 @@ pub fn dice(logits: Tensor<4>, targets: Tensor<4>, weights: Tensor<4>) -> Tensor
     let [_, classes, _, _] = logits.dims();
     let scores = softmax(logits, 1) * weights.clone();
     let targets = targets * weights;
-    let intersect = (scores.clone() * targets.clone()).sum_dims(&[0, 2, 3]).reshape([classes]);
-    let score_sum = (scores.clone() * scores).sum_dims(&[0, 2, 3]).reshape([classes]);
-    let target_sum = (targets.clone() * targets).sum_dims(&[0, 2, 3]).reshape([classes]);
+    let class_sums = |products: Tensor<4>| kernels::sum_rows(products.sum_dims(&[0, 2])).reshape([classes]);
+    let intersect = class_sums(scores.clone() * targets.clone());
+    let score_sum = class_sums(scores.clone() * scores);
+    let target_sum = class_sums(targets.clone() * targets);
     let ratio = (intersect * 2.0 + SMOOTH) / (score_sum + target_sum + SMOOTH);
-    (ratio.neg() + 1.0).mean()
+    kernels::mean(ratio.neg() + 1.0)
 }
 
 /// 0.5 * (CE + Dice).
