@@ -56,10 +56,45 @@ pub struct Expected {
     /// How the tolerance was derived (measured spread, machines, seeds).
     #[serde(default)]
     pub derivation: String,
-    /// Applies only when every run of the cell reports this text in its `simd` column (e.g.
-    /// "elementwise x86-64-v4"): expectations per class of machine whose results agree exactly.
+    /// Applies only when every run of the cell reports this text, or one of these texts, in its
+    /// `simd` column (e.g. "elementwise x86-64-v4"): expectations per class of machine whose
+    /// results agree exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub simd: Option<String>,
+    pub simd: Option<Machines>,
+}
+
+/// The classes of machine an expectation applies to: `simd = "text"` or `simd = ["text", ...]`,
+/// each text looked for in a run's `simd` column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Machines {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+impl Machines {
+    /// Whether a run whose `simd` column reads `simd` is one of these machines.
+    pub fn cover(&self, simd: &str) -> bool {
+        match self {
+            Machines::One(text) => simd.contains(text.as_str()),
+            Machines::AnyOf(texts) => texts.iter().any(|text| simd.contains(text.as_str())),
+        }
+    }
+}
+
+impl std::fmt::Display for Machines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Machines::One(text) => write!(f, "{text}"),
+            Machines::AnyOf(texts) => write!(f, "{}", texts.join(" | ")),
+        }
+    }
+}
+
+impl From<&str> for Machines {
+    fn from(text: &str) -> Self {
+        Machines::One(text.to_string())
+    }
 }
 
 impl Expected {
@@ -194,9 +229,9 @@ pub fn check(folders: &[PathBuf], reference: &Reference, allow_mixed: bool) -> R
         );
         let cell = find(&cells, &value.dataset, &value.method, value.labeled_ratio);
         if let Some(simd) = &value.simd {
-            let applies = cell.is_some_and(|c| !c.runs.is_empty() && c.runs.iter().all(|r| r.simd.contains(simd.as_str())));
+            let applies = cell.is_some_and(|c| !c.runs.is_empty() && c.runs.iter().all(|r| simd.cover(&r.simd)));
             if !applies {
-                *not_applied.entry(simd.clone()).or_default() += 1;
+                *not_applied.entry(simd.to_string()).or_default() += 1;
                 continue; // an expectation for another class of machine
             }
             what = format!("{what} [{simd}]");
@@ -322,7 +357,7 @@ pub fn update(
         let cell = find(&cells, &value.dataset, &value.method, value.labeled_ratio);
         if let Some(simd) = &value.simd {
             // Values for another class of machine are kept as they are.
-            if !cell.is_some_and(|c| c.runs.iter().all(|r| r.simd.contains(simd.as_str()))) {
+            if !cell.is_some_and(|c| c.runs.iter().all(|r| simd.cover(&r.simd))) {
                 continue;
             }
         }
@@ -433,4 +468,32 @@ pub fn compare(folders: &[PathBuf], base: &str, head: &str, reference: Option<&R
         not_applied: Vec::new(),
         machine: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_are_one_text_or_a_list_of_them() {
+        let one: Expected = toml::from_str(
+            "dataset = \"d\"\nmethod = \"m\"\nlabeled_ratio = 0.2\nmetric = \"dice_mean\"\nexpected = 0.5\nsimd = \"x86-64-v4\"",
+        )
+        .unwrap();
+        let machines = one.simd.unwrap();
+        assert!(machines.cover("conv avx512f, elementwise x86-64-v4 (cpu x86-64-v4)"));
+        assert!(!machines.cover("conv avx2+fma, elementwise x86-64-v3 (cpu x86-64-v3)"));
+        let list: Expected = toml::from_str(
+            "dataset = \"d\"\nmethod = \"m\"\nlabeled_ratio = 0.2\nmetric = \"dice_mean\"\nexpected = 0.5\nsimd = [\"x86-64-v3\", \"x86-64-v4\"]",
+        )
+        .unwrap();
+        let machines = list.simd.clone().unwrap();
+        assert!(machines.cover("conv avx2+fma, elementwise x86-64-v3 (cpu x86-64-v3)"));
+        assert!(machines.cover("conv avx512f, elementwise x86-64-v4 (cpu x86-64-v4)"));
+        assert!(!machines.cover("conv portable, elementwise x86-64-v2 (cpu x86-64-v2)"));
+        assert_eq!(machines.to_string(), "x86-64-v3 | x86-64-v4");
+        // Written back as it was read.
+        let written = toml::to_string(&list).unwrap();
+        assert!(written.contains("simd = [\"x86-64-v3\", \"x86-64-v4\"]"), "{written}");
+    }
 }

@@ -374,6 +374,15 @@ fn check_passes_on_its_own_reference_and_names_what_fails() {
     this_machine.values[0].expected = 0.99;
     let table = check::check(&folders, &this_machine, false).unwrap().table();
     assert!(table.contains("[avx2]") && table.contains("FAIL"), "{table}");
+    // A list of classes applies where any one of them does.
+    let mut either_machine = reference();
+    either_machine.values[0].simd = Some(check::Machines::AnyOf(vec!["elementwise x86-64-v2".into(), "avx2".into()]));
+    either_machine.values[0].expected = 0.99;
+    let table = check::check(&folders, &either_machine, false).unwrap().table();
+    assert!(
+        table.contains("[elementwise x86-64-v2 | avx2]") && table.contains("FAIL"),
+        "{table}"
+    );
     // A violated order.
     let mut order = reference();
     order.orders[0].method = "atso [cfg A2]".into();
