@@ -531,7 +531,8 @@ impl UnetKernels for Flex {
             return burns_loss_parts::<Self>(logits, targets, weights);
         };
         // The last sums, over the batch for the cross-entropy and along the rows for Dice's
-        // products, are flex's on an AVX2 CPU, in that order on every CPU (`ordered_sum`).
+        // products, add as flex's do on an AVX-512 CPU, in that order on every CPU
+        // (`ordered_sum`).
         let classes = logits.shape()[1];
         let width = logits.shape()[3];
         let [intersect, score_sum, target_sum] = row_sums.map(|sums| flex_tensor(ordered_sum::sum_rows(&sums, width), vec![classes]));

@@ -8,7 +8,9 @@
 //! teacher's consistency), and one differing bit in Dice's row sums changes every gradient after
 //! it: an AVX-512 machine's records parted from an AVX2 machine's from the second step
 //! (docs/benchmarks.md, "The AVX-512 path, run in an emulator"). Here the sum is written out in
-//! AVX-512's order, lane by lane, so it gives flex's AVX-512 bits wherever it runs. AVX-512 is the
+//! AVX-512's order, lane by lane, so it gives flex's AVX-512 bits wherever it runs (for a
+//! contiguous run of values under [`PARALLEL_FROM`], which is what the step sums; flex sums a
+//! strided view in other orders, and this sums its values in logical order). AVX-512 is the
 //! order kept because the CI reference's exact values (experiments/references/ci.toml) were
 //! recorded on an AVX-512 machine; an AVX2 machine now computes them too.
 //!
@@ -213,15 +215,26 @@ mod tests {
         assert_eq!(mean(&[1.0, 2.0, 4.0]), 7.0 / 3.0);
     }
 
-    /// The lanes flex's sums take on this CPU (macerator's x86-64-v4 or v3), if it is one of the two.
+    /// The lanes flex's sums take on this CPU: macerator's x86-64-v4 (16) or v3 (8), each taken
+    /// when the CPU has every feature macerator asks of it; `None` for another level.
     fn flex_lanes() -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+            let v3 = has!("sse4.2")
+                && has!("popcnt")
+                && has!("avx")
+                && has!("avx2")
+                && has!("bmi1")
+                && has!("bmi2")
+                && has!("fma")
+                && has!("lzcnt")
+                && has!("f16c");
+            let v4 = v3 && has!("avx512f") && has!("avx512bw") && has!("avx512cd") && has!("avx512dq") && has!("avx512vl");
+            if v4 {
                 return Some(16);
             }
-            if has!("avx2") && has!("fma") {
+            if v3 {
                 return Some(8);
             }
         }
