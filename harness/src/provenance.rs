@@ -130,9 +130,16 @@ fn simd_level() -> String {
         } else {
             1
         };
-        // The project's convolution kernels run AVX-512, AVX2 + FMA or portable code with the same bits;
-        // flex's elementwise and reduction kernels (macerator, with its default avx512 feature)
-        // dispatch up to v4, and their width changes summation orders.
+        if !crate::kernels::own_kernels() {
+            // burn's ops (`ATSO_KERNELS=burn`): their convolutions and sums follow the machine,
+            // so the text leaves out "elementwise", which the exact expectations written for the
+            // project's kernels look for (experiments/references/ci.toml).
+            return format!("burn's ops at x86-64-v{} (cpu x86-64-v{cpu})", cpu.min(4));
+        }
+        // The project's convolution kernels run AVX-512, AVX2 + FMA or portable code with the
+        // same bits; flex's elementwise kernels (macerator, with its default avx512 feature)
+        // dispatch up to v4, and the sums whose order their width would change are taken in one
+        // order (kernels::ordered_sum), so runs agree across v3 and v4.
         let conv = crate::kernels::isa::current().name();
         format!("conv {conv}, elementwise x86-64-v{} (cpu x86-64-v{cpu})", cpu.min(4))
     }
@@ -150,6 +157,19 @@ mod tests {
     fn machine_facts_are_filled() {
         let machine = Machine::current();
         assert!(!machine.cpu.is_empty() && !machine.simd.is_empty() && !machine.host.is_empty());
+    }
+
+    #[test]
+    fn runs_on_burns_ops_are_not_labelled_as_the_kernels() {
+        crate::kernels::use_own_kernels(false);
+        let burns = simd_level();
+        crate::kernels::use_own_kernels(true);
+        let own = simd_level();
+        assert!(!burns.contains("elementwise") && !burns.contains("conv "), "{burns}");
+        if cfg!(target_arch = "x86_64") {
+            assert!(burns.starts_with("burn's ops at x86-64-v"), "{burns}");
+            assert!(own.starts_with("conv ") && own.contains("elementwise x86-64-v"), "{own}");
+        }
     }
 
     #[test]
