@@ -12,8 +12,12 @@
 #                    bit, the max-pool gradient's paths against its definition, the convolutions
 #                    against burn's and a plain one (on the best path), a whole U-Net training
 #                    step compared across paths bit for bit (`SKIPPED <isa>` names a path the
-#                    CPU lacks), and the fused loss against burn's ops (whose sums run 16 lanes
-#                    wide there)
+#                    CPU lacks), the fused loss against the burn ops loss.rs writes it as, and
+#                    the ordered sums against flex's own sum on this CPU's width
+#     ci-check.txt   the CI experiment (`atso sweep experiments/ci.toml --jobs 2 --threads 1`,
+#                    about a minute) checked with `atso check` against experiments/references/
+#                    ci.toml, whose exact values apply on AVX2 and AVX-512 machines: whole runs
+#                    on this CPU against the values the reference holds
 #     bench-<isa>-<n>.md
 #                    `atso bench --threads 2 --kernels own --vs-pytorch --steps 11` on two cores
 #                    (taskset 0,1), with the kernels capped at each SIMD path the CPU has
@@ -56,12 +60,21 @@ status=0
 } > "$out/cpu.txt"
 cat "$out/cpu.txt"
 # The tests, with output shown (`--nocapture`), one at a time so the forced paths take turns.
-filters=(microkernel elementwise isa:: conv_cpu pool_cpu a_unet_training_step_gives_the_same_bits_on_every_isa fused_loss_is_bitwise_burns)
+filters=(microkernel elementwise isa:: conv_cpu pool_cpu ordered_sum ordered_reductions a_unet_training_step_gives_the_same_bits_on_every_isa fused_loss_is_bitwise_burns)
 for t in atso_kernels-tests atso_harness-tests; do
   echo "== $t" >> "$out/tests.txt"
   timeout 240 ".isa/$t" --test-threads 1 --nocapture "${filters[@]}" >> "$out/tests.txt" 2>&1 || status=1
 done
 tail -n 30 "$out/tests.txt"
+# Whole runs: the CI experiment against the reference's exact values.
+rm -rf "$out/ci-results" "$out/ci-data"
+if timeout 600 taskset -c 0,1 .isa/atso sweep experiments/ci.toml --jobs 2 --threads 1 --results "$out/ci-results" \
+  --data-base "$out/ci-data" > "$out/ci-sweep.log" 2>&1; then
+  .isa/atso check "$out/ci-results/ci" --reference experiments/references/ci.toml > "$out/ci-check.txt" 2>&1 || status=1
+else
+  echo "the CI experiment did not run (see ci-sweep.log)" > "$out/ci-check.txt"; status=1
+fi
+tail -n 3 "$out/ci-check.txt"
 # Which paths this CPU has, as the kernels see them (the names `simd` records carry).
 isas=(portable avx2)
 grep -qw avx512f /proc/cpuinfo && isas+=(avx512)
