@@ -395,7 +395,8 @@ pub(crate) fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape)
 
 /// `dL/dW` (`[c_out, c_in, kh, kw]`). For each tap and output channel, the products of each
 /// shifted input value with `dL/dy` are chained over an image's positions in order
-/// (`microkernel::weight_tile`, output channels along the registers), and the images' sums are
+/// (`microkernel::weight_tile`, output channels along the registers, up to `weight_taps` taps
+/// per call; how many changes no chain), and the images' sums are
 /// added in image order. Threads split the taps, so no sum is ever split.
 pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     check_lengths(shape, Some(input), None, Some(output_grad));
@@ -430,9 +431,10 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 let (src, dy) = (&padded[b], &dyt[b]);
                 for band_start in (0..stride).step_by(band) {
                     let len = band.min(stride - band_start);
-                    for (block, block_offsets) in task_offsets.chunks(BLOCK).enumerate() {
-                        for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
-                            let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
+                    for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
+                        let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
+                        let per_call = microkernel::weight_taps(groups);
+                        for (chunk, chunk_offsets) in task_offsets.chunks(per_call).enumerate() {
                             // SAFETY: reads of `src` end before `stride + max_offset <=
                             // padded_len` (checked), of `dy` at row `band_start + len <= stride`
                             // and column `first + LANES groups <= lanes`; `image_sum` holds this task's
@@ -441,11 +443,11 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                                 microkernel::weight_tile(
                                     groups,
                                     src.as_ptr().add(band_start),
-                                    block_offsets,
+                                    chunk_offsets,
                                     dy.as_ptr().add(band_start * lanes + first),
                                     lanes,
                                     len,
-                                    image_sum.as_mut_ptr().add(block * BLOCK * lanes + first),
+                                    image_sum.as_mut_ptr().add(chunk * per_call * lanes + first),
                                     lanes,
                                 );
                             }

@@ -11,9 +11,10 @@
 //! only on the code.
 //!
 //! A tile's size is the same for all of them (`TILE` positions, or `HALF_TILE` at the end of a
-//! row of positions; up to `WEIGHT_GROUPS` x `LANES` weight-gradient channels), so the callers in
-//! `conv_cpu` are one code path: AVX-512 fills a tile with two 16-lane registers per row, AVX2
-//! and the portable code run it as halves.
+//! row of positions; up to `WEIGHT_GROUPS` x `LANES` weight-gradient channels and `weight_taps`
+//! taps), so the callers in `conv_cpu` are one code path: AVX-512 fills a tile with two 16-lane
+//! registers per row, and a weight-gradient call with up to 24 accumulators; AVX2 and the
+//! portable code run them as halves and blocks of `BLOCK` taps.
 
 use super::isa;
 
@@ -25,6 +26,11 @@ pub const BLOCK: usize = 6;
 pub const LANES: usize = 8;
 /// Channel groups one weight-gradient tile computes at most (two AVX-512 registers).
 pub const WEIGHT_GROUPS: usize = 4;
+
+/// Taps one weight-gradient call takes at most: on AVX-512, up to 24 of its 32 registers then
+/// accumulate (24 taps of 16 channels, or 12 of 32) where a block of 6 taps filled 6 or 12; the
+/// other paths run such a call as blocks of `BLOCK` taps.
+pub const WEIGHT_TAPS: usize = 4 * BLOCK;
 
 /// Positions per forward half-tile (two AVX2 registers, one AVX-512 one): what output rows are
 /// rounded up to, so a layer computes at most 15 junk positions per channel, not 31.
@@ -204,7 +210,8 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
 }
 
 /// Weight-gradient tile, with output channels along the registers: for `j < offsets.len()` (at
-/// most `BLOCK`) and `c < LANES * groups` (`groups` at most `WEIGHT_GROUPS`), continues the chain
+/// most `weight_taps(groups)`) and `c < LANES * groups` (`groups` at most `WEIGHT_GROUPS`),
+/// continues the chain
 /// `grad[j * grad_stride + c] = fma(src[offsets[j] + p], dyt[p * dyt_stride + c], grad[..])` over
 /// positions `p < len` in order. The chain is stored in `grad` between calls, so splitting the
 /// positions across calls does not change a bit.
@@ -223,7 +230,51 @@ pub unsafe fn weight_tile(
     grad: *mut f32,
     grad_stride: usize,
 ) {
-    assert!((1..=WEIGHT_GROUPS).contains(&groups) && (1..=BLOCK).contains(&offsets.len()));
+    assert!((1..=WEIGHT_GROUPS).contains(&groups) && (1..=weight_taps(groups)).contains(&offsets.len()));
+    // The AVX-512 path keeps up to 24 accumulators over the whole call where the taps come in
+    // rows of three neighbours (a 3-wide kernel's `kx = 0, 1, 2`), so one pointer serves a row.
+    #[cfg(x86_kernels)]
+    if isa::current() == isa::Isa::Avx512 {
+        if let Some(rows) = tap_rows(offsets) {
+            let last: u16 = if groups % 2 == 1 { 0x00ff } else { 0xffff };
+            macro_rules! rows {
+                ($z:literal, $($n:literal)+) => {
+                    match rows.len {
+                        $($n => weight_rows_avx512::<$n, $z>(src, rows.starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last),)+
+                        _ => unreachable!("at most {} rows", WEIGHT_TAPS / 3),
+                    }
+                };
+            }
+            // SAFETY: AVX-512 is the CPU's (`current`); the rows' reads are the taps' reads and
+            // the registers cover `LANES * groups` channels, so the contract is the caller's.
+            unsafe {
+                if groups > 2 {
+                    rows!(2, 1 2 3 4)
+                } else {
+                    rows!(1, 1 2 3 4 5 6 7 8)
+                }
+            }
+            return;
+        }
+    }
+    if offsets.len() > BLOCK {
+        for (block, block_offsets) in offsets.chunks(BLOCK).enumerate() {
+            // SAFETY: the same contract, for the taps of this block.
+            unsafe {
+                weight_tile(
+                    groups,
+                    src,
+                    block_offsets,
+                    dyt,
+                    dyt_stride,
+                    len,
+                    grad.add(block * BLOCK * grad_stride),
+                    grad_stride,
+                )
+            };
+        }
+        return;
+    }
     macro_rules! dispatch {
         ($f:ident, $r:literal, $dyt:expr, $grad:expr $(, $extra:expr)?) => {
             match offsets.len() {
@@ -393,6 +444,94 @@ unsafe fn weight_tile_avx512<const Z: usize, const T: usize>(
     }
 }
 
+/// Taps one weight-gradient call of `groups` channel groups takes at most: 24 accumulating
+/// registers' worth on AVX-512 (24 taps of up to 16 channels, 12 of up to 32).
+pub fn weight_taps(groups: usize) -> usize {
+    if groups > 2 {
+        WEIGHT_TAPS / 2
+    } else {
+        WEIGHT_TAPS
+    }
+}
+
+/// The first offset of each row of three neighbouring taps (`o, o + 1, o + 2`), when `offsets`
+/// is such rows one after another and more than one block's worth would be left to the generic
+/// tile; None otherwise.
+#[cfg(x86_kernels)]
+fn tap_rows(offsets: &[usize]) -> Option<TapRows> {
+    if !offsets.len().is_multiple_of(3) || offsets.len() > WEIGHT_TAPS {
+        return None;
+    }
+    let mut rows = TapRows {
+        starts: [0; WEIGHT_TAPS / 3],
+        len: offsets.len() / 3,
+    };
+    for (start, t) in rows.starts.iter_mut().zip(offsets.chunks_exact(3)) {
+        if t[1] != t[0] + 1 || t[2] != t[0] + 2 {
+            return None;
+        }
+        *start = t[0];
+    }
+    Some(rows)
+}
+
+/// The first offsets of `len` rows of three neighbouring taps.
+#[cfg(x86_kernels)]
+struct TapRows {
+    starts: [usize; WEIGHT_TAPS / 3],
+    len: usize,
+}
+
+/// The weight-gradient tile over `ROWS` rows of three neighbouring taps (tap `3 r + kx` reads
+/// `src[rows[r] + kx + p]`), with `Z` AVX-512 registers (two channel groups each) per tap: 3
+/// `ROWS Z` accumulators, each continuing its chain over the positions in order, as the generic
+/// tile does. The last register's lanes are `last_mask`.
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_rows_avx512<const ROWS: usize, const Z: usize>(
+    src: *const f32,
+    rows: [usize; ROWS],
+    dyt: *const f32,
+    dyt_stride: usize,
+    len: usize,
+    grad: *mut f32,
+    grad_stride: usize,
+    last_mask: u16,
+) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; Z] = std::array::from_fn(|z| if z + 1 == Z { last_mask } else { 0xffff });
+    // SAFETY (pointers): offsets the caller's contract makes readable.
+    let starts: [*const f32; ROWS] = std::array::from_fn(|r| unsafe { src.add(rows[r]) });
+    // SAFETY: the masked lanes of tap `3 r + kx` are readable (the caller's contract).
+    let mut acc: [[[__m512; Z]; 3]; ROWS] = std::array::from_fn(|r| {
+        std::array::from_fn(|kx| {
+            std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add((3 * r + kx) * grad_stride + 16 * z)) })
+        })
+    });
+    for p in 0..len {
+        // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
+        let g: [__m512; Z] = std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) });
+        for (row, &start) in acc.iter_mut().zip(&starts) {
+            for (kx, taps) in row.iter_mut().enumerate() {
+                // SAFETY: tap `3 r + kx` is readable at `offset + p` (the caller's contract).
+                let x = _mm512_set1_ps(unsafe { *start.add(kx + p) });
+                for (a, &gz) in taps.iter_mut().zip(&g) {
+                    *a = _mm512_fmadd_ps(x, gz, *a);
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (kx, taps) in row.iter().enumerate() {
+            for (z, a) in taps.iter().enumerate() {
+                // SAFETY: the masked lanes are writable (the caller's contract).
+                unsafe { _mm512_mask_storeu_ps(grad.add((3 * r + kx) * grad_stride + 16 * z), masks[z], *a) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,22 +608,30 @@ mod tests {
 
     /// On every instruction set this CPU has, the weight-gradient tile continues each channel's
     /// chain of `mul_add`s over the positions exactly as defined, for one to four channel groups
-    /// and one to six taps, split over two calls, and writes nothing past its channels.
+    /// and one to `weight_taps` taps, scattered or in rows of neighbours, split over two calls,
+    /// and writes nothing past its channels.
     #[test]
     fn the_weight_tile_gives_its_definitions_bits_on_every_isa() {
         const ROW: usize = WEIGHT_GROUPS * LANES + 8;
         let (positions, split) = (40, 25);
         let src = values(400, 1);
-        let offsets = [0usize, 7, 33, 120, 121, 250];
+        // Scattered taps (the generic tile, in blocks), and rows of three neighbours (a 3-wide
+        // kernel's; AVX-512 holds up to `weight_taps` of them in registers).
+        let scattered = [
+            0usize, 7, 33, 120, 121, 250, 251, 252, 40, 41, 299, 300, 301, 302, 5, 6, 9, 10, 11, 12, 13, 14, 15, 200,
+        ];
+        let rows: Vec<usize> = [0usize, 7, 33, 120, 130, 200, 250, 300]
+            .iter()
+            .flat_map(|&o| [o, o + 1, o + 2])
+            .collect();
         let dyt = values(positions * ROW, 4);
         for isa in isa::compared_in("the weight tile") {
             let _forced = isa::force(isa);
             for groups in 1..=WEIGHT_GROUPS {
-                for taps in 1..=BLOCK {
-                    let taps = &offsets[..taps];
+                for taps in (1..=weight_taps(groups)).flat_map(|n| [&scattered[..n], &rows[..n]]) {
                     let mut grad = values(taps.len() * ROW, 5);
                     let start = grad.clone();
-                    // SAFETY: src reads end at 250 + 39 < 400; dyt rows are ROW apart (40 rows),
+                    // SAFETY: src reads end at 302 + 39 < 400; dyt rows are ROW apart (40 rows),
                     // grad rows ROW apart, each covering 8 * groups <= ROW channels.
                     unsafe {
                         weight_tile(groups, src.as_ptr(), taps, dyt.as_ptr(), ROW, split, grad.as_mut_ptr(), ROW);
