@@ -122,8 +122,21 @@ def main():
             sync()
             if i >= args.warmup:
                 inference.append(time.perf_counter() - start)
+    # PyTorch's own fp32 GEMM rate on the same device and threads, as `atso bench` measures
+    # flex's (1024^3, median of 5 after 2): a reference that uses every instruction set the
+    # CPU has (oneDNN / MKL), where flex's GEMM crate may not.
+    n = 1024
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    gemm = []
+    for i in range(7):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        if i >= 2:
+            gemm.append(time.perf_counter() - start)
     result = {
         "version": torch.__version__,
+        "gemm_gflops": 2 * n**3 / statistics.median(gemm) / 1e9,
         "threads": torch.get_num_threads(),
         "device": args.device,
         "train_seconds": statistics.median(train),

@@ -10,7 +10,9 @@
 //! product on the same backend and threads. On flex each thread count is timed with burn's ops and
 //! with the project's kernels (`--kernels`). The first configuration is the reference the others
 //! are reported against. `--vs-pytorch` runs benchmarks/pytorch_unet.py on the same network and
-//! batch right after and prints the ratio.
+//! batch right after and prints the ratio, and the training rate as a share of PyTorch's own GEMM
+//! rate: flex's GEMM crate runs its AVX2 code on an AVX-512 CPU (seen in a profile on an Intel
+//! Xeon), so there the same-run share above flatters, and PyTorch's (oneDNN / MKL) does not.
 //!
 //! `--phases` says where a step's time goes, for a backend whose step is far slower than its
 //! arithmetic (a GPU launching many small kernels): as many further steps, each split into its
@@ -180,6 +182,18 @@ pub fn command(args: BenchArgs) -> Result<()> {
                 "peak resident memory, atso ({}) / PyTorch: {our_peak:.0} / {their_peak:.0} MiB = {:.2}x (each process's peak; atso's since its configuration began)",
                 ours.label,
                 our_peak / their_peak
+            );
+        }
+        if let Some(their_gemm) = theirs.gemm_gflops {
+            // flex's GEMM crate may run narrower SIMD than the CPU has (AVX2 code on an AVX-512
+            // CPU), which flatters the same-run share above; PyTorch's GEMM does not.
+            let train_rate = 3.0 * batch_forward_flops(&args) / ours.train_seconds / 1e9;
+            println!(
+                "GEMM rate, PyTorch ({} threads): {their_gemm:.1} GFLOP/s; atso ({}) trains at {:.2} of it (flex's GEMM in this run: {:.1})",
+                theirs.threads,
+                ours.label,
+                train_rate / their_gemm,
+                ours.gemm_gflops
             );
         }
         let mut ratios = vec![Ratios::of(ours, &theirs)];
@@ -449,6 +463,11 @@ fn measure(args: &BenchArgs, name: Backend, examples: &[Example], model_spec: &M
     })
 }
 
+/// Convolution FLOPs of one forward pass over a benchmark batch.
+fn batch_forward_flops(args: &BenchArgs) -> f64 {
+    unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64
+}
+
 /// GFLOP/s of a 1024 x 1024 x 1024 fp32 matrix product on backend `name` (median of 5).
 fn gemm_gflops(name: Backend) -> Result<f64> {
     use atso_harness::burn::tensor::{Distribution, Tensor};
@@ -475,7 +494,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The results as a Markdown table, ratios against the first configuration's training step.
 pub fn table(args: &BenchArgs, results: &[BenchResult]) -> String {
-    let forward = unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64;
+    let forward = batch_forward_flops(args);
     let reference = results.first().map_or(f64::NAN, |r| r.train_seconds);
     let mut out = format!(
         "U-Net channels {:?}, dropout {:?}, batch {} x 1 x {} x {}, train: median over phases of {} steps ({} steps in all) after {} warm-up; inference: median of {} batches (none: NaN); {:.2} GFLOP per forward pass, {:.2} per train step\n\n\
@@ -552,6 +571,9 @@ struct PyTorchResult {
     /// The PyTorch process's peak resident memory (older scripts do not report it).
     #[serde(default)]
     peak_rss_mib: Option<f64>,
+    /// PyTorch's fp32 GEMM rate on the same device and threads (older scripts do not report it).
+    #[serde(default)]
+    gemm_gflops: Option<f64>,
 }
 
 fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {

@@ -232,8 +232,9 @@ fn bench_phases_split_the_training_step() {
 }
 
 /// `atso bench --vs-pytorch --rounds 3` takes turns with the PyTorch script three times and
-/// prints each further round and the medians of the rounds' ratios. A stand-in script answers
-/// with times that differ per call, so the medians can only come from all three calls.
+/// prints each further round and the medians of the rounds' ratios, and the training rate as a
+/// share of PyTorch's GEMM rate. A stand-in script answers with times that differ per call, so
+/// the medians can only come from all three calls.
 #[test]
 fn bench_rounds_take_turns_with_pytorch_and_report_medians() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +245,7 @@ calls = pathlib.Path(sys.argv[0]).with_name("calls")
 n = int(calls.read_text()) if calls.exists() else 0
 calls.write_text(str(n + 1))
 train = [1.0, 3.0, 2.0][n % 3]
-print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "inference_seconds": train / 2}))
+print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "inference_seconds": train / 2, "gemm_gflops": 100.0}))
 "#;
     std::fs::write(&script, stand_in).unwrap();
     let script_arg = script.to_string_lossy().into_owned();
@@ -264,6 +265,18 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
         .find(|l| l.starts_with("throughput, atso (flex (1 thread)) / PyTorch:"))
         .unwrap_or_else(|| panic!("no summary: {out}"));
     assert!(summary.contains("(medians of 3 alternating rounds;"), "{summary}");
+    // PyTorch's GEMM rate is the second reference: the share is the table's train GFLOP/s over it.
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| flex (1 thread) |"))
+        .unwrap_or_else(|| panic!("no row: {out}"));
+    let train_gflops: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+    let gemm = out
+        .lines()
+        .find_map(|l| l.strip_prefix("GEMM rate, PyTorch (1 threads): 100.0 GFLOP/s; atso (flex (1 thread)) trains at "))
+        .unwrap_or_else(|| panic!("no PyTorch GEMM line: {out}"));
+    let share: f64 = gemm.split_whitespace().next().unwrap().parse().unwrap();
+    assert!((share - train_gflops / 100.0).abs() < 0.01, "{share} vs {train_gflops} / 100");
 }
 
 /// `ATSO_KERNEL_ISA=portable` runs the portable kernels on a CPU with AVX2; the record says so
