@@ -94,6 +94,11 @@ pub struct BenchArgs {
     /// single pair can swing by more than the difference being measured).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// Also time each U-Net level's convolution alone (forward, input gradient, weight gradient;
+    /// the project's CPU kernels, at the last `--threads` count): a kernel change shows there when
+    /// a whole step's run-to-run noise hides it
+    #[arg(long)]
+    pub layers: bool,
 }
 
 impl BenchArgs {
@@ -160,6 +165,9 @@ pub fn command(args: BenchArgs) -> Result<()> {
     if args.phases && !results.is_empty() {
         print!("\n{}", phases_table(&results));
     }
+    if args.layers {
+        print!("\n{}", layers_table(&args)?);
+    }
     for failure in &failures {
         println!("\n{} could not be measured: {}", failure.label, failure.error);
     }
@@ -184,19 +192,8 @@ pub fn command(args: BenchArgs) -> Result<()> {
                 our_peak / their_peak
             );
         }
-        if let Some(their_gemm) = theirs.gemm_gflops {
-            // flex's GEMM crate may run narrower SIMD than the CPU has (AVX2 code on an AVX-512
-            // CPU), which flatters the same-run share above; PyTorch's GEMM does not.
-            let train_rate = 3.0 * batch_forward_flops(&args) / ours.train_seconds / 1e9;
-            println!(
-                "GEMM rate, PyTorch ({} threads): {their_gemm:.1} GFLOP/s; atso ({}) trains at {:.2} of it (flex's GEMM in this run: {:.1})",
-                theirs.threads,
-                ours.label,
-                train_rate / their_gemm,
-                ours.gemm_gflops
-            );
-        }
-        let mut ratios = vec![Ratios::of(ours, &theirs)];
+        let train_flops = 3.0 * batch_forward_flops(&args);
+        let mut ratios = vec![Ratios::of(ours, &theirs, train_flops)];
         let again = args.last_configuration();
         for round in 2..=args.rounds {
             let (mut measured, failed) = run(&again)?;
@@ -205,7 +202,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
             }
             let ours = measured.pop().context("no configuration measured")?;
             let theirs = pytorch(&args)?;
-            let r = Ratios::of(&ours, &theirs);
+            let r = Ratios::of(&ours, &theirs, train_flops);
             println!(
                 "round {round}: atso train {:.1} ms, inference {:.1} ms; PyTorch train {:.1} ms, inference {:.1} ms; train {:.2}x, inference {:.2}x",
                 1e3 * ours.train_seconds,
@@ -218,11 +215,29 @@ pub fn command(args: BenchArgs) -> Result<()> {
             ratios.push(r);
         }
         println!("throughput, atso ({}) / PyTorch: {}", ours.label, Ratios::summary(&ratios));
+        if let Some(line) = Ratios::gemm_summary(&ratios) {
+            // flex's GEMM crate may run narrower SIMD than the CPU has (AVX2 code on an AVX-512
+            // CPU), which flatters the table's same-run share; PyTorch's GEMM does not.
+            println!(
+                "GEMM rate, PyTorch ({} threads): {line}; flex's GEMM in the first round {:.1} GFLOP/s",
+                theirs.threads, ours.gemm_gflops
+            );
+        }
     }
     if !failures.is_empty() {
         bail!("{} of {} configuration(s) failed", failures.len(), failures.len() + results.len());
     }
     Ok(())
+}
+
+/// The median of sorted, non-empty `values` (the mean of the middle two for an even count).
+fn middle(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// The last value of a list (none of an empty one).
@@ -235,14 +250,39 @@ fn last_only<T: Clone>(values: &[T]) -> Vec<T> {
 struct Ratios {
     train: f64,
     inference: f64,
+    /// PyTorch's GEMM rate in that round (GFLOP/s) and atso's training rate as a share of it,
+    /// where the script reports one.
+    gemm: Option<(f64, f64)>,
 }
 
 impl Ratios {
-    fn of(ours: &BenchResult, theirs: &PyTorchResult) -> Self {
+    /// One round's ratios; `train_flops` is a training step's convolution FLOPs.
+    fn of(ours: &BenchResult, theirs: &PyTorchResult, train_flops: f64) -> Self {
         Self {
             train: theirs.train_seconds / ours.train_seconds,
             inference: theirs.inference_seconds / ours.inference_seconds,
+            gemm: theirs.gemm_gflops.map(|gemm| (gemm, train_flops / ours.train_seconds / 1e9 / gemm)),
         }
+    }
+
+    /// `390.1 GFLOP/s; atso trains at 0.30 of it`, medians over the rounds (with the share's range
+    /// when there are several); None when a round's script reported no GEMM rate.
+    fn gemm_summary(rounds: &[Ratios]) -> Option<String> {
+        let pairs: Vec<(f64, f64)> = rounds.iter().map(|r| r.gemm).collect::<Option<_>>()?;
+        let gemm = median(pairs.iter().map(|p| p.0).collect());
+        let mut shares: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        shares.sort_by(f64::total_cmp);
+        let share = middle(&shares);
+        Some(if rounds.len() == 1 {
+            format!("{gemm:.1} GFLOP/s; atso trains at {share:.2} of it")
+        } else {
+            format!(
+                "{gemm:.1} GFLOP/s (median of {} rounds); atso trains at {share:.2} of it (median; {:.2} to {:.2})",
+                rounds.len(),
+                shares[0],
+                shares[shares.len() - 1]
+            )
+        })
     }
 
     /// `train 1.10x, inference 1.20x`, for one round; for several, the medians and, in
@@ -251,13 +291,7 @@ impl Ratios {
         let median_and_range = |pick: fn(&Ratios) -> f64| {
             let mut values: Vec<f64> = rounds.iter().map(pick).collect();
             values.sort_by(f64::total_cmp);
-            let n = values.len();
-            let median = if n % 2 == 1 {
-                values[n / 2]
-            } else {
-                (values[n / 2 - 1] + values[n / 2]) / 2.0
-            };
-            (median, values[0], values[n - 1])
+            (middle(&values), values[0], values[values.len() - 1])
         };
         let (train, inference) = (median_and_range(|r| r.train), median_and_range(|r| r.inference));
         if rounds.len() == 1 {
@@ -463,6 +497,31 @@ fn measure(args: &BenchArgs, name: Backend, examples: &[Example], model_spec: &M
     })
 }
 
+/// `--layers`: each level's 3 x 3 convolution (its channels in and out, its resolution) timed
+/// pass by pass, as a Markdown table.
+fn layers_table(args: &BenchArgs) -> Result<String> {
+    use atso_harness::kernels::conv_probe;
+    const CALLS: usize = 5;
+    let threads = args.threads.last().copied().unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let mut out = format!(
+        "Convolution layers alone (`--layers`): the project's kernels ({}), {threads} thread{}, batch {}, 3 x 3 from and to each level's channels; GFLOP/s counting real positions, the best of {CALLS} calls after one\n\n\
+         | channels | size | forward | input gradient | weight gradient |\n|---|---|---|---|---|\n",
+        atso_harness::provenance::Machine::current().simd,
+        if threads == 1 { "" } else { "s" },
+        args.batch_size
+    );
+    for (level, &channels) in args.channels.iter().enumerate() {
+        let size = args.resolution >> level;
+        let r = pool.install(|| conv_probe::layer_rates(channels, size, args.batch_size, CALLS));
+        out.push_str(&format!(
+            "| {channels} | {size} x {size} | {:.1} | {:.1} | {:.1} |\n",
+            r.forward, r.input_grad, r.weight_grad
+        ));
+    }
+    Ok(out)
+}
+
 /// Convolution FLOPs of one forward pass over a benchmark batch.
 fn batch_forward_flops(args: &BenchArgs) -> f64 {
     unet_forward_flops(&args.channels, args.resolution, 1, 4) * args.batch_size as f64
@@ -617,7 +676,11 @@ mod tests {
     /// an even count) and range.
     #[test]
     fn ratio_summaries() {
-        let r = |train, inference| Ratios { train, inference };
+        let r = |train, inference| Ratios {
+            train,
+            inference,
+            gemm: None,
+        };
         assert_eq!(Ratios::summary(&[r(1.234, 0.9)]), "train 1.23x, inference 0.90x");
         assert_eq!(
             Ratios::summary(&[r(1.3, 1.0), r(1.1, 1.4), r(1.2, 1.2)]),
@@ -625,6 +688,29 @@ mod tests {
         );
         assert!(Ratios::summary(&[r(1.0, 1.0), r(1.2, 1.1), r(2.0, 1.3), r(0.5, 1.5)])
             .starts_with("train 1.10x, inference 1.20x (medians of 4"));
+    }
+
+    /// PyTorch's GEMM line: medians over the rounds, the share's range; none where a script
+    /// (an older one) reported no GEMM rate, which still parses.
+    #[test]
+    fn gemm_summaries() {
+        let r = |gemm| Ratios {
+            train: 1.0,
+            inference: 1.0,
+            gemm,
+        };
+        assert_eq!(
+            Ratios::gemm_summary(&[r(Some((400.0, 0.3)))]).unwrap(),
+            "400.0 GFLOP/s; atso trains at 0.30 of it"
+        );
+        assert_eq!(
+            Ratios::gemm_summary(&[r(Some((400.0, 0.3))), r(Some((300.0, 0.4))), r(Some((350.0, 0.2)))]).unwrap(),
+            "350.0 GFLOP/s (median of 3 rounds); atso trains at 0.30 of it (median; 0.20 to 0.40)"
+        );
+        assert_eq!(Ratios::gemm_summary(&[r(Some((400.0, 0.3))), r(None)]), None);
+        let older: PyTorchResult =
+            serde_json::from_str(r#"{"version": "2.0", "threads": 2, "train_seconds": 0.3, "inference_seconds": 0.1}"#).unwrap();
+        assert_eq!((older.gemm_gflops, older.peak_rss_mib), (None, None));
     }
 
     #[test]

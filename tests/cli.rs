@@ -206,6 +206,26 @@ fn small_bench<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `atso bench --layers` times each level's convolution alone: one row per level, at the
+/// level's channels and resolution, with a rate for each pass. (Structure only.)
+#[test]
+fn bench_layers_time_each_levels_convolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = atso(dir.path(), &small_bench(&["--steps", "2", "--layers"]));
+    assert!(bench.status.success(), "{}", stderr(&bench));
+    let out = String::from_utf8_lossy(&bench.stdout);
+    assert!(out.contains("Convolution layers alone (`--layers`)"), "{out}");
+    for (channels, size) in [("4", "32 x 32"), ("8", "16 x 16")] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {channels} | {size} |")))
+            .unwrap_or_else(|| panic!("no row for {channels} channels: {out}"));
+        let rates: Vec<f64> = row.split('|').skip(3).filter_map(|c| c.trim().parse().ok()).collect();
+        assert_eq!(rates.len(), 3, "{row}");
+        assert!(rates.iter().all(|&r| r > 0.0 && r.is_finite()), "{row}");
+    }
+}
+
 /// `atso bench --phases` splits the training step into its parts on each configuration and
 /// reads the CPU use of the process, of the thread driving the training and of other busy
 /// threads. (Structure only: how fast is the benchmark's to say, not a test's.)
@@ -245,7 +265,7 @@ calls = pathlib.Path(sys.argv[0]).with_name("calls")
 n = int(calls.read_text()) if calls.exists() else 0
 calls.write_text(str(n + 1))
 train = [1.0, 3.0, 2.0][n % 3]
-print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "inference_seconds": train / 2, "gemm_gflops": 100.0}))
+print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "inference_seconds": train / 2, "gemm_gflops": 1.0}))
 "#;
     std::fs::write(&script, stand_in).unwrap();
     let script_arg = script.to_string_lossy().into_owned();
@@ -265,7 +285,9 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
         .find(|l| l.starts_with("throughput, atso (flex (1 thread)) / PyTorch:"))
         .unwrap_or_else(|| panic!("no summary: {out}"));
     assert!(summary.contains("(medians of 3 alternating rounds;"), "{summary}");
-    // PyTorch's GEMM rate is the second reference: the share is the table's train GFLOP/s over it.
+    // PyTorch's GEMM rate is the second reference: the share is atso's training GFLOP/s over it,
+    // a median over the rounds (1 GFLOP/s here, so the share is the rate itself; the table's
+    // rate is the first round's, so only its magnitude is compared).
     let row = out
         .lines()
         .find(|l| l.starts_with("| flex (1 thread) |"))
@@ -273,10 +295,14 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
     let train_gflops: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
     let gemm = out
         .lines()
-        .find_map(|l| l.strip_prefix("GEMM rate, PyTorch (1 threads): 100.0 GFLOP/s; atso (flex (1 thread)) trains at "))
+        .find_map(|l| l.strip_prefix("GEMM rate, PyTorch (1 threads): 1.0 GFLOP/s (median of 3 rounds); atso trains at "))
         .unwrap_or_else(|| panic!("no PyTorch GEMM line: {out}"));
     let share: f64 = gemm.split_whitespace().next().unwrap().parse().unwrap();
-    assert!((share - train_gflops / 100.0).abs() < 0.01, "{share} vs {train_gflops} / 100");
+    assert!(gemm.contains("of it (median; "), "{gemm}");
+    assert!(
+        share > 0.2 * train_gflops && share < 5.0 * train_gflops,
+        "{share} vs {train_gflops}"
+    );
 }
 
 /// `ATSO_KERNEL_ISA=portable` runs the portable kernels on a CPU with AVX2; the record says so

@@ -15,6 +15,7 @@ pub mod batch_norm_cpu;
 pub mod channel_ops;
 pub mod channel_sums;
 pub mod conv_cpu;
+pub mod conv_probe;
 pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;

@@ -455,8 +455,7 @@ pub fn weight_taps(groups: usize) -> usize {
 }
 
 /// The first offset of each row of three neighbouring taps (`o, o + 1, o + 2`), when `offsets`
-/// is such rows one after another and more than one block's worth would be left to the generic
-/// tile; None otherwise.
+/// is such rows one after another (at most `WEIGHT_TAPS` taps); None otherwise.
 #[cfg(x86_kernels)]
 fn tap_rows(offsets: &[usize]) -> Option<TapRows> {
     if !offsets.len().is_multiple_of(3) || offsets.len() > WEIGHT_TAPS {
