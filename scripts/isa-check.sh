@@ -26,8 +26,9 @@
 #                    three times in each, so each file carries the median of its rounds' ratios
 #                    and the share of PyTorch's GEMM rate (single pairs swung from 1.03x to 1.35x
 #                    on a noisy host)
-# Run natively on a 2-core Intel Xeon with AVX-512 (b9c59ad, one round per file then): 120 s in
-# all; `--build` took 56 s on a warm target dir and 15 MB of xz-compressed binaries.
+# Run natively on a 2-core Intel Xeon with AVX-512, on b9c59ad's binaries: 120 s in all with one
+# round per bench file (three files per path), 209 s as it is now; `--build` took 56 s on a warm
+# target dir and gives 15 MB of xz-compressed binaries.
 # Exit status: 0 when the tests passed and every bench ran; a bench needs python3 with torch
 # (without it the bench files say so and the status is 1 even when the tests passed).
 set -uo pipefail
@@ -86,7 +87,7 @@ grep -qw avx2 /proc/cpuinfo || isas=(portable)
 for round in 1 2; do
   for isa in "${isas[@]}"; do
     [ "$isa" = portable ] && [ "${#isas[@]}" -gt 1 ] && continue
-    ATSO_KERNEL_ISA=$isa timeout 150 taskset -c 0,1 .isa/atso bench --threads 2 --kernels own --vs-pytorch \
+    ATSO_KERNEL_ISA=$isa timeout 240 taskset -c 0,1 .isa/atso bench --threads 2 --kernels own --vs-pytorch \
       --steps 11 --rounds 3 --pytorch-script "$repo/benchmarks/pytorch_unet.py" > "$out/bench-$isa-$round.md" 2>&1 || status=1
     grep -E "^kernels:|^\| flex|^PyTorch|^GEMM rate|^throughput" "$out/bench-$isa-$round.md" | head -7
   done
