@@ -231,27 +231,29 @@ pub unsafe fn weight_tile(
     grad_stride: usize,
 ) {
     assert!((1..=WEIGHT_GROUPS).contains(&groups) && (1..=weight_taps(groups)).contains(&offsets.len()));
+    // `weight_rows_avx512` over `count` rows of `w` taps starting at `starts`, `z` registers per
+    // tap; the arms are the row counts it is instantiated for.
+    #[cfg(x86_kernels)]
+    macro_rules! avx512_rows {
+        ($w:literal, $z:literal, $starts:expr, $count:expr, $($n:literal)+) => {
+            match $count {
+                $($n => weight_rows_avx512::<$n, $w, $z>(src, $starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last_register_mask(groups)),)+
+                _ => unreachable!("at most {} taps a call", WEIGHT_TAPS),
+            }
+        };
+    }
     // The AVX-512 path keeps up to 24 accumulators over the whole call where the taps come in
     // rows of three neighbours (a 3-wide kernel's `kx = 0, 1, 2`), so one pointer serves a row.
     #[cfg(x86_kernels)]
     if isa::current() == isa::Isa::Avx512 {
         if let Some(rows) = tap_rows(offsets) {
-            let last: u16 = if groups % 2 == 1 { 0x00ff } else { 0xffff };
-            macro_rules! rows {
-                ($z:literal, $($n:literal)+) => {
-                    match rows.len {
-                        $($n => weight_rows_avx512::<$n, $z>(src, rows.starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last),)+
-                        _ => unreachable!("at most {} rows", WEIGHT_TAPS / 3),
-                    }
-                };
-            }
             // SAFETY: AVX-512 is the CPU's (`current`); the rows' reads are the taps' reads and
             // the registers cover `LANES * groups` channels, so the contract is the caller's.
             unsafe {
                 if groups > 2 {
-                    rows!(2, 1 2 3 4)
+                    avx512_rows!(3, 2, rows.starts, rows.len, 1 2 3 4)
                 } else {
-                    rows!(1, 1 2 3 4 5 6 7 8)
+                    avx512_rows!(3, 1, rows.starts, rows.len, 1 2 3 4 5 6 7 8)
                 }
             }
             return;
@@ -276,14 +278,14 @@ pub unsafe fn weight_tile(
         return;
     }
     macro_rules! dispatch {
-        ($f:ident, $r:literal, $dyt:expr, $grad:expr $(, $extra:expr)?) => {
+        ($f:ident, $r:literal, $dyt:expr, $grad:expr) => {
             match offsets.len() {
-                6 => $f::<$r, 6>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
-                5 => $f::<$r, 5>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
-                4 => $f::<$r, 4>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
-                3 => $f::<$r, 3>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
-                2 => $f::<$r, 2>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
-                _ => $f::<$r, 1>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride $(, $extra)?),
+                6 => $f::<$r, 6>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                5 => $f::<$r, 5>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                4 => $f::<$r, 4>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                3 => $f::<$r, 3>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                2 => $f::<$r, 2>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                _ => $f::<$r, 1>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
             }
         };
     }
@@ -307,13 +309,11 @@ pub unsafe fn weight_tile(
         // caller's.
         #[cfg(x86_kernels)]
         isa::Isa::Avx512 => unsafe {
-            // Two groups per register; an odd last group fills half of its register (a masked
-            // load, so nothing past the tile is read, and a masked store).
-            let last: u16 = if groups % 2 == 1 { 0x00ff } else { 0xffff };
+            // Each tap a row of its own, two channel groups per register.
             if groups > 2 {
-                dispatch!(weight_tile_avx512, 2, dyt, grad, last)
+                avx512_rows!(1, 2, offsets, offsets.len(), 1 2 3 4 5 6)
             } else {
-                dispatch!(weight_tile_avx512, 1, dyt, grad, last)
+                avx512_rows!(1, 1, offsets, offsets.len(), 1 2 3 4 5 6)
             }
         },
         #[cfg(x86_kernels)]
@@ -399,51 +399,6 @@ unsafe fn weight_tile_avx2<const R: usize, const T: usize>(
     }
 }
 
-/// The weight-gradient tile with `Z` AVX-512 registers (two channel groups each) per tap; the
-/// last register's lanes are `last_mask` (`0x00ff` when it holds one group).
-#[cfg(x86_kernels)]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weight_tile_avx512<const Z: usize, const T: usize>(
-    src: *const f32,
-    offsets: &[usize],
-    dyt: *const f32,
-    dyt_stride: usize,
-    len: usize,
-    grad: *mut f32,
-    grad_stride: usize,
-    last_mask: u16,
-) {
-    use std::arch::x86_64::*;
-    let masks: [__mmask16; Z] = std::array::from_fn(|z| if z + 1 == Z { last_mask } else { 0xffff });
-    let mut taps = [std::ptr::null::<f32>(); T];
-    for (tap, &offset) in taps.iter_mut().zip(offsets) {
-        // SAFETY: an offset the caller's contract makes readable.
-        *tap = unsafe { src.add(offset) };
-    }
-    // SAFETY: the masked lanes are readable at `j * grad_stride + ..` (the caller's contract);
-    // masked-off lanes are not read.
-    let mut acc: [[__m512; Z]; T] =
-        std::array::from_fn(|j| std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add(j * grad_stride + 16 * z)) }));
-    for p in 0..len {
-        // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
-        let g: [__m512; Z] = std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) });
-        for (row, tap) in acc.iter_mut().zip(&taps) {
-            // SAFETY: readable at `offset + p` (the caller's contract).
-            let x = _mm512_set1_ps(unsafe { *tap.add(p) });
-            for (a, &gz) in row.iter_mut().zip(&g) {
-                *a = _mm512_fmadd_ps(x, gz, *a);
-            }
-        }
-    }
-    for (j, row) in acc.iter().enumerate() {
-        for (z, a) in row.iter().enumerate() {
-            // SAFETY: the masked lanes are writable (the caller's contract).
-            unsafe { _mm512_mask_storeu_ps(grad.add(j * grad_stride + 16 * z), masks[z], *a) };
-        }
-    }
-}
-
 /// Taps one weight-gradient call of `groups` channel groups takes at most: 24 accumulating
 /// registers' worth on AVX-512 (24 taps of up to 16 channels, 12 of up to 32).
 pub fn weight_taps(groups: usize) -> usize {
@@ -481,14 +436,16 @@ struct TapRows {
     len: usize,
 }
 
-/// The weight-gradient tile over `ROWS` rows of three neighbouring taps (tap `3 r + kx` reads
-/// `src[rows[r] + kx + p]`), with `Z` AVX-512 registers (two channel groups each) per tap: 3
-/// `ROWS Z` accumulators, each continuing its chain over the positions in order, as the generic
-/// tile does. The last register's lanes are `last_mask`.
+/// The weight-gradient tile on AVX-512 over `ROWS` rows of `W` neighbouring taps (tap `W r + kx`
+/// reads `src[rows[r] + kx + p]`; `W = 1` takes any taps, `W = 3` a 3-wide kernel's rows with one
+/// pointer per row), with `Z` registers (two channel groups each) per tap: `ROWS W Z`
+/// accumulators, each continuing its chain over the positions in order. The last register's
+/// lanes are `last_mask` (`0x00ff` when it holds one group: a masked load, so nothing past the
+/// tile is read, and a masked store).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows_avx512<const ROWS: usize, const Z: usize>(
+unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize>(
     src: *const f32,
     rows: [usize; ROWS],
     dyt: *const f32,
@@ -502,10 +459,10 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const Z: usize>(
     let masks: [__mmask16; Z] = std::array::from_fn(|z| if z + 1 == Z { last_mask } else { 0xffff });
     // SAFETY (pointers): offsets the caller's contract makes readable.
     let starts: [*const f32; ROWS] = std::array::from_fn(|r| unsafe { src.add(rows[r]) });
-    // SAFETY: the masked lanes of tap `3 r + kx` are readable (the caller's contract).
-    let mut acc: [[[__m512; Z]; 3]; ROWS] = std::array::from_fn(|r| {
+    // SAFETY: the masked lanes of tap `W r + kx` are readable (the caller's contract).
+    let mut acc: [[[__m512; Z]; W]; ROWS] = std::array::from_fn(|r| {
         std::array::from_fn(|kx| {
-            std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add((3 * r + kx) * grad_stride + 16 * z)) })
+            std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add((W * r + kx) * grad_stride + 16 * z)) })
         })
     });
     for p in 0..len {
@@ -513,7 +470,7 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const Z: usize>(
         let g: [__m512; Z] = std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) });
         for (row, &start) in acc.iter_mut().zip(&starts) {
             for (kx, taps) in row.iter_mut().enumerate() {
-                // SAFETY: tap `3 r + kx` is readable at `offset + p` (the caller's contract).
+                // SAFETY: tap `W r + kx` is readable at `offset + p` (the caller's contract).
                 let x = _mm512_set1_ps(unsafe { *start.add(kx + p) });
                 for (a, &gz) in taps.iter_mut().zip(&g) {
                     *a = _mm512_fmadd_ps(x, gz, *a);
@@ -525,9 +482,19 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const Z: usize>(
         for (kx, taps) in row.iter().enumerate() {
             for (z, a) in taps.iter().enumerate() {
                 // SAFETY: the masked lanes are writable (the caller's contract).
-                unsafe { _mm512_mask_storeu_ps(grad.add((3 * r + kx) * grad_stride + 16 * z), masks[z], *a) };
+                unsafe { _mm512_mask_storeu_ps(grad.add((W * r + kx) * grad_stride + 16 * z), masks[z], *a) };
             }
         }
+    }
+}
+
+/// The AVX-512 weight tile's mask for its last register: half of it where `groups` is odd.
+#[cfg(x86_kernels)]
+fn last_register_mask(groups: usize) -> u16 {
+    if groups % 2 == 1 {
+        0x00ff
+    } else {
+        0xffff
     }
 }
 
