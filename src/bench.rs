@@ -94,9 +94,9 @@ pub struct BenchArgs {
     /// single pair can swing by more than the difference being measured).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
-    /// Also time each U-Net level's convolution alone (forward, input gradient, weight gradient;
-    /// the project's CPU kernels, at the last `--threads` count): a kernel change shows there when
-    /// a whole step's run-to-run noise hides it
+    /// Also time each U-Net level's convolution (forward, input gradient, weight gradient) and
+    /// batch norm (forward, backward) alone (the project's CPU kernels, at the last `--threads`
+    /// count): a kernel change shows there when a whole step's run-to-run noise hides it
     #[arg(long)]
     pub layers: bool,
 }
@@ -498,25 +498,25 @@ fn measure(args: &BenchArgs, name: Backend, examples: &[Example], model_spec: &M
 }
 
 /// `--layers`: each level's 3 x 3 convolution (its channels in and out, its resolution) timed
-/// pass by pass, as a Markdown table.
+/// pass by pass, and its batch norm (training mode, with the fused LeakyReLU), as a Markdown table.
 fn layers_table(args: &BenchArgs) -> Result<String> {
-    use atso_harness::kernels::conv_probe;
+    use atso_harness::kernels::layer_probe;
     const CALLS: usize = 5;
     let threads = args.threads.last().copied().unwrap_or(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let mut out = format!(
-        "Convolution layers alone (`--layers`): the project's kernels ({}), {threads} thread{}, batch {}, 3 x 3 from and to each level's channels; GFLOP/s counting real positions, the best of {CALLS} calls after one\n\n\
-         | channels | size | forward | input gradient | weight gradient |\n|---|---|---|---|---|\n",
+        "Layers alone (`--layers`): the project's kernels ({}), {threads} thread{}, batch {}, each level's 3 x 3 convolution from and to its channels in GFLOP/s counting real positions, and its batch norm (training mode, with the LeakyReLU) in ms; the best of {CALLS} calls after one\n\n\
+         | channels | size | conv forward (GFLOP/s) | conv input gradient (GFLOP/s) | conv weight gradient (GFLOP/s) | batch norm forward (ms) | batch norm backward (ms) |\n|---|---|---|---|---|---|---|\n",
         atso_harness::provenance::Machine::current().simd,
         if threads == 1 { "" } else { "s" },
         args.batch_size
     );
     for (level, &channels) in args.channels.iter().enumerate() {
         let size = args.resolution >> level;
-        let r = pool.install(|| conv_probe::layer_rates(channels, size, args.batch_size, CALLS));
+        let r = pool.install(|| layer_probe::layer_rates(channels, size, args.batch_size, CALLS));
         out.push_str(&format!(
-            "| {channels} | {size} x {size} | {:.1} | {:.1} | {:.1} |\n",
-            r.forward, r.input_grad, r.weight_grad
+            "| {channels} | {size} x {size} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} |\n",
+            r.forward, r.input_grad, r.weight_grad, r.norm_forward_ms, r.norm_backward_ms
         ));
     }
     Ok(out)

@@ -206,22 +206,22 @@ fn small_bench<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-/// `atso bench --layers` times each level's convolution alone: one row per level, at the
-/// level's channels and resolution, with a rate for each pass. (Structure only.)
+/// `atso bench --layers` times each level's convolution and batch norm alone: one row per level,
+/// at the level's channels and resolution, with a rate or time for each pass. (Structure only.)
 #[test]
-fn bench_layers_time_each_levels_convolution() {
+fn bench_layers_time_each_levels_convolution_and_norm() {
     let dir = tempfile::tempdir().unwrap();
     let bench = atso(dir.path(), &small_bench(&["--steps", "2", "--layers"]));
     assert!(bench.status.success(), "{}", stderr(&bench));
     let out = String::from_utf8_lossy(&bench.stdout);
-    assert!(out.contains("Convolution layers alone (`--layers`)"), "{out}");
+    assert!(out.contains("Layers alone (`--layers`)"), "{out}");
     for (channels, size) in [("4", "32 x 32"), ("8", "16 x 16")] {
         let row = out
             .lines()
             .find(|l| l.starts_with(&format!("| {channels} | {size} |")))
             .unwrap_or_else(|| panic!("no row for {channels} channels: {out}"));
         let rates: Vec<f64> = row.split('|').skip(3).filter_map(|c| c.trim().parse().ok()).collect();
-        assert_eq!(rates.len(), 3, "{row}");
+        assert_eq!(rates.len(), 5, "{row}");
         assert!(rates.iter().all(|&r| r > 0.0 && r.is_finite()), "{row}");
     }
 }
