@@ -247,26 +247,9 @@ fn transpose_blocks_avx2(
     for c0 in (0..channels).step_by(8) {
         for x0 in (0..columns).step_by(8) {
             // SAFETY (loads and stores): each slice is bounds-checked to 8 values first.
-            let r: [__m256; 8] =
+            let rows: [__m256; 8] =
                 std::array::from_fn(|i| unsafe { _mm256_loadu_ps(dense[(c0 + i) * positions + row_start + x0..][..8].as_ptr()) });
-            let (t0, t1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
-            let (t2, t3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
-            let (t4, t5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
-            let (t6, t7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
-            let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
-            let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
-            let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
-            let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
-            let columns_of_block = [
-                _mm256_permute2f128_ps::<0x20>(u0, u4),
-                _mm256_permute2f128_ps::<0x20>(u1, u5),
-                _mm256_permute2f128_ps::<0x20>(u2, u6),
-                _mm256_permute2f128_ps::<0x20>(u3, u7),
-                _mm256_permute2f128_ps::<0x31>(u0, u4),
-                _mm256_permute2f128_ps::<0x31>(u1, u5),
-                _mm256_permute2f128_ps::<0x31>(u2, u6),
-                _mm256_permute2f128_ps::<0x31>(u3, u7),
-            ];
+            let columns_of_block = super::transpose::transpose_8x8(rows);
             for (j, column) in columns_of_block.into_iter().enumerate() {
                 unsafe { _mm256_storeu_ps(block[(x0 + j) * lanes + c0..][..8].as_mut_ptr(), column) };
             }

@@ -28,6 +28,7 @@ pub mod output;
 pub mod pool_cpu;
 pub mod resize_cpu;
 pub mod scratch;
+pub mod transpose;
 
 use std::cell::Cell;
 use std::sync::OnceLock;
