@@ -6,10 +6,12 @@
 //! chain of additions in image, then position order, so that a result does not depend on the
 //! thread count or the CPU. A chain cannot be split across positions; what can run side by side
 //! is the chains of several channels. Written as plain Rust, the compiler leaves that loop scalar
-//! (a step spent about a tenth of its CPU time here), so the AVX2 path below turns blocks of four
-//! positions of four channels around in registers and adds four channels' terms with one
-//! instruction. Both paths perform each channel's IEEE operations in the same order, so they give
-//! the same bits; the portable one is the definition the tests hold the other to.
+//! (a step spent about a tenth of its CPU time here), so the SIMD paths below turn blocks of
+//! positions x channels around in registers and add four (AVX2) or eight (AVX-512) channels' terms
+//! with one instruction. Each term is written twice: as plain Rust (`ChannelTerm::terms`, the
+//! definition the tests hold the rest to) and once for both SIMD widths (`ChannelTerm::lanes`,
+//! over the few vector operations of `simd::Lanes`), performing each channel's IEEE operations in
+//! the same order, so every path gives the same bits.
 
 use rayon::prelude::*;
 
@@ -44,18 +46,18 @@ pub trait ChannelTerm<const N: usize>: Sync {
     /// The terms, as the portable path computes them (the definition).
     fn terms(&self, c: usize, x: f32, y: f32) -> [f64; N];
 
-    /// The same for the four channels `c` at one position, on AVX2 + FMA: the same operations,
-    /// lane by lane.
+    /// `terms` for `W` channels side by side in `L`'s registers: the channels' constants, read
+    /// once per group, and (`simd::LaneTerms`) the operations of `terms` in its order, lane by
+    /// lane.
+    #[cfg(x86_kernels)]
+    type Lanes<const W: usize, L: simd::Lanes<W>>: simd::LaneTerms<W, L, N>;
+
+    /// The constants of the channels `c` (lane `l` for channel `c[l]`).
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA.
+    /// The CPU must have `L`'s instruction set.
     #[cfg(x86_kernels)]
-    unsafe fn terms_avx2(
-        &self,
-        c: [usize; 4],
-        x: std::arch::x86_64::__m128,
-        y: std::arch::x86_64::__m128,
-    ) -> [std::arch::x86_64::__m256d; N];
+    unsafe fn lanes<const W: usize, L: simd::Lanes<W>>(&self, c: &[usize; W]) -> Self::Lanes<W, L>;
 }
 
 /// The sum of each channel's values: `Σ x`.
@@ -69,15 +71,25 @@ impl ChannelTerm<1> for Values {
 
     #[cfg(x86_kernels)]
     #[inline(always)]
-    unsafe fn terms_avx2(
-        &self,
-        _: [usize; 4],
-        x: std::arch::x86_64::__m128,
-        _: std::arch::x86_64::__m128,
-    ) -> [std::arch::x86_64::__m256d; 1] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees AVX2.
-        unsafe { [_mm256_cvtps_pd(x)] }
+    unsafe fn lanes<const W: usize, L: simd::Lanes<W>>(&self, _: &[usize; W]) -> ValueLanes {
+        ValueLanes
+    }
+
+    #[cfg(x86_kernels)]
+    type Lanes<const W: usize, L: simd::Lanes<W>> = ValueLanes;
+}
+
+/// `Values` in SIMD lanes (no constants).
+#[cfg(x86_kernels)]
+#[derive(Clone, Copy)]
+pub struct ValueLanes;
+
+#[cfg(x86_kernels)]
+impl<const W: usize, L: simd::Lanes<W>> simd::LaneTerms<W, L, 1> for ValueLanes {
+    #[inline(always)]
+    unsafe fn terms(&self, x: L::F32, _: L::F32) -> [L::F64; 1] {
+        // SAFETY: the caller guarantees `L`'s instruction set.
+        unsafe { [L::widen(x)] }
     }
 }
 
@@ -95,18 +107,28 @@ impl ChannelTerm<1> for SquaredDeviations<'_> {
 
     #[cfg(x86_kernels)]
     #[inline(always)]
-    unsafe fn terms_avx2(
-        &self,
-        c: [usize; 4],
-        x: std::arch::x86_64::__m128,
-        _: std::arch::x86_64::__m128,
-    ) -> [std::arch::x86_64::__m256d; 1] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees AVX2.
+    unsafe fn lanes<const W: usize, L: simd::Lanes<W>>(&self, c: &[usize; W]) -> DeviationLanes<L::F64> {
+        // SAFETY: the caller guarantees `L`'s instruction set.
+        DeviationLanes(unsafe { L::f64s(self.means, c) })
+    }
+
+    #[cfg(x86_kernels)]
+    type Lanes<const W: usize, L: simd::Lanes<W>> = DeviationLanes<L::F64>;
+}
+
+/// `SquaredDeviations` in SIMD lanes: the channels' means.
+#[cfg(x86_kernels)]
+#[derive(Clone, Copy)]
+pub struct DeviationLanes<F64>(F64);
+
+#[cfg(x86_kernels)]
+impl<const W: usize, L: simd::Lanes<W>> simd::LaneTerms<W, L, 1> for DeviationLanes<L::F64> {
+    #[inline(always)]
+    unsafe fn terms(&self, x: L::F32, _: L::F32) -> [L::F64; 1] {
+        // SAFETY: the caller guarantees `L`'s instruction set.
         unsafe {
-            let means = _mm256_setr_pd(self.means[c[0]], self.means[c[1]], self.means[c[2]], self.means[c[3]]);
-            let deviation = _mm256_sub_pd(_mm256_cvtps_pd(x), means);
-            [_mm256_mul_pd(deviation, deviation)]
+            let deviation = L::sub64(L::widen(x), self.0);
+            [L::mul64(deviation, deviation)]
         }
     }
 }
@@ -142,30 +164,50 @@ impl ChannelTerm<2> for NormGradients<'_> {
 
     #[cfg(x86_kernels)]
     #[inline(always)]
-    unsafe fn terms_avx2(
-        &self,
-        c: [usize; 4],
-        x: std::arch::x86_64::__m128,
-        y: std::arch::x86_64::__m128,
-    ) -> [std::arch::x86_64::__m256d; 2] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees AVX2.
+    unsafe fn lanes<const W: usize, L: simd::Lanes<W>>(&self, c: &[usize; W]) -> GradientLanes<L::F32, L::F64> {
+        // SAFETY: the caller guarantees `L`'s instruction set.
         unsafe {
-            let lanes = |values: &[f32]| _mm_setr_ps(values[c[0]], values[c[1]], values[c[2]], values[c[3]]);
-            let gradient = match self.leaky_slope {
+            GradientLanes {
+                scale: L::f32s(self.scale, c),
+                shift: L::f32s(self.shift, c),
+                mean: L::widen(L::f32s(self.mean, c)),
+                leaky: self.leaky_slope.map(|slope| (L::splat(slope), L::splat(0.0))),
+            }
+        }
+    }
+
+    #[cfg(x86_kernels)]
+    type Lanes<const W: usize, L: simd::Lanes<W>> = GradientLanes<L::F32, L::F64>;
+}
+
+/// `NormGradients` in SIMD lanes: the channels' scales, shifts and means, and the LeakyReLU's
+/// slope and a zero, if one follows.
+#[cfg(x86_kernels)]
+#[derive(Clone, Copy)]
+pub struct GradientLanes<F32, F64> {
+    scale: F32,
+    shift: F32,
+    mean: F64,
+    leaky: Option<(F32, F32)>,
+}
+
+#[cfg(x86_kernels)]
+impl<const W: usize, L: simd::Lanes<W>> simd::LaneTerms<W, L, 2> for GradientLanes<L::F32, L::F64> {
+    #[inline(always)]
+    unsafe fn terms(&self, x: L::F32, y: L::F32) -> [L::F64; 2] {
+        // SAFETY: the caller guarantees `L`'s instruction set.
+        unsafe {
+            let gradient = match self.leaky {
                 None => y,
-                Some(slope) => {
+                Some((slope, zero)) => {
                     // `leaky_grad`: `y * slope` where the normalized value is below zero (false
                     // for NaN, as `<` is), else `y`; then `+ 0.0`. Multiply, then add: no FMA.
-                    let normalized = _mm_add_ps(_mm_mul_ps(x, lanes(self.scale)), lanes(self.shift));
-                    let negative = _mm_cmp_ps::<_CMP_LT_OQ>(normalized, _mm_setzero_ps());
-                    let chosen = _mm_blendv_ps(y, _mm_mul_ps(y, _mm_set1_ps(slope)), negative);
-                    _mm_add_ps(chosen, _mm_setzero_ps())
+                    let normalized = L::add(L::mul(x, self.scale), self.shift);
+                    L::add(L::below_zero(normalized, L::mul(y, slope), y), zero)
                 }
             };
-            let dy = _mm256_cvtps_pd(gradient);
-            let mean = _mm256_cvtps_pd(lanes(self.mean));
-            [dy, _mm256_mul_pd(dy, _mm256_sub_pd(_mm256_cvtps_pd(x), mean))]
+            let dy = L::widen(gradient);
+            [dy, L::mul64(dy, L::sub64(L::widen(x), self.mean))]
         }
     }
 }
@@ -175,9 +217,9 @@ impl ChannelTerm<2> for NormGradients<'_> {
 /// `y` from `b` at the same place). One thread takes a group of channels and chains their sums
 /// side by side: independent additions keep the core's adders busy (a single chain waits on each
 /// addition's latency), while every channel's sum keeps the order, and so the bits, of a plain
-/// loop over its values. Groups hold up to 8 channels, fewer when that leaves threads idle;
-/// neither the grouping nor the path (AVX2 from 4 channels a thread, else portable) changes a
-/// bit.
+/// loop over its values. Groups hold up to 16 channels, fewer when that leaves threads idle;
+/// neither the grouping nor the path (AVX-512 from 8 channels a thread, AVX2 from 4, else
+/// portable) changes a bit.
 pub fn channel_sums<const N: usize>(a: &[f32], b: &[f32], shape: &NormShape, init: f64, term: &impl ChannelTerm<N>) -> Vec<[f64; N]> {
     assert!(
         a.len() == shape.batch * shape.channels * shape.positions && b.len() == a.len(),
@@ -185,12 +227,12 @@ pub fn channel_sums<const N: usize>(a: &[f32], b: &[f32], shape: &NormShape, ini
     );
     let per_thread = shape.channels / rayon::current_num_threads();
     #[cfg(x86_kernels)]
-    if isa::current() >= Isa::Avx2 && per_thread >= 4 {
-        return if per_thread >= 8 {
-            grouped(a, b, shape, init, term, 8, avx2::group_sums::<2, N>)
-        } else {
-            grouped(a, b, shape, init, term, 4, avx2::group_sums::<1, N>)
-        };
+    match (isa::current(), per_thread) {
+        (Isa::Avx512, 16..) => return grouped(a, b, shape, init, term, 16, simd::avx512::<2, N, _>),
+        (Isa::Avx512, 8..) => return grouped(a, b, shape, init, term, 8, simd::avx512::<1, N, _>),
+        (Isa::Avx2, 8..) => return grouped(a, b, shape, init, term, 8, simd::avx2::<2, N, _>),
+        (Isa::Avx512 | Isa::Avx2, 4..) => return grouped(a, b, shape, init, term, 4, simd::avx2::<1, N, _>),
+        _ => {}
     }
     match per_thread {
         0 | 1 => grouped(a, b, shape, init, term, 1, portable_group_sums::<1, N>),
@@ -258,39 +300,260 @@ fn portable_group_sums<const CHAINS: usize, const N: usize>(
     sums.into_iter().take(count).collect()
 }
 
+/// The SIMD paths: one loop over a group, written once over `Lanes`, run with AVX2 (four
+/// channels a register) or AVX-512 (eight).
 #[cfg(x86_kernels)]
-mod avx2 {
+pub mod simd {
     use std::arch::x86_64::*;
 
     use super::super::isa::{self, Isa};
+    use super::super::transpose::{transpose_4x4, transpose_8x8};
     use super::{ChannelTerm, NormShape};
 
+    /// A term's operations on `W` channels side by side, with their constants in registers.
+    pub trait LaneTerms<const W: usize, L: Lanes<W>, const N: usize>: Copy {
+        /// One position's terms, lane by lane.
+        ///
+        /// # Safety
+        /// The CPU must have `L`'s instruction set.
+        unsafe fn terms(&self, x: L::F32, y: L::F32) -> [L::F64; N];
+    }
+
+    /// `W` channels side by side: the vector operations a term and the group loop use.
+    ///
+    /// # Safety
+    /// Every method runs the implementing type's instructions: the CPU must have them (and
+    /// `columns` and `column` read through their pointers, which must be readable there).
+    #[allow(clippy::missing_safety_doc)]
+    pub trait Lanes<const W: usize> {
+        /// `W` values in `f32`, and in `f64`.
+        type F32: Copy;
+        type F64: Copy;
+        /// Lane `l` holds `values[c[l]]`.
+        unsafe fn f32s(values: &[f32], c: &[usize; W]) -> Self::F32;
+        unsafe fn f64s(values: &[f64], c: &[usize; W]) -> Self::F64;
+        unsafe fn splat(value: f32) -> Self::F32;
+        unsafe fn splat64(value: f64) -> Self::F64;
+        unsafe fn add(a: Self::F32, b: Self::F32) -> Self::F32;
+        unsafe fn mul(a: Self::F32, b: Self::F32) -> Self::F32;
+        /// Lane by lane: `if_below` where `value < 0.0` (false for NaN), else `otherwise`.
+        unsafe fn below_zero(value: Self::F32, if_below: Self::F32, otherwise: Self::F32) -> Self::F32;
+        /// Each lane converted to `f64` (exactly).
+        unsafe fn widen(x: Self::F32) -> Self::F64;
+        unsafe fn add64(a: Self::F64, b: Self::F64) -> Self::F64;
+        unsafe fn sub64(a: Self::F64, b: Self::F64) -> Self::F64;
+        unsafe fn mul64(a: Self::F64, b: Self::F64) -> Self::F64;
+        unsafe fn lanes64(v: Self::F64) -> [f64; W];
+        /// Positions `i..i + W` of each row, turned around: column `p` holds position `i + p` of
+        /// row `l` in lane `l`. Each row must be readable there.
+        unsafe fn columns(rows: &[*const f32; W], i: usize) -> [Self::F32; W];
+        /// Position `i` of each row, row `l` in lane `l`.
+        #[inline(always)]
+        unsafe fn column(rows: &[*const f32; W], i: usize) -> Self::F32 {
+            // SAFETY: the caller's contract.
+            unsafe { Self::f32s(&rows.map(|row| *row.add(i)), &std::array::from_fn(|l| l)) }
+        }
+    }
+
+    /// AVX2: four channels, `f32` in SSE registers, `f64` in AVX ones.
+    pub struct Avx2;
+
+    impl Lanes<4> for Avx2 {
+        type F32 = __m128;
+        type F64 = __m256d;
+        #[inline(always)]
+        unsafe fn f32s(values: &[f32], c: &[usize; 4]) -> __m128 {
+            unsafe { _mm_loadu_ps(c.map(|c| values[c]).as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn f64s(values: &[f64], c: &[usize; 4]) -> __m256d {
+            unsafe { _mm256_loadu_pd(c.map(|c| values[c]).as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> __m128 {
+            unsafe { _mm_set1_ps(value) }
+        }
+        #[inline(always)]
+        unsafe fn splat64(value: f64) -> __m256d {
+            unsafe { _mm256_set1_pd(value) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m128, b: __m128) -> __m128 {
+            unsafe { _mm_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m128, b: __m128) -> __m128 {
+            unsafe { _mm_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn below_zero(value: __m128, if_below: __m128, otherwise: __m128) -> __m128 {
+            unsafe { _mm_blendv_ps(otherwise, if_below, _mm_cmp_ps::<_CMP_LT_OQ>(value, _mm_setzero_ps())) }
+        }
+        #[inline(always)]
+        unsafe fn widen(x: __m128) -> __m256d {
+            unsafe { _mm256_cvtps_pd(x) }
+        }
+        #[inline(always)]
+        unsafe fn add64(a: __m256d, b: __m256d) -> __m256d {
+            unsafe { _mm256_add_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub64(a: __m256d, b: __m256d) -> __m256d {
+            unsafe { _mm256_sub_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul64(a: __m256d, b: __m256d) -> __m256d {
+            unsafe { _mm256_mul_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn lanes64(v: __m256d) -> [f64; 4] {
+            let mut out = [0.0; 4];
+            unsafe { _mm256_storeu_pd(out.as_mut_ptr(), v) };
+            out
+        }
+        #[inline(always)]
+        unsafe fn columns(rows: &[*const f32; 4], i: usize) -> [__m128; 4] {
+            transpose_4x4(rows.map(|row| unsafe { _mm_loadu_ps(row.add(i)) }))
+        }
+    }
+
+    /// AVX-512: eight channels, `f32` in AVX registers, `f64` in AVX-512 ones.
+    pub struct Avx512;
+
+    impl Lanes<8> for Avx512 {
+        type F32 = __m256;
+        type F64 = __m512d;
+        #[inline(always)]
+        unsafe fn f32s(values: &[f32], c: &[usize; 8]) -> __m256 {
+            unsafe { _mm256_loadu_ps(c.map(|c| values[c]).as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn f64s(values: &[f64], c: &[usize; 8]) -> __m512d {
+            unsafe { _mm512_loadu_pd(c.map(|c| values[c]).as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(value) }
+        }
+        #[inline(always)]
+        unsafe fn splat64(value: f64) -> __m512d {
+            unsafe { _mm512_set1_pd(value) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn below_zero(value: __m256, if_below: __m256, otherwise: __m256) -> __m256 {
+            unsafe { _mm256_blendv_ps(otherwise, if_below, _mm256_cmp_ps::<_CMP_LT_OQ>(value, _mm256_setzero_ps())) }
+        }
+        #[inline(always)]
+        unsafe fn widen(x: __m256) -> __m512d {
+            unsafe { _mm512_cvtps_pd(x) }
+        }
+        #[inline(always)]
+        unsafe fn add64(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_add_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub64(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_sub_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul64(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_mul_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn lanes64(v: __m512d) -> [f64; 8] {
+            let mut out = [0.0; 8];
+            unsafe { _mm512_storeu_pd(out.as_mut_ptr(), v) };
+            out
+        }
+        #[inline(always)]
+        unsafe fn columns(rows: &[*const f32; 8], i: usize) -> [__m256; 8] {
+            unsafe { transpose_8x8(rows.map(|row| _mm256_loadu_ps(row.add(i)))) }
+        }
+    }
+
     /// The AVX2 path for `4 * SUBS` channels: `SUBS` registers of four channels per sum.
-    pub(super) fn group_sums<const SUBS: usize, const N: usize>(
+    pub(super) fn avx2<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
         a: &[f32],
         b: &[f32],
         shape: &NormShape,
         init: f64,
-        term: &impl ChannelTerm<N>,
+        term: &T,
         first: usize,
         count: usize,
     ) -> Vec<[f64; N]> {
+        check(a, b, shape, first, count, 4 * SUBS, Isa::Avx2);
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
+            a: &[f32],
+            b: &[f32],
+            shape: &NormShape,
+            init: f64,
+            term: &T,
+            first: usize,
+            count: usize,
+        ) -> Vec<[f64; N]> {
+            unsafe { group_sums::<4, Avx2, SUBS, N>(a, b, shape, init, term, first, count) }
+        }
+        // SAFETY: the CPU has AVX2 and FMA, and `check` bounds every read.
+        unsafe { run::<SUBS, N, T>(a, b, shape, init, term, first, count) }
+    }
+
+    /// The AVX-512 path for `8 * SUBS` channels: `SUBS` registers of eight channels per sum.
+    pub(super) fn avx512<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
+        a: &[f32],
+        b: &[f32],
+        shape: &NormShape,
+        init: f64,
+        term: &T,
+        first: usize,
+        count: usize,
+    ) -> Vec<[f64; N]> {
+        check(a, b, shape, first, count, 8 * SUBS, Isa::Avx512);
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn run<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
+            a: &[f32],
+            b: &[f32],
+            shape: &NormShape,
+            init: f64,
+            term: &T,
+            first: usize,
+            count: usize,
+        ) -> Vec<[f64; N]> {
+            unsafe { group_sums::<8, Avx512, SUBS, N>(a, b, shape, init, term, first, count) }
+        }
+        // SAFETY: the CPU has AVX-512 (with AVX2 and FMA), and `check` bounds every read.
+        unsafe { run::<SUBS, N, T>(a, b, shape, init, term, first, count) }
+    }
+
+    /// Panics unless the group and sizes are in bounds and the CPU has `isa`.
+    fn check(a: &[f32], b: &[f32], shape: &NormShape, first: usize, count: usize, size: usize, isa: Isa) {
         assert!(
-            (1..=4 * SUBS).contains(&count) && first + count <= shape.channels,
+            (1..=size).contains(&count) && first + count <= shape.channels,
             "batch norm: channel group"
         );
         assert!(
             a.len() == shape.batch * shape.channels * shape.positions && b.len() == a.len(),
             "batch norm: input sizes"
         );
-        assert!(isa::detected() >= Isa::Avx2, "batch norm: the AVX2 sums on a CPU without AVX2");
-        // SAFETY: the CPU has AVX2 and FMA (`detected` checks both; checked above), and the
-        // asserts above bound every read.
-        unsafe { group_sums_avx2::<SUBS, N>(a, b, shape, init, term, first, count) }
+        assert!(isa::detected() >= isa, "batch norm: the {} sums on a CPU without it", isa.name());
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group_sums_avx2<const SUBS: usize, const N: usize>(
+    /// The sums of channels `first..first + count` with `SUBS` registers of `W` channels per
+    /// sum; a group short of `W * SUBS` repeats its last channel (the copies are dropped). Blocks
+    /// of `W` positions are turned around in registers, the rest gathered a position at a time.
+    ///
+    /// # Safety
+    /// The CPU must have `L`'s instruction set, and the group must be in bounds (`check`).
+    #[inline(always)]
+    unsafe fn group_sums<const W: usize, L: Lanes<W>, const SUBS: usize, const N: usize>(
         a: &[f32],
         b: &[f32],
         shape: &NormShape,
@@ -299,71 +562,39 @@ mod avx2 {
         first: usize,
         count: usize,
     ) -> Vec<[f64; N]> {
-        // Channels lane by lane; a group short of `4 * SUBS` repeats its last channel.
-        let channels: [[usize; 4]; SUBS] = std::array::from_fn(|s| std::array::from_fn(|l| first + (4 * s + l).min(count - 1)));
-        let mut sums = [[_mm256_set1_pd(init); SUBS]; N];
+        let channels: [[usize; W]; SUBS] = std::array::from_fn(|s| std::array::from_fn(|l| first + (W * s + l).min(count - 1)));
+        // SAFETY (all `L` calls and `terms`): the caller guarantees `L`'s instruction set.
+        let terms = channels.each_ref().map(|group| unsafe { term.lanes::<W, L>(group) });
+        let mut sums = [[unsafe { L::splat64(init) }; SUBS]; N];
         let positions = shape.positions;
         for image in 0..shape.batch {
             let start = |c: usize| (image * shape.channels + c) * positions;
             let xs = channels.map(|lanes| lanes.map(|c| a[start(c)..][..positions].as_ptr()));
             let ys = channels.map(|lanes| lanes.map(|c| b[start(c)..][..positions].as_ptr()));
-            let whole = positions / 4 * 4;
-            for i in (0..whole).step_by(4) {
-                // Four positions of each channel, turned into four positions' worth of channels.
-                let columns: [[[__m128; 4]; 2]; SUBS] = std::array::from_fn(|s| {
-                    // SAFETY: `i + 4 <= positions`, the length of every run.
-                    let load = |rows: &[*const f32; 4]| transpose(rows.map(|row| unsafe { _mm_loadu_ps(row.add(i)) }));
-                    [load(&xs[s]), load(&ys[s])]
-                });
-                for p in 0..4 {
-                    for (s, [x, y]) in columns.iter().enumerate() {
-                        // SAFETY: this function runs with AVX2.
-                        let terms = unsafe { term.terms_avx2(channels[s], x[p], y[p]) };
-                        for (sum, t) in sums.iter_mut().zip(terms) {
-                            sum[s] = _mm256_add_pd(sum[s], t);
+            let whole = positions / W * W;
+            for i in (0..whole).step_by(W) {
+                for (s, terms) in terms.iter().enumerate() {
+                    // SAFETY: `i + W <= positions`, the length of every run.
+                    let (x, y) = unsafe { (L::columns(&xs[s], i), L::columns(&ys[s], i)) };
+                    for p in 0..W {
+                        for (sum, t) in sums.iter_mut().zip(unsafe { terms.terms(x[p], y[p]) }) {
+                            sum[s] = unsafe { L::add64(sum[s], t) };
                         }
                     }
                 }
             }
             for i in whole..positions {
-                for s in 0..SUBS {
+                for (s, terms) in terms.iter().enumerate() {
                     // SAFETY: `i < positions`, the length of every run.
-                    let gather =
-                        |rows: &[*const f32; 4]| unsafe { _mm_setr_ps(*rows[0].add(i), *rows[1].add(i), *rows[2].add(i), *rows[3].add(i)) };
-                    // SAFETY: this function runs with AVX2.
-                    let terms = unsafe { term.terms_avx2(channels[s], gather(&xs[s]), gather(&ys[s])) };
-                    for (sum, t) in sums.iter_mut().zip(terms) {
-                        sum[s] = _mm256_add_pd(sum[s], t);
+                    let (x, y) = unsafe { (L::column(&xs[s], i), L::column(&ys[s], i)) };
+                    for (sum, t) in sums.iter_mut().zip(unsafe { terms.terms(x, y) }) {
+                        sum[s] = unsafe { L::add64(sum[s], t) };
                     }
                 }
             }
         }
-        let mut lanes = [[[0.0f64; 4]; SUBS]; N];
-        for (lane, sum) in lanes.iter_mut().zip(&sums) {
-            for (out, register) in lane.iter_mut().zip(sum) {
-                // SAFETY: `out` holds four f64.
-                unsafe { _mm256_storeu_pd(out.as_mut_ptr(), *register) };
-            }
-        }
-        (0..count).map(|g| std::array::from_fn(|n| lanes[n][g / 4][g % 4])).collect()
-    }
-
-    /// Rows of four values to columns: `out[p][l] = rows[l][p]`.
-    #[inline(always)]
-    fn transpose(rows: [__m128; 4]) -> [__m128; 4] {
-        // SAFETY: SSE, which every x86-64 has.
-        unsafe {
-            let low01 = _mm_unpacklo_ps(rows[0], rows[1]);
-            let high01 = _mm_unpackhi_ps(rows[0], rows[1]);
-            let low23 = _mm_unpacklo_ps(rows[2], rows[3]);
-            let high23 = _mm_unpackhi_ps(rows[2], rows[3]);
-            [
-                _mm_movelh_ps(low01, low23),
-                _mm_movehl_ps(low23, low01),
-                _mm_movelh_ps(high01, high23),
-                _mm_movehl_ps(high23, high01),
-            ]
-        }
+        let lanes = sums.map(|registers| registers.map(|register| unsafe { L::lanes64(register) }));
+        (0..count).map(|g| std::array::from_fn(|n| lanes[n][g / W][g % W])).collect()
     }
 }
 
@@ -371,16 +602,16 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Every grouping of both paths gives, bit for bit, the plain loop over each channel's terms
-    /// (for `Values`, `iter().sum()` from -0.0): groups of 1 to 8 channels, full and short
-    /// (a short group repeats its last channel), runs of 0 to 9 positions (whole blocks of four,
-    /// a tail, only a tail), a channel of negative zeros, and NaN, infinities and subnormals.
-    /// The groupings are called directly, so the thread count cannot hide one; the AVX2 path
-    /// prints SKIPPED where the CPU lacks it. `channel_sums` itself is checked at the end.
+    /// Every grouping of every path gives, bit for bit, the plain loop over each channel's terms
+    /// (for `Values`, `iter().sum()` from -0.0): groups of 1 to 16 channels, full and short
+    /// (a short group repeats its last channel), runs of 0 to 17 positions (whole blocks of four
+    /// or eight, a tail, only a tail), a channel of negative zeros, and NaN, infinities and
+    /// subnormals. The groupings are called directly, so the thread count cannot hide one; a SIMD
+    /// path prints SKIPPED where the CPU lacks it. `channel_sums` itself is checked at the end.
     #[test]
     fn every_path_and_grouping_gives_plain_sums() {
-        let channels = 11;
-        for positions in 0..10 {
+        let channels = 19;
+        for positions in 0..18 {
             let shape = NormShape {
                 batch: 3,
                 channels,
@@ -437,11 +668,20 @@ mod tests {
         #[cfg_attr(not(x86_kernels), allow(unused_mut))]
         let mut all: Vec<(&str, usize, GroupSums<_, N>)> = groupings.to_vec();
         #[cfg(x86_kernels)]
-        if crate::isa::detected() >= crate::isa::Isa::Avx2 {
-            all.push(("avx2 x4", 4, avx2::group_sums::<1, N>));
-            all.push(("avx2 x8", 8, avx2::group_sums::<2, N>));
-        } else {
-            println!("SKIPPED avx2 channel sums: this CPU has no AVX2");
+        {
+            use crate::isa::{detected, Isa};
+            if detected() >= Isa::Avx2 {
+                all.push(("avx2 x4", 4, simd::avx2::<1, N, _>));
+                all.push(("avx2 x8", 8, simd::avx2::<2, N, _>));
+            } else {
+                println!("SKIPPED avx2 channel sums: this CPU has no AVX2");
+            }
+            if detected() >= Isa::Avx512 {
+                all.push(("avx512 x8", 8, simd::avx512::<1, N, _>));
+                all.push(("avx512 x16", 16, simd::avx512::<2, N, _>));
+            } else {
+                println!("SKIPPED avx512 channel sums: this CPU has no AVX-512");
+            }
         }
         let plain = plain_sums(shape, x, y, init, term);
         for (name, size, group_sums) in all {
