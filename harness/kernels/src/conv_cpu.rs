@@ -393,10 +393,12 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let offsets = shape.tap_offsets();
     let padded: Vec<Vec<f32>> = (0..shape.batch)
         .into_par_iter()
+        .with_max_len(output::leaf_len(shape.batch))
         .map(|b| padded_image(image(input, b, shape.input_len()), shape))
         .collect();
     let dyt: Vec<Vec<f32>> = (0..shape.batch)
         .into_par_iter()
+        .with_max_len(output::leaf_len(shape.batch))
         .map(|b| transposed_output(image(output_grad, b, shape.output_len()), shape))
         .collect();
     let max_offset = offsets.last().copied().unwrap_or(0);
@@ -412,6 +414,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     transposed
         .par_chunks_mut(task_taps * lanes)
         .zip(offsets.par_chunks(task_taps))
+        .with_max_len(1)
         .for_each(|(total, task_offsets)| {
             let mut image_sum = vec![0.0f32; total.len()];
             for b in 0..shape.batch {

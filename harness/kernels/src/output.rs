@@ -32,6 +32,7 @@ pub fn written_by_chunks<T>(
     output.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
         .enumerate()
+        .with_max_len(leaf_len(len.div_ceil(chunk)))
         .for_each_init(init, |state, (index, piece)| {
             let mut writer = Writer { slots: piece, written: 0 };
             fill(state, index, &mut writer);
@@ -65,13 +66,17 @@ pub fn written_together<const K: usize>(
                 piece
             }));
         }
-        pieces.into_par_iter().enumerate().for_each(|(index, slots)| {
-            let mut writers = slots.map(|slots| Writer { slots, written: 0 });
-            fill(index, &mut writers);
-            for (k, writer) in writers.iter().enumerate() {
-                assert_eq!(writer.remaining(), 0, "output {k}, chunk {index}: values left unwritten");
-            }
-        });
+        pieces
+            .into_par_iter()
+            .enumerate()
+            .with_max_len(leaf_len(chunks))
+            .for_each(|(index, slots)| {
+                let mut writers = slots.map(|slots| Writer { slots, written: 0 });
+                fill(index, &mut writers);
+                for (k, writer) in writers.iter().enumerate() {
+                    assert_eq!(writer.remaining(), 0, "output {k}, chunk {index}: values left unwritten");
+                }
+            });
     }
     for (out, len) in outputs.iter_mut().zip(lens) {
         // SAFETY: every chunk of every output was written whole (checked above; a panic unwinds
@@ -79,6 +84,19 @@ pub fn written_together<const K: usize>(
         unsafe { out.set_len(chunks * len) };
     }
     outputs
+}
+
+/// The most chunks one rayon task takes, out of `chunks`: about an eighth of a thread's share.
+///
+/// Why: rayon splits a parallel loop into as many pieces as threads, and splits a piece further
+/// only when another thread steals it, so with 8 images on 2 threads each task ran 2 images, and
+/// a thread that started late (waking a sleeping thread took 50 to 400 us on the project's VMs)
+/// left the other one finishing a 2-image task alone: a scheduler trace of a training step found
+/// the second thread asleep for 18 % of it, mostly while the first ran convolution tiles. With
+/// tasks of an eighth of a share, the last task one thread runs alone is that much shorter.
+/// How work is split never changes what a chunk computes, so results keep their bits.
+pub fn leaf_len(chunks: usize) -> usize {
+    (chunks / (8 * rayon::current_num_threads())).max(1)
 }
 
 /// `written_by_chunks` without per-thread state.
@@ -188,6 +206,17 @@ pub fn filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tasks hold about an eighth of a thread's share, at least one chunk: 8 images on 2
+    /// threads are 8 tasks, 1000 planes tasks of 62.
+    #[test]
+    fn tasks_are_an_eighth_of_a_share() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        assert_eq!(
+            pool.install(|| [leaf_len(0), leaf_len(8), leaf_len(16), leaf_len(1000)]),
+            [1, 1, 1, 62]
+        );
+    }
 
     /// Parts written in an interleaved order land in their places; a part left short panics and
     /// leaves the output unwritten.
