@@ -168,19 +168,6 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     padded.resize(shape.padded_len(), 0.0);
 }
 
-/// Writes `[channels, out_height, padded_width]` values in the padded layout (channel rows
-/// `stride` apart) into a dense `[channels, out_height, out_width]` block, dropping the junk
-/// columns: each row through `finish(channel, row, dense_row)` (a copy, or what follows the
-/// convolution).
-fn unpad_output(padded: &[f32], stride: usize, shape: &ConvShape, channels: usize, dense: &mut Writer, finish: &impl RowFinish) {
-    let (ow, pw) = (shape.out_width(), shape.padded_width());
-    for c in 0..channels {
-        for oy in 0..shape.out_height() {
-            finish(c, &padded[c * stride + oy * pw..][..ow], dense);
-        }
-    }
-}
-
 /// What happens to a row of output channel `c` as it leaves the convolution: `(c, row, out)`,
 /// writing the row's values to `out`.
 pub trait RowFinish: Fn(usize, &[f32], &mut Writer) + Sync {}
@@ -290,57 +277,75 @@ pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvS
 
 /// `forward`, with each output row passed through `finish` while it is still in the core's cache
 /// (inference fuses the normalization and activation that follow the convolution this way).
+///
+/// An image is computed in bands of whole output rows (about `band_positions` positions, so the
+/// padded input a band reads stays in the core's cache), each band's output going to a buffer of
+/// one band and on to the output as soon as the band is done: at 16 channels and 128 x 128 a
+/// whole image's output buffer (1 MiB) beside its padded input (1 MiB) filled a 2 MiB L2, and
+/// the level scaled badly from one thread to two.
 pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
     check_lengths(shape, Some(input), Some(weight), None);
     assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
-    let (taps, stride) = (shape.patch_len(), shape.padded_positions());
+    let taps = shape.patch_len();
     let offsets = shape.tap_offsets();
+    let max_offset = offsets.last().copied().unwrap_or(0);
     let packed = pack_weights(weight, shape.channels_out, taps);
-    let band = shape.band_positions();
+    let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
+    let band_rows = (shape.band_positions() / pw).clamp(1, oh);
+    // A band's positions in the padded layout, rounded up to whole half-tiles.
+    let band_stride = (band_rows * pw).next_multiple_of(HALF_TILE);
     output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
         || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
-            // Every value of `local` is written by the first tap chunk before it is read.
-            let local = local.at_least(shape.channels_out * stride);
-            // The tiles' reads and writes stay inside `padded` and `local`: the last tile
-            // ends at `stride` and reads up to `stride + max offset <= padded_len`.
-            assert!(stride + offsets.last().copied().unwrap_or(0) <= padded.len() && local.len() == shape.channels_out * stride);
-            for band_start in (0..stride).step_by(band) {
-                // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
-                // from one chunk to the next through `local`, so the chunks change no bit.
-                for chunk_start in (0..taps).step_by(TAP_CHUNK) {
-                    let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-                    for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
-                        let first = block * BLOCK;
-                        let channels = BLOCK.min(shape.channels_out - first);
-                        let init = (chunk_start == 0).then(|| &bias[first..]);
-                        let band_end = (band_start + band).min(stride);
-                        for position in (band_start..band_end).step_by(TILE) {
-                            // A whole tile, or a half one at the end (`stride` and `band` are
-                            // multiples of `HALF_TILE`).
-                            let positions = TILE.min(band_end - position);
-                            // SAFETY: checked above (`position + positions <= stride`, channels
-                            // `first..first + channels` rows of `local`).
-                            unsafe {
-                                microkernel::forward_tile(
-                                    channels,
-                                    positions,
-                                    padded.as_ptr().add(position),
-                                    &offsets[chunk.clone()],
-                                    &weights[chunk.start * BLOCK..chunk.end * BLOCK],
-                                    init,
-                                    local.as_mut_ptr().add(first * stride + position),
-                                    stride,
-                                );
+            // Every value of `local` a band reads is written by its first tap chunk first.
+            let local = local.at_least(shape.channels_out * band_stride);
+            out.in_parts(shape.channels_out, oh * ow, |channels| {
+                for first_row in (0..oh).step_by(band_rows) {
+                    let rows = band_rows.min(oh - first_row);
+                    let (band_start, band_len) = (first_row * pw, (rows * pw).next_multiple_of(HALF_TILE));
+                    // The tiles' reads stay inside `padded` (the last band's rounding ends less
+                    // than a half-tile past the last row, inside the copy's zero tail) and their
+                    // writes inside `local`.
+                    assert!(band_start + band_len + max_offset <= padded.len() && band_len <= band_stride);
+                    // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
+                    // from one chunk to the next through `local`, so the chunks change no bit.
+                    for chunk_start in (0..taps).step_by(TAP_CHUNK) {
+                        let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
+                        for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
+                            let first = block * BLOCK;
+                            let channels = BLOCK.min(shape.channels_out - first);
+                            let init = (chunk_start == 0).then(|| &bias[first..]);
+                            for position in (0..band_len).step_by(TILE) {
+                                // A whole tile, or a half one at the end (`band_len` is a
+                                // multiple of `HALF_TILE`).
+                                let positions = TILE.min(band_len - position);
+                                // SAFETY: checked above (`position + positions <= band_len`,
+                                // channels `first..first + channels` rows of `local`).
+                                unsafe {
+                                    microkernel::forward_tile(
+                                        channels,
+                                        positions,
+                                        padded.as_ptr().add(band_start + position),
+                                        &offsets[chunk.clone()],
+                                        &weights[chunk.start * BLOCK..chunk.end * BLOCK],
+                                        init,
+                                        local.as_mut_ptr().add(first * band_stride + position),
+                                        band_stride,
+                                    );
+                                }
                             }
                         }
                     }
+                    for (c, channel) in channels.iter_mut().enumerate() {
+                        for row in 0..rows {
+                            finish(c, &local[c * band_stride + row * pw..][..ow], channel);
+                        }
+                    }
                 }
-            }
-            unpad_output(local, stride, shape, shape.channels_out, out, finish);
+            });
         },
     )
 }
@@ -643,18 +648,12 @@ mod tests {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let dyt = transposed_output(&dense, &s);
             assert_eq!(dyt.len(), stride * lanes);
-            let mut padded = vec![0.0; s.channels_out * stride];
             for (i, &value) in dense.iter().enumerate() {
                 let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
                 assert_eq!(dyt[(oy * pw + ox) * lanes + c], value, "{s:?}");
-                padded[c * stride + oy * pw + ox] = value;
             }
             let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
             assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
-            let back = output::written(dense.len(), dense.len(), |_, writer| {
-                unpad_output(&padded, stride, &s, s.channels_out, writer, &copy_row)
-            });
-            assert_eq!(back, dense, "{s:?}");
             let image = values(s.input_len(), 4);
             // A reused buffer with other values in it: every border is written again.
             let mut src = vec![7.0; s.padded_len() + 5];
