@@ -6,7 +6,8 @@
 //! inner loops in `microkernel`), and batch norm (fused with the LeakyReLU after it, its sums in
 //! `channel_sums`), dropout, max pooling, bilinear resizing, concatenation and softmax over
 //! channels in few passes (`elementwise` compiles their loops for AVX2 and AVX-512 too; `output`
-//! hands out their output buffers, `scratch` keeps working buffers per thread); in inference a
+//! hands out their output buffers and sizes their tasks, `scratch` keeps working buffers per
+//! thread, `transpose` holds the register transposes two of them share); in inference a
 //! block's convolution, batch norm and LeakyReLU are one op. They plug into burn's autodiff
 //! through a backend extension (`extension`). Other backends (GPUs) and other shapes keep burn's
 //! ops. The tests below check values and gradients against burn's.
