@@ -32,8 +32,8 @@ pub const WEIGHT_GROUPS: usize = 4;
 /// other paths run such a call as blocks of `BLOCK` taps.
 pub const WEIGHT_TAPS: usize = 4 * BLOCK;
 
-/// Positions per forward half-tile (two AVX2 registers, one AVX-512 one): what output rows are
-/// rounded up to, so a layer computes at most 15 junk positions per channel, not 31.
+/// Positions per forward half-tile (two AVX2 registers, one AVX-512 one): what a band of output
+/// rows is rounded up to, so a band computes at most 15 extra positions per channel, not 31.
 pub const HALF_TILE: usize = TILE / 2;
 
 /// Forward tile: for `c < channels` (at most `BLOCK`) and `i < positions` (`TILE` or `HALF_TILE`),
