@@ -479,59 +479,50 @@ pub mod simd {
         }
     }
 
-    /// The AVX2 path for `4 * SUBS` channels: `SUBS` registers of four channels per sum.
-    pub(super) fn avx2<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
-        a: &[f32],
-        b: &[f32],
-        shape: &NormShape,
-        init: f64,
-        term: &T,
-        first: usize,
-        count: usize,
-    ) -> Vec<[f64; N]> {
-        check(a, b, shape, first, count, 4 * SUBS, Isa::Avx2);
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
-            a: &[f32],
-            b: &[f32],
-            shape: &NormShape,
-            init: f64,
-            term: &T,
-            first: usize,
-            count: usize,
-        ) -> Vec<[f64; N]> {
-            unsafe { group_sums::<4, Avx2, SUBS, N>(a, b, shape, init, term, first, count) }
-        }
-        // SAFETY: the CPU has AVX2 and FMA, and `check` bounds every read.
-        unsafe { run::<SUBS, N, T>(a, b, shape, init, term, first, count) }
+    /// One SIMD path's entry point, `$name::<SUBS, N, _>`, for `$width * SUBS` channels (`SUBS`
+    /// registers of `$width` channels per sum): checks the group and the CPU, then runs
+    /// `group_sums` compiled with the path's instruction set (`$features`). The paths differ only
+    /// in these four names, so one definition serves both.
+    macro_rules! simd_path {
+        ($(#[$doc:meta])* $name:ident, $lanes:ty, $width:literal, $isa:expr, $features:literal) => {
+            $(#[$doc])*
+            pub(super) fn $name<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
+                a: &[f32],
+                b: &[f32],
+                shape: &NormShape,
+                init: f64,
+                term: &T,
+                first: usize,
+                count: usize,
+            ) -> Vec<[f64; N]> {
+                check(a, b, shape, first, count, $width * SUBS, $isa);
+                #[target_feature(enable = $features)]
+                unsafe fn run<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
+                    a: &[f32],
+                    b: &[f32],
+                    shape: &NormShape,
+                    init: f64,
+                    term: &T,
+                    first: usize,
+                    count: usize,
+                ) -> Vec<[f64; N]> {
+                    unsafe { group_sums::<$width, $lanes, SUBS, N>(a, b, shape, init, term, first, count) }
+                }
+                // SAFETY: `check` found the instruction set on this CPU (`detected` includes
+                // AVX2 and FMA in both) and bounds every read.
+                unsafe { run::<SUBS, N, T>(a, b, shape, init, term, first, count) }
+            }
+        };
     }
 
-    /// The AVX-512 path for `8 * SUBS` channels: `SUBS` registers of eight channels per sum.
-    pub(super) fn avx512<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
-        a: &[f32],
-        b: &[f32],
-        shape: &NormShape,
-        init: f64,
-        term: &T,
-        first: usize,
-        count: usize,
-    ) -> Vec<[f64; N]> {
-        check(a, b, shape, first, count, 8 * SUBS, Isa::Avx512);
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn run<const SUBS: usize, const N: usize, T: ChannelTerm<N>>(
-            a: &[f32],
-            b: &[f32],
-            shape: &NormShape,
-            init: f64,
-            term: &T,
-            first: usize,
-            count: usize,
-        ) -> Vec<[f64; N]> {
-            unsafe { group_sums::<8, Avx512, SUBS, N>(a, b, shape, init, term, first, count) }
-        }
-        // SAFETY: the CPU has AVX-512 (with AVX2 and FMA), and `check` bounds every read.
-        unsafe { run::<SUBS, N, T>(a, b, shape, init, term, first, count) }
-    }
+    simd_path!(
+        /// The AVX2 path: four channels a register.
+        avx2, Avx2, 4, Isa::Avx2, "avx2,fma"
+    );
+    simd_path!(
+        /// The AVX-512 path: eight channels a register.
+        avx512, Avx512, 8, Isa::Avx512, "avx512f,avx2,fma"
+    );
 
     /// Panics unless the group and sizes are in bounds and the CPU has `isa`.
     fn check(a: &[f32], b: &[f32], shape: &NormShape, first: usize, count: usize, size: usize, isa: Isa) {
