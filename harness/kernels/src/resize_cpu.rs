@@ -6,6 +6,8 @@
 //! every output value and every gradient sum takes the same operations in the same order as
 //! flex's, so results are identical bit for bit (tested).
 
+#[cfg(x86_kernels)]
+use super::isa::{self, Isa};
 use super::output;
 
 /// For one axis, per output coordinate: the two source indices and the weight of the second.
@@ -94,13 +96,35 @@ pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usi
 
 /// The gradient with respect to the input, from the output's: each output pixel's gradient is
 /// spread over its four sources, in raster order per plane, as flex does.
+///
+/// Flex adds `g * wx * wy` into one input value at a time, and neighbouring output pixels add
+/// into the same values, so each addition waits for the one before it to go through memory.
+/// With AVX-512 an output row is instead spread over each of its two source rows a register of
+/// source values at a time (`ColumnSpread`), each value still receiving its terms in flex's order
+/// (output rows in order, within a row the output columns in order), so the bits are flex's.
+/// Other CPUs run flex's loop.
 pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_size: [usize; 2], align_corners: bool) -> Vec<f32> {
     let ([ih, iw], [oh, ow]) = (in_size, out_size);
     let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
+    #[cfg(x86_kernels)]
+    let spread = (isa::current() == Isa::Avx512).then(|| ColumnSpread::new(&cols));
     output::filled(planes * ih * iw, ih * iw, |p, plane| {
         let out = &output_grad[p * oh * ow..][..oh * ow];
         for (y, grad_row) in out.chunks(ow).enumerate() {
-            let (top, bottom, yw, one) = (rows.low[y] * iw, rows.high[y] * iw, rows.weight[y], 1.0f32);
+            let (top, bottom, yw, one) = (rows.low[y], rows.high[y], rows.weight[y], 1.0f32);
+            #[cfg(x86_kernels)]
+            if let Some(spread) = spread.as_ref().filter(|_| top != bottom) {
+                // Two different source rows, so no value receives terms from both; each value's
+                // terms from this row still go in column order. (Where both are the last row,
+                // flex's order interleaves the two terms pixel by pixel, and so does the loop
+                // below.)
+                let (upper, lower) = plane.split_at_mut(bottom * iw);
+                let rows = [&mut upper[top * iw..][..iw], &mut lower[..iw]];
+                // SAFETY: `spread` exists only where the CPU has AVX-512.
+                unsafe { spread.rows_avx512(grad_row, rows, [one - yw, yw]) };
+                continue;
+            }
+            let (top, bottom) = (top * iw, bottom * iw);
             for (x, &g) in grad_row.iter().enumerate() {
                 let (l, h, xw) = (cols.low[x], cols.high[x], cols.weight[x]);
                 plane[top + l] += g * (one - xw) * (one - yw);
@@ -110,4 +134,224 @@ pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_siz
             }
         }
     })
+}
+
+/// For each input column, the output columns whose gradient it receives, in the order flex adds
+/// them (output columns in order; the low term before the high one where both land on the same
+/// column), with the weight of each, laid out for a register of neighbouring columns at a time.
+///
+/// A column receives from a short run of output columns (about four when upsampling by two), so
+/// 16 neighbouring columns read from some 32 neighbouring output values: the columns are cut
+/// into blocks of at most 16 whose sources lie in a window of 32, which two registers hold and
+/// one permutation per term reads (a gather, tried first, was slower than flex's loop).
+#[cfg(x86_kernels)]
+struct ColumnSpread {
+    columns: usize,
+    /// Blocks of neighbouring columns: first column, how many, first output column of the
+    /// window, and the most terms a column of the block receives.
+    blocks: Vec<[usize; 4]>,
+    /// How many terms each column receives.
+    counts: Vec<i32>,
+    /// `[slot][column]` (as many slots as the most terms any column receives): each term's
+    /// output column, less its block's window start (0 past a column's count).
+    window_index: Vec<i32>,
+    /// `[slot][column]`: each term's column weight, `1 - xw` or `xw` (0 past the count).
+    weights: Vec<f32>,
+}
+
+#[cfg(x86_kernels)]
+impl ColumnSpread {
+    /// Register lanes, and output values in a window (two registers).
+    const LANES: usize = 16;
+    const WINDOW: usize = 32;
+
+    fn new(cols: &AxisMap) -> Self {
+        let (columns, one) = (cols.input, 1.0f32);
+        let mut terms: Vec<Vec<(usize, f32)>> = vec![Vec::new(); columns];
+        for (x, ((&l, &h), &xw)) in cols.low.iter().zip(&cols.high).zip(&cols.weight).enumerate() {
+            terms[l].push((x, one - xw));
+            terms[h].push((x, xw));
+        }
+        let slots = terms.iter().map(Vec::len).max().unwrap_or(0);
+        // A column's sources, first and last (a column without terms spans nothing).
+        let span = |ix: usize| terms[ix].first().map(|t| t.0).zip(terms[ix].last().map(|t| t.0));
+        let mut blocks = Vec::new();
+        let mut first = 0;
+        while first < columns {
+            let mut window: Option<[usize; 2]> = None;
+            let mut len = 0;
+            while first + len < columns && len < Self::LANES {
+                let widened = match (window, span(first + len)) {
+                    (Some([lo, hi]), Some((a, b))) => [lo.min(a), hi.max(b)],
+                    (None, Some((a, b))) => [a, b],
+                    (window, None) => window.unwrap_or([0, 0]),
+                };
+                if widened[1] - widened[0] >= Self::WINDOW {
+                    break;
+                }
+                window = Some(widened);
+                len += 1;
+            }
+            // Sources are monotone in the column, so one column always fits a window.
+            assert!(
+                len > 0,
+                "bilinear gradient: a column's sources span more than {} output values",
+                Self::WINDOW
+            );
+            let most = (first..first + len).map(|ix| terms[ix].len()).max().unwrap_or(0);
+            blocks.push([first, len, window.map_or(0, |w| w[0]), most]);
+            first += len;
+        }
+        let (mut window_index, mut weights) = (vec![0; slots * columns], vec![0.0; slots * columns]);
+        for &[first, len, start, _] in &blocks {
+            for ix in first..first + len {
+                for (k, &(x, w)) in terms[ix].iter().enumerate() {
+                    (window_index[k * columns + ix], weights[k * columns + ix]) = ((x - start) as i32, w);
+                }
+            }
+        }
+        let counts = terms.iter().map(|t| t.len() as i32).collect();
+        Self {
+            columns,
+            blocks,
+            counts,
+            window_index,
+            weights,
+        }
+    }
+
+    /// `cells[ix] += grad_row[x] * w * wy` for each term `(x, w)` of each column `ix`, in order,
+    /// for two source rows (`cells`) with their row weights (`wy`) at once, a block of columns at
+    /// a time. A lane whose column has fewer terms than the slot adds nothing.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_avx512(&self, grad_row: &[f32], cells: [&mut [f32]; 2], wy: [f32; 2]) {
+        use std::arch::x86_64::*;
+        assert!(
+            cells.iter().all(|row| row.len() == self.columns),
+            "bilinear gradient: source rows of {} columns",
+            self.columns
+        );
+        let wy = wy.map(|w| _mm512_set1_ps(w));
+        // Lanes `0..n` of a register.
+        let first_lanes = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        for &[first, len, start, most] in &self.blocks {
+            let lanes = first_lanes(len);
+            let in_row = |offset: usize| first_lanes(grad_row.len().saturating_sub(start + offset));
+            // SAFETY (all loads and stores): each is masked to the lanes inside its slice: `len`
+            // columns from `first` (a block ends by `columns`), and the window's values inside
+            // `grad_row`; a permutation only moves values between registers.
+            unsafe {
+                let window = grad_row.as_ptr().add(start.min(grad_row.len()));
+                let (low_half, high_half) = (
+                    _mm512_maskz_loadu_ps(in_row(0), window),
+                    _mm512_maskz_loadu_ps(in_row(16), window.wrapping_add(16)),
+                );
+                let counts = _mm512_maskz_loadu_epi32(lanes, self.counts.as_ptr().add(first));
+                let mut sums = [0, 1].map(|r| _mm512_maskz_loadu_ps(lanes, cells[r].as_ptr().add(first)));
+                for k in 0..most {
+                    let live = _mm512_cmpgt_epi32_mask(counts, _mm512_set1_epi32(k as i32));
+                    let at = k * self.columns + first;
+                    let index = _mm512_maskz_loadu_epi32(lanes, self.window_index.as_ptr().add(at));
+                    let g = _mm512_permutex2var_ps(low_half, index, high_half);
+                    let gw = _mm512_mul_ps(g, _mm512_maskz_loadu_ps(lanes, self.weights.as_ptr().add(at)));
+                    for (sum, wy) in sums.iter_mut().zip(wy) {
+                        *sum = _mm512_mask_add_ps(*sum, live, *sum, _mm512_mul_ps(gw, wy));
+                    }
+                }
+                for (row, sum) in cells.iter().zip(sums) {
+                    _mm512_mask_storeu_ps(row.as_ptr().add(first).cast_mut(), lanes, sum);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flex's gradient loop as it is, pixel by pixel.
+    fn backward_by_pixels(output_grad: &[f32], planes: usize, [ih, iw]: [usize; 2], [oh, ow]: [usize; 2], align_corners: bool) -> Vec<f32> {
+        let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
+        let mut grad = vec![0.0f32; planes * ih * iw];
+        for (plane, out) in grad.chunks_mut(ih * iw).zip(output_grad.chunks(oh * ow)) {
+            for (y, grad_row) in out.chunks(ow).enumerate() {
+                let (top, bottom, yw, one) = (rows.low[y] * iw, rows.high[y] * iw, rows.weight[y], 1.0f32);
+                for (x, &g) in grad_row.iter().enumerate() {
+                    let (l, h, xw) = (cols.low[x], cols.high[x], cols.weight[x]);
+                    plane[top + l] += g * (one - xw) * (one - yw);
+                    plane[top + h] += g * xw * (one - yw);
+                    plane[bottom + l] += g * (one - xw) * yw;
+                    plane[bottom + h] += g * xw * yw;
+                }
+            }
+        }
+        grad
+    }
+
+    /// On every instruction-set path, the gradient is flex's pixel-by-pixel loop bit for bit:
+    /// upsampling by two (the U-Net's), odd sizes around the register widths, shrinking (where
+    /// a column can receive nothing, or both terms of one pixel), single pixels, both corner
+    /// conventions, with signed zeros, infinities and NaNs among the gradients (where a value
+    /// becomes NaN it must on every path; a NaN's sign is not compared).
+    #[test]
+    fn the_gradient_is_flexs_loop_bit_for_bit_on_every_path() {
+        let specials = [0.0, -0.0, 1.5, -2.25, 1e-30, f32::INFINITY, f32::NAN];
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let sizes = [
+            ([8, 8], [16, 16]),
+            ([64, 64], [128, 128]),
+            ([5, 7], [10, 14]),
+            ([9, 17], [18, 34]),
+            ([3, 33], [7, 65]),
+            ([12, 40], [5, 19]),
+            ([1, 1], [4, 4]),
+            ([4, 24], [1, 1]),
+            ([6, 31], [6, 31]),
+        ];
+        for (in_size, out_size) in sizes {
+            let planes = 3;
+            let dy: Vec<f32> = (0..planes * out_size[0] * out_size[1])
+                .map(|i| match next() % 16 {
+                    0 => specials[i % specials.len()],
+                    _ => (next() % 20001) as f32 / 1000.0 - 10.0,
+                })
+                .collect();
+            for align_corners in [true, false] {
+                let expected = backward_by_pixels(&dy, planes, in_size, out_size, align_corners);
+                for isa in crate::isa::compared_in("bilinear resizing's gradient") {
+                    let _forced = crate::isa::force(isa);
+                    let got = backward(&dy, planes, in_size, out_size, align_corners);
+                    // A NaN's sign and payload are not part of Rust's float semantics (the compiler
+                    // may swap an addition's operands, and x86 keeps the first NaN), so NaNs
+                    // compare as one value; every other value bit for bit.
+                    let bits = |v: &[f32]| {
+                        v.iter()
+                            .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        bits(&got),
+                        bits(&expected),
+                        "{in_size:?} -> {out_size:?}, align_corners {align_corners}, {isa:?}"
+                    );
+                }
+            }
+        }
+    }
 }
