@@ -237,7 +237,7 @@ pub unsafe fn weight_tile(
     macro_rules! avx512_rows {
         ($w:literal, $z:literal, $starts:expr, $count:expr, $($n:literal)+) => {
             match $count {
-                $($n => weight_rows_avx512::<$n, $w, $z>(src, $starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last_register_mask(groups)),)+
+                $($n => weight_rows_avx512::<$n, $w, $z, { weight_unroll($n, $w, $z) }>(src, $starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last_register_mask(groups)),)+
                 _ => unreachable!("at most {} taps a call", WEIGHT_TAPS),
             }
         };
@@ -436,16 +436,37 @@ struct TapRows {
     len: usize,
 }
 
+/// Positions the AVX-512 weight tile takes per step for `rows` rows of `w` taps and `z` registers
+/// a tap: as many as fit the 32 registers beside the accumulators (`rows w z` of them), `z` per
+/// position for the output gradient and `u + w - 1` broadcast inputs per row, at most 4. In a row
+/// of neighbouring taps, tap `kx` at position `p + u` reads the input tap `kx + 1` reads at
+/// `p + u - 1`, so a step of `u` positions broadcasts `u + 2` values per row instead of `3 u`; at
+/// 16 channels, where a position's 24 taps took 25 loads for 24 multiply-adds, the loads bound
+/// the tile. A tap of its own (`w = 1`) shares nothing, and takes one position a step.
+#[cfg(x86_kernels)]
+const fn weight_unroll(rows: usize, w: usize, z: usize) -> usize {
+    let mut u = 4;
+    while u > 1 && (w == 1 || rows * w * z + u * z + u + w - 1 > 32) {
+        u -= 1;
+    }
+    u
+}
+
+/// Broadcast inputs a row keeps for one step at most (`weight_unroll`'s 4 positions of 3 taps).
+#[cfg(x86_kernels)]
+const MAX_ROW_INPUTS: usize = 6;
+
 /// The weight-gradient tile on AVX-512 over `ROWS` rows of `W` neighbouring taps (tap `W r + kx`
 /// reads `src[rows[r] + kx + p]`; `W = 1` takes any taps, `W = 3` a 3-wide kernel's rows with one
 /// pointer per row), with `Z` registers (two channel groups each) per tap: `ROWS W Z`
-/// accumulators, each continuing its chain over the positions in order. The last register's
+/// accumulators, each continuing its chain over the positions in order, `U` positions a step
+/// (`weight_unroll`; every chain still takes them one after the other). The last register's
 /// lanes are `last_mask` (`0x00ff` when it holds one group: a masked load, so nothing past the
 /// tile is read, and a masked store).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize>(
+unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize, const U: usize>(
     src: *const f32,
     rows: [usize; ROWS],
     dyt: *const f32,
@@ -465,9 +486,37 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize>(
             std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], grad.add((W * r + kx) * grad_stride + 16 * z)) })
         })
     });
-    for p in 0..len {
-        // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
-        let g: [__m512; Z] = std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) });
+    assert!(
+        U >= 1 && U + W - 1 <= MAX_ROW_INPUTS,
+        "weight tile: {U} positions of {W} taps a step"
+    );
+    // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
+    let gradient_at =
+        |p: usize| -> [__m512; Z] { std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) }) };
+    let whole = len / U * U;
+    for p in (0..whole).step_by(U) {
+        let g: [[__m512; Z]; U] = std::array::from_fn(|u| gradient_at(p + u));
+        for (row, &start) in acc.iter_mut().zip(&starts) {
+            // SAFETY: tap `W r + kx` is readable at `offset + p + u` for `u < U` (the caller's
+            // contract), which are these `U + W - 1` values; the rest are never read.
+            let x: [__m512; MAX_ROW_INPUTS] = std::array::from_fn(|j| {
+                if j < U + W - 1 {
+                    _mm512_set1_ps(unsafe { *start.add(p + j) })
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for (u, gu) in g.iter().enumerate() {
+                for (kx, taps) in row.iter_mut().enumerate() {
+                    for (a, &gz) in taps.iter_mut().zip(gu) {
+                        *a = _mm512_fmadd_ps(x[u + kx], gz, *a);
+                    }
+                }
+            }
+        }
+    }
+    for p in whole..len {
+        let g = gradient_at(p);
         for (row, &start) in acc.iter_mut().zip(&starts) {
             for (kx, taps) in row.iter_mut().enumerate() {
                 // SAFETY: tap `W r + kx` is readable at `offset + p` (the caller's contract).
