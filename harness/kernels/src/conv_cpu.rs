@@ -398,8 +398,15 @@ pub(crate) fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape)
 /// `dL/dW` (`[c_out, c_in, kh, kw]`). For each tap and output channel, the products of each
 /// shifted input value with `dL/dy` are chained over an image's positions in order
 /// (`microkernel::weight_tile`, output channels along the registers, up to `weight_taps` taps
-/// per call; how many changes no chain), and the images' sums are
-/// added in image order. Threads split the taps, so no sum is ever split.
+/// per call; how many changes no chain), and the images' sums are added in image order.
+///
+/// Tasks split the work one of two ways, whichever reads less: where an image's sums (taps x
+/// channels) are smaller than its padded input and output gradient (the large, shallow levels),
+/// a task is one image and a group of its taps, and walks that image once through all its taps
+/// (tasks of taps over all images streamed the whole batch through every task); each image's
+/// sums are kept and added in image order at the end. Where the sums are the larger (the deep,
+/// small levels: 2.4 MB an image at 256 channels), a task is a group of taps over every image,
+/// adding each image's sums into its total as it goes. Either way every sum is the same chain.
 pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     check_lengths(shape, Some(input), None, Some(output_grad));
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
@@ -418,52 +425,93 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let max_offset = offsets.last().copied().unwrap_or(0);
     assert!(stride + max_offset <= shape.padded_len() && padded.iter().all(|p| p.len() == shape.padded_len()));
     assert!(dyt.iter().all(|d| d.len() == stride * lanes));
-    // Positions per band: a band's output-gradient rows (`lanes` values each) take about 64 KiB.
-    let band = (16 * 1024 / lanes).max(TILE);
-    // Tasks of whole tap blocks; how many there are changes no sum (each task owns its taps).
-    let blocks = taps.div_ceil(BLOCK);
-    let tasks = (4 * rayon::current_num_threads()).clamp(1, blocks);
-    let task_taps = blocks.div_ceil(tasks) * BLOCK;
-    let mut transposed = vec![0.0f32; taps * lanes];
-    transposed
-        .par_chunks_mut(task_taps * lanes)
-        .zip(offsets.par_chunks(task_taps))
-        .with_max_len(1)
-        .for_each(|(total, task_offsets)| {
-            let mut image_sum = vec![0.0f32; total.len()];
-            for b in 0..shape.batch {
-                image_sum.fill(0.0);
-                let (src, dy) = (&padded[b], &dyt[b]);
-                for band_start in (0..stride).step_by(band) {
-                    let len = band.min(stride - band_start);
-                    for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
-                        let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
-                        let per_call = microkernel::weight_taps(groups);
-                        for (chunk, chunk_offsets) in task_offsets.chunks(per_call).enumerate() {
-                            // SAFETY: reads of `src` end before `stride + max_offset <=
-                            // padded_len` (checked), of `dy` at row `band_start + len <= stride`
-                            // and column `first + LANES groups <= lanes`; `image_sum` holds this task's
-                            // taps x `lanes`.
-                            unsafe {
-                                microkernel::weight_tile(
-                                    groups,
-                                    src.as_ptr().add(band_start),
-                                    chunk_offsets,
-                                    dy.as_ptr().add(band_start * lanes + first),
-                                    lanes,
-                                    len,
-                                    image_sum.as_mut_ptr().add(chunk * per_call * lanes + first),
-                                    lanes,
-                                );
-                            }
-                        }
+    // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros).
+    let image_tap_sums = |b: usize, tap_offsets: &[usize], sums: &mut [f32]| {
+        // Positions per band: a band's output-gradient rows (`lanes` values each) take about
+        // 64 KiB, read once per tap call.
+        let band = (16 * 1024 / lanes).max(TILE);
+        let (src, dy) = (&padded[b], &dyt[b]);
+        assert_eq!(sums.len(), tap_offsets.len() * lanes);
+        for band_start in (0..stride).step_by(band) {
+            let len = band.min(stride - band_start);
+            for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
+                let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
+                let per_call = microkernel::weight_taps(groups);
+                for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
+                    // SAFETY: reads of `src` end before `stride + max_offset <= padded_len`
+                    // (checked), of `dy` at row `band_start + len <= stride` and column
+                    // `first + LANES groups <= lanes`; `sums` holds these taps x `lanes`.
+                    unsafe {
+                        microkernel::weight_tile(
+                            groups,
+                            src.as_ptr().add(band_start),
+                            chunk_offsets,
+                            dy.as_ptr().add(band_start * lanes + first),
+                            lanes,
+                            len,
+                            sums.as_mut_ptr().add(chunk * per_call * lanes + first),
+                            lanes,
+                        );
                     }
                 }
-                for (t, s) in total.iter_mut().zip(&image_sum) {
-                    *t += s;
-                }
             }
-        });
+        }
+    };
+    // Tap groups, in whole tap blocks: enough tasks for every thread four times over.
+    let blocks = taps.div_ceil(BLOCK);
+    let tasks_wanted = 4 * rayon::current_num_threads();
+    let by_image = taps * lanes < shape.padded_len() + stride * lanes;
+    let groups = if by_image {
+        tasks_wanted.div_ceil(shape.batch.max(1))
+    } else {
+        tasks_wanted
+    };
+    let group_taps = blocks.div_ceil(groups.clamp(1, blocks)) * BLOCK;
+    let mut transposed = vec![0.0f32; taps * lanes];
+    if by_image {
+        // `[image][taps][lanes]`, each task's taps contiguous within its image.
+        let mut image_sums = vec![0.0f32; shape.batch * taps * lanes];
+        let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
+            .chunks_mut(taps * lanes)
+            .enumerate()
+            .flat_map(|(b, image_sum)| {
+                image_sum
+                    .chunks_mut(group_taps * lanes)
+                    .zip(offsets.chunks(group_taps))
+                    .map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
+            })
+            .collect();
+        tasks
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|(b, tap_offsets, sums)| image_tap_sums(b, tap_offsets, sums));
+        transposed
+            .par_chunks_mut(lanes)
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(k, total)| {
+                for sums in image_sums.chunks(taps * lanes) {
+                    for (t, s) in total.iter_mut().zip(&sums[k * lanes..][..lanes]) {
+                        *t += s;
+                    }
+                }
+            });
+    } else {
+        transposed
+            .par_chunks_mut(group_taps * lanes)
+            .zip(offsets.par_chunks(group_taps))
+            .with_max_len(1)
+            .for_each(|(total, tap_offsets)| {
+                let mut image_sum = vec![0.0f32; total.len()];
+                for b in 0..shape.batch {
+                    image_sum.fill(0.0);
+                    image_tap_sums(b, tap_offsets, &mut image_sum);
+                    for (t, s) in total.iter_mut().zip(&image_sum) {
+                        *t += s;
+                    }
+                }
+            });
+    }
     // `[taps][lanes]` to `[c_out][taps]`, `LANES` output channels a task (one thread did this
     // alone: 600 000 scattered writes at 256 channels).
     let mut grad = vec![0.0f32; shape.channels_out * taps];
@@ -821,6 +869,50 @@ mod tests {
                 })
                 .collect();
             close(&db, &per_channel);
+        }
+    }
+
+    /// The weight gradient is, for every tap and output channel, each image's `mul_add` chain over
+    /// its padded positions in order (zeros in the junk columns included), the images' sums added
+    /// in image order: bit for bit, on 1 and 3 threads, for shapes that split the work by image
+    /// (the shallow levels) and by taps (a deep, small level, whose sums outweigh its images).
+    #[test]
+    fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
+        let shape = |batch, channels_in, channels_out, height, width| ConvShape {
+            batch,
+            channels_in,
+            channels_out,
+            height,
+            width,
+            kernel: [3, 3],
+            padding: 1,
+        };
+        // Split by image (144 x 16 sums against 3 584 padded values and 192 positions of 16
+        // gradients), then by taps (288 x 40 sums against 1 152 + 24 x 40).
+        for (s, expected_by_image) in [(shape(3, 16, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
+            let lanes = s.channels_out.next_multiple_of(LANES);
+            let by_image = s.patch_len() * lanes < s.padded_len() + s.padded_positions() * lanes;
+            assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");
+            let x = values(s.batch * s.input_len(), 21);
+            let dy = values(s.batch * s.output_len(), 22);
+            let offsets = s.tap_offsets();
+            let mut total = vec![0.0f32; s.channels_out * s.patch_len()];
+            for b in 0..s.batch {
+                let padded = padded_image(image(&x, b, s.input_len()), &s);
+                let dyt = transposed_output(image(&dy, b, s.output_len()), &s);
+                for (c, row) in total.chunks_mut(s.patch_len()).enumerate() {
+                    for (t, &offset) in row.iter_mut().zip(&offsets) {
+                        let chain = (0..s.padded_positions()).fold(0.0f32, |sum, p| padded[offset + p].mul_add(dyt[p * lanes + c], sum));
+                        *t += chain;
+                    }
+                }
+            }
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| weight_grad(&x, &dy, &s));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&total), "{s:?}, split by image: {by_image}, {threads} threads");
+            }
         }
     }
 
