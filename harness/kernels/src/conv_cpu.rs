@@ -22,8 +22,9 @@
 
 use rayon::prelude::*;
 
+use super::isa;
 #[cfg(x86_kernels)]
-use super::isa::{self, Isa};
+use super::isa::Isa;
 use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS};
 use super::output::{self, Writer};
 use super::scratch::Scratch;
@@ -156,7 +157,7 @@ impl ConvShape {
 }
 
 /// Padded input one forward band reads (about a quarter of a typical L2), and the most positions
-/// `band_positions` gives (so a band's outputs, `BLOCK` channels of them a tile row, stay in L1).
+/// `band_positions` gives (so a band's outputs, a block of channels a tile row, stay in L1).
 const BAND_BYTES: usize = 256 * 1024;
 const MAX_BAND: usize = 512;
 
@@ -255,19 +256,19 @@ fn transpose_blocks_avx2(
     }
 }
 
-/// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `BLOCK` output channels,
-/// each `[taps][BLOCK]`, zero where the last block has fewer channels. Blocks in parallel (at
+/// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `block` output channels,
+/// each `[taps][block]`, zero where the last block has fewer channels. Blocks in parallel (at
 /// 256 channels this is 600 000 scattered writes, which one thread did while the others waited).
-fn pack_weights(weight: &[f32], channels_out: usize, taps: usize) -> Vec<f32> {
-    let blocks = channels_out.div_ceil(BLOCK);
-    let mut packed = vec![0.0f32; blocks * taps * BLOCK];
+fn pack_weights(weight: &[f32], channels_out: usize, taps: usize, block: usize) -> Vec<f32> {
+    let blocks = channels_out.div_ceil(block);
+    let mut packed = vec![0.0f32; blocks * taps * block];
     packed
-        .par_chunks_mut(taps * BLOCK)
-        .zip(weight.par_chunks(taps * BLOCK))
-        .for_each(|(block, rows)| {
+        .par_chunks_mut(taps * block)
+        .zip(weight.par_chunks(taps * block))
+        .for_each(|(packed_block, rows)| {
             for (c, row) in rows.chunks(taps).enumerate() {
                 for (k, &value) in row.iter().enumerate() {
-                    block[k * BLOCK + c] = value;
+                    packed_block[k * block + c] = value;
                 }
             }
         });
@@ -300,7 +301,9 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let taps = shape.patch_len();
     let offsets = shape.tap_offsets();
     let max_offset = offsets.last().copied().unwrap_or(0);
-    let packed = pack_weights(weight, shape.channels_out, taps);
+    // Read once: the packing and every tile of this call use the same block.
+    let block = microkernel::forward_block(isa::current());
+    let packed = pack_weights(weight, shape.channels_out, taps, block);
     let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
     let [band_rows, band_stride] = shape.forward_bands();
     output::written_by_chunks(
@@ -323,9 +326,9 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                     // from one chunk to the next through `local`, so the chunks change no bit.
                     for chunk_start in (0..taps).step_by(TAP_CHUNK) {
                         let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-                        for (block, weights) in packed.chunks(taps * BLOCK).enumerate() {
-                            let first = block * BLOCK;
-                            let channels = BLOCK.min(shape.channels_out - first);
+                        for (index, weights) in packed.chunks(taps * block).enumerate() {
+                            let first = index * block;
+                            let channels = block.min(shape.channels_out - first);
                             let init = (chunk_start == 0).then(|| &bias[first..]);
                             for position in (0..band_len).step_by(TILE) {
                                 // A whole tile, or a half one at the end (`band_len` is a
@@ -336,10 +339,11 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                                 unsafe {
                                     microkernel::forward_tile(
                                         channels,
+                                        block,
                                         positions,
                                         padded.as_ptr().add(band_start + position),
                                         &offsets[chunk.clone()],
-                                        &weights[chunk.start * BLOCK..chunk.end * BLOCK],
+                                        &weights[chunk.start * block..chunk.end * block],
                                         init,
                                         local.as_mut_ptr().add(first * band_stride + position),
                                         band_stride,
@@ -359,7 +363,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     )
 }
 
-/// Taps per forward chunk: `BLOCK` x 256 packed weights are 6 KiB.
+/// Taps per forward chunk: 256 taps of at most `MAX_BLOCK` packed weights are 8 KiB.
 const TAP_CHUNK: usize = 256;
 
 /// `dL/dx` from `dL/dy` (`[batch, c_out, out_h, out_w]`): the "full" convolution of `dL/dy` with

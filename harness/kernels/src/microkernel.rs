@@ -20,8 +20,23 @@ use super::isa;
 
 /// Output positions one forward tile computes (two AVX-512 registers, four AVX2 ones).
 pub const TILE: usize = 32;
-/// Output channels one tile computes; packed weights hold `BLOCK` values per tap.
+/// Output channels one AVX2 or portable forward tile computes (12 of AVX2's 16 registers
+/// accumulate), and taps per weight-gradient block.
 pub const BLOCK: usize = 6;
+/// Output channels one AVX-512 forward tile computes (16 of its 32 registers accumulate): at 16
+/// and 32 channels, blocks of 6 left a last block of 4 or 2, an eighth of the work wasted.
+pub const MAX_BLOCK: usize = 8;
+
+/// Output channels per forward block on `isa`, the stride of the packed weights: the caller
+/// reads the instruction set once and packs for it; `forward_tile` takes any block up to
+/// `MAX_BLOCK` on every path (a path narrower than the block runs it slowly, with the same
+/// bits), so a test forcing another path mid-call changes no result.
+pub fn forward_block(isa: isa::Isa) -> usize {
+    match isa {
+        isa::Isa::Avx512 => MAX_BLOCK,
+        _ => BLOCK,
+    }
+}
 /// Output channels per weight-gradient channel group (one AVX2 register).
 pub const LANES: usize = 8;
 /// Channel groups one weight-gradient tile computes at most (two AVX-512 registers).
@@ -36,18 +51,20 @@ pub const WEIGHT_TAPS: usize = 4 * BLOCK;
 /// rows is rounded up to, so a band computes at most 15 extra positions per channel, not 31.
 pub const HALF_TILE: usize = TILE / 2;
 
-/// Forward tile: for `c < channels` (at most `BLOCK`) and `i < positions` (`TILE` or `HALF_TILE`),
-/// `out[c * out_stride + i] = start + Σ_k weights[k * BLOCK + c] * src[offsets[k] + i]`,
+/// Forward tile: for `c < channels` (at most `block`, at most `MAX_BLOCK`) and `i < positions`
+/// (`TILE` or `HALF_TILE`),
+/// `out[c * out_stride + i] = start + Σ_k weights[k * block + c] * src[offsets[k] + i]`,
 /// the sum taken as one fused multiply-add per tap, in tap order. `start` is `init[c]`, or with
 /// `init` `None` the value already in `out`: a sum split over calls gives the same bits.
 ///
 /// # Safety
 /// `src` must be readable at `offsets[k] + i` for every `k` and `i < positions`, `out` readable
 /// and writable at `c * out_stride + i` for `c < channels`, `i < positions`; `weights` must hold
-/// `offsets.len() * BLOCK` values and `init` at least `channels`.
+/// `offsets.len() * block` values and `init` at least `channels`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn forward_tile(
     channels: usize,
+    block: usize,
     positions: usize,
     src: *const f32,
     offsets: &[usize],
@@ -56,7 +73,12 @@ pub unsafe fn forward_tile(
     out: *mut f32,
     out_stride: usize,
 ) {
-    assert!(weights.len() >= offsets.len() * BLOCK && init.is_none_or(|i| i.len() >= channels) && (1..=BLOCK).contains(&channels));
+    assert!(
+        (1..=block).contains(&channels)
+            && block <= MAX_BLOCK
+            && weights.len() >= offsets.len() * block
+            && init.is_none_or(|i| i.len() >= channels)
+    );
     assert!(
         positions == TILE || positions == HALF_TILE,
         "a forward tile is {TILE} or {HALF_TILE} positions"
@@ -64,12 +86,14 @@ pub unsafe fn forward_tile(
     macro_rules! dispatch {
         ($f:ident $(:: $r:literal)?, $src:expr, $out:expr) => {
             match channels {
-                1 => $f::<1 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
-                2 => $f::<2 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
-                3 => $f::<3 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
-                4 => $f::<4 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
-                5 => $f::<5 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
-                _ => $f::<6 $(, $r)?>($src, offsets, weights, init, $out, out_stride),
+                1 => $f::<1 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                2 => $f::<2 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                3 => $f::<3 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                4 => $f::<4 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                5 => $f::<5 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                6 => $f::<6 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                7 => $f::<7 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                _ => $f::<8 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
             }
         };
     }
@@ -94,11 +118,18 @@ pub unsafe fn forward_tile(
     }
 }
 
+/// Each tap's first `C` packed weights, `block` apart: a fixed-length array, so the tiles' loops
+/// over channels unroll and their accumulators stay in registers.
+fn tap_weights<const C: usize>(weights: &[f32], block: usize) -> impl Iterator<Item = &[f32; C]> {
+    weights.chunks(block).map(|w| w[..C].try_into().expect("a packed block holds the tile's channels"))
+}
+
 /// The forward tile's definition over `HALF_TILE` positions, in plain Rust.
 unsafe fn forward_half_scalar<const C: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
+    block: usize,
     init: Option<&[f32]>,
     out: *mut f32,
     out_stride: usize,
@@ -111,7 +142,7 @@ unsafe fn forward_half_scalar<const C: usize>(
             None => row.copy_from_slice(unsafe { std::slice::from_raw_parts(out.add(c * out_stride), HALF_TILE) }),
         }
     }
-    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
+    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
         // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
         let x = unsafe { std::slice::from_raw_parts(src.add(offset), HALF_TILE) };
         for (row, &wc) in acc.iter_mut().zip(w) {
@@ -133,6 +164,7 @@ unsafe fn forward_half_avx2<const C: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
+    block: usize,
     init: Option<&[f32]>,
     out: *mut f32,
     out_stride: usize,
@@ -151,7 +183,7 @@ unsafe fn forward_half_avx2<const C: usize>(
             },
         };
     }
-    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
+    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
         // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
         let (x0, x1) = unsafe { (_mm256_loadu_ps(src.add(offset)), _mm256_loadu_ps(src.add(offset + 8))) };
         for (pair, wc) in acc.iter_mut().zip(w) {
@@ -178,6 +210,7 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
+    block: usize,
     init: Option<&[f32]>,
     out: *mut f32,
     out_stride: usize,
@@ -191,7 +224,7 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
             None => std::array::from_fn(|r| unsafe { _mm512_loadu_ps(out.add(c * out_stride + 16 * r)) }),
         };
     }
-    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(BLOCK)) {
+    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
         // SAFETY: readable at `offset + 0..16 R` (the caller's contract).
         let x: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(src.add(offset + 16 * r)) });
         for (regs, &wc) in acc.iter_mut().zip(w) {
@@ -563,60 +596,74 @@ mod tests {
 
     /// On every instruction set this CPU has, the forward tile (whole or half) gives the bits of
     /// its definition (one `mul_add` per tap, in tap order), also when its taps are split over two
-    /// calls, and writes nothing past the tile.
+    /// calls, for blocks of 6 and 8 packed channels (any block on any path), and writes nothing
+    /// past the tile.
     #[test]
     fn the_forward_tile_gives_its_definitions_bits_on_every_isa() {
         const ROW: usize = TILE + 8;
         let src = values(400, 1);
         let offsets = [0usize, 7, 33, 120, 121, 250, 300, 301, 302];
-        let weights = values(offsets.len() * BLOCK, 2);
-        let init = values(BLOCK, 3);
+        let init = values(MAX_BLOCK, 3);
         for isa in isa::compared_in("the forward tile") {
             let _forced = isa::force(isa);
-            for (channels, positions) in (1..=BLOCK).flat_map(|c| [(c, TILE), (c, HALF_TILE)]) {
-                let mut out = vec![7.0f32; BLOCK * ROW];
-                // SAFETY: src holds 400 values, the largest read is 302 + 31; out holds 6 rows
-                // of ROW > TILE values.
-                unsafe {
-                    let first = &offsets[..3];
-                    forward_tile(
-                        channels,
-                        positions,
-                        src.as_ptr(),
-                        first,
-                        &weights,
-                        Some(&init),
-                        out.as_mut_ptr(),
-                        ROW,
-                    );
-                    let rest = &weights[3 * BLOCK..];
-                    forward_tile(channels, positions, src.as_ptr(), &offsets[3..], rest, None, out.as_mut_ptr(), ROW);
-                }
-                for c in 0..channels {
-                    let definition: Vec<f32> = (0..positions)
-                        .map(|i| {
-                            let taps = offsets.iter().enumerate();
-                            taps.fold(init[c], |sum, (k, &o)| weights[k * BLOCK + c].mul_add(src[o + i], sum))
-                        })
-                        .collect();
-                    let row = &out[c * ROW..][..ROW];
-                    assert_eq!(
-                        bits(&row[..positions]),
-                        bits(&definition),
-                        "{isa:?}, {positions} x {channels}, channel {c}"
-                    );
-                    assert!(row[positions..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
-                    // The definition is the sum it claims to be.
-                    for (i, &value) in definition.iter().enumerate() {
-                        let taps = offsets.iter().enumerate();
-                        let exact = init[c] as f64 + taps.map(|(k, &o)| weights[k * BLOCK + c] as f64 * src[o + i] as f64).sum::<f64>();
-                        assert!((value as f64 - exact).abs() < 1e-5, "{value} vs {exact}");
+            for block in [BLOCK, MAX_BLOCK] {
+                let weights = values(offsets.len() * block, 2);
+                for (channels, positions) in (1..=block).flat_map(|c| [(c, TILE), (c, HALF_TILE)]) {
+                    let mut out = vec![7.0f32; MAX_BLOCK * ROW];
+                    // SAFETY: src holds 400 values, the largest read is 302 + 31; out holds
+                    // `MAX_BLOCK` rows of ROW > TILE values.
+                    unsafe {
+                        let first = &offsets[..3];
+                        forward_tile(
+                            channels,
+                            block,
+                            positions,
+                            src.as_ptr(),
+                            first,
+                            &weights,
+                            Some(&init),
+                            out.as_mut_ptr(),
+                            ROW,
+                        );
+                        let rest = &weights[3 * block..];
+                        forward_tile(
+                            channels,
+                            block,
+                            positions,
+                            src.as_ptr(),
+                            &offsets[3..],
+                            rest,
+                            None,
+                            out.as_mut_ptr(),
+                            ROW,
+                        );
                     }
+                    for c in 0..channels {
+                        let definition: Vec<f32> = (0..positions)
+                            .map(|i| {
+                                let taps = offsets.iter().enumerate();
+                                taps.fold(init[c], |sum, (k, &o)| weights[k * block + c].mul_add(src[o + i], sum))
+                            })
+                            .collect();
+                        let row = &out[c * ROW..][..ROW];
+                        assert_eq!(
+                            bits(&row[..positions]),
+                            bits(&definition),
+                            "{isa:?}, block {block}, {positions} x {channels}, channel {c}"
+                        );
+                        assert!(row[positions..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
+                        // The definition is the sum it claims to be.
+                        for (i, &value) in definition.iter().enumerate() {
+                            let taps = offsets.iter().enumerate();
+                            let exact = init[c] as f64 + taps.map(|(k, &o)| weights[k * block + c] as f64 * src[o + i] as f64).sum::<f64>();
+                            assert!((value as f64 - exact).abs() < 1e-5, "{value} vs {exact}");
+                        }
+                    }
+                    assert!(
+                        out[channels * ROW..].iter().all(|&v| v == 7.0),
+                        "{isa:?} wrote another channel's row"
+                    );
                 }
-                assert!(
-                    out[channels * ROW..].iter().all(|&v| v == 7.0),
-                    "{isa:?} wrote another channel's row"
-                );
             }
         }
     }
