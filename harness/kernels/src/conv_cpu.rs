@@ -201,10 +201,11 @@ fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
 /// padded layout (`[padded_positions][channels_out rounded up to LANES]`), zeros in the junk
 /// columns, the tail and the extra channels. Built a row of positions at a time: each row's
 /// block (`padded_width x lanes` values) is zeroed and filled while it sits in L1.
-fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
+fn transposed_output_into(dense: &[f32], shape: &ConvShape, dyt: &mut Vec<f32>) {
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let (ow, pw, positions) = (shape.out_width(), shape.padded_width(), shape.positions());
-    let mut dyt = Vec::with_capacity(shape.padded_positions() * lanes);
+    dyt.clear();
+    dyt.reserve(shape.padded_positions() * lanes);
     for oy in 0..shape.out_height() {
         let start = dyt.len();
         dyt.resize(start + pw * lanes, 0.0);
@@ -227,6 +228,12 @@ fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
         }
     }
     dyt.resize(shape.padded_positions() * lanes, 0.0);
+}
+
+/// `transposed_output_into` a buffer of its own.
+fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
+    let mut dyt = Vec::new();
+    transposed_output_into(dense, shape, &mut dyt);
     dyt
 }
 
@@ -416,26 +423,15 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let (taps, stride) = (shape.patch_len(), shape.padded_positions());
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let offsets = shape.tap_offsets();
-    let padded: Vec<Vec<f32>> = (0..shape.batch)
-        .into_par_iter()
-        .with_max_len(output::leaf_len(shape.batch))
-        .map(|b| padded_image(image(input, b, shape.input_len()), shape))
-        .collect();
-    let dyt: Vec<Vec<f32>> = (0..shape.batch)
-        .into_par_iter()
-        .with_max_len(output::leaf_len(shape.batch))
-        .map(|b| transposed_output(image(output_grad, b, shape.output_len()), shape))
-        .collect();
     let max_offset = offsets.last().copied().unwrap_or(0);
-    assert!(stride + max_offset <= shape.padded_len() && padded.iter().all(|p| p.len() == shape.padded_len()));
-    assert!(dyt.iter().all(|d| d.len() == stride * lanes));
-    // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros).
-    let image_tap_sums = |b: usize, tap_offsets: &[usize], sums: &mut [f32]| {
+    assert!(stride + max_offset <= shape.padded_len());
+    // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
+    // its padded input `src` and transposed output gradient `dy`.
+    let image_tap_sums = |src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]| {
+        assert!(src.len() == shape.padded_len() && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
         // Positions per band: a band's output-gradient rows (`lanes` values each) take about
         // 64 KiB, read once per tap call.
         let band = (16 * 1024 / lanes).max(TILE);
-        let (src, dy) = (&padded[b], &dyt[b]);
-        assert_eq!(sums.len(), tap_offsets.len() * lanes);
         for band_start in (0..stride).step_by(band) {
             let len = band.min(stride - band_start);
             for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
@@ -471,24 +467,55 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
         tasks_wanted
     };
     let group_taps = blocks.div_ceil(groups.clamp(1, blocks)) * BLOCK;
+    // Tasks that share an image read its padded input and transposed gradient, made once for
+    // all; a task that is a whole image makes its own in the thread's buffers, and reads them
+    // while they are still in the core's cache.
+    let whole_images = by_image && group_taps >= taps;
+    // Per image: its padded input, and its transposed output gradient.
+    type Prepared = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+    let prepared: Option<Prepared> = (!whole_images).then(|| {
+        let per_image = |f: &(dyn Fn(usize) -> Vec<f32> + Sync)| -> Vec<Vec<f32>> {
+            (0..shape.batch)
+                .into_par_iter()
+                .with_max_len(output::leaf_len(shape.batch))
+                .map(f)
+                .collect()
+        };
+        (
+            per_image(&|b| padded_image(image(input, b, shape.input_len()), shape)),
+            per_image(&|b| transposed_output(image(output_grad, b, shape.output_len()), shape)),
+        )
+    });
     let mut transposed = vec![0.0f32; taps * lanes];
     if by_image {
         // `[image][taps][lanes]`, each task's taps contiguous within its image.
         let mut image_sums = vec![0.0f32; shape.batch * taps * lanes];
-        let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
-            .chunks_mut(taps * lanes)
-            .enumerate()
-            .flat_map(|(b, image_sum)| {
-                image_sum
-                    .chunks_mut(group_taps * lanes)
-                    .zip(offsets.chunks(group_taps))
-                    .map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
-            })
-            .collect();
-        tasks
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|(b, tap_offsets, sums)| image_tap_sums(b, tap_offsets, sums));
+        match &prepared {
+            None => image_sums
+                .par_chunks_mut(taps * lanes)
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(b, sums)| {
+                    let (mut padded, mut dyt) = (Scratch::take(), Scratch::take());
+                    pad_into(image(input, b, shape.input_len()), shape, &mut padded);
+                    transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt);
+                    image_tap_sums(&padded, &dyt, &offsets, sums);
+                }),
+            Some((padded, dyt)) => {
+                let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
+                    .chunks_mut(taps * lanes)
+                    .enumerate()
+                    .flat_map(|(b, image_sum)| {
+                        let groups = image_sum.chunks_mut(group_taps * lanes).zip(offsets.chunks(group_taps));
+                        groups.map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
+                    })
+                    .collect();
+                tasks
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|(b, tap_offsets, sums)| image_tap_sums(&padded[b], &dyt[b], tap_offsets, sums));
+            }
+        }
         transposed
             .par_chunks_mut(lanes)
             .enumerate()
@@ -501,6 +528,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 }
             });
     } else {
+        let (padded, dyt) = prepared.as_ref().expect("tasks of taps read prepared images");
         transposed
             .par_chunks_mut(group_taps * lanes)
             .zip(offsets.par_chunks(group_taps))
@@ -509,7 +537,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 let mut image_sum = vec![0.0f32; total.len()];
                 for b in 0..shape.batch {
                     image_sum.fill(0.0);
-                    image_tap_sums(b, tap_offsets, &mut image_sum);
+                    image_tap_sums(&padded[b], &dyt[b], tap_offsets, &mut image_sum);
                     for (t, s) in total.iter_mut().zip(&image_sum) {
                         *t += s;
                     }
@@ -879,7 +907,8 @@ mod tests {
     /// The weight gradient is, for every tap and output channel, each image's `mul_add` chain over
     /// its padded positions in order (zeros in the junk columns included), the images' sums added
     /// in image order: bit for bit, on 1 and 3 threads, for shapes that split the work by image
-    /// (the shallow levels) and by taps (a deep, small level, whose sums outweigh its images).
+    /// (the shallow levels; whole images or groups of an image's taps) and by taps (a deep, small
+    /// level, whose sums outweigh its images).
     #[test]
     fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
         let shape = |batch, channels_in, channels_out, height, width| ConvShape {
@@ -892,8 +921,9 @@ mod tests {
             padding: 1,
         };
         // Split by image (144 x 16 sums against 3 584 padded values and 192 positions of 16
-        // gradients), then by taps (288 x 40 sums against 1 152 + 24 x 40).
-        for (s, expected_by_image) in [(shape(3, 16, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
+        // gradients: on 1 thread a task an image, on 3 groups of taps of an image), then by taps
+        // (288 x 40 sums against 1 152 + 24 x 40).
+        for (s, expected_by_image) in [(shape(4, 16, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let by_image = s.patch_len() * lanes < s.padded_len() + s.padded_positions() * lanes;
             assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");

@@ -121,7 +121,9 @@ pub unsafe fn forward_tile(
 /// Each tap's first `C` packed weights, `block` apart: a fixed-length array, so the tiles' loops
 /// over channels unroll and their accumulators stay in registers.
 fn tap_weights<const C: usize>(weights: &[f32], block: usize) -> impl Iterator<Item = &[f32; C]> {
-    weights.chunks(block).map(|w| w[..C].try_into().expect("a packed block holds the tile's channels"))
+    weights
+        .chunks(block)
+        .map(|w| w[..C].try_into().expect("a packed block holds the tile's channels"))
 }
 
 /// The forward tile's definition over `HALF_TILE` positions, in plain Rust.
