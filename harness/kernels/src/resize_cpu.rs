@@ -99,15 +99,20 @@ pub fn forward(input: &[f32], planes: usize, in_size: [usize; 2], out_size: [usi
 ///
 /// Flex adds `g * wx * wy` into one input value at a time, and neighbouring output pixels add
 /// into the same values, so each addition waits for the one before it to go through memory.
-/// With AVX-512 an output row is instead spread over each of its two source rows a register of
-/// source values at a time (`ColumnSpread`), each value still receiving its terms in flex's order
-/// (output rows in order, within a row the output columns in order), so the bits are flex's.
-/// Other CPUs run flex's loop.
+/// With AVX-512 or AVX2 an output row is instead spread over each of its two source rows a
+/// register of source values at a time (`ColumnSpread`), each value still receiving its terms in
+/// flex's order (output rows in order, within a row the output columns in order), so the bits are
+/// flex's. Other CPUs run flex's loop.
 pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_size: [usize; 2], align_corners: bool) -> Vec<f32> {
     let ([ih, iw], [oh, ow]) = (in_size, out_size);
     let (rows, cols) = (AxisMap::new(ih, oh, align_corners), AxisMap::new(iw, ow, align_corners));
+    // Read once: the blocks are cut for the register width of the path that runs them.
     #[cfg(x86_kernels)]
-    let spread = (isa::current() == Isa::Avx512).then(|| ColumnSpread::new(&cols));
+    let spread = match isa::current() {
+        Isa::Avx512 => ColumnSpread::new(&cols, Isa::Avx512),
+        Isa::Avx2 => ColumnSpread::new(&cols, Isa::Avx2),
+        Isa::Portable => None,
+    };
     output::filled(planes * ih * iw, ih * iw, |p, plane| {
         let out = &output_grad[p * oh * ow..][..oh * ow];
         for (y, grad_row) in out.chunks(ow).enumerate() {
@@ -120,8 +125,8 @@ pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_siz
                 // below.)
                 let (upper, lower) = plane.split_at_mut(bottom * iw);
                 let rows = [&mut upper[top * iw..][..iw], &mut lower[..iw]];
-                // SAFETY: `spread` exists only where the CPU has AVX-512.
-                unsafe { spread.rows_avx512(grad_row, rows, [one - yw, yw]) };
+                // SAFETY: `spread` is cut for a path the CPU has (`current`).
+                unsafe { spread.rows(grad_row, rows, [one - yw, yw]) };
                 continue;
             }
             let (top, bottom) = (top * iw, bottom * iw);
@@ -141,11 +146,14 @@ pub fn backward(output_grad: &[f32], planes: usize, in_size: [usize; 2], out_siz
 /// column), with the weight of each, laid out for a register of neighbouring columns at a time.
 ///
 /// A column receives from a short run of output columns (about four when upsampling by two), so
-/// 16 neighbouring columns read from some 32 neighbouring output values: the columns are cut
-/// into blocks of at most 16 whose sources lie in a window of 32, which two registers hold and
-/// one permutation per term reads (a gather, tried first, was slower than flex's loop).
+/// a register's worth of neighbouring columns (16 on AVX-512, 8 on AVX2) reads from about twice
+/// as many neighbouring output values: the columns are cut into blocks of at most a register
+/// whose sources lie in a window of two registers, which one permutation per term reads (two and
+/// a blend on AVX2). A gather, tried first, was slower than flex's loop.
 #[cfg(x86_kernels)]
 struct ColumnSpread {
+    /// The path the blocks are cut for.
+    isa: Isa,
     columns: usize,
     /// Blocks of neighbouring columns: first column, how many, first output column of the
     /// window, and the most terms a column of the block receives.
@@ -161,11 +169,13 @@ struct ColumnSpread {
 
 #[cfg(x86_kernels)]
 impl ColumnSpread {
-    /// Register lanes, and output values in a window (two registers).
-    const LANES: usize = 16;
-    const WINDOW: usize = 32;
-
-    fn new(cols: &AxisMap) -> Self {
+    /// The blocks for `isa`'s registers (AVX-512 or AVX2); None where one column's sources
+    /// span more than a window (upsampling by more than about 8, or 4 on AVX2), which flex's loop
+    /// then spreads.
+    fn new(cols: &AxisMap, isa: Isa) -> Option<Self> {
+        // Register lanes, and output values in a window (two registers).
+        let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
+        let window_len = 2 * lanes;
         let (columns, one) = (cols.input, 1.0f32);
         let mut terms: Vec<Vec<(usize, f32)>> = vec![Vec::new(); columns];
         for (x, ((&l, &h), &xw)) in cols.low.iter().zip(&cols.high).zip(&cols.weight).enumerate() {
@@ -180,24 +190,21 @@ impl ColumnSpread {
         while first < columns {
             let mut window: Option<[usize; 2]> = None;
             let mut len = 0;
-            while first + len < columns && len < Self::LANES {
+            while first + len < columns && len < lanes {
                 let widened = match (window, span(first + len)) {
                     (Some([lo, hi]), Some((a, b))) => [lo.min(a), hi.max(b)],
                     (None, Some((a, b))) => [a, b],
                     (window, None) => window.unwrap_or([0, 0]),
                 };
-                if widened[1] - widened[0] >= Self::WINDOW {
+                if widened[1] - widened[0] >= window_len {
                     break;
                 }
                 window = Some(widened);
                 len += 1;
             }
-            // Sources are monotone in the column, so one column always fits a window.
-            assert!(
-                len > 0,
-                "bilinear gradient: a column's sources span more than {} output values",
-                Self::WINDOW
-            );
+            if len == 0 {
+                return None;
+            }
             let most = (first..first + len).map(|ix| terms[ix].len()).max().unwrap_or(0);
             blocks.push([first, len, window.map_or(0, |w| w[0]), most]);
             first += len;
@@ -211,29 +218,87 @@ impl ColumnSpread {
             }
         }
         let counts = terms.iter().map(|t| t.len() as i32).collect();
-        Self {
+        Some(Self {
+            isa,
             columns,
             blocks,
             counts,
             window_index,
             weights,
-        }
+        })
     }
 
     /// `cells[ix] += grad_row[x] * w * wy` for each term `(x, w)` of each column `ix`, in order,
-    /// for two source rows (`cells`) with their row weights (`wy`) at once, a block of columns at
-    /// a time. A lane whose column has fewer terms than the slot adds nothing.
+    /// for two source rows (`cells`) with their row weights (`wy`) at once, on the path the
+    /// blocks were cut for.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_avx512(&self, grad_row: &[f32], cells: [&mut [f32]; 2], wy: [f32; 2]) {
-        use std::arch::x86_64::*;
+    /// The CPU must have that path's instructions.
+    unsafe fn rows(&self, grad_row: &[f32], cells: [&mut [f32]; 2], wy: [f32; 2]) {
         assert!(
             cells.iter().all(|row| row.len() == self.columns),
             "bilinear gradient: source rows of {} columns",
             self.columns
         );
+        // SAFETY: the caller's.
+        unsafe {
+            match self.isa {
+                Isa::Avx512 => self.rows_avx512(grad_row, cells, wy),
+                _ => self.rows_avx2(grad_row, cells, wy),
+            }
+        }
+    }
+
+    /// `rows` with 8-lane registers (`rows` checked the lengths): a window is two registers, and
+    /// a term's value is each register permuted, blended by which half its index names.
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows_avx2(&self, grad_row: &[f32], mut cells: [&mut [f32]; 2], wy: [f32; 2]) {
+        use std::arch::x86_64::*;
+        let wy = wy.map(|w| _mm256_set1_ps(w));
+        let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // Lanes `0..n` of a register, as a mask of all-ones lanes.
+        let first_lanes = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lane_ids);
+        for &[first, len, start, most] in &self.blocks {
+            let lanes = first_lanes(len);
+            let in_row = |offset: usize| first_lanes(grad_row.len().saturating_sub(start + offset));
+            // SAFETY (all loads and stores): each is masked to the lanes inside its slice (masked
+            // lanes are neither read nor written): `len` columns from `first` (a block ends by
+            // `columns`), and the window's values inside `grad_row`.
+            unsafe {
+                let window = grad_row.as_ptr().add(start.min(grad_row.len()));
+                let (low_half, high_half) = (
+                    _mm256_maskload_ps(window, in_row(0)),
+                    _mm256_maskload_ps(window.wrapping_add(8), in_row(8)),
+                );
+                let counts = _mm256_maskload_epi32(self.counts.as_ptr().add(first), lanes);
+                let mut sums = [0, 1].map(|r| _mm256_maskload_ps(cells[r].as_ptr().add(first), lanes));
+                for k in 0..most {
+                    let live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(counts, _mm256_set1_epi32(k as i32)));
+                    let at = k * self.columns + first;
+                    let index = _mm256_maskload_epi32(self.window_index.as_ptr().add(at), lanes);
+                    let in_high_half = _mm256_castsi256_ps(_mm256_cmpgt_epi32(index, _mm256_set1_epi32(7)));
+                    let g = _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(low_half, index),
+                        _mm256_permutevar8x32_ps(high_half, index),
+                        in_high_half,
+                    );
+                    let gw = _mm256_mul_ps(g, _mm256_maskload_ps(self.weights.as_ptr().add(at), lanes));
+                    for (sum, wy) in sums.iter_mut().zip(wy) {
+                        *sum = _mm256_blendv_ps(*sum, _mm256_add_ps(*sum, _mm256_mul_ps(gw, wy)), live);
+                    }
+                }
+                for (row, sum) in cells.iter_mut().zip(sums) {
+                    _mm256_maskstore_ps(row.as_mut_ptr().add(first), lanes, sum);
+                }
+            }
+        }
+    }
+
+    /// `rows` a block of columns at a time, in 16-lane registers (`rows` checked the lengths). A
+    /// lane whose column has fewer terms than the slot adds nothing.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_avx512(&self, grad_row: &[f32], mut cells: [&mut [f32]; 2], wy: [f32; 2]) {
+        use std::arch::x86_64::*;
         let wy = wy.map(|w| _mm512_set1_ps(w));
         // Lanes `0..n` of a register.
         let first_lanes = |n: usize| -> __mmask16 {
@@ -267,8 +332,8 @@ impl ColumnSpread {
                         *sum = _mm512_mask_add_ps(*sum, live, *sum, _mm512_mul_ps(gw, wy));
                     }
                 }
-                for (row, sum) in cells.iter().zip(sums) {
-                    _mm512_mask_storeu_ps(row.as_ptr().add(first).cast_mut(), lanes, sum);
+                for (row, sum) in cells.iter_mut().zip(sums) {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(first), lanes, sum);
                 }
             }
         }
@@ -323,6 +388,10 @@ mod tests {
             ([1, 1], [4, 4]),
             ([4, 24], [1, 1]),
             ([6, 31], [6, 31]),
+            // Upsampling by 16 and by about 20: a column's sources span more than a window, and
+            // flex's loop runs instead.
+            ([4, 4], [64, 64]),
+            ([2, 3], [40, 50]),
         ];
         for (in_size, out_size) in sizes {
             let planes = 3;
