@@ -308,8 +308,9 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let taps = shape.patch_len();
     let offsets = shape.tap_offsets();
     let max_offset = offsets.last().copied().unwrap_or(0);
-    // Read once: the packing and every tile of this call use the same block.
-    let block = microkernel::forward_block(isa::current());
+    // Read once: the packing and every tile of this call use the same block and tile length.
+    let isa = isa::current();
+    let (block, tile) = (microkernel::forward_block(isa), microkernel::forward_tile_positions(isa));
     let packed = pack_weights(weight, shape.channels_out, taps, block);
     let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
     let [band_rows, band_stride] = shape.forward_bands();
@@ -337,10 +338,10 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                             let first = index * block;
                             let channels = block.min(shape.channels_out - first);
                             let init = (chunk_start == 0).then(|| &bias[first..]);
-                            for position in (0..band_len).step_by(TILE) {
-                                // A whole tile, or a half one at the end (`band_len` is a
-                                // multiple of `HALF_TILE`).
-                                let positions = TILE.min(band_len - position);
+                            for position in (0..band_len).step_by(tile) {
+                                // A whole tile, or the half-tiles left at the end (`band_len`
+                                // is a multiple of `HALF_TILE`).
+                                let positions = tile.min(band_len - position);
                                 // SAFETY: checked above (`position + positions <= band_len`,
                                 // channels `first..first + channels` rows of `local`).
                                 unsafe {

@@ -20,6 +20,18 @@ use super::isa;
 
 /// Output positions one forward tile computes (two AVX-512 registers, four AVX2 ones).
 pub const TILE: usize = 32;
+/// The most positions a forward tile takes: three AVX-512 registers a channel (24 accumulators
+/// at 8 channels, three loads and eight broadcasts a tap where two registers took two and eight
+/// for 16 multiply-adds); other paths run it as half-tiles.
+pub const MAX_TILE: usize = 3 * HALF_TILE;
+
+/// Positions per forward tile on `isa`: `MAX_TILE` on AVX-512, else `TILE`.
+pub fn forward_tile_positions(isa: isa::Isa) -> usize {
+    match isa {
+        isa::Isa::Avx512 => MAX_TILE,
+        _ => TILE,
+    }
+}
 /// Output channels one AVX2 or portable forward tile computes (12 of AVX2's 16 registers
 /// accumulate), and taps per weight-gradient block.
 pub const BLOCK: usize = 6;
@@ -80,8 +92,9 @@ pub unsafe fn forward_tile(
             && init.is_none_or(|i| i.len() >= channels)
     );
     assert!(
-        positions == TILE || positions == HALF_TILE,
-        "a forward tile is {TILE} or {HALF_TILE} positions"
+        positions > 0 && positions.is_multiple_of(HALF_TILE) && positions <= MAX_TILE,
+        "a forward tile is 1 to {} half-tiles of {HALF_TILE} positions",
+        MAX_TILE / HALF_TILE
     );
     macro_rules! dispatch {
         ($f:ident $(:: $r:literal)?, $src:expr, $out:expr) => {
@@ -100,6 +113,8 @@ pub unsafe fn forward_tile(
     match isa::current() {
         // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
         // halves stay inside the tile, so the pointer contract is the caller's.
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx512 if positions == 3 * HALF_TILE => unsafe { dispatch!(forward_tile_avx512::3, src, out) },
         #[cfg(x86_kernels)]
         isa::Isa::Avx512 if positions == TILE => unsafe { dispatch!(forward_tile_avx512::2, src, out) },
         #[cfg(x86_kernels)]
@@ -596,13 +611,13 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// On every instruction set this CPU has, the forward tile (whole or half) gives the bits of
+    /// On every instruction set this CPU has, the forward tile (one to three half-tiles) gives the bits of
     /// its definition (one `mul_add` per tap, in tap order), also when its taps are split over two
     /// calls, for blocks of 6 and 8 packed channels (any block on any path), and writes nothing
     /// past the tile.
     #[test]
     fn the_forward_tile_gives_its_definitions_bits_on_every_isa() {
-        const ROW: usize = TILE + 8;
+        const ROW: usize = MAX_TILE + 8;
         let src = values(400, 1);
         let offsets = [0usize, 7, 33, 120, 121, 250, 300, 301, 302];
         let init = values(MAX_BLOCK, 3);
@@ -610,10 +625,10 @@ mod tests {
             let _forced = isa::force(isa);
             for block in [BLOCK, MAX_BLOCK] {
                 let weights = values(offsets.len() * block, 2);
-                for (channels, positions) in (1..=block).flat_map(|c| [(c, TILE), (c, HALF_TILE)]) {
+                for (channels, positions) in (1..=block).flat_map(|c| [(c, MAX_TILE), (c, TILE), (c, HALF_TILE)]) {
                     let mut out = vec![7.0f32; MAX_BLOCK * ROW];
-                    // SAFETY: src holds 400 values, the largest read is 302 + 31; out holds
-                    // `MAX_BLOCK` rows of ROW > TILE values.
+                    // SAFETY: src holds 400 values, the largest read is 302 + 47; out holds
+                    // `MAX_BLOCK` rows of ROW > MAX_TILE values.
                     unsafe {
                         let first = &offsets[..3];
                         forward_tile(
