@@ -436,15 +436,15 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
         for band_start in (0..stride).step_by(band) {
             let len = band.min(stride - band_start);
             for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
-                let groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
-                let per_call = microkernel::weight_taps(groups);
+                let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
+                let per_call = microkernel::weight_taps(channel_groups);
                 for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
                     // SAFETY: reads of `src` end before `stride + max_offset <= padded_len`
                     // (checked), of `dy` at row `band_start + len <= stride` and column
                     // `first + LANES groups <= lanes`; `sums` holds these taps x `lanes`.
                     unsafe {
                         microkernel::weight_tile(
-                            groups,
+                            channel_groups,
                             src.as_ptr().add(band_start),
                             chunk_offsets,
                             dy.as_ptr().add(band_start * lanes + first),
@@ -462,12 +462,12 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let blocks = taps.div_ceil(BLOCK);
     let tasks_wanted = 4 * rayon::current_num_threads();
     let by_image = taps * lanes < shape.padded_len() + stride * lanes;
-    let groups = if by_image {
+    let tap_groups = if by_image {
         tasks_wanted.div_ceil(shape.batch.max(1))
     } else {
         tasks_wanted
     };
-    let group_taps = blocks.div_ceil(groups.clamp(1, blocks)) * BLOCK;
+    let group_taps = blocks.div_ceil(tap_groups.clamp(1, blocks)) * BLOCK;
     // Tasks that share an image read its padded input and transposed gradient, made once for
     // all; a task that is a whole image makes its own in the thread's buffers, and reads them
     // while they are still in the core's cache.
@@ -507,8 +507,8 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                     .chunks_mut(taps * lanes)
                     .enumerate()
                     .flat_map(|(b, image_sum)| {
-                        let groups = image_sum.chunks_mut(group_taps * lanes).zip(offsets.chunks(group_taps));
-                        groups.map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
+                        let image_groups = image_sum.chunks_mut(group_taps * lanes).zip(offsets.chunks(group_taps));
+                        image_groups.map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
                     })
                     .collect();
                 tasks
@@ -821,6 +821,8 @@ mod tests {
             // Rows wider than a band: bands of one row; 9 output channels (two weight-gradient
             // channel blocks).
             shape(1, 256, 9, 3, 130, [3, 3], 1),
+            // 16 output channels: two whole forward blocks of 8 on AVX-512.
+            shape(2, 3, 16, 6, 9, [3, 3], 1),
         ]
     }
 
@@ -921,10 +923,10 @@ mod tests {
             kernel: [3, 3],
             padding: 1,
         };
-        // Split by image (144 x 16 sums against 3 584 padded values and 192 positions of 16
-        // gradients: on 1 thread a task an image, on 3 groups of taps of an image), then by taps
-        // (288 x 40 sums against 1 152 + 24 x 40).
-        for (s, expected_by_image) in [(shape(4, 16, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
+        // Split by image (135 x 16 sums against 3 360 padded values and 192 positions of 16
+        // gradients: on 1 thread a task an image, on 3 groups of 48, 48 and 39 taps of an image),
+        // then by taps (288 x 40 sums against 1 152 + 24 x 40).
+        for (s, expected_by_image) in [(shape(4, 15, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let by_image = s.patch_len() * lanes < s.padded_len() + s.padded_positions() * lanes;
             assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");

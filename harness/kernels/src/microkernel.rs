@@ -10,11 +10,14 @@
 //! CPU computes the same bits: results depend neither on the instruction set nor on cache sizes,
 //! only on the code.
 //!
-//! A tile's size is the same for all of them (`TILE` positions, or `HALF_TILE` at the end of a
-//! row of positions; up to `WEIGHT_GROUPS` x `LANES` weight-gradient channels and `weight_taps`
-//! taps), so the callers in `conv_cpu` are one code path: AVX-512 fills a tile with two 16-lane
-//! registers per row, and a weight-gradient call with up to 24 accumulators; AVX2 and the
-//! portable code run them as halves and blocks of `BLOCK` taps.
+//! Every path takes every tile the callers in `conv_cpu` ask for (one code path there): a forward
+//! tile of one to three `HALF_TILE`s of positions and up to `MAX_BLOCK` channels, a
+//! weight-gradient call of up to `WEIGHT_GROUPS` x `LANES` channels and `weight_taps` taps. The
+//! callers size them for the path they read once per call (`forward_block`,
+//! `forward_tile_positions`): AVX-512 fills 8 channels x 48 positions (24 accumulators) and a
+//! weight-gradient call up to 24 accumulators; AVX2 and the portable code run a tile as half-tiles
+//! of up to 6 channels and blocks of `BLOCK` taps (a tile wider than the path, as when a test
+//! forces another path mid-call, runs slowly with the same bits).
 
 use super::isa;
 
@@ -64,7 +67,7 @@ pub const WEIGHT_TAPS: usize = 4 * BLOCK;
 pub const HALF_TILE: usize = TILE / 2;
 
 /// Forward tile: for `c < channels` (at most `block`, at most `MAX_BLOCK`) and `i < positions`
-/// (`TILE` or `HALF_TILE`),
+/// (one to three `HALF_TILE`s),
 /// `out[c * out_stride + i] = start + Σ_k weights[k * block + c] * src[offsets[k] + i]`,
 /// the sum taken as one fused multiply-add per tap, in tap order. `start` is `init[c]`, or with
 /// `init` `None` the value already in `out`: a sum split over calls gives the same bits.
@@ -219,8 +222,8 @@ unsafe fn forward_half_avx2<const C: usize>(
 }
 
 /// The forward tile with `R` AVX-512 registers per output channel (`16 R` positions): the AVX2
-/// half-tile's operations on up to twice the positions (at `R = 2`, 12 accumulators, two loads
-/// and six broadcasts per tap).
+/// half-tile's operations on up to three times the positions and `C` up to 8 channels (at
+/// `R = 3`, `C = 8`: 24 accumulators, three loads and eight broadcasts per tap).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_tile_avx512<const C: usize, const R: usize>(

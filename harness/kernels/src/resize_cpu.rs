@@ -169,9 +169,10 @@ struct ColumnSpread {
 
 #[cfg(x86_kernels)]
 impl ColumnSpread {
-    /// The blocks for `isa`'s registers (AVX-512 or AVX2); None where one column's sources
-    /// span more than a window (upsampling by more than about 8, or 4 on AVX2), which flex's loop
-    /// then spreads.
+    /// The blocks for `isa`'s registers (AVX-512 or AVX2); None, and flex's loop spreads the
+    /// row, where one column's sources span a whole window (large upsampling factors: a column
+    /// receives from about twice the factor's output columns) or there would be more than twice
+    /// as many blocks as whole registers (most lanes idle, so likely no faster than flex's loop).
     fn new(cols: &AxisMap, isa: Isa) -> Option<Self> {
         // Register lanes, and output values in a window (two registers).
         let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
@@ -208,6 +209,9 @@ impl ColumnSpread {
             let most = (first..first + len).map(|ix| terms[ix].len()).max().unwrap_or(0);
             blocks.push([first, len, window.map_or(0, |w| w[0]), most]);
             first += len;
+        }
+        if blocks.len() > 2 * columns.div_ceil(lanes) {
+            return None;
         }
         let (mut window_index, mut weights) = (vec![0; slots * columns], vec![0.0; slots * columns]);
         for &[first, len, start, _] in &blocks {
@@ -361,6 +365,24 @@ mod tests {
             }
         }
         grad
+    }
+
+    /// The register spread runs for the U-Net's upsamplings (by two, corners aligned) on both
+    /// SIMD paths, in blocks of most of a register; upsampling by 16 falls back to flex's loop.
+    #[cfg(x86_kernels)]
+    #[test]
+    fn the_unets_upsamplings_take_the_register_spread() {
+        for (isa, lanes) in [(Isa::Avx512, 16), (Isa::Avx2, 8)] {
+            for input in [8, 16, 32, 64] {
+                let spread = ColumnSpread::new(&AxisMap::new(input, 2 * input, true), isa).expect("a spread");
+                assert!(spread.blocks.iter().map(|b| b[1]).sum::<usize>() == input);
+                assert!(
+                    spread.blocks.iter().all(|b| b[1] >= lanes - 2 || b[0] + b[1] == input),
+                    "{isa:?}, {input}"
+                );
+            }
+            assert!(ColumnSpread::new(&AxisMap::new(4, 64, true), isa).is_none(), "{isa:?}");
+        }
     }
 
     /// On every instruction-set path, the gradient is flex's pixel-by-pixel loop bit for bit:
