@@ -91,7 +91,9 @@ pub struct BenchArgs {
     pub pytorch_script: Option<std::path::PathBuf>,
     /// With --vs-pytorch: rounds of the comparison, the last configuration and PyTorch taking
     /// turns, and the ratio as the median of the rounds' ratios (on a shared or noisy machine a
-    /// single pair can swing by more than the difference being measured).
+    /// single pair can swing by more than the difference being measured). They also take turns
+    /// going first (atso in odd rounds, PyTorch in even ones): on a host whose speed drifts
+    /// within a round, whoever always went first would be favoured.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
     /// Also time each U-Net level's convolution (forward, input gradient, weight gradient) and
@@ -196,15 +198,21 @@ pub fn command(args: BenchArgs) -> Result<()> {
         let mut ratios = vec![Ratios::of(ours, &theirs, train_flops)];
         let again = args.last_configuration();
         for round in 2..=args.rounds {
+            let pytorch_first = round % 2 == 0;
+            let theirs_first = if pytorch_first { Some(pytorch(&args)?) } else { None };
             let (mut measured, failed) = run(&again)?;
             if let Some(failure) = failed.first() {
                 bail!("round {round}: {} could not be measured: {}", failure.label, failure.error);
             }
             let ours = measured.pop().context("no configuration measured")?;
-            let theirs = pytorch(&args)?;
+            let theirs = match theirs_first {
+                Some(theirs) => theirs,
+                None => pytorch(&args)?,
+            };
             let r = Ratios::of(&ours, &theirs, train_flops);
             println!(
-                "round {round}: atso train {:.1} ms, inference {:.1} ms; PyTorch train {:.1} ms, inference {:.1} ms; train {:.2}x, inference {:.2}x",
+                "round {round}: {} first; atso train {:.1} ms, inference {:.1} ms; PyTorch train {:.1} ms, inference {:.1} ms; train {:.2}x, inference {:.2}x",
+                if pytorch_first { "PyTorch" } else { "atso" },
                 1e3 * ours.train_seconds,
                 1e3 * ours.inference_seconds,
                 1e3 * theirs.train_seconds,

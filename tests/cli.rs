@@ -274,10 +274,12 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
     assert!(bench.status.success(), "{}", stderr(&bench));
     let out = String::from_utf8_lossy(&bench.stdout);
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "3", "three PyTorch calls: {out}");
-    for round in ["round 2:", "round 3:"] {
+    // The two take turns going first: PyTorch in even rounds, atso in odd ones.
+    for (round, first) in [("round 2:", "PyTorch first;"), ("round 3:", "atso first;")] {
         assert!(
-            out.lines().any(|l| l.starts_with(round) && l.contains("PyTorch train")),
-            "{round} missing: {out}"
+            out.lines()
+                .any(|l| l.starts_with(round) && l.contains(first) && l.contains("PyTorch train")),
+            "{round} missing or not with {first}: {out}"
         );
     }
     let summary = out
