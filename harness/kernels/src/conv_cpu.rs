@@ -801,8 +801,17 @@ mod tests {
         }
     }
 
-    fn shapes() -> Vec<ConvShape> {
-        let shape = |batch, channels_in, channels_out, height, width, kernel, padding| ConvShape {
+    /// A shape from its seven numbers, in `ConvShape`'s field order.
+    fn test_shape(
+        batch: usize,
+        channels_in: usize,
+        channels_out: usize,
+        height: usize,
+        width: usize,
+        kernel: [usize; 2],
+        padding: usize,
+    ) -> ConvShape {
+        ConvShape {
             batch,
             channels_in,
             channels_out,
@@ -810,7 +819,11 @@ mod tests {
             width,
             kernel,
             padding,
-        };
+        }
+    }
+
+    fn shapes() -> Vec<ConvShape> {
+        let shape = test_shape;
         vec![
             shape(2, 3, 4, 5, 7, [3, 3], 1),
             shape(3, 2, 5, 4, 4, [1, 1], 0),
@@ -914,15 +927,8 @@ mod tests {
     /// level, whose sums outweigh its images).
     #[test]
     fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
-        let shape = |batch, channels_in, channels_out, height, width| ConvShape {
-            batch,
-            channels_in,
-            channels_out,
-            height,
-            width,
-            kernel: [3, 3],
-            padding: 1,
-        };
+        let shape =
+            |batch, channels_in, channels_out, height, width| test_shape(batch, channels_in, channels_out, height, width, [3, 3], 1);
         // Split by image (135 x 16 sums against 3 360 padded values and 192 positions of 16
         // gradients: on 1 thread a task an image, on 3 groups of 48, 48 and 39 taps of an image),
         // then by taps (288 x 40 sums against 1 152 + 24 x 40).

@@ -361,6 +361,18 @@ fn is_flex<const D: usize>(x: &Tensor<D>) -> bool {
     matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
+/// A xorshift32 stream from `seed` (not 0): the tests' cheap source of special-value positions,
+/// independent of any random stream the kernels use.
+#[cfg(test)]
+fn xorshift32(mut state: u32) -> impl FnMut() -> u32 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }
+}
+
 /// The CPU backend keeps one random stream per process: tests that draw from it (seeding a
 /// device, dropout masks, random tensors) hold this so concurrently running tests do not draw
 /// from each other's stream.

@@ -168,13 +168,7 @@ mod tests {
     #[test]
     fn unpooling_is_bitwise_its_definition_on_every_path() {
         let specials = [0.0, -0.0, 1.0, 1.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5];
-        let mut state = 0x9e37_79b9_u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = crate::xorshift32(0x9e37_79b9_u32);
         for windows in [0, 1, 7, 8, 9, 15, 16, 17, 33] {
             let values = |next: &mut dyn FnMut() -> u32, n: usize| -> Vec<f32> {
                 (0..n).map(|_| specials[next() as usize % specials.len()]).collect()

@@ -393,13 +393,7 @@ mod tests {
     #[test]
     fn the_gradient_is_flexs_loop_bit_for_bit_on_every_path() {
         let specials = [0.0, -0.0, 1.5, -2.25, 1e-30, f32::INFINITY, f32::NAN];
-        let mut state = 0x2545_f491_u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = crate::xorshift32(0x2545_f491_u32);
         let sizes = [
             ([8, 8], [16, 16]),
             ([64, 64], [128, 128]),
