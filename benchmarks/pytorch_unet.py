@@ -13,6 +13,7 @@ users; no test needs it.
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -61,6 +62,10 @@ class UNet(nn.Module):
         for up in self.up:
             x = up(x, skips.pop())
         return self.head(x)
+
+# The variables that cap the instruction sets PyTorch's CPU code uses: ATen's dispatch, oneDNN's
+# JIT kernels (the convolutions) and MKL's (the GEMM).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def loss_fn(logits, labels, classes):
@@ -143,11 +148,17 @@ def main():
         "inference_seconds": statistics.median(inference),
         # The process's peak resident memory (Linux reports ru_maxrss in KiB).
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # The instruction set ATen's CPU kernels dispatched to, and the caps on it and on oneDNN's
+        # and MKL's code this process was given (`atso bench` sets them to compare like with like
+        # when its own kernels are capped).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
     }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"PyTorch {result['version']} on {args.device} ({result['threads']} threads): "
+        print(f"PyTorch {result['version']} on {args.device} ({result['threads']} threads, "
+              f"ATen {result['cpu_capability']}, caps {result['isa_caps'] or 'none'}): "
               f"train step {1e3 * result['train_seconds']:.1f} ms, inference batch {1e3 * result['inference_seconds']:.1f} ms")
 
 

@@ -25,6 +25,7 @@
 use anyhow::{bail, Context, Result};
 use atso_harness::backend::{self, Backend};
 use atso_harness::evaluate::EvaluationSpec;
+use atso_harness::kernels::isa::{self, Isa};
 use atso_harness::method::{Budget, MixedObjective, RunContext, RunData, RunSetup};
 use atso_harness::model::ModelSpec;
 use atso_harness::rng;
@@ -89,6 +90,13 @@ pub struct BenchArgs {
     /// directory, else in the source tree this binary was built from).
     #[arg(long)]
     pub pytorch_script: Option<std::path::PathBuf>,
+    /// With --vs-pytorch on the CPU: the instruction sets PyTorch may use. `same` (the default)
+    /// caps ATen's, oneDNN's and MKL's code where `ATSO_KERNEL_ISA` caps the project's kernels
+    /// below what the CPU has, so a capped run compares like with like (and stands in for a CPU
+    /// without the wider instructions); `native` leaves PyTorch on the best the CPU has. Those
+    /// variables, where already set, are left as they are.
+    #[arg(long, value_enum, default_value_t = PyTorchIsa::Same)]
+    pub pytorch_isa: PyTorchIsa,
     /// With --vs-pytorch: rounds of the comparison, the last configuration and PyTorch taking
     /// turns, and the ratio as the median of the rounds' ratios (on a shared or noisy machine a
     /// single pair can swing by more than the difference being measured). They also take turns
@@ -101,6 +109,38 @@ pub struct BenchArgs {
     /// count): a kernel change shows there when a whole step's run-to-run noise hides it
     #[arg(long)]
     pub layers: bool,
+}
+
+/// `--pytorch-isa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PyTorchIsa {
+    /// Capped where the project's kernels are.
+    Same,
+    /// The best the CPU has.
+    Native,
+}
+
+/// The environment that caps PyTorch's CPU code (ATen's dispatch, oneDNN's convolutions, MKL's
+/// GEMM) at what `kernels` allows, on a CPU whose best is `detected`: nothing where the kernels
+/// run the best there is. The portable kernels map to the lowest caps the three libraries take
+/// (all above the baseline x86-64 the portable code is compiled for).
+fn pytorch_isa_caps(kernels: Isa, detected: Isa) -> &'static [(&'static str, &'static str)] {
+    if kernels >= detected {
+        return &[];
+    }
+    match kernels {
+        Isa::Portable => &[
+            ("ATEN_CPU_CAPABILITY", "default"),
+            ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+            ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+        ],
+        Isa::Avx2 => &[
+            ("ATEN_CPU_CAPABILITY", "avx2"),
+            ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+            ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+        ],
+        Isa::Avx512 => &[],
+    }
 }
 
 impl BenchArgs {
@@ -180,10 +220,11 @@ pub fn command(args: BenchArgs) -> Result<()> {
         let theirs = pytorch(&args)?;
         let ours = results.last().context("no configuration measured")?;
         println!(
-            "\nPyTorch {} on `{}` ({} threads): train step {:.1} ms, inference batch {:.1} ms",
+            "\nPyTorch {} on `{}` ({} threads{}): train step {:.1} ms, inference batch {:.1} ms",
             theirs.version,
             args.pytorch_device,
             theirs.threads,
+            theirs.isa(),
             1e3 * theirs.train_seconds,
             1e3 * theirs.inference_seconds
         );
@@ -641,6 +682,31 @@ struct PyTorchResult {
     /// PyTorch's fp32 GEMM rate on the same device and threads (older scripts do not report it).
     #[serde(default)]
     gemm_gflops: Option<f64>,
+    /// The instruction set ATen dispatched to (on the CPU; older scripts do not report it).
+    #[serde(default)]
+    cpu_capability: Option<String>,
+    /// The caps on PyTorch's instruction sets in its environment, by variable.
+    #[serde(default)]
+    isa_caps: std::collections::BTreeMap<String, String>,
+}
+
+impl PyTorchResult {
+    /// What PyTorch's CPU code ran with, for its line: ATen's choice and any caps.
+    fn isa(&self) -> String {
+        let caps: Vec<String> = self.isa_caps.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        match (&self.cpu_capability, caps.is_empty()) {
+            (None, true) => String::new(),
+            (capability, _) => format!(
+                ", ATen {}{}",
+                capability.as_deref().unwrap_or("n/a"),
+                if caps.is_empty() {
+                    String::new()
+                } else {
+                    format!(", capped: {}", caps.join(" "))
+                }
+            ),
+        }
+    }
 }
 
 fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
@@ -654,7 +720,12 @@ fn pytorch(args: &BenchArgs) -> Result<PyTorchResult> {
         bail!("{} not found (give its path with --pytorch-script)", script.display());
     }
     let channels: Vec<String> = args.channels.iter().map(|c| c.to_string()).collect();
+    let caps = match (args.pytorch_isa, args.pytorch_device.as_str()) {
+        (PyTorchIsa::Same, "cpu") => pytorch_isa_caps(isa::current(), isa::detected()),
+        _ => &[],
+    };
     let output = std::process::Command::new("python3")
+        .envs(caps.iter().copied().filter(|(name, _)| std::env::var_os(name).is_none()))
         .arg(&script)
         .args(["--batch-size", &args.batch_size.to_string()])
         .args(["--resolution", &args.resolution.to_string()])
@@ -696,6 +767,30 @@ mod tests {
         );
         assert!(Ratios::summary(&[r(1.0, 1.0), r(1.2, 1.1), r(2.0, 1.3), r(0.5, 1.5)])
             .starts_with("train 1.10x, inference 1.20x (medians of 4"));
+    }
+
+    /// PyTorch is capped only below what the CPU has, at AVX2 with AVX2 and at the three
+    /// libraries' lowest settings with the portable kernels; its line says what it ran with.
+    #[test]
+    fn pytorch_caps_follow_the_kernels() {
+        assert!(pytorch_isa_caps(Isa::Avx512, Isa::Avx512).is_empty());
+        assert!(pytorch_isa_caps(Isa::Avx2, Isa::Avx2).is_empty());
+        assert!(pytorch_isa_caps(Isa::Portable, Isa::Portable).is_empty());
+        assert!(pytorch_isa_caps(Isa::Avx2, Isa::Avx512).contains(&("ONEDNN_MAX_CPU_ISA", "AVX2")));
+        assert!(pytorch_isa_caps(Isa::Portable, Isa::Avx2).contains(&("ATEN_CPU_CAPABILITY", "default")));
+        for (kernels, detected) in [(Isa::Avx2, Isa::Avx512), (Isa::Portable, Isa::Avx2)] {
+            let names: Vec<_> = pytorch_isa_caps(kernels, detected).iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, ["ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"]);
+        }
+        let capped: PyTorchResult = serde_json::from_str(
+            r#"{"version": "2", "threads": 2, "train_seconds": 0.3, "inference_seconds": 0.1,
+                "cpu_capability": "AVX2", "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            capped.isa(),
+            ", ATen AVX2, capped: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+        );
     }
 
     /// PyTorch's GEMM line: medians over the rounds, the share's range; none where a script

@@ -307,6 +307,56 @@ print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": train, "
     );
 }
 
+/// With the project's kernels capped below what the CPU has, `--vs-pytorch` caps PyTorch's CPU
+/// code the same way (`--pytorch-isa same`, the default) and its line says so; `native` leaves
+/// it alone. A stand-in script reports the variables it was given.
+#[test]
+fn bench_caps_pytorch_where_the_kernels_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stand_in.py");
+    let stand_in = r#"
+import json, os
+caps = {n: os.environ[n] for n in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if n in os.environ}
+print(json.dumps({"version": "stand-in", "threads": 1, "train_seconds": 1.0, "inference_seconds": 0.5,
+                  "cpu_capability": caps.get("ATEN_CPU_CAPABILITY", "NATIVE"), "isa_caps": caps}))
+"#;
+    std::fs::write(&script, stand_in).unwrap();
+    let script_arg = script.to_string_lossy().into_owned();
+    let pytorch_line = |pytorch_isa: &str| {
+        let extra = [
+            "--steps",
+            "1",
+            "--vs-pytorch",
+            "--pytorch-isa",
+            pytorch_isa,
+            "--pytorch-script",
+            &script_arg,
+        ];
+        let mut command = atso_command(dir.path(), &small_bench(&extra));
+        for name in ["ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"] {
+            command.env_remove(name);
+        }
+        let bench = command.env("ATSO_KERNEL_ISA", "portable").output().unwrap();
+        assert!(bench.status.success(), "{}", stderr(&bench));
+        let out = String::from_utf8_lossy(&bench.stdout).into_owned();
+        out.lines()
+            .find(|l| l.starts_with("PyTorch stand-in on `cpu` (1 threads"))
+            .unwrap_or_else(|| panic!("no PyTorch line: {out}"))
+            .to_string()
+    };
+    let native = pytorch_line("native");
+    assert!(native.contains("(1 threads, ATen NATIVE): train step"), "{native}");
+    let same = pytorch_line("same");
+    if atso_harness::kernels::isa::detected() > atso_harness::kernels::isa::Isa::Portable {
+        assert!(
+            same.contains("ATen default, capped: ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41)"),
+            "{same}"
+        );
+    } else {
+        assert_eq!(same, native, "nothing to cap on a CPU without AVX2");
+    }
+}
+
 /// `ATSO_KERNEL_ISA=portable` runs the portable kernels on a CPU with AVX2; the record says so
 /// in `simd`, and every number equals the default path's (the two give the same bits).
 #[test]
