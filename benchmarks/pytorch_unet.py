@@ -68,6 +68,12 @@ class UNet(nn.Module):
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
+def cpu_capability():
+    """ATen's CPU instruction set (`AVX512`, `AVX2`, `DEFAULT`), where this PyTorch reports it."""
+    report = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return report() if report else None
+
+
 def loss_fn(logits, labels, classes):
     ce = F.cross_entropy(logits, labels)
     probs = torch.softmax(logits, dim=1)
@@ -151,7 +157,7 @@ def main():
         # The instruction set ATen's CPU kernels dispatched to, and the caps on it and on oneDNN's
         # and MKL's code this process was given (`atso bench` sets them to compare like with like
         # when its own kernels are capped).
-        "cpu_capability": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
+        "cpu_capability": cpu_capability() if device.type == "cpu" else None,
         "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
     }
     if args.json:
