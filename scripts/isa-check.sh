@@ -21,7 +21,8 @@
 #     bench-<isa>-<n>.md
 #                    `atso bench --threads 2 --kernels own --vs-pytorch --steps 11 --rounds 3` on
 #                    two cores (taskset 0,1), with the kernels capped at each SIMD path the CPU has
-#                    (ATSO_KERNEL_ISA=avx2, avx512; portable only where there is no other), twice
+#                    (ATSO_KERNEL_ISA=avx2, avx512; portable only where there is no other; PyTorch
+#                    capped the same way, so an avx2 file stands in for an AVX2-only CPU), twice
 #                    per path, the paths alternating; flex and PyTorch (CPU, 2 threads) take turns
 #                    three times in each, so each file carries the median of its rounds' ratios
 #                    and the share of PyTorch's GEMM rate (single pairs swung from 1.03x to 1.35x
