@@ -6,13 +6,15 @@
 //! machine's arithmetic rate. Why not im2col and a GEMM crate (this module's first version): at
 //! the 16-channel layers, building the patch matrix and packing it for the GEMM cost as much as
 //! the arithmetic. Here each image is copied once into zero-padded planes whose rows are
-//! `width + 2 padding` wide. In that layout every kernel tap is a constant offset from the output
+//! `width + padding` wide: `padding` zeros, then the row, the next row's zeros serving as this
+//! one's right-hand padding. In that layout every kernel tap is a constant offset from the output
 //! position, so the forward pass is a matrix product whose right operand is read straight from
 //! the padded image (`microkernel::forward_tile`), and the weight gradient one whose sum runs
-//! over positions (`microkernel::weight_tile`). Each output row then carries `kernel - 1` junk
-//! columns, computed and dropped (1.5 % extra work at 128 pixels, 20 % at 8), and the forward
+//! over positions (`microkernel::weight_tile`). Each output row then carries `kernel - 1 -
+//! padding` junk columns (one for the U-Net's 3 x 3 kernels; two before rows shared their
+//! padding), computed and dropped (0.8 % extra work at 128 pixels, 6 % at 16), and the forward
 //! pass rounds each band of rows up to whole half-tiles (at 128 pixels and 16 channels, bands of
-//! 390 positions computed as 400; the extra ones are the next band's and are computed again).
+//! 387 positions computed as 400; the extra ones are the next band's and are computed again).
 //!
 //! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
 //! four sides. Every value is one sum in an order fixed by the shape alone: work is split across
@@ -108,9 +110,12 @@ impl ConvShape {
         Some([input, weight, output])
     }
 
-    /// Row length of the padded planes, and of output rows in the padded layout.
+    /// Row length of the padded planes, and of output rows in the padded layout: `padding` zeros,
+    /// then the row's values. The next row's leading zeros are this row's right-hand padding (a
+    /// tap reaching past a row's end reads them; past the last row, the next plane's top rows or
+    /// the copy's zero tail), so an output row carries `kernel - 1 - padding` junk columns.
     fn padded_width(&self) -> usize {
-        self.width + 2 * self.padding
+        self.width + self.padding
     }
 
     fn padded_plane(&self) -> usize {
@@ -161,9 +166,11 @@ impl ConvShape {
 const BAND_BYTES: usize = 256 * 1024;
 const MAX_BAND: usize = 512;
 
-/// Rebuilds `padded` as one image's zero-padded copy: each channel padded by `shape.padding` on
-/// every side, rows `padded_width` apart, then zeros up to `shape.padded_len()`. One sequential
-/// pass writes every value once, borders included, so a reused buffer needs no zero-filling.
+/// Rebuilds `padded` as one image's zero-padded copy: each channel with `shape.padding` rows of
+/// zeros above and below and `shape.padding` zeros before each row (which also pad the row
+/// before it on the right), rows `padded_width` apart, then zeros up to `shape.padded_len()`. One
+/// sequential pass writes every value once, borders included, so a reused buffer needs no
+/// zero-filling.
 fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     let (w, pw, p) = (shape.width, shape.padded_width(), shape.padding);
     padded.clear();
@@ -173,7 +180,6 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
         for row in channel.chunks(w) {
             padded.resize(padded.len() + p, 0.0);
             padded.extend_from_slice(row);
-            padded.resize(padded.len() + p, 0.0);
         }
         padded.resize(padded.len() + p * pw, 0.0);
     }
