@@ -244,7 +244,9 @@ fn transposed_output(dense: &[f32], shape: &ConvShape) -> Vec<f32> {
 }
 
 /// `block[x * lanes + c] = dense[c * positions + row_start + x]` for `c < channels`, `x < columns`
-/// (both multiples of 8), an 8 x 8 block at a time in AVX2 registers.
+/// (both multiples of 8), an 8 x 8 block at a time in AVX2 registers: rows of `dense` `positions`
+/// apart become columns of `block`, whose rows are `lanes` apart (the output gradient turned
+/// position-major, and the weight gradient's sums turned back to `[c_out][taps]`).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx2")]
 fn transpose_blocks_avx2(
@@ -587,12 +589,23 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
             });
     }
     // `[taps][lanes]` to `[c_out][taps]`, `LANES` output channels a task (one thread did this
-    // alone: 600 000 scattered writes at 256 channels).
+    // alone: 600 000 scattered writes at 256 channels). Where the CPU has AVX2, blocks of 8 taps
+    // x 8 channels are turned around in registers and stored a row of 8 taps at a time (value by
+    // value, each store went to another channel's row: a cache line written 4 bytes at a time).
     let mut grad = vec![0.0f32; shape.channels_out * taps];
     grad.par_chunks_mut(LANES * taps).enumerate().for_each(|(block, rows)| {
-        let first = block * LANES;
-        for (k, row) in transposed.chunks(lanes).enumerate() {
-            for (c, &value) in row[first..].iter().take(rows.len() / taps).enumerate() {
+        let (first, channels) = (block * LANES, rows.len() / taps);
+        #[cfg_attr(not(x86_kernels), allow(unused_mut))]
+        let mut blocked_taps = 0;
+        #[cfg(x86_kernels)]
+        if channels == 8 && isa::current() >= Isa::Avx2 {
+            blocked_taps = taps / 8 * 8;
+            // SAFETY: `current` names AVX2 only where the CPU has it. Tap `k` is "channel" `k` of
+            // the generic transpose, the block's channels its columns.
+            unsafe { transpose_blocks_avx2(&transposed, lanes, first, [blocked_taps, 8], rows, taps) };
+        }
+        for (k, row) in transposed.chunks(lanes).enumerate().skip(blocked_taps) {
+            for (c, &value) in row[first..].iter().take(channels).enumerate() {
                 rows[c * taps + k] = value;
             }
         }
