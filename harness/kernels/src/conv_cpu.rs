@@ -12,9 +12,8 @@
 //! the padded image (`microkernel::forward_tile`), and the weight gradient one whose sum runs
 //! over positions (`microkernel::weight_tile`). Each output row then carries `kernel - 1 -
 //! padding` junk columns (one for the U-Net's 3 x 3 kernels; two before rows shared their
-//! padding), computed and dropped (0.8 % extra work at 128 pixels, 6 % at 16), and the forward
-//! pass rounds each band of rows up to whole half-tiles (at 128 pixels and 16 channels, bands of
-//! 387 positions computed as 400; the extra ones are the next band's and are computed again).
+//! padding), computed and dropped (0.8 % extra work at 128 pixels, 6 % at 16), and each image's
+//! positions are rounded up to whole half-tiles (at 8 x 8, 72 computed as 80).
 //!
 //! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
 //! four sides. Every value is one sum in an order fixed by the shape alone: work is split across
@@ -128,12 +127,13 @@ impl ConvShape {
         (self.out_height() * self.padded_width()).next_multiple_of(HALF_TILE)
     }
 
-    /// The forward pass's bands: whole output rows, as many as `band_positions` holds (at least
-    /// one, at most all), and the positions of a whole band in the padded layout rounded up to
-    /// whole half-tiles (the buffer a band is computed in).
-    fn forward_bands(&self) -> [usize; 2] {
-        let band_rows = (self.band_positions() / self.padded_width()).clamp(1, self.out_height());
-        [band_rows, (band_rows * self.padded_width()).next_multiple_of(HALF_TILE)]
+    /// Positions of the padded layout per forward band (the last band of an image may be
+    /// shorter): `band_positions`, but at least a row's worth and at most the image. Bands are
+    /// cut at whole half-tiles, not at row ends, so no position is computed twice (bands of whole
+    /// rows rounded up to half-tiles computed 3 % of level 1's positions twice: 387 as 400).
+    fn forward_band(&self) -> usize {
+        let row = self.padded_width().next_multiple_of(HALF_TILE);
+        self.band_positions().max(row).min(self.padded_positions())
     }
 
     /// Length of one image's padded copy: the planes, then zeros for the last tile's reads.
@@ -152,8 +152,7 @@ impl ConvShape {
 
     /// Output positions (in the padded layout) the forward pass aims to compute together, so that
     /// the padded input they read stays in the core's cache: about `BAND_BYTES` of input, a
-    /// multiple of `TILE`, from the shape alone. `forward_then` takes as many whole rows as fit
-    /// (`band_rows`, at least one, so a band is wider than this where one row is).
+    /// multiple of `TILE`, from the shape alone (`forward_band` makes it at least a row's worth).
     fn band_positions(&self) -> usize {
         let per_position = 4 * self.channels_in;
         let positions = (BAND_BYTES / per_position).saturating_sub(2 * self.padded_width());
@@ -305,11 +304,12 @@ pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvS
 /// `forward`, with each output row passed through `finish` while it is still in the core's cache
 /// (inference fuses the normalization and activation that follow the convolution this way).
 ///
-/// An image is computed in bands of whole output rows (about `band_positions` positions, so the
-/// padded input a band reads stays in the core's cache), each band's output going to a buffer of
-/// one band and on to the output as soon as the band is done: at 16 channels and 128 x 128 a
-/// whole image's output buffer (1 MiB) beside its padded input (1 MiB) filled a 2 MiB L2, and
-/// the level scaled badly from one thread to two.
+/// An image is computed in bands of the padded layout's positions (about `band_positions`, so
+/// the padded input a band reads stays in the core's cache), each band's output going to a
+/// buffer of one band and on to the output as soon as the band is done (a row that a band
+/// boundary cuts goes on in two parts): at 16 channels and 128 x 128 a whole image's output
+/// buffer (1 MiB) beside its padded input (1 MiB) filled a 2 MiB L2, and the level scaled badly
+/// from one thread to two.
 pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
     check_lengths(shape, Some(input), Some(weight), None);
     assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
@@ -321,7 +321,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
     let (block, tile) = (microkernel::forward_block(isa), microkernel::forward_tile_positions(isa));
     let packed = pack_weights(weight, shape.channels_out, taps, block);
     let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
-    let [band_rows, band_stride] = shape.forward_bands();
+    let (positions, band) = (shape.padded_positions(), shape.forward_band());
     output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
@@ -329,15 +329,14 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
         |(padded, local), b, out| {
             pad_into(image(input, b, shape.input_len()), shape, padded);
             // Every value of `local` a band reads is written by its first tap chunk first.
-            let local = local.at_least(shape.channels_out * band_stride);
+            let local = local.at_least(shape.channels_out * band);
             out.in_parts(shape.channels_out, oh * ow, |channels| {
-                for first_row in (0..oh).step_by(band_rows) {
-                    let rows = band_rows.min(oh - first_row);
-                    let (band_start, band_len) = (first_row * pw, (rows * pw).next_multiple_of(HALF_TILE));
-                    // The tiles' reads stay inside `padded` (the last band's rounding ends less
-                    // than a half-tile past the last row, inside the copy's zero tail) and their
-                    // writes inside `local`.
-                    assert!(band_start + band_len + max_offset <= padded.len() && band_len <= band_stride);
+                for band_start in (0..positions).step_by(band) {
+                    let band_len = band.min(positions - band_start);
+                    // The tiles' reads stay inside `padded` (`positions` ends less than a
+                    // half-tile past the last row, inside the copy's zero tail) and their writes
+                    // inside `local` (`band_len` is a multiple of `HALF_TILE`).
+                    assert!(band_start + band_len + max_offset <= padded.len() && band_len.is_multiple_of(HALF_TILE));
                     // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
                     // from one chunk to the next through `local`, so the chunks change no bit.
                     for chunk_start in (0..taps).step_by(TAP_CHUNK) {
@@ -347,8 +346,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                             let channels = block.min(shape.channels_out - first);
                             let init = (chunk_start == 0).then(|| &bias[first..]);
                             for position in (0..band_len).step_by(tile) {
-                                // A whole tile, or the half-tiles left at the end (`band_len`
-                                // is a multiple of `HALF_TILE`).
+                                // A whole tile, or the half-tiles left at the end.
                                 let positions = tile.min(band_len - position);
                                 // SAFETY: checked above (`position + positions <= band_len`,
                                 // channels `first..first + channels` rows of `local`).
@@ -361,16 +359,23 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
                                         &offsets[chunk.clone()],
                                         &weights[chunk.start * block..chunk.end * block],
                                         init,
-                                        local.as_mut_ptr().add(first * band_stride + position),
-                                        band_stride,
+                                        local.as_mut_ptr().add(first * band + position),
+                                        band,
                                     );
                                 }
                             }
                         }
                     }
+                    // The output columns of each row the band reaches, in order: the rows' junk
+                    // columns and the positions past the last row stay behind.
+                    let band_end = band_start + band_len;
+                    let rows = band_start / pw..band_end.div_ceil(pw).min(oh);
                     for (c, channel) in channels.iter_mut().enumerate() {
-                        for row in 0..rows {
-                            finish(c, &local[c * band_stride + row * pw..][..ow], channel);
+                        for row in rows.clone() {
+                            let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
+                            if from < to {
+                                finish(c, &local[c * band + from - band_start..][..to - from], channel);
+                            }
                         }
                     }
                 }
@@ -775,27 +780,28 @@ mod tests {
         bias_grad(&values(3, 1), &s);
     }
 
-    /// Bands are whole rows, one to all of them, in whole half-tiles, and every band's reads
-    /// (its last one rounded up) stay inside the padded copy.
+    /// Forward bands are whole half-tiles, at least a row's worth (or the whole image), cover an
+    /// image's positions, and every band's reads stay inside the padded copy; some shapes have
+    /// band boundaries inside rows.
     #[test]
-    fn bands_are_whole_rows_within_bounds() {
-        let mut one_row = false;
+    fn bands_cover_the_positions_within_bounds() {
+        let mut cut_rows = false;
         for s in shapes() {
             let band = s.band_positions();
             assert!(band % TILE == 0 && (TILE..=MAX_BAND).contains(&band), "{s:?}: {band}");
-            let [rows, stride] = s.forward_bands();
-            assert!((1..=s.out_height()).contains(&rows) && stride % HALF_TILE == 0 && stride >= rows * s.padded_width());
-            one_row |= rows == 1 && s.out_height() > 1;
+            let (positions, band) = (s.padded_positions(), s.forward_band());
+            assert!(
+                band % HALF_TILE == 0 && band <= positions && band >= s.padded_width().min(positions),
+                "{s:?}"
+            );
+            cut_rows |= positions > band && band % s.padded_width() != 0;
             let max_offset = s.tap_offsets().last().copied().unwrap_or(0);
-            for first_row in (0..s.out_height()).step_by(rows) {
-                let len = (rows.min(s.out_height() - first_row) * s.padded_width()).next_multiple_of(HALF_TILE);
-                assert!(
-                    len <= stride && first_row * s.padded_width() + len + max_offset <= s.padded_len(),
-                    "{s:?}"
-                );
+            for start in (0..positions).step_by(band) {
+                let len = band.min(positions - start);
+                assert!(len % HALF_TILE == 0 && start + len + max_offset <= s.padded_len(), "{s:?}");
             }
         }
-        assert!(one_row, "no shape has bands of a single row");
+        assert!(cut_rows, "no shape has a band boundary inside a row");
     }
 
     /// The two padded layouts put each value where the tiles look for it, and zeros elsewhere.
