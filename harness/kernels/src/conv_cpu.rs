@@ -21,6 +21,8 @@
 //! result depends neither on the thread count nor on the CPU (the micro-kernels' SIMD and plain
 //! versions give the same bits).
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::isa;
@@ -136,6 +138,15 @@ impl ConvShape {
         self.band_positions().max(row).min(self.padded_positions())
     }
 
+    /// Whether an image is its own padded copy as far as the tiles read it: a 1 x 1 kernel without
+    /// padding (rows `width` apart, one plane after the other) over whole half-tiles of positions,
+    /// so no read goes past the image's end. The U-Net's 1 x 1 convolutions (the decoder's
+    /// channel reductions and the head) then read their input where it lies instead of copying
+    /// it (at 128 x 128 the head's copy, 1 MiB an image, cost more than its 1 MFLOP).
+    fn reads_input_in_place(&self) -> bool {
+        self.kernel == [1, 1] && self.padding == 0 && (self.height * self.width).is_multiple_of(HALF_TILE)
+    }
+
     /// Length of one image's padded copy: the planes, then zeros for the last tile's reads.
     fn padded_len(&self) -> usize {
         self.channels_in * self.padded_plane() + TILE + self.kernel[1]
@@ -199,6 +210,17 @@ fn copy_row(_channel: usize, row: &[f32], out: &mut Writer) {
 fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
     let mut padded = Vec::new();
     pad_into(image, shape, &mut padded);
+    padded
+}
+
+/// What the tiles read for image `b` of `input`: the image itself where it is its own padded
+/// copy (`reads_input_in_place`), else its padded copy, made in `padded`.
+fn padded_source<'a>(input: &'a [f32], b: usize, shape: &ConvShape, padded: &'a mut Vec<f32>) -> &'a [f32] {
+    let image = image(input, b, shape.input_len());
+    if shape.reads_input_in_place() {
+        return image;
+    }
+    pad_into(image, shape, padded);
     padded
 }
 
@@ -327,7 +349,7 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
         shape.output_len(),
         || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
-            pad_into(image(input, b, shape.input_len()), shape, padded);
+            let padded = padded_source(input, b, shape, padded);
             // Every value of `local` a band reads is written by its first tap chunk first.
             let local = local.at_least(shape.channels_out * band);
             out.in_parts(shape.channels_out, oh * ow, |channels| {
@@ -440,10 +462,11 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let offsets = shape.tap_offsets();
     let max_offset = offsets.last().copied().unwrap_or(0);
     assert!(stride + max_offset <= shape.padded_len());
+    assert!(!shape.reads_input_in_place() || stride + max_offset <= shape.input_len());
     // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
     // its padded input `src` and transposed output gradient `dy`.
     let image_tap_sums = |src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]| {
-        assert!(src.len() == shape.padded_len() && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
+        assert!(src.len() >= stride + max_offset && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
         // Positions per band: a band's output-gradient rows (`lanes` values each) take about
         // 64 KiB, read once per tap call.
         let band = (16 * 1024 / lanes).max(TILE);
@@ -478,7 +501,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // and added in passes of their own, at 256 channels 2.4 MB an image streamed three times for
     // 12 MFLOP of tiles. (The deep levels only: an image's positions are few.)
     let image_tap_sums_added = |src: &[f32], dy: &[f32], tap_offsets: &[usize], total: &mut [f32]| {
-        assert!(src.len() == shape.padded_len() && dy.len() == stride * lanes && total.len() == tap_offsets.len() * lanes);
+        assert!(src.len() >= stride + max_offset && dy.len() == stride * lanes && total.len() == tap_offsets.len() * lanes);
         let mut call_sums = [0.0f32; WEIGHT_TAPS * WEIGHT_GROUPS * LANES];
         for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
             let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
@@ -526,7 +549,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // while they are still in the core's cache.
     let whole_images = by_image && group_taps >= taps;
     // Per image: its padded input, and its transposed output gradient.
-    type Prepared = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+    type Prepared<'a> = (Vec<Cow<'a, [f32]>>, Vec<Vec<f32>>);
     let prepared: Option<Prepared> = (!whole_images).then(|| {
         let per_image = |f: &(dyn Fn(usize) -> Vec<f32> + Sync)| -> Vec<Vec<f32>> {
             (0..shape.batch)
@@ -535,8 +558,17 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 .map(f)
                 .collect()
         };
+        let padded = match shape.reads_input_in_place() {
+            true => (0..shape.batch)
+                .map(|b| Cow::Borrowed(image(input, b, shape.input_len())))
+                .collect(),
+            false => per_image(&|b| padded_image(image(input, b, shape.input_len()), shape))
+                .into_iter()
+                .map(Cow::Owned)
+                .collect(),
+        };
         (
-            per_image(&|b| padded_image(image(input, b, shape.input_len()), shape)),
+            padded,
             per_image(&|b| transposed_output(image(output_grad, b, shape.output_len()), shape)),
         )
     });
@@ -551,9 +583,9 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 .with_max_len(1)
                 .for_each(|(b, sums)| {
                     let (mut padded, mut dyt) = (Scratch::take(), Scratch::take());
-                    pad_into(image(input, b, shape.input_len()), shape, &mut padded);
+                    let src = padded_source(input, b, shape, &mut padded);
                     transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt);
-                    image_tap_sums(&padded, &dyt, &offsets, sums);
+                    image_tap_sums(src, &dyt, &offsets, sums);
                 }),
             Some((padded, dyt)) => {
                 let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
@@ -804,6 +836,15 @@ mod tests {
         assert!(cut_rows, "no shape has a band boundary inside a row");
     }
 
+    /// 1 x 1 kernels without padding read their input in place where it covers whole half-tiles
+    /// (both kinds are among `shapes`, which every test of values runs).
+    #[test]
+    fn one_by_one_kernels_read_whole_half_tiles_in_place() {
+        let in_place: Vec<bool> = shapes().iter().map(ConvShape::reads_input_in_place).collect();
+        assert!(in_place[1] && !in_place[7], "{in_place:?}");
+        assert_eq!(in_place.iter().filter(|&&b| b).count(), 1, "3 x 3 kernels always copy");
+    }
+
     /// The two padded layouts put each value where the tiles look for it, and zeros elsewhere.
     #[test]
     fn padded_layouts_hold_each_value_once() {
@@ -896,6 +937,8 @@ mod tests {
             shape(1, 256, 9, 3, 130, [3, 3], 1),
             // 16 output channels: two whole forward blocks of 8 on AVX-512.
             shape(2, 3, 16, 6, 9, [3, 3], 1),
+            // A 1 x 1 kernel over 15 positions: copied, where 16 are read in place.
+            shape(2, 3, 2, 5, 3, [1, 1], 0),
         ]
     }
 
