@@ -22,6 +22,7 @@
 //! versions give the same bits).
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -338,85 +339,179 @@ pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvS
 
 /// `forward`, with each output row passed through `finish` while it is still in the core's cache
 /// (inference fuses the normalization and activation that follow the convolution this way).
-///
-/// An image is computed in bands of the padded layout's positions (about `band_positions`, so
-/// the padded input a band reads stays in the core's cache), each band's output going to a
-/// buffer of one band and on to the output as soon as the band is done (a row that a band
-/// boundary cuts goes on in two parts): at 16 channels and 128 x 128 a whole image's output
-/// buffer (1 MiB) beside its padded input (1 MiB) filled a 2 MiB L2, and the level scaled badly
-/// from one thread to two.
 pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
     check_lengths(shape, Some(input), Some(weight), None);
-    assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
-    let taps = shape.patch_len();
-    let offsets = shape.tap_offsets();
-    let max_offset = offsets.last().copied().unwrap_or(0);
-    // Read once: the packing and every tile of this call use the same block and tile length.
-    let isa = isa::current();
-    let (block, tile) = (microkernel::forward_block(isa), microkernel::forward_tile_positions(isa));
-    let packed = pack_weights(weight, shape.channels_out, taps, block);
-    let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
-    let (positions, band) = (shape.padded_positions(), shape.forward_band());
+    let conv = PackedConv::new(weight, bias, shape);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
     output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
         || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
-            let padded = padded_source(input, b, shape, padded);
-            // Every value of `local` a band reads is written by its first tap chunk first.
-            let local = local.at_least(shape.channels_out * band);
+            let src = padded_source(input, b, shape, padded);
             out.in_parts(shape.channels_out, oh * ow, |channels| {
-                for band_start in (0..positions).step_by(band) {
-                    let band_len = band.min(positions - band_start);
-                    // The tiles' reads stay inside `padded` (`positions` ends less than a
-                    // half-tile past the last row, inside the copy's zero tail) and their writes
-                    // inside `local` (`band_len` is a multiple of `HALF_TILE`).
-                    assert!(band_start + band_len + max_offset <= padded.len() && band_len.is_multiple_of(HALF_TILE));
-                    // Taps in chunks whose packed weights stay in L1; the tiles carry their sums
-                    // from one chunk to the next through `local`, so the chunks change no bit.
-                    for chunk_start in (0..taps).step_by(TAP_CHUNK) {
-                        let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-                        for (index, weights) in packed.chunks(taps * block).enumerate() {
-                            let first = index * block;
-                            let channels = block.min(shape.channels_out - first);
-                            let init = (chunk_start == 0).then(|| &bias[first..]);
-                            for position in (0..band_len).step_by(tile) {
-                                // A whole tile, or the half-tiles left at the end.
-                                let positions = tile.min(band_len - position);
-                                // SAFETY: checked above (`position + positions <= band_len`,
-                                // channels `first..first + channels` rows of `local`).
-                                unsafe {
-                                    microkernel::forward_tile(
-                                        channels,
-                                        block,
-                                        positions,
-                                        padded.as_ptr().add(band_start + position),
-                                        &offsets[chunk.clone()],
-                                        &weights[chunk.start * block..chunk.end * block],
-                                        init,
-                                        local.as_mut_ptr().add(first * band + position),
-                                        band,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    // The output columns of each row the band reaches, in order: the rows' junk
-                    // columns and the positions past the last row stay behind.
-                    let band_end = band_start + band_len;
-                    let rows = band_start / pw..band_end.div_ceil(pw).min(oh);
-                    for (c, channel) in channels.iter_mut().enumerate() {
-                        for row in rows.clone() {
-                            let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
-                            if from < to {
-                                finish(c, &local[c * band + from - band_start..][..to - from], channel);
-                            }
-                        }
-                    }
-                }
+                conv.image(src, local, |c, _, _, values| finish(c, values, &mut channels[c]))
             });
         },
     )
+}
+
+/// Two convolutions in a row, image by image, `between` taking the first one's output rows
+/// straight into the second one's padded copy (`between(c, row, dst)` writes `dst` from the
+/// first convolution's values `row` of channel `c`), and `finish` the second one's rows to the
+/// output. For inference, a block's two layers: the activation between them is never written to
+/// a tensor of its own, nor read back and copied into padding; each image stays in the core's
+/// cache from one convolution to the next. Every value is computed as `forward_then` computes it.
+pub(crate) fn forward_twice_then(
+    input: &[f32],
+    [(weight_a, bias_a, shape_a), (weight_b, bias_b, shape_b)]: [(&[f32], &[f32], &ConvShape); 2],
+    between: &(impl Fn(usize, &[f32], &mut [MaybeUninit<f32>]) + Sync),
+    finish: &impl RowFinish,
+) -> Vec<f32> {
+    check_lengths(shape_a, Some(input), Some(weight_a), None);
+    check_lengths(shape_b, None, Some(weight_b), None);
+    assert!(
+        shape_a.batch == shape_b.batch
+            && shape_a.channels_out == shape_b.channels_in
+            && [shape_a.out_height(), shape_a.out_width()] == [shape_b.height, shape_b.width],
+        "conv twice: the second convolution's input {shape_b:?} is not the first one's output {shape_a:?}"
+    );
+    let (first, second) = (
+        PackedConv::new(weight_a, bias_a, shape_a),
+        PackedConv::new(weight_b, bias_b, shape_b),
+    );
+    let (oh, ow) = (shape_b.out_height(), shape_b.out_width());
+    let (pw, p, plane) = (shape_b.padded_width(), shape_b.padding, shape_b.padded_plane());
+    output::written_by_chunks(
+        shape_b.batch * shape_b.output_len(),
+        shape_b.output_len(),
+        || (Scratch::take(), Scratch::take(), Scratch::take()),
+        |(padded_a, padded_b, local), b, out| {
+            let src = padded_source(input, b, shape_a, padded_a);
+            padded_b.clear();
+            padded_b.reserve(shape_b.padded_len());
+            let slots = &mut padded_b.spare_capacity_mut()[..shape_b.padded_len()];
+            pad_frame(shape_b, slots);
+            first.image(src, local, |c, row, column, values| {
+                let at = c * plane + (row + p) * pw + p + column;
+                between(c, values, &mut slots[at..at + values.len()]);
+            });
+            // SAFETY: `pad_frame` wrote the padding and the tail, and the first convolution's
+            // rows every value inside (each row's columns, in order, for every channel and row).
+            unsafe { padded_b.set_len(shape_b.padded_len()) };
+            out.in_parts(shape_b.channels_out, oh * ow, |channels| {
+                second.image(padded_b, local, |c, _, _, values| finish(c, values, &mut channels[c]))
+            });
+        },
+    )
+}
+
+/// Writes the zeros of an image's padded copy (`pad_into`'s layout) into `slots`, leaving the
+/// values of the image's rows to the caller.
+fn pad_frame(shape: &ConvShape, slots: &mut [MaybeUninit<f32>]) {
+    let (w, pw, p, plane) = (shape.width, shape.padded_width(), shape.padding, shape.padded_plane());
+    let zero = MaybeUninit::new(0.0);
+    for channel in slots[..shape.channels_in * plane].chunks_mut(plane) {
+        channel[..p * pw].fill(zero);
+        for row in channel[p * pw..plane - p * pw].chunks_mut(pw) {
+            row[..p].fill(zero);
+            debug_assert_eq!(row.len(), p + w);
+        }
+        channel[plane - p * pw..].fill(zero);
+    }
+    slots[shape.channels_in * plane..].fill(zero);
+}
+
+/// One convolution's weights packed for the forward tile, with the shape, bias and tap offsets
+/// its tiles read: packed once per call, then run image by image.
+struct PackedConv<'a> {
+    shape: &'a ConvShape,
+    bias: &'a [f32],
+    packed: Vec<f32>,
+    offsets: Vec<usize>,
+    block: usize,
+    tile: usize,
+}
+
+impl<'a> PackedConv<'a> {
+    fn new(weight: &[f32], bias: &'a [f32], shape: &'a ConvShape) -> Self {
+        assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
+        // Read once: the packing and every tile of this call use the same block and tile length.
+        let isa = isa::current();
+        let block = microkernel::forward_block(isa);
+        Self {
+            shape,
+            bias,
+            packed: pack_weights(weight, shape.channels_out, shape.patch_len(), block),
+            offsets: shape.tap_offsets(),
+            block,
+            tile: microkernel::forward_tile_positions(isa),
+        }
+    }
+
+    /// One image from `src` (its padded copy, `padded_source`), in bands of the padded layout's
+    /// positions (about `band_positions`, so the padded input a band reads stays in the core's
+    /// cache), each band computed in `local` and its output handed on as soon as it is done:
+    /// `emit(c, row, column, values)` for the values of each output row of channel `c` from
+    /// `column` on, each channel's rows in order (a row a band boundary cuts comes in two parts).
+    /// At 16 channels and 128 x 128 a whole image's output (1 MiB) beside its padded input
+    /// (1 MiB) filled a 2 MiB L2, and the level scaled badly from one thread to two.
+    fn image(&self, src: &[f32], local: &mut Scratch, mut emit: impl FnMut(usize, usize, usize, &[f32])) {
+        let (shape, block, tile, offsets) = (self.shape, self.block, self.tile, &self.offsets);
+        let (taps, max_offset) = (offsets.len(), offsets.last().copied().unwrap_or(0));
+        let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
+        let (positions, band) = (shape.padded_positions(), shape.forward_band());
+        // Every value of `local` a band reads is written by its first tap chunk first.
+        let local = local.at_least(shape.channels_out * band);
+        for band_start in (0..positions).step_by(band) {
+            let band_len = band.min(positions - band_start);
+            // The tiles' reads stay inside `src` (`positions` ends less than a half-tile past the
+            // last row, inside the copy's zero tail) and their writes inside `local` (`band_len`
+            // is a multiple of `HALF_TILE`).
+            assert!(band_start + band_len + max_offset <= src.len() && band_len.is_multiple_of(HALF_TILE));
+            // Taps in chunks whose packed weights stay in L1; the tiles carry their sums from one
+            // chunk to the next through `local`, so the chunks change no bit.
+            for chunk_start in (0..taps).step_by(TAP_CHUNK) {
+                let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
+                for (index, weights) in self.packed.chunks(taps * block).enumerate() {
+                    let first = index * block;
+                    let channels = block.min(shape.channels_out - first);
+                    let init = (chunk_start == 0).then(|| &self.bias[first..]);
+                    for position in (0..band_len).step_by(tile) {
+                        // A whole tile, or the half-tiles left at the end.
+                        let positions = tile.min(band_len - position);
+                        // SAFETY: checked above (`position + positions <= band_len`, channels
+                        // `first..first + channels` rows of `local`).
+                        unsafe {
+                            microkernel::forward_tile(
+                                channels,
+                                block,
+                                positions,
+                                src.as_ptr().add(band_start + position),
+                                &offsets[chunk.clone()],
+                                &weights[chunk.start * block..chunk.end * block],
+                                init,
+                                local.as_mut_ptr().add(first * band + position),
+                                band,
+                            );
+                        }
+                    }
+                }
+            }
+            // The output columns of each row the band reaches, in order: the rows' junk columns
+            // and the positions past the last row stay behind.
+            let band_end = band_start + band_len;
+            let rows = band_start / pw..band_end.div_ceil(pw).min(oh);
+            for c in 0..shape.channels_out {
+                for row in rows.clone() {
+                    let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
+                    if from < to {
+                        emit(c, row, from - row * pw, &local[c * band + from - band_start..][..to - from]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Taps per forward chunk: 256 taps of at most `MAX_BLOCK` packed weights are 8 KiB.
@@ -712,6 +807,7 @@ pub(crate) fn bias_grad(output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elementwise;
 
     /// The definition, written out: a loop per output value.
     fn naive_forward(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape) -> Vec<f32> {
@@ -999,6 +1095,40 @@ mod tests {
                 let got = forward(&x, &w, &bias, &s);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&expected), "{s:?}, {isa:?}");
+            }
+        }
+    }
+
+    /// Two convolutions in a row give, bit for bit, the second convolution of the first one's
+    /// output passed through `between`, on every instruction set: for 3 x 3 pairs over several
+    /// bands (band boundaries inside rows), a 1 x 1 kernel first (read in place) and a 5 x 5
+    /// second one (padding 2).
+    #[test]
+    fn two_convolutions_in_a_row_give_each_ones_bits() {
+        let between = |c: usize, v: f32| elementwise::leaky((v - 0.1 * c as f32) / 1.3, 0.01);
+        for (a, b) in [
+            (test_shape(2, 3, 16, 12, 70, [3, 3], 1), test_shape(2, 16, 5, 12, 70, [3, 3], 1)),
+            (test_shape(3, 2, 9, 4, 4, [1, 1], 0), test_shape(3, 9, 4, 4, 4, [5, 5], 2)),
+            (test_shape(1, 64, 4, 6, 7, [3, 3], 1), test_shape(1, 4, 64, 6, 7, [3, 3], 1)),
+        ] {
+            let x = values(a.batch * a.input_len(), 11);
+            let (wa, ba) = (values(a.channels_out * a.patch_len(), 12), values(a.channels_out, 13));
+            let (wb, bb) = (values(b.channels_out * b.patch_len(), 14), values(b.channels_out, 15));
+            let finish = |c: usize, row: &[f32], out: &mut Writer| out.map(row, |v| v * 0.5 + c as f32);
+            for isa in crate::isa::compared_in("two convolutions in a row") {
+                let _forced = crate::isa::force(isa);
+                let middle = forward_then(&x, &wa, &ba, &a, &|c: usize, row: &[f32], out: &mut Writer| {
+                    out.map(row, |v| between(c, v))
+                });
+                let expected = forward_then(&middle, &wb, &bb, &b, &finish);
+                let got = forward_twice_then(
+                    &x,
+                    [(&wa, &ba, &a), (&wb, &bb, &b)],
+                    &|c: usize, row: &[f32], dst: &mut [MaybeUninit<f32>]| elementwise::map_into(row, dst, |v| between(c, v)),
+                    &finish,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expected), "{a:?} then {b:?}, {isa:?}");
             }
         }
     }

@@ -118,6 +118,54 @@ pub trait UnetKernels: Backend {
         burns_conv_norm_leaky_eval::<Self>(x, weight, bias, padding, gamma, beta, mean, variance, epsilon, negative_slope)
     }
 
+    /// Two `conv_norm_leaky_eval` layers in a row (a convolution block in inference, its dropout
+    /// the identity there): one op, so that flex takes each image from the first layer's rows
+    /// straight into the second convolution's padded copy.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_block_eval(
+        x: FloatTensor<Self>,
+        weight_a: FloatTensor<Self>,
+        bias_a: FloatTensor<Self>,
+        gamma_a: FloatTensor<Self>,
+        beta_a: FloatTensor<Self>,
+        mean_a: FloatTensor<Self>,
+        variance_a: FloatTensor<Self>,
+        weight_b: FloatTensor<Self>,
+        bias_b: FloatTensor<Self>,
+        gamma_b: FloatTensor<Self>,
+        beta_b: FloatTensor<Self>,
+        mean_b: FloatTensor<Self>,
+        variance_b: FloatTensor<Self>,
+        paddings: [usize; 2],
+        epsilons: [f64; 2],
+        negative_slope: f64,
+    ) -> FloatTensor<Self> {
+        let y = Self::conv_norm_leaky_eval(
+            x,
+            weight_a,
+            bias_a,
+            paddings[0],
+            gamma_a,
+            beta_a,
+            mean_a,
+            variance_a,
+            epsilons[0],
+            negative_slope,
+        );
+        Self::conv_norm_leaky_eval(
+            y,
+            weight_b,
+            bias_b,
+            paddings[1],
+            gamma_b,
+            beta_b,
+            mean_b,
+            variance_b,
+            epsilons[1],
+            negative_slope,
+        )
+    }
+
     /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
     /// `mask` describes (`dropout_cpu`: the same on every backend and thread count).
     fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
@@ -708,6 +756,110 @@ impl UnetKernels for Flex {
         match output.flatten() {
             Some(y) => flex_tensor(y, vec![shape.batch, channels, shape.out_height(), shape.out_width()]),
             None => burns_conv_norm_leaky_eval::<Self>(x, weight, bias, padding, gamma, beta, mean, variance, epsilon, negative_slope),
+        }
+    }
+
+    fn conv_block_eval(
+        x: FlexTensor,
+        weight_a: FlexTensor,
+        bias_a: FlexTensor,
+        gamma_a: FlexTensor,
+        beta_a: FlexTensor,
+        mean_a: FlexTensor,
+        variance_a: FlexTensor,
+        weight_b: FlexTensor,
+        bias_b: FlexTensor,
+        gamma_b: FlexTensor,
+        beta_b: FlexTensor,
+        mean_b: FlexTensor,
+        variance_b: FlexTensor,
+        paddings: [usize; 2],
+        epsilons: [f64; 2],
+        negative_slope: f64,
+    ) -> FlexTensor {
+        let shape_a = conv_shape(&x, &weight_a, paddings[0]);
+        // The second convolution reads the first one's output.
+        let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
+        let shape_b = ConvShape {
+            channels_in: shape_a.channels_out,
+            channels_out: channels_b,
+            height: shape_a.out_height(),
+            width: shape_a.out_width(),
+            kernel: [kernel_height, kernel_width],
+            padding: paddings[1],
+            ..shape_a
+        };
+        let norm_covers =
+            |shape: &ConvShape, parameters: [&FlexTensor; 4]| parameters.iter().all(|t| t.shape().num_elements() == shape.channels_out);
+        let covered = covered_conv(&x, &weight_a, &bias_a, paddings[0]).is_some()
+            && shape_b.is_valid()
+            && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
+            && bias_b.shape().num_elements() == shape_b.channels_out
+            && norm_covers(&shape_a, [&gamma_a, &beta_a, &mean_a, &variance_a])
+            && norm_covers(&shape_b, [&gamma_b, &beta_b, &mean_b, &variance_b]);
+        let tensors = [
+            &x,
+            &weight_a,
+            &bias_a,
+            &gamma_a,
+            &beta_a,
+            &mean_a,
+            &variance_a,
+            &weight_b,
+            &bias_b,
+            &gamma_b,
+            &beta_b,
+            &mean_b,
+            &variance_b,
+        ];
+        let output = covered.then(|| {
+            with_f32(tensors, |[x, wa, ba, ga, bta, ma, va, wb, bb, gb, btb, mb, vb]| {
+                let (norm_a, norm_b) = (
+                    EvalNorm::new(ga, bta, ma, va, epsilons[0]),
+                    EvalNorm::new(gb, btb, mb, vb, epsilons[1]),
+                );
+                let slope = negative_slope as f32;
+                conv_cpu::forward_twice_then(
+                    x,
+                    [(wa, ba, &shape_a), (wb, bb, &shape_b)],
+                    &|c: usize, row: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]| {
+                        norm_a.apply_into(c, row, dst, move |y| elementwise::leaky(y, slope))
+                    },
+                    &|c: usize, row: &[f32], out: &mut output::Writer| norm_b.apply(c, row, out, move |y| elementwise::leaky(y, slope)),
+                )
+            })
+        });
+        match output.flatten() {
+            Some(y) => flex_tensor(
+                y,
+                vec![shape_b.batch, shape_b.channels_out, shape_b.out_height(), shape_b.out_width()],
+            ),
+            None => {
+                let y = Self::conv_norm_leaky_eval(
+                    x,
+                    weight_a,
+                    bias_a,
+                    paddings[0],
+                    gamma_a,
+                    beta_a,
+                    mean_a,
+                    variance_a,
+                    epsilons[0],
+                    negative_slope,
+                );
+                Self::conv_norm_leaky_eval(
+                    y,
+                    weight_b,
+                    bias_b,
+                    paddings[1],
+                    gamma_b,
+                    beta_b,
+                    mean_b,
+                    variance_b,
+                    epsilons[1],
+                    negative_slope,
+                )
+            }
         }
     }
 

@@ -130,6 +130,49 @@ pub fn conv_norm_leaky(conv: &Conv2d, norm: &BatchNorm, act: &LeakyRelu, x: Tens
     }
 }
 
+/// A convolution block: `conv_norm_leaky` with the first layer, `dropout`, `conv_norm_leaky`
+/// with the second. In inference on flex (where the dropout is the identity) it is one op that
+/// takes each image from the first layer's rows straight into the second convolution's padded
+/// copy (`conv_cpu::forward_twice_then`), the values bit for bit the layers'; elsewhere the
+/// layers run one after the other.
+pub fn conv_block(layers: [(&Conv2d, &BatchNorm); 2], act: &LeakyRelu, between: &Dropout, x: Tensor<4>) -> Tensor<4> {
+    let [(conv_a, norm_a), (conv_b, norm_b)] = layers;
+    match (covered_padding(conv_a), covered_padding(conv_b)) {
+        (Some(padding_a), Some(padding_b)) if own_kernels() && is_flex(&x) && !x.device().is_autodiff() => {
+            let device = x.device();
+            // Drawn in the order the layers one after the other read them.
+            let (weight_a, bias_a) = conv_parameters(conv_a);
+            let [gamma_a, beta_a, mean_a, variance_a] = eval_norm_parameters(norm_a, &device);
+            let (weight_b, bias_b) = conv_parameters(conv_b);
+            let [gamma_b, beta_b, mean_b, variance_b] = eval_norm_parameters(norm_b, &device);
+            let out = <Dispatch as UnetKernels>::conv_block_eval(
+                x.into_dispatch(),
+                weight_a,
+                bias_a,
+                gamma_a,
+                beta_a,
+                mean_a,
+                variance_a,
+                weight_b,
+                bias_b,
+                gamma_b,
+                beta_b,
+                mean_b,
+                variance_b,
+                [padding_a, padding_b],
+                [norm_a.epsilon, norm_b.epsilon],
+                act.negative_slope,
+            );
+            Tensor::from_dispatch(out)
+        }
+        _ => {
+            let x = conv_norm_leaky(conv_a, norm_a, act, x);
+            let x = dropout(between, x);
+            conv_norm_leaky(conv_b, norm_b, act, x)
+        }
+    }
+}
+
 /// burn's `LeakyRelu::forward`, as one graph node with a one-pass gradient on flex (burn records
 /// three ops whose gradients take several passes). Values and gradients are bit-for-bit burn's.
 pub fn leaky_relu(act: &LeakyRelu, x: Tensor<4>) -> Tensor<4> {
@@ -388,7 +431,7 @@ mod tests {
     use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::interpolate::Interpolate2dConfig;
-    use burn::nn::{BatchNormConfig, LeakyReluConfig};
+    use burn::nn::{BatchNormConfig, DropoutConfig, LeakyReluConfig};
     use burn::tensor::ops::InterpolateOptions;
     use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
@@ -704,6 +747,41 @@ mod tests {
             let fused = bits(conv_norm_leaky(&conv, &norm, &act, x.clone()).into_data());
             let composed = bits(leaky_relu(&act, batch_norm(&norm, conv2d(&conv, x.clone()))).into_data());
             assert_eq!(fused, composed, "{kernel} x {kernel} kernel");
+        }
+    }
+
+    /// A block in inference: the one op gives the two layers' values (with the identity dropout
+    /// between them) bit for bit, for a 3 x 3 pair and a 1 x 1 then 3 x 3 pair.
+    #[test]
+    fn a_fused_inference_block_is_bitwise_its_layers() {
+        let _serial = serial_random_stream();
+        let device = Device::flex();
+        device.seed(19);
+        let norm = |channels: usize, shift: f32| {
+            let mut norm = BatchNormConfig::new(channels).init(&device);
+            let per_channel = |f: &dyn Fn(f32) -> f32| {
+                Tensor::<1>::from_floats((0..channels).map(|c| f(c as f32)).collect::<Vec<_>>().as_slice(), &device)
+            };
+            norm.gamma = Param::from_tensor(per_channel(&|c| 1.2 - 0.3 * c + shift));
+            norm.beta = Param::from_tensor(per_channel(&|c| 0.1 * c - shift));
+            norm.running_mean = RunningState::new(per_channel(&|c| 0.2 * c - 0.5));
+            norm.running_var = RunningState::new(per_channel(&|c| 0.5 + c));
+            norm
+        };
+        let act = LeakyReluConfig::new().with_negative_slope(0.05).init();
+        let between = DropoutConfig::new(0.3).init();
+        let x = Tensor::<4>::random([2, 3, 11, 9], Distribution::Normal(0.0, 2.0), &device);
+        for (first_kernel, first_padding) in [(3, 1), (1, 0)] {
+            let conv = |input: usize, output: usize, kernel: usize, padding: usize| {
+                Conv2dConfig::new([input, output], [kernel, kernel])
+                    .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+                    .init(&device)
+            };
+            let (conv_a, norm_a) = (conv(3, 6, first_kernel, first_padding), norm(6, 0.0));
+            let (conv_b, norm_b) = (conv(6, 5, 3, 1), norm(5, 0.4));
+            let fused = bits(conv_block([(&conv_a, &norm_a), (&conv_b, &norm_b)], &act, &between, x.clone()).into_data());
+            let layers = conv_norm_leaky(&conv_b, &norm_b, &act, conv_norm_leaky(&conv_a, &norm_a, &act, x.clone()));
+            assert_eq!(fused, bits(layers.into_data()), "{first_kernel} x {first_kernel} kernel first");
         }
     }
 

@@ -139,9 +139,12 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = kernels::conv_norm_leaky(&self.conv_a, &self.norm_a, &self.act, x);
-        let x = kernels::dropout(&self.dropout, x);
-        kernels::conv_norm_leaky(&self.conv_b, &self.norm_b, &self.act, x)
+        kernels::conv_block(
+            [(&self.conv_a, &self.norm_a), (&self.conv_b, &self.norm_b)],
+            &self.act,
+            &self.dropout,
+            x,
+        )
     }
 }
 
