@@ -7,8 +7,6 @@
 //! thread count.
 
 pub use super::channel_sums::NormShape;
-use std::mem::MaybeUninit;
-
 use super::channel_sums::{channel_sums, NormGradients, SquaredDeviations, Values};
 use super::elementwise;
 use super::output::{self, Writer};
@@ -161,20 +159,8 @@ impl EvalNorm {
     /// burn's `batch_norm` gives (the identity, or the activation that follows).
     #[inline]
     pub fn apply(&self, c: usize, row: &[f32], out: &mut Writer, then: impl Fn(f32) -> f32) {
-        out.map(row, self.channel(c, then));
-    }
-
-    /// `apply` into values not yet written (the next convolution's padded copy, say).
-    #[inline]
-    pub fn apply_into(&self, c: usize, row: &[f32], dst: &mut [MaybeUninit<f32>], then: impl Fn(f32) -> f32) {
-        elementwise::map_into(row, dst, self.channel(c, then));
-    }
-
-    /// Channel `c`'s map, one definition for both.
-    #[inline(always)]
-    fn channel(&self, c: usize, then: impl Fn(f32) -> f32) -> impl Fn(f32) -> f32 {
         let (m, s, g, bt) = (self.mean[c], self.std[c], self.gamma[c], self.beta[c]);
-        move |v| then((v - m) / s * g + bt)
+        out.map(row, move |v| then((v - m) / s * g + bt));
     }
 }
 

@@ -210,8 +210,8 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     unsafe { padded.set_len(len) };
 }
 
-/// What happens to a row of output channel `c` as it leaves the convolution: `(c, row, out)`,
-/// writing the row's values to `out`.
+/// What happens to a row of output channel `c` (or a part of one, in order) as it leaves the
+/// convolution: `(c, row, out)`, writing the row's values to `out`.
 pub trait RowFinish: Fn(usize, &[f32], &mut Writer) + Sync {}
 impl<F: Fn(usize, &[f32], &mut Writer) + Sync> RowFinish for F {}
 
@@ -357,15 +357,15 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
 }
 
 /// Two convolutions in a row, image by image, `between` taking the first one's output rows
-/// straight into the second one's padded copy (`between(c, row, dst)` writes `dst` from the
-/// first convolution's values `row` of channel `c`), and `finish` the second one's rows to the
+/// straight into the second one's padded copy (as a finish takes them to an output: each row, or
+/// part of one, written whole, or this panics), and `finish` the second one's rows to the
 /// output. For inference, a block's two layers: the activation between them is never written to
 /// a tensor of its own, nor read back and copied into padding; each image stays in the core's
 /// cache from one convolution to the next. Every value is computed as `forward_then` computes it.
 pub(crate) fn forward_twice_then(
     input: &[f32],
     [(weight_a, bias_a, shape_a), (weight_b, bias_b, shape_b)]: [(&[f32], &[f32], &ConvShape); 2],
-    between: &(impl Fn(usize, &[f32], &mut [MaybeUninit<f32>]) + Sync),
+    between: &impl RowFinish,
     finish: &impl RowFinish,
 ) -> Vec<f32> {
     check_lengths(shape_a, Some(input), Some(weight_a), None);
@@ -376,6 +376,8 @@ pub(crate) fn forward_twice_then(
             && [shape_a.out_height(), shape_a.out_width()] == [shape_b.height, shape_b.width],
         "conv twice: the second convolution's input {shape_b:?} is not the first one's output {shape_a:?}"
     );
+    #[cfg(test)]
+    TWICE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (first, second) = (
         PackedConv::new(weight_a, bias_a, shape_a),
         PackedConv::new(weight_b, bias_b, shape_b),
@@ -394,10 +396,11 @@ pub(crate) fn forward_twice_then(
             pad_frame(shape_b, slots);
             first.image(src, local, |c, row, column, values| {
                 let at = c * plane + (row + p) * pw + p + column;
-                between(c, values, &mut slots[at..at + values.len()]);
+                Writer::fill_whole(&mut slots[at..at + values.len()], |dst| between(c, values, dst));
             });
             // SAFETY: `pad_frame` wrote the padding and the tail, and the first convolution's
-            // rows every value inside (each row's columns, in order, for every channel and row).
+            // rows every value inside (each row's columns, in order, for every channel and row,
+            // each stretch checked whole by `fill_whole`).
             unsafe { padded_b.set_len(shape_b.padded_len()) };
             out.in_parts(shape_b.channels_out, oh * ow, |channels| {
                 second.image(padded_b, local, |c, _, _, values| finish(c, values, &mut channels[c]))
@@ -405,6 +408,10 @@ pub(crate) fn forward_twice_then(
         },
     )
 }
+
+/// Calls of `forward_twice_then`, for tests that a fused path was taken.
+#[cfg(test)]
+pub(crate) static TWICE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Writes the zeros of an image's padded copy (`pad_into`'s layout) into `slots`, leaving the
 /// values of the image's rows to the caller.
@@ -950,8 +957,8 @@ mod tests {
     #[test]
     fn one_by_one_kernels_read_whole_half_tiles_in_place() {
         let in_place: Vec<bool> = shapes().iter().map(ConvShape::reads_input_in_place).collect();
-        assert!(in_place[1] && !in_place[7], "{in_place:?}");
-        assert_eq!(in_place.iter().filter(|&&b| b).count(), 1, "3 x 3 kernels always copy");
+        assert!(in_place[1] && in_place[8] && !in_place[7], "{in_place:?}");
+        assert_eq!(in_place.iter().filter(|&&b| b).count(), 2, "3 x 3 kernels always copy");
     }
 
     /// The two padded layouts put each value where the tiles look for it, and zeros elsewhere.
@@ -1048,6 +1055,8 @@ mod tests {
             shape(2, 3, 16, 6, 9, [3, 3], 1),
             // A 1 x 1 kernel over 15 positions: copied, where 16 are read in place.
             shape(2, 3, 2, 5, 3, [1, 1], 0),
+            // Read in place by the weight gradient's tasks of taps over every image.
+            shape(1, 64, 8, 4, 4, [1, 1], 0),
         ]
     }
 
@@ -1102,7 +1111,8 @@ mod tests {
     /// Two convolutions in a row give, bit for bit, the second convolution of the first one's
     /// output passed through `between`, on every instruction set: for 3 x 3 pairs over several
     /// bands (band boundaries inside rows), a 1 x 1 kernel first (read in place) and a 5 x 5
-    /// second one (padding 2).
+    /// second one (padding 2), and a 3 x 3 kernel without padding (bands starting in junk
+    /// columns) before a 1 x 1 one (a copy without padding).
     #[test]
     fn two_convolutions_in_a_row_give_each_ones_bits() {
         let between = |c: usize, v: f32| elementwise::leaky((v - 0.1 * c as f32) / 1.3, 0.01);
@@ -1110,6 +1120,7 @@ mod tests {
             (test_shape(2, 3, 16, 12, 70, [3, 3], 1), test_shape(2, 16, 5, 12, 70, [3, 3], 1)),
             (test_shape(3, 2, 9, 4, 4, [1, 1], 0), test_shape(3, 9, 4, 4, 4, [5, 5], 2)),
             (test_shape(1, 64, 4, 6, 7, [3, 3], 1), test_shape(1, 4, 64, 6, 7, [3, 3], 1)),
+            (test_shape(1, 64, 4, 9, 40, [3, 3], 0), test_shape(1, 4, 5, 7, 38, [1, 1], 0)),
         ] {
             let x = values(a.batch * a.input_len(), 11);
             let (wa, ba) = (values(a.channels_out * a.patch_len(), 12), values(a.channels_out, 13));
@@ -1124,7 +1135,7 @@ mod tests {
                 let got = forward_twice_then(
                     &x,
                     [(&wa, &ba, &a), (&wb, &bb, &b)],
-                    &|c: usize, row: &[f32], dst: &mut [MaybeUninit<f32>]| elementwise::map_into(row, dst, |v| between(c, v)),
+                    &|c: usize, row: &[f32], dst: &mut Writer| dst.map(row, |v| between(c, v)),
                     &finish,
                 );
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

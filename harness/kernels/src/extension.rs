@@ -777,26 +777,28 @@ impl UnetKernels for Flex {
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FlexTensor {
-        let shape_a = conv_shape(&x, &weight_a, paddings[0]);
-        // The second convolution reads the first one's output.
-        let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
-        let shape_b = ConvShape {
-            channels_in: shape_a.channels_out,
-            channels_out: channels_b,
-            height: shape_a.out_height(),
-            width: shape_a.out_width(),
-            kernel: [kernel_height, kernel_width],
-            padding: paddings[1],
-            ..shape_a
-        };
         let norm_covers =
             |shape: &ConvShape, parameters: [&FlexTensor; 4]| parameters.iter().all(|t| t.shape().num_elements() == shape.channels_out);
-        let covered = covered_conv(&x, &weight_a, &bias_a, paddings[0]).is_some()
-            && shape_b.is_valid()
-            && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
-            && bias_b.shape().num_elements() == shape_b.channels_out
-            && norm_covers(&shape_a, [&gamma_a, &beta_a, &mean_a, &variance_a])
-            && norm_covers(&shape_b, [&gamma_b, &beta_b, &mean_b, &variance_b]);
+        // Both convolutions and both norms covered, the second convolution reading the first
+        // one's output; the second shape is built only from a first one the kernels cover.
+        let shapes = covered_conv(&x, &weight_a, &bias_a, paddings[0]).and_then(|shape_a| {
+            let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
+            let shape_b = ConvShape {
+                channels_in: shape_a.channels_out,
+                channels_out: channels_b,
+                height: shape_a.out_height(),
+                width: shape_a.out_width(),
+                kernel: [kernel_height, kernel_width],
+                padding: paddings[1],
+                ..shape_a
+            };
+            let covered = shape_b.is_valid()
+                && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
+                && bias_b.shape().num_elements() == shape_b.channels_out
+                && norm_covers(&shape_a, [&gamma_a, &beta_a, &mean_a, &variance_a])
+                && norm_covers(&shape_b, [&gamma_b, &beta_b, &mean_b, &variance_b]);
+            covered.then_some((shape_a, shape_b))
+        });
         let tensors = [
             &x,
             &weight_a,
@@ -812,28 +814,24 @@ impl UnetKernels for Flex {
             &mean_b,
             &variance_b,
         ];
-        let output = covered.then(|| {
+        let output = shapes.and_then(|(shape_a, shape_b)| {
             with_f32(tensors, |[x, wa, ba, ga, bta, ma, va, wb, bb, gb, btb, mb, vb]| {
                 let (norm_a, norm_b) = (
                     EvalNorm::new(ga, bta, ma, va, epsilons[0]),
                     EvalNorm::new(gb, btb, mb, vb, epsilons[1]),
                 );
                 let slope = negative_slope as f32;
-                conv_cpu::forward_twice_then(
+                let y = conv_cpu::forward_twice_then(
                     x,
                     [(wa, ba, &shape_a), (wb, bb, &shape_b)],
-                    &|c: usize, row: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]| {
-                        norm_a.apply_into(c, row, dst, move |y| elementwise::leaky(y, slope))
-                    },
+                    &|c: usize, row: &[f32], dst: &mut output::Writer| norm_a.apply(c, row, dst, move |y| elementwise::leaky(y, slope)),
                     &|c: usize, row: &[f32], out: &mut output::Writer| norm_b.apply(c, row, out, move |y| elementwise::leaky(y, slope)),
-                )
+                );
+                (y, shape_b)
             })
         });
-        match output.flatten() {
-            Some(y) => flex_tensor(
-                y,
-                vec![shape_b.batch, shape_b.channels_out, shape_b.out_height(), shape_b.out_width()],
-            ),
+        match output {
+            Some((y, shape)) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
             None => {
                 let y = Self::conv_norm_leaky_eval(
                     x,
