@@ -3,7 +3,7 @@
 //! `batch_norm_cpu`, dropout from `dropout_cpu`, max pooling from `pool_cpu`, bilinear resizing
 //! from `resize_cpu`, concatenation and softmax over channels from `channel_ops`, the
 //! segmentation loss from `loss_cpu`, a one-pass LeakyReLU gradient, and the fused inference
-//! layer), and an
+//! layer and block), and an
 //! `Autodiff` implementation that records each op as one graph node whose gradients come from
 //! the same kernels.
 //!

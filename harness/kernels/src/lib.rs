@@ -8,7 +8,7 @@
 //! channels in few passes (`elementwise` compiles their loops for AVX2 and AVX-512 too; `output`
 //! hands out their output buffers and sizes their tasks, `scratch` keeps working buffers per
 //! thread, `transpose` holds the register transposes two of them share); in inference a
-//! block's convolution, batch norm and LeakyReLU are one op. They plug into burn's autodiff
+//! block's two layers (convolution, batch norm and LeakyReLU each) are one op. They plug into burn's autodiff
 //! through a backend extension (`extension`). Other backends (GPUs) and other shapes keep burn's
 //! ops. The tests below check values and gradients against burn's.
 
