@@ -140,28 +140,12 @@ pub trait UnetKernels: Backend {
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FloatTensor<Self> {
-        let y = Self::conv_norm_leaky_eval(
+        block_as_layers::<Self>(
             x,
-            weight_a,
-            bias_a,
-            paddings[0],
-            gamma_a,
-            beta_a,
-            mean_a,
-            variance_a,
-            epsilons[0],
-            negative_slope,
-        );
-        Self::conv_norm_leaky_eval(
-            y,
-            weight_b,
-            bias_b,
-            paddings[1],
-            gamma_b,
-            beta_b,
-            mean_b,
-            variance_b,
-            epsilons[1],
+            [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a],
+            [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b],
+            paddings,
+            epsilons,
             negative_slope,
         )
     }
@@ -368,6 +352,52 @@ fn burns_conv_norm_leaky_eval<B: UnetKernels>(
 ) -> FloatTensor<B> {
     let y = B::padded_conv2d(x, weight, bias, padding);
     B::leaky_relu_node(B::batch_norm_eval_node(y, gamma, beta, mean, variance, epsilon), negative_slope)
+}
+
+/// `conv_block_eval` as its two layers, each `conv_norm_leaky_eval` (the default, and flex where
+/// the fused block does not apply); each layer's tensors in the trait's order: weight, bias,
+/// gamma, beta, mean, variance.
+fn block_as_layers<B: UnetKernels>(
+    x: FloatTensor<B>,
+    layer_a: [FloatTensor<B>; 6],
+    layer_b: [FloatTensor<B>; 6],
+    paddings: [usize; 2],
+    epsilons: [f64; 2],
+    negative_slope: f64,
+) -> FloatTensor<B> {
+    let [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a] = layer_a;
+    let [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b] = layer_b;
+    let y = B::conv_norm_leaky_eval(
+        x,
+        weight_a,
+        bias_a,
+        paddings[0],
+        gamma_a,
+        beta_a,
+        mean_a,
+        variance_a,
+        epsilons[0],
+        negative_slope,
+    );
+    B::conv_norm_leaky_eval(
+        y,
+        weight_b,
+        bias_b,
+        paddings[1],
+        gamma_b,
+        beta_b,
+        mean_b,
+        variance_b,
+        epsilons[1],
+        negative_slope,
+    )
+}
+
+/// The fused inference layers' finish: a row normalized with running statistics, then the
+/// LeakyReLU, as `leaky_relu_node(batch_norm_eval_node(..))` computes it.
+fn norm_leaky_rows(norm: &EvalNorm, negative_slope: f64) -> impl conv_cpu::RowFinish + '_ {
+    let slope = negative_slope as f32;
+    move |c: usize, row: &[f32], out: &mut output::Writer| norm.apply(c, row, out, move |y| elementwise::leaky(y, slope))
 }
 
 /// `mask`'s 0 / 1 values as a tensor shaped like `like`.
@@ -747,10 +777,8 @@ impl UnetKernels for Flex {
         let output = covered.then(|| {
             with_f32([&x, &weight, &bias, &gamma, &beta, &mean, &variance], |[x, w, b, g, bt, m, v]| {
                 let norm = EvalNorm::new(g, bt, m, v, epsilon);
-                let slope = negative_slope as f32;
-                conv_cpu::forward_then(x, w, b, &shape, &|c: usize, row: &[f32], out: &mut output::Writer| {
-                    norm.apply(c, row, out, move |y| elementwise::leaky(y, slope))
-                })
+                let finish = norm_leaky_rows(&norm, negative_slope);
+                conv_cpu::forward_then(x, w, b, &shape, &finish)
             })
         });
         match output.flatten() {
@@ -820,44 +848,25 @@ impl UnetKernels for Flex {
                     EvalNorm::new(ga, bta, ma, va, epsilons[0]),
                     EvalNorm::new(gb, btb, mb, vb, epsilons[1]),
                 );
-                let slope = negative_slope as f32;
                 let y = conv_cpu::forward_twice_then(
                     x,
                     [(wa, ba, &shape_a), (wb, bb, &shape_b)],
-                    &|c: usize, row: &[f32], dst: &mut output::Writer| norm_a.apply(c, row, dst, move |y| elementwise::leaky(y, slope)),
-                    &|c: usize, row: &[f32], out: &mut output::Writer| norm_b.apply(c, row, out, move |y| elementwise::leaky(y, slope)),
+                    &norm_leaky_rows(&norm_a, negative_slope),
+                    &norm_leaky_rows(&norm_b, negative_slope),
                 );
                 (y, shape_b)
             })
         });
         match output {
             Some((y, shape)) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
-            None => {
-                let y = Self::conv_norm_leaky_eval(
-                    x,
-                    weight_a,
-                    bias_a,
-                    paddings[0],
-                    gamma_a,
-                    beta_a,
-                    mean_a,
-                    variance_a,
-                    epsilons[0],
-                    negative_slope,
-                );
-                Self::conv_norm_leaky_eval(
-                    y,
-                    weight_b,
-                    bias_b,
-                    paddings[1],
-                    gamma_b,
-                    beta_b,
-                    mean_b,
-                    variance_b,
-                    epsilons[1],
-                    negative_slope,
-                )
-            }
+            None => block_as_layers::<Self>(
+                x,
+                [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a],
+                [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b],
+                paddings,
+                epsilons,
+                negative_slope,
+            ),
         }
     }
 
