@@ -148,6 +148,12 @@ impl ConvShape {
         self.kernel == [1, 1] && self.padding == 0 && (self.height * self.width).is_multiple_of(HALF_TILE)
     }
 
+    /// Where row `row` of input channel `channel` starts in an image's padded copy: below the
+    /// plane's `padding` zero rows, after the row's `padding` leading zeros.
+    fn padded_row(&self, channel: usize, row: usize) -> usize {
+        channel * self.padded_plane() + (row + self.padding) * self.padded_width() + self.padding
+    }
+
     /// Length of one image's padded copy: the planes, then zeros for the last tile's reads.
     fn padded_len(&self) -> usize {
         self.channels_in * self.padded_plane() + TILE + self.kernel[1]
@@ -183,30 +189,23 @@ const MAX_BAND: usize = 512;
 /// sequential pass writes every value once, borders included, so a reused buffer needs no
 /// zero-filling.
 fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
-    let (w, pw, p, len) = (shape.width, shape.padded_width(), shape.padding, shape.padded_len());
+    let (w, len) = (shape.width, shape.padded_len());
     assert_eq!(image.len(), shape.input_len(), "conv padding: expected one image");
     padded.clear();
     padded.reserve(len);
-    // Written front to back into the spare capacity, each stretch of zeros and each row with one
-    // slice operation (growing the vector value by value cost a capacity check a row, at 8 x 8
-    // as much as the copy).
+    // Written into the spare capacity, each stretch of zeros and each row with one slice
+    // operation (growing the vector value by value cost a capacity check a row, at 8 x 8 as
+    // much as the copy).
     let slots = &mut padded.spare_capacity_mut()[..len];
-    let zero = std::mem::MaybeUninit::new(0.0);
-    let mut at = 0;
-    for channel in image.chunks(shape.height * w) {
-        slots[at..at + p * pw].fill(zero);
-        at += p * pw;
-        for row in channel.chunks(w) {
-            slots[at..at + p].fill(zero);
-            slots[at + p..at + pw].write_copy_of_slice(row);
-            at += pw;
+    pad_frame(shape, slots);
+    for (channel, values) in image.chunks(shape.height * w).enumerate() {
+        for (row, values) in values.chunks(w).enumerate() {
+            let at = shape.padded_row(channel, row);
+            slots[at..at + w].write_copy_of_slice(values);
         }
-        slots[at..at + p * pw].fill(zero);
-        at += p * pw;
     }
-    slots[at..].fill(zero);
-    // SAFETY: every one of the `len` values was written above (the planes front to back, then
-    // the tail).
+    // SAFETY: `pad_frame` wrote the zeros (the padding and the tail) and the loop every row's
+    // values, which together are all `len` values.
     unsafe { padded.set_len(len) };
 }
 
@@ -383,7 +382,6 @@ pub(crate) fn forward_twice_then(
         PackedConv::new(weight_b, bias_b, shape_b),
     );
     let (oh, ow) = (shape_b.out_height(), shape_b.out_width());
-    let (pw, p, plane) = (shape_b.padded_width(), shape_b.padding, shape_b.padded_plane());
     output::written_by_chunks(
         shape_b.batch * shape_b.output_len(),
         shape_b.output_len(),
@@ -395,7 +393,7 @@ pub(crate) fn forward_twice_then(
             let slots = &mut padded_b.spare_capacity_mut()[..shape_b.padded_len()];
             pad_frame(shape_b, slots);
             first.image(src, local, |c, row, column, values| {
-                let at = c * plane + (row + p) * pw + p + column;
+                let at = shape_b.padded_row(c, row) + column;
                 Writer::fill_whole(&mut slots[at..at + values.len()], |dst| between(c, values, dst));
             });
             // SAFETY: `pad_frame` wrote the padding and the tail, and the first convolution's
@@ -413,8 +411,8 @@ pub(crate) fn forward_twice_then(
 #[cfg(test)]
 pub(crate) static TWICE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Writes the zeros of an image's padded copy (`pad_into`'s layout) into `slots`, leaving the
-/// values of the image's rows to the caller.
+/// Writes the zeros of an image's padded copy into `slots` (the padding rows, each row's leading
+/// zeros, the tail), leaving the image's rows, at `ConvShape::padded_row`, to the caller.
 fn pad_frame(shape: &ConvShape, slots: &mut [MaybeUninit<f32>]) {
     let (w, pw, p, plane) = (shape.width, shape.padded_width(), shape.padding, shape.padded_plane());
     let zero = MaybeUninit::new(0.0);
