@@ -159,8 +159,23 @@ impl EvalNorm {
     /// burn's `batch_norm` gives (the identity, or the activation that follows).
     #[inline]
     pub fn apply(&self, c: usize, row: &[f32], out: &mut Writer, then: impl Fn(f32) -> f32) {
+        let normalized = self.normalized(c);
+        out.map(row, move |v| then(normalized(v)));
+    }
+
+    /// `apply` with the row changed in place (a convolution's output row, in the core's cache).
+    #[inline]
+    pub fn apply_in_place(&self, c: usize, row: &mut [f32], then: impl Fn(f32) -> f32) {
+        let normalized = self.normalized(c);
+        elementwise::map_in_place(row, move |v| then(normalized(v)));
+    }
+
+    /// Channel `c`'s normalization as burn's `batch_norm` computes it: `(v - mean) / std * gamma
+    /// + beta`.
+    #[inline(always)]
+    fn normalized(&self, c: usize) -> impl Fn(f32) -> f32 {
         let (m, s, g, bt) = (self.mean[c], self.std[c], self.gamma[c], self.beta[c]);
-        out.map(row, move |v| then((v - m) / s * g + bt));
+        move |v| (v - m) / s * g + bt
     }
 }
 

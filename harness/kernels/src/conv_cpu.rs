@@ -10,10 +10,14 @@
 //! one's right-hand padding. In that layout every kernel tap is a constant offset from the output
 //! position, so the forward pass is a matrix product whose right operand is read straight from
 //! the padded image (`microkernel::forward_tile`), and the weight gradient one whose sum runs
-//! over positions (`microkernel::weight_tile`). Each output row then carries `kernel - 1 -
-//! padding` junk columns (one for the U-Net's 3 x 3 kernels; two before rows shared their
-//! padding), computed and dropped (0.8 % extra work at 128 pixels, 6 % at 16), and each image's
-//! positions are rounded up to whole half-tiles (at 8 x 8, 72 computed as 80).
+//! over positions (`microkernel::weight_tile`). In the padded layout each output row carries
+//! `kernel - 1 - padding` junk columns (one for the U-Net's 3 x 3 kernels), and each image's
+//! positions are rounded up to whole half-tiles (at 8 x 8, 72 as 80). The forward tiles skip
+//! both where every output row is whole runs of a register's positions (all the U-Net's levels
+//! on AVX2; all but 8 x 8 on AVX-512): they take the output row by row and write each run
+//! straight to its place in the output (or the next convolution's padded copy), so nothing is
+//! computed aside and copied out. The weight gradient still sums over the padded layout, its
+//! output gradient zero in the junk columns.
 //!
 //! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
 //! four sides. Every value is one sum in an order fixed by the shape alone: work is split across
@@ -29,8 +33,8 @@ use rayon::prelude::*;
 use super::isa;
 #[cfg(x86_kernels)]
 use super::isa::Isa;
-use super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS, WEIGHT_TAPS};
-use super::output::{self, Writer};
+use super::microkernel::{self, Run, BLOCK, HALF_TILE, LANES, TILE, WEIGHT_GROUPS, WEIGHT_TAPS};
+use super::output;
 use super::scratch::Scratch;
 
 /// Shapes of one stride-1 convolution with symmetric zero padding.
@@ -139,6 +143,21 @@ impl ConvShape {
         self.band_positions().max(row).min(self.padded_positions())
     }
 
+    /// Whether the forward tiles take this shape's output row by row, in runs of `run` positions
+    /// (`microkernel::run_positions`), and write each run straight to its place: where every
+    /// output row is whole runs and an image whole half-tiles. Then no junk column is computed,
+    /// and no band is computed aside and copied out (at 8 x 8, 64 positions were 80 computed).
+    fn rows_in_runs(&self, run: usize) -> bool {
+        self.out_width().is_multiple_of(run) && self.positions().is_multiple_of(HALF_TILE)
+    }
+
+    /// Output positions (row-major, no junk) per forward band when the tiles take rows in runs:
+    /// `band_positions`, but at least a row's worth and at most the image.
+    fn row_band(&self) -> usize {
+        let row = self.out_width().next_multiple_of(HALF_TILE);
+        self.band_positions().max(row).min(self.positions())
+    }
+
     /// Whether an image is its own padded copy as far as the tiles read it: a 1 x 1 kernel without
     /// padding (rows `width` apart, one plane after the other) over whole half-tiles of positions,
     /// so no read goes past the image's end. The U-Net's 1 x 1 convolutions (the decoder's
@@ -209,15 +228,13 @@ fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
     unsafe { padded.set_len(len) };
 }
 
-/// What happens to a row of output channel `c` (or a part of one, in order) as it leaves the
-/// convolution: `(c, row, out)`, writing the row's values to `out`.
-pub trait RowFinish: Fn(usize, &[f32], &mut Writer) + Sync {}
-impl<F: Fn(usize, &[f32], &mut Writer) + Sync> RowFinish for F {}
+/// What happens to a row of output channel `c` (or a part of one) once the convolution has
+/// computed it: `(c, values)`, changing the values in place while they are in the core's cache.
+pub trait RowFinish: Fn(usize, &mut [f32]) + Sync {}
+impl<F: Fn(usize, &mut [f32]) + Sync> RowFinish for F {}
 
 /// The plain convolution's finish: the row as computed.
-fn copy_row(_channel: usize, row: &[f32], out: &mut Writer) {
-    out.copy(row);
-}
+fn as_computed(_channel: usize, _row: &mut [f32]) {}
 
 /// One image's padded copy in a buffer of its own.
 fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
@@ -333,7 +350,7 @@ fn image(data: &[f32], b: usize, len: usize) -> &[f32] {
 /// `bias` `[c_out]`; returns `[batch, c_out, out_h, out_w]`. Each output is `bias` plus its taps
 /// in `(ci, ky, kx)` order, one fused multiply-add each.
 pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape) -> Vec<f32> {
-    forward_then(input, weight, bias, shape, &copy_row)
+    forward_then(input, weight, bias, shape, &as_computed)
 }
 
 /// `forward`, with each output row passed through `finish` while it is still in the core's cache
@@ -341,26 +358,28 @@ pub(crate) fn forward(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvS
 pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &ConvShape, finish: &impl RowFinish) -> Vec<f32> {
     check_lengths(shape, Some(input), Some(weight), None);
     let conv = PackedConv::new(weight, bias, shape);
-    let (oh, ow) = (shape.out_height(), shape.out_width());
     output::written_by_chunks(
         shape.batch * shape.output_len(),
         shape.output_len(),
         || (Scratch::take(), Scratch::take()),
         |(padded, local), b, out| {
             let src = padded_source(input, b, shape, padded);
-            out.in_parts(shape.channels_out, oh * ow, |channels| {
-                conv.image(src, local, |c, _, _, values| finish(c, values, &mut channels[c]))
-            });
+            // SAFETY: `image` writes every value of the planes it is given (its promise).
+            unsafe {
+                out.write_with(shape.output_len(), |values| {
+                    conv.image(src, Planes::dense(values, shape), local, finish)
+                })
+            };
         },
     )
 }
 
-/// Two convolutions in a row, image by image, `between` taking the first one's output rows
-/// straight into the second one's padded copy (as a finish takes them to an output: each row, or
-/// part of one, written whole, or this panics), and `finish` the second one's rows to the
-/// output. For inference, a block's two layers: the activation between them is never written to
-/// a tensor of its own, nor read back and copied into padding; each image stays in the core's
-/// cache from one convolution to the next. Every value is computed as `forward_then` computes it.
+/// Two convolutions in a row, image by image, the first one writing its output rows straight
+/// into the second one's padded copy, where `between` finishes them, and `finish` the second
+/// one's rows in the output. For inference, a block's two layers: the activation between them
+/// is never written to a tensor of its own, nor read back and copied into padding; each image
+/// stays in the core's cache from one convolution to the next. Every value is computed as
+/// `forward_then` computes it.
 pub(crate) fn forward_twice_then(
     input: &[f32],
     [(weight_a, bias_a, shape_a), (weight_b, bias_b, shape_b)]: [(&[f32], &[f32], &ConvShape); 2],
@@ -381,28 +400,32 @@ pub(crate) fn forward_twice_then(
         PackedConv::new(weight_a, bias_a, shape_a),
         PackedConv::new(weight_b, bias_b, shape_b),
     );
-    let (oh, ow) = (shape_b.out_height(), shape_b.out_width());
     output::written_by_chunks(
         shape_b.batch * shape_b.output_len(),
         shape_b.output_len(),
         || (Scratch::take(), Scratch::take(), Scratch::take()),
         |(padded_a, padded_b, local), b, out| {
             let src = padded_source(input, b, shape_a, padded_a);
+            let len = shape_b.padded_len();
             padded_b.clear();
-            padded_b.reserve(shape_b.padded_len());
-            let slots = &mut padded_b.spare_capacity_mut()[..shape_b.padded_len()];
+            padded_b.reserve(len);
+            let slots = &mut padded_b.spare_capacity_mut()[..len];
             pad_frame(shape_b, slots);
-            first.image(src, local, |c, row, column, values| {
-                let at = shape_b.padded_row(c, row) + column;
-                Writer::fill_whole(&mut slots[at..at + values.len()], |dst| between(c, values, dst));
-            });
-            // SAFETY: `pad_frame` wrote the padding and the tail, and the first convolution's
-            // rows every value inside (each row's columns, in order, for every channel and row,
-            // each stretch checked whole by `fill_whole`).
-            unsafe { padded_b.set_len(shape_b.padded_len()) };
-            out.in_parts(shape_b.channels_out, oh * ow, |channels| {
-                second.image(padded_b, local, |c, _, _, values| finish(c, values, &mut channels[c]))
-            });
+            let rows = Planes {
+                values: &mut slots[shape_b.padded_row(0, 0)..],
+                channel_stride: shape_b.padded_plane(),
+                row_stride: shape_b.padded_width(),
+            };
+            first.image(src, rows, local, between);
+            // SAFETY: `pad_frame` wrote the padding and the tail, and the first convolution every
+            // value of every channel's rows at `padded_row` (`image`'s promise).
+            unsafe { padded_b.set_len(len) };
+            // SAFETY: as in `forward_then`.
+            unsafe {
+                out.write_with(shape_b.output_len(), |values| {
+                    second.image(padded_b, Planes::dense(values, shape_b), local, finish)
+                })
+            };
         },
     )
 }
@@ -427,8 +450,35 @@ fn pad_frame(shape: &ConvShape, slots: &mut [MaybeUninit<f32>]) {
     slots[shape.channels_in * plane..].fill(zero);
 }
 
+/// Where a convolution's output goes: channel `c`'s row `row` starts at `c * channel_stride +
+/// row * row_stride` of `values` (an output tensor's image, or the rows of the next
+/// convolution's padded copy).
+struct Planes<'p> {
+    values: &'p mut [MaybeUninit<f32>],
+    channel_stride: usize,
+    row_stride: usize,
+}
+
+impl<'p> Planes<'p> {
+    /// An image of the output tensor, `[channels_out, out_height, out_width]`.
+    fn dense(values: &'p mut [MaybeUninit<f32>], shape: &ConvShape) -> Self {
+        Self {
+            values,
+            channel_stride: shape.positions(),
+            row_stride: shape.out_width(),
+        }
+    }
+
+    /// Values `column..end` of channel `c`'s row `row`.
+    fn row_part(&mut self, c: usize, row: usize, columns: std::ops::Range<usize>) -> &mut [MaybeUninit<f32>] {
+        let at = c * self.channel_stride + row * self.row_stride;
+        &mut self.values[at + columns.start..at + columns.end]
+    }
+}
+
 /// One convolution's weights packed for the forward tile, with the shape, bias and tap offsets
-/// its tiles read: packed once per call, then run image by image.
+/// its tiles read, and how its tiles cover the output: packed once per call, then run image by
+/// image.
 struct PackedConv<'a> {
     shape: &'a ConvShape,
     bias: &'a [f32],
@@ -436,14 +486,19 @@ struct PackedConv<'a> {
     offsets: Vec<usize>,
     block: usize,
     tile: usize,
+    run: usize,
+    /// Whether the tiles take the output row by row and write it in place
+    /// (`ConvShape::rows_in_runs`), else bands of the padded layout computed aside and copied.
+    rows: bool,
 }
 
 impl<'a> PackedConv<'a> {
     fn new(weight: &[f32], bias: &'a [f32], shape: &'a ConvShape) -> Self {
         assert_eq!(bias.len(), shape.channels_out, "conv bias: expected {} values", shape.channels_out);
-        // Read once: the packing and every tile of this call use the same block and tile length.
+        // Read once: the packing and every tile of this call use the same block, tile and runs.
         let isa = isa::current();
         let block = microkernel::forward_block(isa);
+        let run = microkernel::run_positions(isa);
         Self {
             shape,
             bias,
@@ -451,67 +506,124 @@ impl<'a> PackedConv<'a> {
             offsets: shape.tap_offsets(),
             block,
             tile: microkernel::forward_tile_positions(isa),
+            run,
+            rows: shape.rows_in_runs(run),
         }
     }
 
-    /// One image from `src` (its padded copy, `padded_source`), in bands of the padded layout's
-    /// positions (about `band_positions`, so the padded input a band reads stays in the core's
-    /// cache), each band computed in `local` and its output handed on as soon as it is done:
-    /// `emit(c, row, column, values)` for the values of each output row of channel `c` from
-    /// `column` on, each channel's rows in order (a row a band boundary cuts comes in two parts).
-    /// At 16 channels and 128 x 128 a whole image's output (1 MiB) beside its padded input
-    /// (1 MiB) filled a 2 MiB L2, and the level scaled badly from one thread to two.
-    fn image(&self, src: &[f32], local: &mut Scratch, mut emit: impl FnMut(usize, usize, usize, &[f32])) {
-        let (shape, block, tile, offsets) = (self.shape, self.block, self.tile, &self.offsets);
-        let (taps, max_offset) = (offsets.len(), offsets.last().copied().unwrap_or(0));
-        let (pw, ow, oh) = (shape.padded_width(), shape.out_width(), shape.out_height());
-        let (positions, band) = (shape.padded_positions(), shape.forward_band());
-        // Every value of `local` a band reads is written by its first tap chunk first.
-        let local = local.at_least(shape.channels_out * band);
-        for band_start in (0..positions).step_by(band) {
-            let band_len = band.min(positions - band_start);
-            // The tiles' reads stay inside `src` (`positions` ends less than a half-tile past the
-            // last row, inside the copy's zero tail) and their writes inside `local` (`band_len`
-            // is a multiple of `HALF_TILE`).
-            assert!(band_start + band_len + max_offset <= src.len() && band_len.is_multiple_of(HALF_TILE));
-            // Taps in chunks whose packed weights stay in L1; the tiles carry their sums from one
-            // chunk to the next through `local`, so the chunks change no bit.
-            for chunk_start in (0..taps).step_by(TAP_CHUNK) {
-                let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-                for (index, weights) in self.packed.chunks(taps * block).enumerate() {
-                    let first = index * block;
-                    let channels = block.min(shape.channels_out - first);
-                    let init = (chunk_start == 0).then(|| &self.bias[first..]);
-                    for position in (0..band_len).step_by(tile) {
-                        // A whole tile, or the half-tiles left at the end.
-                        let positions = tile.min(band_len - position);
-                        // SAFETY: checked above (`position + positions <= band_len`, channels
-                        // `first..first + channels` rows of `local`).
-                        unsafe {
-                            microkernel::forward_tile(
-                                channels,
-                                block,
-                                positions,
-                                src.as_ptr().add(band_start + position),
-                                &offsets[chunk.clone()],
-                                &weights[chunk.start * block..chunk.end * block],
-                                init,
-                                local.as_mut_ptr().add(first * band + position),
-                                band,
-                            );
+    /// One image from `src` (its padded copy, `padded_source`) into `dst`, in bands of positions
+    /// (about `band_positions`, so the padded input a band reads stays in the core's cache),
+    /// each output row (or the part of it a band holds) passed through `finish` as soon as its
+    /// band is done. Writes every value of `dst`'s `channels_out` planes of `out_height` rows of
+    /// `out_width`, nothing else of it.
+    ///
+    /// Where rows are whole runs (`rows`), a band is consecutive output positions, its tiles'
+    /// runs never cross a row's end, and they write straight into `dst`. Elsewhere a band is
+    /// consecutive positions of the padded layout, junk columns included, computed in `local`
+    /// and its rows copied out. At 16 channels and 128 x 128 a whole image's output (1 MiB)
+    /// beside its padded input (1 MiB) filled a 2 MiB L2, and the level scaled badly from one
+    /// thread to two.
+    fn image(&self, src: &[f32], mut dst: Planes, local: &mut Scratch, finish: &impl RowFinish) {
+        let shape = self.shape;
+        let (pw, ow, oh, channels) = (shape.padded_width(), shape.out_width(), shape.out_height(), shape.channels_out);
+        let needed = (channels - 1) * dst.channel_stride + (oh - 1) * dst.row_stride + ow;
+        assert!(
+            needed <= dst.values.len() && dst.row_stride >= ow && dst.channel_stride >= (oh - 1) * dst.row_stride + ow,
+            "conv output: {needed} values in planes that do not overlap"
+        );
+        let mut runs = Vec::new();
+        if self.rows {
+            let (positions, band) = (shape.positions(), shape.row_band());
+            for band_start in (0..positions).step_by(band) {
+                let band_end = (band_start + band).min(positions);
+                runs.clear();
+                runs.extend((band_start..band_end).step_by(self.run).map(|k| {
+                    let (row, x) = (k / ow, k % ow);
+                    Run {
+                        src: row * pw + x,
+                        out: row * dst.row_stride + x,
+                    }
+                }));
+                // SAFETY: `dst.values` holds `values.len()` values (the tiles' writes are checked
+                // against it).
+                unsafe { self.tiles(src, &runs, dst.values.as_mut_ptr().cast(), dst.values.len(), dst.channel_stride) };
+                for c in 0..channels {
+                    for row in band_start / ow..band_end.div_ceil(ow) {
+                        let columns = band_start.max(row * ow) - row * ow..band_end.min(row * ow + ow) - row * ow;
+                        // SAFETY: the band's tiles wrote these values (its runs cover the band's
+                        // positions for every channel).
+                        finish(c, unsafe { dst.row_part(c, row, columns).assume_init_mut() });
+                    }
+                }
+            }
+        } else {
+            let (positions, band) = (shape.padded_positions(), shape.forward_band());
+            // Every value of `local` a band reads is written by its first tap chunk first.
+            let local = local.at_least(channels * band);
+            for band_start in (0..positions).step_by(band) {
+                let band_end = (band_start + band).min(positions);
+                runs.clear();
+                runs.extend((band_start..band_end).step_by(self.run).map(|p| Run {
+                    src: p,
+                    out: p - band_start,
+                }));
+                // SAFETY: `local` holds `local.len()` values.
+                unsafe { self.tiles(src, &runs, local.as_mut_ptr(), local.len(), band) };
+                // The output columns of each row the band reaches, in order: the rows' junk
+                // columns and the positions past the last row stay behind.
+                for c in 0..channels {
+                    for row in band_start / pw..band_end.div_ceil(pw).min(oh) {
+                        let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
+                        if from < to {
+                            let part = dst.row_part(c, row, from - row * pw..to - row * pw);
+                            finish(c, part.write_copy_of_slice(&local[c * band + from - band_start..][..to - from]));
                         }
                     }
                 }
             }
-            // The output columns of each row the band reaches, in order: the rows' junk columns
-            // and the positions past the last row stay behind.
-            let band_end = band_start + band_len;
-            let rows = band_start / pw..band_end.div_ceil(pw).min(oh);
-            for c in 0..shape.channels_out {
-                for row in rows.clone() {
-                    let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
-                    if from < to {
-                        emit(c, row, from - row * pw, &local[c * band + from - band_start..][..to - from]);
+        }
+    }
+
+    /// Every tile of one band: for each chunk of taps, block of output channels and tile's worth
+    /// of `runs`, channel `c`'s values at `out + c * out_stride + run.out`. The tiles carry their
+    /// sums from one chunk to the next through `out`, so the chunks change no bit.
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes of `out_len` values (which the runs' writes are
+    /// checked against).
+    unsafe fn tiles(&self, src: &[f32], runs: &[Run], out: *mut f32, out_len: usize, out_stride: usize) {
+        let (shape, block, offsets) = (self.shape, self.block, &self.offsets);
+        let (taps, max_offset) = (offsets.len(), offsets.last().copied().unwrap_or(0));
+        let furthest = |at: fn(&Run) -> usize| runs.iter().map(at).max().unwrap_or(0) + self.run;
+        // Every read inside `src`, every write inside `out`, whole half-tiles.
+        assert!(
+            furthest(|r| r.src) + max_offset <= src.len()
+                && (shape.channels_out - 1) * out_stride + furthest(|r| r.out) <= out_len
+                && (runs.len() * self.run).is_multiple_of(HALF_TILE),
+            "conv tiles: a run outside the source or the output"
+        );
+        for chunk_start in (0..taps).step_by(TAP_CHUNK) {
+            let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
+            for (index, weights) in self.packed.chunks(taps * block).enumerate() {
+                let first = index * block;
+                let channels = block.min(shape.channels_out - first);
+                let init = (chunk_start == 0).then(|| &self.bias[first..]);
+                for tile_runs in runs.chunks(self.tile / self.run) {
+                    // SAFETY: checked above (channels `first..first + channels` of `out`, the
+                    // runs' reads and writes).
+                    unsafe {
+                        microkernel::forward_tile(
+                            channels,
+                            block,
+                            self.run,
+                            tile_runs,
+                            src.as_ptr(),
+                            &offsets[chunk.clone()],
+                            &weights[chunk.start * block..chunk.end * block],
+                            init,
+                            out.add(first * out_stride),
+                            out_stride,
+                        );
                     }
                 }
             }
@@ -948,6 +1060,20 @@ mod tests {
             }
         }
         assert!(cut_rows, "no shape has a band boundary inside a row");
+        // Where the tiles take rows in runs, bands of output positions: whole half-tiles, at
+        // least a row's worth (or the image), some cut inside rows. The shapes cover all three
+        // layouts: runs of 16 and of 8, runs of 8 only, bands of the padded layout.
+        let (mut cut_rows, mut layouts) = (false, std::collections::BTreeSet::new());
+        for s in shapes() {
+            layouts.insert((s.rows_in_runs(16), s.rows_in_runs(8)));
+            if s.rows_in_runs(8) {
+                let (positions, band, row) = (s.positions(), s.row_band(), s.out_width());
+                assert!(band % HALF_TILE == 0 && band <= positions && band >= row.min(positions), "{s:?}");
+                cut_rows |= positions > band && band % row != 0;
+            }
+        }
+        assert!(cut_rows, "no shape has a band of rows in runs cut inside a row");
+        assert_eq!(layouts.len(), 3, "{layouts:?}");
     }
 
     /// 1 x 1 kernels without padding read their input in place where it covers whole half-tiles
@@ -1055,6 +1181,14 @@ mod tests {
             shape(2, 3, 2, 5, 3, [1, 1], 0),
             // Read in place by the weight gradient's tasks of taps over every image.
             shape(1, 64, 8, 4, 4, [1, 1], 0),
+            // Rows in runs on every path, bands cut inside rows (512 positions, rows of 48); 9
+            // output channels (a block of 1 or 3 left over).
+            shape(2, 4, 9, 20, 48, [3, 3], 1),
+            // Rows in runs of 8 (AVX2, portable), not of 16 (AVX-512 takes bands aside); two
+            // tap chunks (40 x 9 taps), so later chunks add into the output in place.
+            shape(2, 40, 7, 8, 8, [3, 3], 1),
+            // Rows in runs without padding: the source rows are wider than the output's.
+            shape(1, 5, 3, 6, 18, [3, 3], 0),
         ]
     }
 
@@ -1109,8 +1243,8 @@ mod tests {
     /// Two convolutions in a row give, bit for bit, the second convolution of the first one's
     /// output passed through `between`, on every instruction set: for 3 x 3 pairs over several
     /// bands (band boundaries inside rows), a 1 x 1 kernel first (read in place) and a 5 x 5
-    /// second one (padding 2), and a 3 x 3 kernel without padding (bands starting in junk
-    /// columns) before a 1 x 1 one (a copy without padding).
+    /// second one (padding 2), a 3 x 3 kernel without padding (bands starting in junk columns)
+    /// before a 1 x 1 one (a copy without padding), and pairs whose rows the tiles take in runs.
     #[test]
     fn two_convolutions_in_a_row_give_each_ones_bits() {
         let between = |c: usize, v: f32| elementwise::leaky((v - 0.1 * c as f32) / 1.3, 0.01);
@@ -1119,23 +1253,21 @@ mod tests {
             (test_shape(3, 2, 9, 4, 4, [1, 1], 0), test_shape(3, 9, 4, 4, 4, [5, 5], 2)),
             (test_shape(1, 64, 4, 6, 7, [3, 3], 1), test_shape(1, 4, 64, 6, 7, [3, 3], 1)),
             (test_shape(1, 64, 4, 9, 40, [3, 3], 0), test_shape(1, 4, 5, 7, 38, [1, 1], 0)),
+            // Rows in runs on every path (the first writes into the second's padded copy), in
+            // two tap chunks; rows in runs of 8 but not of 16 (AVX-512 takes bands aside).
+            (test_shape(2, 40, 16, 6, 16, [3, 3], 1), test_shape(2, 16, 5, 6, 16, [3, 3], 1)),
+            (test_shape(1, 3, 12, 8, 8, [3, 3], 1), test_shape(1, 12, 6, 8, 8, [3, 3], 1)),
         ] {
             let x = values(a.batch * a.input_len(), 11);
             let (wa, ba) = (values(a.channels_out * a.patch_len(), 12), values(a.channels_out, 13));
             let (wb, bb) = (values(b.channels_out * b.patch_len(), 14), values(b.channels_out, 15));
-            let finish = |c: usize, row: &[f32], out: &mut Writer| out.map(row, |v| v * 0.5 + c as f32);
+            let finish = |c: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v = *v * 0.5 + c as f32);
+            let between = |c: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v = between(c, *v));
             for isa in crate::isa::compared_in("two convolutions in a row") {
                 let _forced = crate::isa::force(isa);
-                let middle = forward_then(&x, &wa, &ba, &a, &|c: usize, row: &[f32], out: &mut Writer| {
-                    out.map(row, |v| between(c, v))
-                });
+                let middle = forward_then(&x, &wa, &ba, &a, &between);
                 let expected = forward_then(&middle, &wb, &bb, &b, &finish);
-                let got = forward_twice_then(
-                    &x,
-                    [(&wa, &ba, &a), (&wb, &bb, &b)],
-                    &|c: usize, row: &[f32], dst: &mut Writer| dst.map(row, |v| between(c, v)),
-                    &finish,
-                );
+                let got = forward_twice_then(&x, [(&wa, &ba, &a), (&wb, &bb, &b)], &between, &finish);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&expected), "{a:?} then {b:?}, {isa:?}");
             }

@@ -50,6 +50,19 @@ pub fn map_into(src: &[f32], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f3
     );
 }
 
+/// `values[i] = f(values[i])`.
+#[inline(always)]
+pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32) {
+    vectorized(
+        #[inline(always)]
+        move || {
+            for v in values.iter_mut() {
+                *v = f(*v);
+            }
+        },
+    );
+}
+
 /// `dst[i] = f(a[i], b[i])`, into values not yet written.
 #[inline(always)]
 pub fn zip_map_into<T: Copy>(a: &[f32], b: &[T], dst: &mut [MaybeUninit<f32>], f: impl Fn(f32, T) -> f32) {

@@ -33,7 +33,6 @@ use super::elementwise;
 use super::loss_cpu::{self, LossShape};
 use super::loss_ops::{burns_loss_grads, burns_loss_parts, combined_loss, dice_sum_grads, weight_mass, LossGrads, LossParts};
 use super::ordered_sum;
-use super::output;
 use super::pool_cpu;
 use super::resize_cpu;
 
@@ -397,7 +396,7 @@ fn block_as_layers<B: UnetKernels>(
 /// LeakyReLU, as `leaky_relu_node(batch_norm_eval_node(..))` computes it.
 fn norm_leaky_rows(norm: &EvalNorm, negative_slope: f64) -> impl conv_cpu::RowFinish + '_ {
     let slope = negative_slope as f32;
-    move |c: usize, row: &[f32], out: &mut output::Writer| norm.apply(c, row, out, move |y| elementwise::leaky(y, slope))
+    move |c: usize, row: &mut [f32]| norm.apply_in_place(c, row, move |y| elementwise::leaky(y, slope))
 }
 
 /// `mask`'s 0 / 1 values as a tensor shaped like `like`.

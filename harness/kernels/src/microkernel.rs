@@ -14,10 +14,11 @@
 //! tile of one to three `HALF_TILE`s of positions and up to `MAX_BLOCK` channels, a
 //! weight-gradient call of up to `WEIGHT_GROUPS` x `LANES` channels and `weight_taps` taps. The
 //! callers size them for the path they read once per call (`forward_block`,
-//! `forward_tile_positions`): AVX-512 fills 8 channels x 48 positions (24 accumulators) and a
+//! `forward_tile_positions`, `run_positions`): AVX-512 fills 8 channels x 48 positions (24
+//! accumulators, three runs of 16 positions, each run where the caller puts it) and a
 //! weight-gradient call up to 24 accumulators; AVX2 and the portable code run a tile as half-tiles
-//! of up to 6 channels and blocks of `BLOCK` taps (a tile wider than the path, as when a test
-//! forces another path mid-call, runs slowly with the same bits).
+//! of two runs of 8, up to 6 channels, and blocks of `BLOCK` taps (a tile wider than the path, as
+//! when a test forces another path mid-call, runs slowly with the same bits).
 
 use super::isa;
 
@@ -66,21 +67,43 @@ pub const WEIGHT_TAPS: usize = 4 * BLOCK;
 /// rows is rounded up to, so a band computes at most 15 extra positions per channel, not 31.
 pub const HALF_TILE: usize = TILE / 2;
 
-/// Forward tile: for `c < channels` (at most `block`, at most `MAX_BLOCK`) and `i < positions`
-/// (one to three `HALF_TILE`s),
-/// `out[c * out_stride + i] = start + Σ_k weights[k * block + c] * src[offsets[k] + i]`,
+/// Where a run of a forward tile's positions lies: its first position in the source (relative
+/// to `src`) and in each channel's output row (relative to `out + c * out_stride`). A run's
+/// positions follow one another in both, so one register loads and stores them; runs need not
+/// follow one another, so a tile can take the end of one output row and the start of the next
+/// without computing the padding between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub src: usize,
+    pub out: usize,
+}
+
+/// Positions per run on `isa`: an AVX-512 register's 16, else an AVX2 register's 8 (the
+/// portable code takes runs of 8 too). A run of 16 is two of 8 to the narrower paths.
+pub fn run_positions(isa: isa::Isa) -> usize {
+    match isa {
+        isa::Isa::Avx512 => HALF_TILE,
+        _ => HALF_TILE / 2,
+    }
+}
+
+/// Forward tile: for `c < channels` (at most `block`, at most `MAX_BLOCK`) and the positions `i <
+/// run_len` of each run `r` of `runs` (one to three `HALF_TILE`s of positions in all, runs of 8 or
+/// 16),
+/// `out[c * out_stride + r.out + i] = start + Σ_k weights[k * block + c] * src[r.src + offsets[k] + i]`,
 /// the sum taken as one fused multiply-add per tap, in tap order. `start` is `init[c]`, or with
 /// `init` `None` the value already in `out`: a sum split over calls gives the same bits.
 ///
 /// # Safety
-/// `src` must be readable at `offsets[k] + i` for every `k` and `i < positions`, `out` readable
-/// and writable at `c * out_stride + i` for `c < channels`, `i < positions`; `weights` must hold
-/// `offsets.len() * block` values and `init` at least `channels`.
+/// `src` must be readable at `r.src + offsets[k] + i` for every run `r`, tap `k` and `i <
+/// run_len`, `out` readable and writable at `c * out_stride + r.out + i` for `c < channels`;
+/// `weights` must hold `offsets.len() * block` values and `init` at least `channels`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn forward_tile(
     channels: usize,
     block: usize,
-    positions: usize,
+    run_len: usize,
+    runs: &[Run],
     src: *const f32,
     offsets: &[usize],
     weights: &[f32],
@@ -94,46 +117,68 @@ pub unsafe fn forward_tile(
             && weights.len() >= offsets.len() * block
             && init.is_none_or(|i| i.len() >= channels)
     );
+    let positions = runs.len() * run_len;
     assert!(
-        positions > 0 && positions.is_multiple_of(HALF_TILE) && positions <= MAX_TILE,
-        "a forward tile is 1 to {} half-tiles of {HALF_TILE} positions",
+        (run_len == HALF_TILE || run_len == HALF_TILE / 2) && positions > 0 && positions.is_multiple_of(HALF_TILE) && positions <= MAX_TILE,
+        "a forward tile is 1 to {} half-tiles of {HALF_TILE} positions, in runs of 8 or 16",
         MAX_TILE / HALF_TILE
     );
     macro_rules! dispatch {
-        ($f:ident $(:: $r:literal)?, $src:expr, $out:expr) => {
+        ($f:ident $(:: $r:literal)?, $runs:expr) => {
             match channels {
-                1 => $f::<1 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                2 => $f::<2 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                3 => $f::<3 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                4 => $f::<4 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                5 => $f::<5 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                6 => $f::<6 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                7 => $f::<7 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
-                _ => $f::<8 $(, $r)?>($src, offsets, weights, block, init, $out, out_stride),
+                1 => $f::<1 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                2 => $f::<2 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                3 => $f::<3 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                4 => $f::<4 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                5 => $f::<5 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                6 => $f::<6 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                7 => $f::<7 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
+                _ => $f::<8 $(, $r)?>(src, $runs, offsets, weights, block, init, out, out_stride),
             }
         };
     }
     match isa::current() {
         // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
-        // halves stay inside the tile, so the pointer contract is the caller's.
+        // halves are the tile's runs, so the pointer contract is the caller's.
         #[cfg(x86_kernels)]
-        isa::Isa::Avx512 if positions == 3 * HALF_TILE => unsafe { dispatch!(forward_tile_avx512::3, src, out) },
+        isa::Isa::Avx512 if run_len == HALF_TILE => unsafe {
+            match runs {
+                [a, b, c] => dispatch!(forward_tile_avx512::3, &[*a, *b, *c]),
+                [a, b] => dispatch!(forward_tile_avx512::2, &[*a, *b]),
+                [a] => dispatch!(forward_tile_avx512::1, &[*a]),
+                _ => unreachable!("checked above"),
+            }
+        },
         #[cfg(x86_kernels)]
-        isa::Isa::Avx512 if positions == TILE => unsafe { dispatch!(forward_tile_avx512::2, src, out) },
-        #[cfg(x86_kernels)]
-        isa::Isa::Avx512 => unsafe { dispatch!(forward_tile_avx512::1, src, out) },
-        #[cfg(x86_kernels)]
-        isa::Isa::Avx2 => {
-            for half in (0..positions).step_by(HALF_TILE) {
-                unsafe { dispatch!(forward_half_avx2, src.add(half), out.add(half)) };
+        isa::Isa::Avx2 | isa::Isa::Avx512 => {
+            let eights = runs_of_eight(run_len, runs);
+            for pair in eights[..positions / 8].chunks_exact(2) {
+                unsafe { dispatch!(forward_half_avx2, &[pair[0], pair[1]]) };
             }
         }
         _ => {
-            for half in (0..positions).step_by(HALF_TILE) {
-                unsafe { dispatch!(forward_half_scalar, src.add(half), out.add(half)) };
+            let eights = runs_of_eight(run_len, runs);
+            for pair in eights[..positions / 8].chunks_exact(2) {
+                unsafe { dispatch!(forward_half_scalar, &[pair[0], pair[1]]) };
             }
         }
     }
+}
+
+/// `runs` (of `run_len` positions) as runs of 8, for the paths that take a tile as half-tiles of
+/// two runs of 8 (a run of 16 is two).
+fn runs_of_eight(run_len: usize, runs: &[Run]) -> [Run; MAX_TILE / 8] {
+    let mut eights = [Run { src: 0, out: 0 }; MAX_TILE / 8];
+    let parts = runs.iter().flat_map(|run| {
+        (0..run_len).step_by(8).map(|i| Run {
+            src: run.src + i,
+            out: run.out + i,
+        })
+    });
+    for (eight, part) in eights.iter_mut().zip(parts) {
+        *eight = part;
+    }
+    eights
 }
 
 /// Each tap's first `C` packed weights, `block` apart: a fixed-length array, so the tiles' loops
@@ -144,9 +189,11 @@ fn tap_weights<const C: usize>(weights: &[f32], block: usize) -> impl Iterator<I
         .map(|w| w[..C].try_into().expect("a packed block holds the tile's channels"))
 }
 
-/// The forward tile's definition over `HALF_TILE` positions, in plain Rust.
+/// The forward tile's definition over two runs of 8 positions, in plain Rust.
+#[allow(clippy::too_many_arguments)]
 unsafe fn forward_half_scalar<const C: usize>(
     src: *const f32,
+    runs: &[Run; 2],
     offsets: &[usize],
     weights: &[f32],
     block: usize,
@@ -154,34 +201,42 @@ unsafe fn forward_half_scalar<const C: usize>(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let mut acc = [[0.0f32; HALF_TILE]; C];
-    for (c, row) in acc.iter_mut().enumerate() {
-        match init {
-            Some(init) => row.fill(init[c]),
-            // SAFETY: readable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
-            None => row.copy_from_slice(unsafe { std::slice::from_raw_parts(out.add(c * out_stride), HALF_TILE) }),
-        }
-    }
-    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
-        // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
-        let x = unsafe { std::slice::from_raw_parts(src.add(offset), HALF_TILE) };
-        for (row, &wc) in acc.iter_mut().zip(w) {
-            for (a, &xi) in row.iter_mut().zip(x) {
-                *a = wc.mul_add(xi, *a);
+    let mut acc = [[[0.0f32; 8]; 2]; C];
+    for (c, pair) in acc.iter_mut().enumerate() {
+        for (lanes, run) in pair.iter_mut().zip(runs) {
+            match init {
+                Some(init) => lanes.fill(init[c]),
+                // SAFETY: readable at `c * out_stride + run.out + 0..8` (the caller's contract).
+                None => lanes.copy_from_slice(unsafe { std::slice::from_raw_parts(out.add(c * out_stride + run.out), 8) }),
             }
         }
     }
-    for (c, row) in acc.iter().enumerate() {
-        // SAFETY: writable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(c * out_stride), HALF_TILE) };
+    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
+        // SAFETY: readable at `run.src + offset + 0..8` (the caller's contract).
+        let x = runs.map(|run| unsafe { std::slice::from_raw_parts(src.add(run.src + offset), 8) });
+        for (pair, &wc) in acc.iter_mut().zip(w) {
+            for (lanes, x) in pair.iter_mut().zip(x) {
+                for (a, &xi) in lanes.iter_mut().zip(x) {
+                    *a = wc.mul_add(xi, *a);
+                }
+            }
+        }
+    }
+    for (c, pair) in acc.iter().enumerate() {
+        for (lanes, run) in pair.iter().zip(runs) {
+            // SAFETY: writable at `c * out_stride + run.out + 0..8` (the caller's contract).
+            unsafe { std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(c * out_stride + run.out), 8) };
+        }
     }
 }
 
-/// `forward_half_scalar` with two AVX2 registers per output channel.
+/// `forward_half_scalar` with two AVX2 registers per output channel, one a run.
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn forward_half_avx2<const C: usize>(
     src: *const f32,
+    runs: &[Run; 2],
     offsets: &[usize],
     weights: &[f32],
     block: usize,
@@ -190,22 +245,20 @@ unsafe fn forward_half_avx2<const C: usize>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
+    // SAFETY (pointers): the runs' starts, which the caller's contract makes readable.
+    let (src0, src1) = unsafe { (src.add(runs[0].src), src.add(runs[1].src)) };
+    let (out0, out1) = unsafe { (out.add(runs[0].out), out.add(runs[1].out)) };
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     for (c, pair) in acc.iter_mut().enumerate() {
         *pair = match init {
             Some(init) => [_mm256_set1_ps(init[c]); 2],
-            // SAFETY: readable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
-            None => unsafe {
-                [
-                    _mm256_loadu_ps(out.add(c * out_stride)),
-                    _mm256_loadu_ps(out.add(c * out_stride + 8)),
-                ]
-            },
+            // SAFETY: readable at `c * out_stride + run.out + 0..8` (the caller's contract).
+            None => unsafe { [_mm256_loadu_ps(out0.add(c * out_stride)), _mm256_loadu_ps(out1.add(c * out_stride))] },
         };
     }
     for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
-        // SAFETY: readable at `offset + 0..HALF_TILE` (the caller's contract).
-        let (x0, x1) = unsafe { (_mm256_loadu_ps(src.add(offset)), _mm256_loadu_ps(src.add(offset + 8))) };
+        // SAFETY: readable at `run.src + offset + 0..8` (the caller's contract).
+        let (x0, x1) = unsafe { (_mm256_loadu_ps(src0.add(offset)), _mm256_loadu_ps(src1.add(offset))) };
         for (pair, wc) in acc.iter_mut().zip(w) {
             let wc = _mm256_broadcast_ss(wc);
             pair[0] = _mm256_fmadd_ps(wc, x0, pair[0]);
@@ -213,21 +266,23 @@ unsafe fn forward_half_avx2<const C: usize>(
         }
     }
     for (c, pair) in acc.iter().enumerate() {
-        // SAFETY: writable at `c * out_stride + 0..HALF_TILE` (the caller's contract).
+        // SAFETY: writable at `c * out_stride + run.out + 0..8` (the caller's contract).
         unsafe {
-            _mm256_storeu_ps(out.add(c * out_stride), pair[0]);
-            _mm256_storeu_ps(out.add(c * out_stride + 8), pair[1]);
+            _mm256_storeu_ps(out0.add(c * out_stride), pair[0]);
+            _mm256_storeu_ps(out1.add(c * out_stride), pair[1]);
         }
     }
 }
 
-/// The forward tile with `R` AVX-512 registers per output channel (`16 R` positions): the AVX2
-/// half-tile's operations on up to three times the positions and `C` up to 8 channels (at
-/// `R = 3`, `C = 8`: 24 accumulators, three loads and eight broadcasts per tap).
+/// The forward tile with `R` AVX-512 registers per output channel, one a run of 16 positions:
+/// the AVX2 half-tile's operations on up to three times the positions and `C` up to 8 channels
+/// (at `R = 3`, `C = 8`: 24 accumulators, three loads and eight broadcasts per tap).
 #[cfg(x86_kernels)]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     src: *const f32,
+    runs: &[Run; R],
     offsets: &[usize],
     weights: &[f32],
     block: usize,
@@ -236,17 +291,20 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
+    // SAFETY (pointers): the runs' starts, which the caller's contract makes readable.
+    let srcs: [*const f32; R] = std::array::from_fn(|r| unsafe { src.add(runs[r].src) });
+    let outs: [*mut f32; R] = std::array::from_fn(|r| unsafe { out.add(runs[r].out) });
     let mut acc = [[_mm512_setzero_ps(); R]; C];
     for (c, regs) in acc.iter_mut().enumerate() {
         *regs = match init {
             Some(init) => [_mm512_set1_ps(init[c]); R],
-            // SAFETY: readable at `c * out_stride + 0..16 R` (the caller's contract).
-            None => std::array::from_fn(|r| unsafe { _mm512_loadu_ps(out.add(c * out_stride + 16 * r)) }),
+            // SAFETY: readable at `c * out_stride + run.out + 0..16` (the caller's contract).
+            None => std::array::from_fn(|r| unsafe { _mm512_loadu_ps(outs[r].add(c * out_stride)) }),
         };
     }
     for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
-        // SAFETY: readable at `offset + 0..16 R` (the caller's contract).
-        let x: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(src.add(offset + 16 * r)) });
+        // SAFETY: readable at `run.src + offset + 0..16` (the caller's contract).
+        let x: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(srcs[r].add(offset)) });
         for (regs, &wc) in acc.iter_mut().zip(w) {
             let wc = _mm512_set1_ps(wc);
             for (a, &xr) in regs.iter_mut().zip(&x) {
@@ -255,9 +313,9 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
         }
     }
     for (c, regs) in acc.iter().enumerate() {
-        for (r, &a) in regs.iter().enumerate() {
-            // SAFETY: writable at `c * out_stride + 0..16 R` (the caller's contract).
-            unsafe { _mm512_storeu_ps(out.add(c * out_stride + 16 * r), a) };
+        for (&a, &at) in regs.iter().zip(&outs) {
+            // SAFETY: writable at `c * out_stride + run.out + 0..16` (the caller's contract).
+            unsafe { _mm512_storeu_ps(at.add(c * out_stride), a) };
         }
     }
 }
@@ -614,75 +672,78 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// On every instruction set this CPU has, the forward tile (one to three half-tiles) gives the bits of
-    /// its definition (one `mul_add` per tap, in tap order), also when its taps are split over two
-    /// calls, for blocks of 6 and 8 packed channels (any block on any path), and writes nothing
-    /// past the tile.
+    /// On every instruction set this CPU has, the forward tile (one to three half-tiles, in runs
+    /// of 8 or 16 that follow one another or lie apart) gives the bits of its definition (one
+    /// `mul_add` per tap, in tap order), also when its taps are split over two calls, for blocks
+    /// of 6 and 8 packed channels (any block on any path), and writes nothing outside its runs.
     #[test]
     fn the_forward_tile_gives_its_definitions_bits_on_every_isa() {
-        const ROW: usize = MAX_TILE + 8;
-        let src = values(400, 1);
+        const ROW: usize = 2 * MAX_TILE + 8;
+        let src = values(460, 1);
         let offsets = [0usize, 7, 33, 120, 121, 250, 300, 301, 302];
         let init = values(MAX_BLOCK, 3);
+        // Runs one after the other (a band of the padded layout), and runs with gaps between them
+        // in the source and in the output (output rows without their padding).
+        let layouts = |run_len: usize| {
+            (1..=MAX_TILE / run_len)
+                .filter(move |n| (n * run_len).is_multiple_of(HALF_TILE))
+                .flat_map(move |n| {
+                    let together = (0..n)
+                        .map(|i| Run {
+                            src: i * run_len,
+                            out: i * run_len,
+                        })
+                        .collect::<Vec<_>>();
+                    let apart = (0..n)
+                        .map(|i| Run {
+                            src: i * (run_len + 5) + 1,
+                            out: i * (run_len + 3),
+                        })
+                        .collect();
+                    [together, apart]
+                })
+        };
         for isa in isa::compared_in("the forward tile") {
             let _forced = isa::force(isa);
-            for block in [BLOCK, MAX_BLOCK] {
-                let weights = values(offsets.len() * block, 2);
-                for (channels, positions) in (1..=block).flat_map(|c| [(c, MAX_TILE), (c, TILE), (c, HALF_TILE)]) {
-                    let mut out = vec![7.0f32; MAX_BLOCK * ROW];
-                    // SAFETY: src holds 400 values, the largest read is 302 + 47; out holds
-                    // `MAX_BLOCK` rows of ROW > MAX_TILE values.
-                    unsafe {
-                        let first = &offsets[..3];
-                        forward_tile(
-                            channels,
-                            block,
-                            positions,
-                            src.as_ptr(),
-                            first,
-                            &weights,
-                            Some(&init),
-                            out.as_mut_ptr(),
-                            ROW,
-                        );
-                        let rest = &weights[3 * block..];
-                        forward_tile(
-                            channels,
-                            block,
-                            positions,
-                            src.as_ptr(),
-                            &offsets[3..],
-                            rest,
-                            None,
-                            out.as_mut_ptr(),
-                            ROW,
-                        );
-                    }
-                    for c in 0..channels {
-                        let definition: Vec<f32> = (0..positions)
-                            .map(|i| {
-                                let taps = offsets.iter().enumerate();
-                                taps.fold(init[c], |sum, (k, &o)| weights[k * block + c].mul_add(src[o + i], sum))
-                            })
-                            .collect();
-                        let row = &out[c * ROW..][..ROW];
-                        assert_eq!(
-                            bits(&row[..positions]),
-                            bits(&definition),
-                            "{isa:?}, block {block}, {positions} x {channels}, channel {c}"
-                        );
-                        assert!(row[positions..].iter().all(|&v| v == 7.0), "{isa:?} wrote past the tile");
-                        // The definition is the sum it claims to be.
-                        for (i, &value) in definition.iter().enumerate() {
-                            let taps = offsets.iter().enumerate();
-                            let exact = init[c] as f64 + taps.map(|(k, &o)| weights[k * block + c] as f64 * src[o + i] as f64).sum::<f64>();
-                            assert!((value as f64 - exact).abs() < 1e-5, "{value} vs {exact}");
+            for (run_len, runs) in [8, 16].into_iter().flat_map(|len| layouts(len).map(move |runs| (len, runs))) {
+                for block in [BLOCK, MAX_BLOCK] {
+                    let weights = values(offsets.len() * block, 2);
+                    for channels in 1..=block {
+                        let mut out = vec![7.0f32; MAX_BLOCK * ROW];
+                        // SAFETY: src holds 460 values, the largest read is 302 + 5 * 13 + 1 + 7;
+                        // out holds `MAX_BLOCK` rows of ROW values, the runs end by 5 * 11 + 8.
+                        unsafe {
+                            let tile = |offsets: &[usize], weights: &[f32], init: Option<&[f32]>, out: *mut f32| {
+                                forward_tile(channels, block, run_len, &runs, src.as_ptr(), offsets, weights, init, out, ROW)
+                            };
+                            tile(&offsets[..3], &weights, Some(&init), out.as_mut_ptr());
+                            tile(&offsets[3..], &weights[3 * block..], None, out.as_mut_ptr());
                         }
+                        let mut expected = vec![7.0f32; MAX_BLOCK * ROW];
+                        for c in 0..channels {
+                            for run in &runs {
+                                for i in 0..run_len {
+                                    let taps = offsets.iter().enumerate();
+                                    let chain =
+                                        taps.fold(init[c], |sum, (k, &o)| weights[k * block + c].mul_add(src[run.src + o + i], sum));
+                                    expected[c * ROW + run.out + i] = chain;
+                                    // The definition is the sum it claims to be.
+                                    let exact = init[c] as f64
+                                        + offsets
+                                            .iter()
+                                            .enumerate()
+                                            .map(|(k, &o)| weights[k * block + c] as f64 * src[run.src + o + i] as f64)
+                                            .sum::<f64>();
+                                    assert!((chain as f64 - exact).abs() < 1e-5, "{chain} vs {exact}");
+                                }
+                            }
+                        }
+                        assert_eq!(
+                            bits(&out),
+                            bits(&expected),
+                            "{isa:?}, runs {runs:?}, block {block}, {channels} channels"
+                        );
                     }
-                    assert!(
-                        out[channels * ROW..].iter().all(|&v| v == 7.0),
-                        "{isa:?} wrote another channel's row"
-                    );
                 }
             }
         }

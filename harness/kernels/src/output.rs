@@ -135,6 +135,16 @@ impl<'a> Writer<'a> {
         self.written += len;
     }
 
+    /// Has `write` fill the next `len` values through whatever pointers it likes (a kernel that
+    /// writes tiles in place), and counts them written once it has returned.
+    ///
+    /// # Safety
+    /// `write` must write every one of the `len` values: nothing checks it, and the output is
+    /// read as `f32` afterwards.
+    pub unsafe fn write_with(&mut self, len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) {
+        self.write_next(len, write);
+    }
+
     /// Splits the next `parts * part_len` values into `parts` writers of `part_len` values each,
     /// for `fill` to write in any interleaving (each part front to back), and counts them written
     /// once `fill` has returned with every part whole (panics otherwise). For outputs written in
