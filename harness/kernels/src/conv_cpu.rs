@@ -254,18 +254,18 @@ fn padded_source<'a>(input: &'a [f32], b: usize, shape: &ConvShape, padded: &'a 
     padded
 }
 
-/// One image's output gradient laid out for the weight-gradient tile: position-major in the
-/// padded layout (`[padded_positions][channels_out rounded up to LANES]`), zeros in the junk
-/// columns, the tail and the extra channels. Built a row of positions at a time: each row's
-/// block (`padded_width x lanes` values) is zeroed and filled while it sits in L1.
+/// One image's output gradient laid out for the weight-gradient tile: position-major
+/// (`[positions][channels_out rounded up to LANES]`), zeros in the extra channels. Built a row of
+/// positions at a time: each row's block (`out_width x lanes` values) is zeroed and filled while
+/// it sits in L1.
 fn transposed_output_into(dense: &[f32], shape: &ConvShape, dyt: &mut Vec<f32>) {
     let lanes = shape.channels_out.next_multiple_of(LANES);
-    let (ow, pw, positions) = (shape.out_width(), shape.padded_width(), shape.positions());
+    let (ow, positions) = (shape.out_width(), shape.positions());
     dyt.clear();
-    dyt.reserve(shape.padded_positions() * lanes);
+    dyt.reserve(positions * lanes);
     for oy in 0..shape.out_height() {
         let start = dyt.len();
-        dyt.resize(start + pw * lanes, 0.0);
+        dyt.resize(start + ow * lanes, 0.0);
         let block = &mut dyt[start..];
         // Blocks of 8 channels x 8 columns turned around in registers where the CPU has AVX2,
         // the rest value by value.
@@ -284,7 +284,6 @@ fn transposed_output_into(dense: &[f32], shape: &ConvShape, dyt: &mut Vec<f32>) 
             }
         }
     }
-    dyt.resize(shape.padded_positions() * lanes, 0.0);
 }
 
 /// `transposed_output_into` a buffer of its own.
@@ -682,36 +681,45 @@ pub(crate) fn input_grad(weight: &[f32], output_grad: &[f32], shape: &ConvShape)
 /// the registers' chains (`image_tap_sums_added`). Either way every sum is the same chain.
 pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     check_lengths(shape, Some(input), None, Some(output_grad));
-    let (taps, stride) = (shape.patch_len(), shape.padded_positions());
+    let (taps, stride) = (shape.patch_len(), shape.positions());
+    let (oh, ow, pw) = (shape.out_height(), shape.out_width(), shape.padded_width());
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let offsets = shape.tap_offsets();
-    let max_offset = offsets.last().copied().unwrap_or(0);
-    assert!(stride + max_offset <= shape.padded_len());
-    assert!(!shape.reads_input_in_place() || stride + max_offset <= shape.input_len());
+    // Where the tiles' reads of an image's input end: the last output row's last position, plus
+    // the furthest tap.
+    let src_end = (oh - 1) * pw + ow + offsets.last().copied().unwrap_or(0);
+    assert!(src_end <= shape.padded_len());
+    assert!(!shape.reads_input_in_place() || src_end <= shape.input_len());
+    // Rows `first..first + rows` of the output, as the tiles visit them.
+    let output_rows = |rows: usize| microkernel::Positions {
+        rows,
+        row_len: ow,
+        src_row: pw,
+    };
     // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
     // its padded input `src` and transposed output gradient `dy`.
     let image_tap_sums = |src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]| {
-        assert!(src.len() >= stride + max_offset && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
-        // Positions per band: a band's output-gradient rows (`lanes` values each) take about
+        assert!(src.len() >= src_end && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
+        // Rows per band: a band's output-gradient rows (`lanes` values a position) take about
         // 64 KiB, read once per tap call.
-        let band = (16 * 1024 / lanes).max(TILE);
-        for band_start in (0..stride).step_by(band) {
-            let len = band.min(stride - band_start);
+        let band = (16 * 1024 / lanes / ow).max(1);
+        for band_start in (0..oh).step_by(band) {
+            let rows = band.min(oh - band_start);
             for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
                 let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
                 let per_call = microkernel::weight_taps(channel_groups);
                 for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
-                    // SAFETY: reads of `src` end before `stride + max_offset <= padded_len`
-                    // (checked), of `dy` at row `band_start + len <= stride` and column
-                    // `first + LANES groups <= lanes`; `sums` holds these taps x `lanes`.
+                    // SAFETY: reads of `src` end by `src_end` (checked), of `dy` at row
+                    // `(band_start + rows) * ow <= stride` and column `first + LANES groups <=
+                    // lanes`; `sums` holds these taps x `lanes`.
                     unsafe {
                         microkernel::weight_tile(
                             channel_groups,
-                            src.as_ptr().add(band_start),
+                            src.as_ptr().add(band_start * pw),
                             chunk_offsets,
-                            dy.as_ptr().add(band_start * lanes + first),
+                            dy.as_ptr().add(band_start * ow * lanes + first),
                             lanes,
-                            len,
+                            output_rows(rows),
                             sums.as_mut_ptr().add(chunk * per_call * lanes + first),
                             lanes,
                         );
@@ -726,7 +734,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // and added in passes of their own, at 256 channels 2.4 MB an image streamed three times for
     // 12 MFLOP of tiles. (The deep levels only: an image's positions are few.)
     let image_tap_sums_added = |src: &[f32], dy: &[f32], tap_offsets: &[usize], total: &mut [f32]| {
-        assert!(src.len() >= stride + max_offset && dy.len() == stride * lanes && total.len() == tap_offsets.len() * lanes);
+        assert!(src.len() >= src_end && dy.len() == stride * lanes && total.len() == tap_offsets.len() * lanes);
         let mut call_sums = [0.0f32; WEIGHT_TAPS * WEIGHT_GROUPS * LANES];
         for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
             let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
@@ -735,9 +743,8 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
             for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
                 let sums = &mut call_sums[..chunk_offsets.len() * width];
                 sums.fill(0.0);
-                // SAFETY: reads of `src` end before `stride + max_offset <= padded_len` (checked),
-                // of `dy` at row `stride` and column `first + width <= lanes`; `sums` holds these
-                // taps x `width`.
+                // SAFETY: reads of `src` end by `src_end` (checked), of `dy` at row `stride` and
+                // column `first + width <= lanes`; `sums` holds these taps x `width`.
                 unsafe {
                     microkernel::weight_tile(
                         channel_groups,
@@ -745,7 +752,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                         chunk_offsets,
                         dy.as_ptr().add(first),
                         lanes,
-                        stride,
+                        output_rows(oh),
                         sums.as_mut_ptr(),
                         width,
                     );
@@ -1089,14 +1096,13 @@ mod tests {
     #[test]
     fn padded_layouts_hold_each_value_once() {
         for s in shapes() {
-            let (pw, ow, stride) = (s.padded_width(), s.out_width(), s.padded_positions());
             let dense = values(s.output_len(), 3);
             let lanes = s.channels_out.next_multiple_of(LANES);
             let dyt = transposed_output(&dense, &s);
-            assert_eq!(dyt.len(), stride * lanes);
+            assert_eq!(dyt.len(), s.positions() * lanes);
             for (i, &value) in dense.iter().enumerate() {
-                let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
-                assert_eq!(dyt[(oy * pw + ox) * lanes + c], value, "{s:?}");
+                let (c, position) = (i / s.positions(), i % s.positions());
+                assert_eq!(dyt[position * lanes + c], value, "{s:?}");
             }
             let total = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
             assert_eq!(total(&dyt), total(&dense), "{s:?}: values outside their places");
@@ -1130,11 +1136,11 @@ mod tests {
                 // Every value distinct, so a value in another's place cannot go unseen.
                 let dense: Vec<f32> = (0..s.output_len()).map(|i| i as f32 + 0.5).collect();
                 let dyt = transposed_output(&dense, &s);
-                let (lanes, pw, ow) = (channels_out.next_multiple_of(LANES), s.padded_width(), s.out_width());
-                let mut expected = vec![0.0f32; s.padded_positions() * lanes];
+                let lanes = channels_out.next_multiple_of(LANES);
+                let mut expected = vec![0.0f32; s.positions() * lanes];
                 for (i, &value) in dense.iter().enumerate() {
-                    let (c, oy, ox) = (i / s.positions(), i % s.positions() / ow, i % ow);
-                    expected[(oy * pw + ox) * lanes + c] = value;
+                    let (c, position) = (i / s.positions(), i % s.positions());
+                    expected[position * lanes + c] = value;
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&dyt), bits(&expected), "{isa:?}, {channels_out} channels, width {width}");
@@ -1308,10 +1314,12 @@ mod tests {
     }
 
     /// The weight gradient is, for every tap and output channel, each image's `mul_add` chain over
-    /// its padded positions in order (zeros in the junk columns included), the images' sums added
-    /// in image order: bit for bit, on every instruction set and 1 and 3 threads, for shapes that
-    /// split the work by image (the shallow levels; whole images or groups of an image's taps)
-    /// and by taps (a deep, small level, whose sums outweigh its images).
+    /// its output positions in order, the images' sums added in image order: bit for bit, on
+    /// every instruction set and 1 and 3 threads, for shapes that split the work by image (the
+    /// shallow levels; whole images or groups of an image's taps) and by taps (a deep, small
+    /// level, whose sums outweigh its images). The same bits as the chain over the padded layout
+    /// with zero gradients in its junk columns (what the tiles computed before they skipped them):
+    /// a chain from +0 never holds -0 but by underflow, so adding `x * 0` never changes it.
     #[test]
     fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
         let shape =
@@ -1321,7 +1329,7 @@ mod tests {
         // then by taps (288 x 40 sums against 1 152 + 24 x 40).
         for (s, expected_by_image) in [(shape(4, 15, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
             let lanes = s.channels_out.next_multiple_of(LANES);
-            let by_image = s.patch_len() * lanes < s.padded_len() + s.padded_positions() * lanes;
+            let by_image = s.patch_len() * lanes < s.padded_len() + s.positions() * lanes;
             assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");
             let x = values(s.batch * s.input_len(), 21);
             let dy = values(s.batch * s.output_len(), 22);
@@ -1330,9 +1338,18 @@ mod tests {
             for b in 0..s.batch {
                 let padded = padded_image(image(&x, b, s.input_len()), &s);
                 let dyt = transposed_output(image(&dy, b, s.output_len()), &s);
+                let (pw, ow) = (s.padded_width(), s.out_width());
                 for (c, row) in total.chunks_mut(s.patch_len()).enumerate() {
                     for (t, &offset) in row.iter_mut().zip(&offsets) {
-                        let chain = (0..s.padded_positions()).fold(0.0f32, |sum, p| padded[offset + p].mul_add(dyt[p * lanes + c], sum));
+                        let chain = (0..s.positions()).fold(0.0f32, |sum, p| {
+                            padded[offset + p / ow * pw + p % ow].mul_add(dyt[p * lanes + c], sum)
+                        });
+                        let gradient_at = |p: usize| match p % pw < ow {
+                            true => dyt[(p / pw * ow + p % pw) * lanes + c],
+                            false => 0.0,
+                        };
+                        let with_junk = (0..s.out_height() * pw).fold(0.0f32, |sum, p| padded[offset + p].mul_add(gradient_at(p), sum));
+                        assert_eq!(chain.to_bits(), with_junk.to_bits(), "{s:?}: the junk columns changed a chain");
                         *t += chain;
                     }
                 }

@@ -320,16 +320,36 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     }
 }
 
+/// The positions a weight-gradient call chains over, in order: `rows` rows of `row_len`, row
+/// `r`'s position `x` at `r * src_row + x` of each tap's input (the padded layout, rows
+/// `padded_width` apart) and at `r * row_len + x` of the output gradient (no padding between its
+/// rows). The padded layout's junk columns are never visited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    pub rows: usize,
+    pub row_len: usize,
+    pub src_row: usize,
+}
+
+impl Positions {
+    /// Where position `x` of row `r` lies in the input, and its index in the output gradient.
+    #[inline(always)]
+    fn at(&self, r: usize, x: usize) -> (usize, usize) {
+        (r * self.src_row + x, r * self.row_len + x)
+    }
+}
+
 /// Weight-gradient tile, with output channels along the registers: for `j < offsets.len()` (at
 /// most `weight_taps(groups)`) and `c < LANES * groups` (`groups` at most `WEIGHT_GROUPS`),
 /// continues the chain
-/// `grad[j * grad_stride + c] = fma(src[offsets[j] + p], dyt[p * dyt_stride + c], grad[..])` over
-/// positions `p < len` in order. The chain is stored in `grad` between calls, so splitting the
-/// positions across calls does not change a bit.
+/// `grad[j * grad_stride + c] = fma(src[offsets[j] + s], dyt[p * dyt_stride + c], grad[..])` over
+/// the `positions` `(s, p)` in order (`Positions::at`). The chain is stored in `grad` between
+/// calls, so splitting the positions across calls does not change a bit.
 ///
 /// # Safety
-/// `src` must be readable at `offsets[j] + p`, `dyt` at `p * dyt_stride + c`, and `grad` readable
-/// and writable at `j * grad_stride + c`, for all `j`, `p < len`, `c < LANES * groups`.
+/// `src` must be readable at `offsets[j] + s`, `dyt` at `p * dyt_stride + c`, and `grad` readable
+/// and writable at `j * grad_stride + c`, for all `j`, positions `(s, p)` and `c < LANES *
+/// groups`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn weight_tile(
     groups: usize,
@@ -337,7 +357,7 @@ pub unsafe fn weight_tile(
     offsets: &[usize],
     dyt: *const f32,
     dyt_stride: usize,
-    len: usize,
+    positions: Positions,
     grad: *mut f32,
     grad_stride: usize,
 ) {
@@ -348,7 +368,7 @@ pub unsafe fn weight_tile(
     macro_rules! avx512_rows {
         ($w:literal, $z:literal, $starts:expr, $count:expr, $($n:literal)+) => {
             match $count {
-                $($n => weight_rows_avx512::<$n, $w, $z, { weight_unroll($n, $w, $z) }>(src, $starts[..$n].try_into().expect("rows"), dyt, dyt_stride, len, grad, grad_stride, last_register_mask(groups)),)+
+                $($n => weight_rows_avx512::<$n, $w, $z, { weight_unroll($n, $w, $z) }>(src, $starts[..$n].try_into().expect("rows"), dyt, dyt_stride, positions, grad, grad_stride, last_register_mask(groups)),)+
                 _ => unreachable!("at most {} taps a call", WEIGHT_TAPS),
             }
         };
@@ -380,7 +400,7 @@ pub unsafe fn weight_tile(
                     block_offsets,
                     dyt,
                     dyt_stride,
-                    len,
+                    positions,
                     grad.add(block * BLOCK * grad_stride),
                     grad_stride,
                 )
@@ -391,12 +411,12 @@ pub unsafe fn weight_tile(
     macro_rules! dispatch {
         ($f:ident, $r:literal, $dyt:expr, $grad:expr) => {
             match offsets.len() {
-                6 => $f::<$r, 6>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
-                5 => $f::<$r, 5>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
-                4 => $f::<$r, 4>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
-                3 => $f::<$r, 3>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
-                2 => $f::<$r, 2>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
-                _ => $f::<$r, 1>(src, offsets, $dyt, dyt_stride, len, $grad, grad_stride),
+                6 => $f::<$r, 6>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
+                5 => $f::<$r, 5>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
+                4 => $f::<$r, 4>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
+                3 => $f::<$r, 3>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
+                2 => $f::<$r, 2>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
+                _ => $f::<$r, 1>(src, offsets, $dyt, dyt_stride, positions, $grad, grad_stride),
             }
         };
     }
@@ -438,7 +458,7 @@ unsafe fn weight_tile_scalar<const R: usize, const T: usize>(
     offsets: &[usize],
     dyt: *const f32,
     dyt_stride: usize,
-    len: usize,
+    positions: Positions,
     grad: *mut f32,
     grad_stride: usize,
 ) {
@@ -450,12 +470,12 @@ unsafe fn weight_tile_scalar<const R: usize, const T: usize>(
             lanes.copy_from_slice(values);
         }
     }
-    for p in 0..len {
+    for (s, p) in (0..positions.rows).flat_map(|r| (0..positions.row_len).map(move |x| positions.at(r, x))) {
         // SAFETY: readable at `p * dyt_stride + 0..8R` (the caller's contract).
         let g = unsafe { std::slice::from_raw_parts(dyt.add(p * dyt_stride), 8 * R) };
         for (row, &offset) in acc.iter_mut().zip(offsets) {
-            // SAFETY: readable at `offset + p` (the caller's contract).
-            let x = unsafe { *src.add(offset + p) };
+            // SAFETY: readable at `offset + s` (the caller's contract).
+            let x = unsafe { *src.add(offset + s) };
             for (lanes, values) in row.iter_mut().zip(g.chunks_exact(8)) {
                 for (a, &gi) in lanes.iter_mut().zip(values) {
                     *a = x.mul_add(gi, *a);
@@ -478,7 +498,7 @@ unsafe fn weight_tile_avx2<const R: usize, const T: usize>(
     offsets: &[usize],
     dyt: *const f32,
     dyt_stride: usize,
-    len: usize,
+    positions: Positions,
     grad: *mut f32,
     grad_stride: usize,
 ) {
@@ -491,14 +511,17 @@ unsafe fn weight_tile_avx2<const R: usize, const T: usize>(
     // SAFETY: readable at `j * grad_stride + 0..8R` (the caller's contract).
     let mut acc: [[__m256; R]; T] =
         std::array::from_fn(|j| std::array::from_fn(|r| unsafe { _mm256_loadu_ps(grad.add(j * grad_stride + 8 * r)) }));
-    for p in 0..len {
-        // SAFETY: readable at `p * dyt_stride + 0..8R` (the caller's contract).
-        let g: [__m256; R] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(dyt.add(p * dyt_stride + 8 * r)) });
-        for (row, tap) in acc.iter_mut().zip(&taps) {
-            // SAFETY: readable at `offset + p` (the caller's contract).
-            let x = unsafe { _mm256_broadcast_ss(&*tap.add(p)) };
-            for (a, &gr) in row.iter_mut().zip(&g) {
-                *a = _mm256_fmadd_ps(x, gr, *a);
+    for r in 0..positions.rows {
+        for x in 0..positions.row_len {
+            let (s, p) = positions.at(r, x);
+            // SAFETY: readable at `p * dyt_stride + 0..8R` (the caller's contract).
+            let g: [__m256; R] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(dyt.add(p * dyt_stride + 8 * r)) });
+            for (row, tap) in acc.iter_mut().zip(&taps) {
+                // SAFETY: readable at `offset + s` (the caller's contract).
+                let x = unsafe { _mm256_broadcast_ss(&*tap.add(s)) };
+                for (a, &gr) in row.iter_mut().zip(&g) {
+                    *a = _mm256_fmadd_ps(x, gr, *a);
+                }
             }
         }
     }
@@ -568,10 +591,10 @@ const fn weight_unroll(rows: usize, w: usize, z: usize) -> usize {
 const MAX_ROW_INPUTS: usize = 6;
 
 /// The weight-gradient tile on AVX-512 over `ROWS` rows of `W` neighbouring taps (tap `W r + kx`
-/// reads `src[rows[r] + kx + p]`; `W = 1` takes any taps, `W = 3` a 3-wide kernel's rows with one
+/// reads `src[rows[r] + kx + s]`; `W = 1` takes any taps, `W = 3` a 3-wide kernel's rows with one
 /// pointer per row), with `Z` registers (two channel groups each) per tap: `ROWS W Z`
-/// accumulators, each continuing its chain over the positions in order, `U` positions a step
-/// (`weight_unroll`; every chain still takes them one after the other). The last register's
+/// accumulators, each continuing its chain over the positions in order, `U` positions of a row a
+/// step (`weight_unroll`; every chain still takes them one after the other). The last register's
 /// lanes are `last_mask` (`0x00ff` when it holds one group: a masked load, so nothing past the
 /// tile is read, and a masked store).
 #[cfg(x86_kernels)]
@@ -582,7 +605,7 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize, 
     rows: [usize; ROWS],
     dyt: *const f32,
     dyt_stride: usize,
-    len: usize,
+    positions: Positions,
     grad: *mut f32,
     grad_stride: usize,
     last_mask: u16,
@@ -604,36 +627,41 @@ unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize, 
     // SAFETY: the masked lanes are readable at `p * dyt_stride + ..` (the caller's contract).
     let gradient_at =
         |p: usize| -> [__m512; Z] { std::array::from_fn(|z| unsafe { _mm512_maskz_loadu_ps(masks[z], dyt.add(p * dyt_stride + 16 * z)) }) };
-    let whole = len / U * U;
-    for p in (0..whole).step_by(U) {
-        let g: [[__m512; Z]; U] = std::array::from_fn(|u| gradient_at(p + u));
-        for (row, &start) in acc.iter_mut().zip(&starts) {
-            // SAFETY: tap `W r + kx` is readable at `offset + p + u` for `u < U` (the caller's
-            // contract), which are these `U + W - 1` values; the rest are never read.
-            let x: [__m512; MAX_ROW_INPUTS] = std::array::from_fn(|j| {
-                if j < U + W - 1 {
-                    _mm512_set1_ps(unsafe { *start.add(p + j) })
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            for (u, gu) in g.iter().enumerate() {
-                for (kx, taps) in row.iter_mut().enumerate() {
-                    for (a, &gz) in taps.iter_mut().zip(gu) {
-                        *a = _mm512_fmadd_ps(x[u + kx], gz, *a);
+    // Steps of `U` positions within each row, then the row's last positions one at a time.
+    let whole = positions.row_len / U * U;
+    for r in 0..positions.rows {
+        for x in (0..whole).step_by(U) {
+            let (s, p) = positions.at(r, x);
+            let g: [[__m512; Z]; U] = std::array::from_fn(|u| gradient_at(p + u));
+            for (row, &start) in acc.iter_mut().zip(&starts) {
+                // SAFETY: tap `W r + kx` is readable at `offset + s + u` for `u < U` (the
+                // caller's contract), which are these `U + W - 1` values; the rest are never read.
+                let x: [__m512; MAX_ROW_INPUTS] = std::array::from_fn(|j| {
+                    if j < U + W - 1 {
+                        _mm512_set1_ps(unsafe { *start.add(s + j) })
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (u, gu) in g.iter().enumerate() {
+                    for (kx, taps) in row.iter_mut().enumerate() {
+                        for (a, &gz) in taps.iter_mut().zip(gu) {
+                            *a = _mm512_fmadd_ps(x[u + kx], gz, *a);
+                        }
                     }
                 }
             }
         }
-    }
-    for p in whole..len {
-        let g = gradient_at(p);
-        for (row, &start) in acc.iter_mut().zip(&starts) {
-            for (kx, taps) in row.iter_mut().enumerate() {
-                // SAFETY: tap `W r + kx` is readable at `offset + p` (the caller's contract).
-                let x = _mm512_set1_ps(unsafe { *start.add(kx + p) });
-                for (a, &gz) in taps.iter_mut().zip(&g) {
-                    *a = _mm512_fmadd_ps(x, gz, *a);
+        for x in whole..positions.row_len {
+            let (s, p) = positions.at(r, x);
+            let g = gradient_at(p);
+            for (row, &start) in acc.iter_mut().zip(&starts) {
+                for (kx, taps) in row.iter_mut().enumerate() {
+                    // SAFETY: tap `W r + kx` is readable at `offset + s` (the caller's contract).
+                    let x = _mm512_set1_ps(unsafe { *start.add(kx + s) });
+                    for (a, &gz) in taps.iter_mut().zip(&g) {
+                        *a = _mm512_fmadd_ps(x, gz, *a);
+                    }
                 }
             }
         }
@@ -751,12 +779,12 @@ mod tests {
 
     /// On every instruction set this CPU has, the weight-gradient tile continues each channel's
     /// chain of `mul_add`s over the positions exactly as defined, for one to four channel groups
-    /// and one to `weight_taps` taps, scattered or in rows of neighbours, split over two calls,
-    /// and writes nothing past its channels.
+    /// and one to `weight_taps` taps, scattered or in rows of neighbours, over positions one after
+    /// the other or in rows with gaps between them in the source, split over two calls, and
+    /// writes nothing past its channels.
     #[test]
     fn the_weight_tile_gives_its_definitions_bits_on_every_isa() {
         const ROW: usize = WEIGHT_GROUPS * LANES + 8;
-        let (positions, split) = (40, 25);
         let src = values(400, 1);
         // Scattered taps (the generic tile, in blocks), and rows of three neighbours (a 3-wide
         // kernel's; AVX-512 holds up to `weight_taps` of them in registers).
@@ -767,38 +795,90 @@ mod tests {
             .iter()
             .flat_map(|&o| [o, o + 1, o + 2])
             .collect();
-        let dyt = values(positions * ROW, 4);
+        let dyt = values(48 * ROW, 4);
+        // Positions one after the other (40), rows of 8 with gaps of 3 in the source, rows of 7
+        // (steps of several positions leave some over in each row); the second number is the
+        // rows the first of two calls takes.
+        let layouts = [
+            (
+                Positions {
+                    rows: 8,
+                    row_len: 5,
+                    src_row: 5,
+                },
+                5,
+            ),
+            (
+                Positions {
+                    rows: 5,
+                    row_len: 8,
+                    src_row: 11,
+                },
+                3,
+            ),
+            (
+                Positions {
+                    rows: 6,
+                    row_len: 7,
+                    src_row: 10,
+                },
+                4,
+            ),
+        ];
         for isa in isa::compared_in("the weight tile") {
             let _forced = isa::force(isa);
-            for groups in 1..=WEIGHT_GROUPS {
-                for taps in (1..=weight_taps(groups)).flat_map(|n| [&scattered[..n], &rows[..n]]) {
-                    let mut grad = values(taps.len() * ROW, 5);
-                    let start = grad.clone();
-                    // SAFETY: src reads end at 302 + 39 < 400; dyt rows are ROW apart (40 rows),
-                    // grad rows ROW apart, each covering 8 * groups <= ROW channels.
-                    unsafe {
-                        weight_tile(groups, src.as_ptr(), taps, dyt.as_ptr(), ROW, split, grad.as_mut_ptr(), ROW);
-                        let (src, dyt) = (src[split..].as_ptr(), dyt[split * ROW..].as_ptr());
-                        weight_tile(groups, src, taps, dyt, ROW, positions - split, grad.as_mut_ptr(), ROW);
-                    }
-                    for (j, &offset) in taps.iter().enumerate() {
-                        let channels = LANES * groups;
-                        let definition: Vec<f32> = (0..channels)
-                            .map(|c| (0..positions).fold(start[j * ROW + c], |sum, p| src[offset + p].mul_add(dyt[p * ROW + c], sum)))
-                            .collect();
-                        let row = &grad[j * ROW..][..ROW];
-                        assert_eq!(bits(&row[..channels]), bits(&definition), "{isa:?}, {groups} groups, tap {j}");
-                        assert_eq!(
-                            bits(&row[channels..]),
-                            bits(&start[j * ROW + channels..][..ROW - channels]),
-                            "{isa:?}: past the tile"
+            for (positions, split) in layouts {
+                for groups in 1..=WEIGHT_GROUPS {
+                    for taps in (1..=weight_taps(groups)).flat_map(|n| [&scattered[..n], &rows[..n]]) {
+                        let mut grad = values(taps.len() * ROW, 5);
+                        let start = grad.clone();
+                        let (first, second) = (
+                            Positions { rows: split, ..positions },
+                            Positions {
+                                rows: positions.rows - split,
+                                ..positions
+                            },
                         );
-                        for (c, &value) in definition.iter().enumerate() {
-                            let exact = start[j * ROW + c] as f64
-                                + (0..positions)
-                                    .map(|p| src[offset + p] as f64 * dyt[p * ROW + c] as f64)
-                                    .sum::<f64>();
-                            assert!((value as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{value} vs {exact}");
+                        let (src_split, dyt_split) = positions.at(split, 0);
+                        // SAFETY: src reads end at 302 + 2 + 5 * 10 + 6 < 400; dyt rows are ROW
+                        // apart (48 rows, at most 42 read), grad rows ROW apart, each covering 8 *
+                        // groups <= ROW channels.
+                        unsafe {
+                            weight_tile(groups, src.as_ptr(), taps, dyt.as_ptr(), ROW, first, grad.as_mut_ptr(), ROW);
+                            let (src, dyt) = (src[src_split..].as_ptr(), dyt[dyt_split * ROW..].as_ptr());
+                            weight_tile(groups, src, taps, dyt, ROW, second, grad.as_mut_ptr(), ROW);
+                        }
+                        let visited: Vec<(usize, usize)> = (0..positions.rows)
+                            .flat_map(|r| (0..positions.row_len).map(move |x| positions.at(r, x)))
+                            .collect();
+                        for (j, &offset) in taps.iter().enumerate() {
+                            let channels = LANES * groups;
+                            let definition: Vec<f32> = (0..channels)
+                                .map(|c| {
+                                    visited
+                                        .iter()
+                                        .fold(start[j * ROW + c], |sum, &(s, p)| src[offset + s].mul_add(dyt[p * ROW + c], sum))
+                                })
+                                .collect();
+                            let row = &grad[j * ROW..][..ROW];
+                            assert_eq!(
+                                bits(&row[..channels]),
+                                bits(&definition),
+                                "{isa:?}, {positions:?}, {groups} groups, tap {j}"
+                            );
+                            assert_eq!(
+                                bits(&row[channels..]),
+                                bits(&start[j * ROW + channels..][..ROW - channels]),
+                                "{isa:?}: past the tile"
+                            );
+                            for (c, &value) in definition.iter().enumerate() {
+                                let exact = start[j * ROW + c] as f64
+                                    + visited
+                                        .iter()
+                                        .map(|&(s, p)| src[offset + s] as f64 * dyt[p * ROW + c] as f64)
+                                        .sum::<f64>();
+                                assert!((value as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{value} vs {exact}");
+                            }
                         }
                     }
                 }
