@@ -321,17 +321,34 @@ fn transpose_blocks_avx2(
     }
 }
 
-/// `weight` (`[c_out, taps]`) regrouped for the forward tile: blocks of `block` output channels,
-/// each `[taps][block]`, zero where the last block has fewer channels. Blocks in parallel (at
-/// 256 channels this is 600 000 scattered writes, which one thread did while the others waited).
-fn pack_weights(weight: &[f32], channels_out: usize, taps: usize, block: usize) -> Vec<f32> {
+/// The output channels of each forward block, `(first, count)`: as few blocks as `block` allows,
+/// their sizes as even as they go (at most one apart). With AVX2's blocks of 6, 16 channels were
+/// 6 + 6 + 4 and 32 were five blocks of 6 and one of 2, whose tiles hold 8 and 4 accumulators:
+/// too few to cover the multiply-adds' latency. Now 6 + 5 + 5, and 6 + 6 + 5 + 5 + 5 + 5.
+fn channel_blocks(channels_out: usize, block: usize) -> Vec<(usize, usize)> {
     let blocks = channels_out.div_ceil(block);
-    let mut packed = vec![0.0f32; blocks * taps * block];
+    let (base, larger) = (channels_out / blocks.max(1), channels_out % blocks.max(1));
+    let mut first = 0;
+    (0..blocks)
+        .map(|index| {
+            let count = base + usize::from(index < larger);
+            first += count;
+            (first - count, count)
+        })
+        .collect()
+}
+
+/// `weight` (`[c_out, taps]`) regrouped for the forward tile: for each of `blocks`
+/// (`channel_blocks`), its channels `[taps][block]`, zero past the block's count. Blocks in
+/// parallel (at 256 channels this is 600 000 scattered writes, which one thread did while the
+/// others waited).
+fn pack_weights(weight: &[f32], blocks: &[(usize, usize)], taps: usize, block: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; blocks.len() * taps * block];
     packed
         .par_chunks_mut(taps * block)
-        .zip(weight.par_chunks(taps * block))
-        .for_each(|(packed_block, rows)| {
-            for (c, row) in rows.chunks(taps).enumerate() {
+        .zip(blocks)
+        .for_each(|(packed_block, &(first, count))| {
+            for (c, row) in weight[first * taps..][..count * taps].chunks(taps).enumerate() {
                 for (k, &value) in row.iter().enumerate() {
                     packed_block[k * block + c] = value;
                 }
@@ -482,6 +499,8 @@ struct PackedConv<'a> {
     shape: &'a ConvShape,
     bias: &'a [f32],
     packed: Vec<f32>,
+    /// The output channels of each packed block (`channel_blocks`).
+    blocks: Vec<(usize, usize)>,
     offsets: Vec<usize>,
     block: usize,
     tile: usize,
@@ -498,10 +517,12 @@ impl<'a> PackedConv<'a> {
         let isa = isa::current();
         let block = microkernel::forward_block(isa);
         let run = microkernel::run_positions(isa);
+        let blocks = channel_blocks(shape.channels_out, block);
         Self {
             shape,
             bias,
-            packed: pack_weights(weight, shape.channels_out, shape.patch_len(), block),
+            packed: pack_weights(weight, &blocks, shape.patch_len(), block),
+            blocks,
             offsets: shape.tap_offsets(),
             block,
             tile: microkernel::forward_tile_positions(isa),
@@ -603,9 +624,7 @@ impl<'a> PackedConv<'a> {
         );
         for chunk_start in (0..taps).step_by(TAP_CHUNK) {
             let chunk = chunk_start..(chunk_start + TAP_CHUNK).min(taps);
-            for (index, weights) in self.packed.chunks(taps * block).enumerate() {
-                let first = index * block;
-                let channels = block.min(shape.channels_out - first);
+            for (weights, &(first, channels)) in self.packed.chunks(taps * block).zip(&self.blocks) {
                 let init = (chunk_start == 0).then(|| &self.bias[first..]);
                 for tile_runs in runs.chunks(self.tile / self.run) {
                     // SAFETY: checked above (channels `first..first + channels` of `out`, the
@@ -1081,6 +1100,27 @@ mod tests {
         }
         assert!(cut_rows, "no shape has a band of rows in runs cut inside a row");
         assert_eq!(layouts.len(), 3, "{layouts:?}");
+    }
+
+    /// Forward blocks cover the output channels once, in order, as few as the block allows, their
+    /// sizes at most one apart: 16 channels in blocks of 6 are 6 + 5 + 5, not 6 + 6 + 4.
+    #[test]
+    fn forward_blocks_are_few_and_even() {
+        for block in [BLOCK, microkernel::MAX_BLOCK] {
+            for channels in 1..=300 {
+                let blocks = channel_blocks(channels, block);
+                assert_eq!(blocks.len(), channels.div_ceil(block), "{channels} in blocks of {block}");
+                let mut next = 0;
+                for &(first, count) in &blocks {
+                    assert!(first == next && (1..=block).contains(&count), "{channels}: {blocks:?}");
+                    next += count;
+                }
+                assert_eq!(next, channels);
+                let sizes = blocks.iter().map(|&(_, count)| count);
+                assert!(sizes.clone().max().unwrap() - sizes.min().unwrap() <= 1, "{channels}: {blocks:?}");
+            }
+        }
+        assert_eq!(channel_blocks(16, BLOCK), [(0, 6), (6, 5), (11, 5)]);
     }
 
     /// 1 x 1 kernels without padding read their input in place where it covers whole half-tiles
