@@ -16,8 +16,8 @@
 //! both where every output row is whole runs of a register's positions (all the U-Net's levels
 //! on AVX2; all but 8 x 8 on AVX-512): they take the output row by row and write each run
 //! straight to its place in the output (or the next convolution's padded copy), so nothing is
-//! computed aside and copied out. The weight gradient still sums over the padded layout, its
-//! output gradient zero in the junk columns.
+//! computed aside and copied out. The weight gradient chains over the output's rows too
+//! (`microkernel::Positions`), its output gradient transposed without padding.
 //!
 //! Only what the U-Net needs is covered: stride 1, dilation 1, one group, the same padding on all
 //! four sides. Every value is one sum in an order fixed by the shape alone: work is split across
@@ -187,9 +187,9 @@ impl ConvShape {
             .collect()
     }
 
-    /// Output positions (in the padded layout) the forward pass aims to compute together, so that
-    /// the padded input they read stays in the core's cache: about `BAND_BYTES` of input, a
-    /// multiple of `TILE`, from the shape alone (`forward_band` makes it at least a row's worth).
+    /// Output positions the forward pass aims to compute together, so that the padded input they
+    /// read stays in the core's cache: about `BAND_BYTES` of input, a multiple of `TILE`, from
+    /// the shape alone (`forward_band` and `row_band` make it at least a row's worth).
     fn band_positions(&self) -> usize {
         let per_position = 4 * self.channels_in;
         let positions = (BAND_BYTES / per_position).saturating_sub(2 * self.padded_width());
@@ -492,6 +492,18 @@ impl<'p> Planes<'p> {
     }
 }
 
+/// The output rows a band of positions `band` reaches, in order, each with the columns it holds:
+/// output row `row` lies at positions `row * pitch..row * pitch + out_width` (`pitch` the output
+/// width where the tiles take rows in runs, the padded width where a band includes the rows'
+/// junk columns, which, like the positions past the last row, are left out).
+fn band_rows(band: std::ops::Range<usize>, pitch: usize, shape: &ConvShape) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    let (ow, oh) = (shape.out_width(), shape.out_height());
+    (band.start / pitch..band.end.div_ceil(pitch).min(oh)).filter_map(move |row| {
+        let columns = band.start.max(row * pitch) - row * pitch..band.end.min(row * pitch + ow).saturating_sub(row * pitch);
+        (!columns.is_empty()).then_some((row, columns))
+    })
+}
+
 /// One convolution's weights packed for the forward tile, with the shape, bias and tap offsets
 /// its tiles read, and how its tiles cover the output: packed once per call, then run image by
 /// image.
@@ -535,70 +547,75 @@ impl<'a> PackedConv<'a> {
     /// (about `band_positions`, so the padded input a band reads stays in the core's cache),
     /// each output row (or the part of it a band holds) passed through `finish` as soon as its
     /// band is done. Writes every value of `dst`'s `channels_out` planes of `out_height` rows of
-    /// `out_width`, nothing else of it.
-    ///
-    /// Where rows are whole runs (`rows`), a band is consecutive output positions, its tiles'
-    /// runs never cross a row's end, and they write straight into `dst`. Elsewhere a band is
-    /// consecutive positions of the padded layout, junk columns included, computed in `local`
-    /// and its rows copied out. At 16 channels and 128 x 128 a whole image's output (1 MiB)
-    /// beside its padded input (1 MiB) filled a 2 MiB L2, and the level scaled badly from one
-    /// thread to two.
+    /// `out_width`, nothing else of it. At 16 channels and 128 x 128 a whole image's output
+    /// (1 MiB) beside its padded input (1 MiB) filled a 2 MiB L2, and the level scaled badly from
+    /// one thread to two.
     fn image(&self, src: &[f32], mut dst: Planes, local: &mut Scratch, finish: &impl RowFinish) {
         let shape = self.shape;
-        let (pw, ow, oh, channels) = (shape.padded_width(), shape.out_width(), shape.out_height(), shape.channels_out);
-        let needed = (channels - 1) * dst.channel_stride + (oh - 1) * dst.row_stride + ow;
+        let (ow, oh) = (shape.out_width(), shape.out_height());
+        let needed = (shape.channels_out - 1) * dst.channel_stride + (oh - 1) * dst.row_stride + ow;
         assert!(
             needed <= dst.values.len() && dst.row_stride >= ow && dst.channel_stride >= (oh - 1) * dst.row_stride + ow,
             "conv output: {needed} values in planes that do not overlap"
         );
-        let mut runs = Vec::new();
-        if self.rows {
-            let (positions, band) = (shape.positions(), shape.row_band());
-            for band_start in (0..positions).step_by(band) {
-                let band_end = (band_start + band).min(positions);
-                runs.clear();
-                runs.extend((band_start..band_end).step_by(self.run).map(|k| {
-                    let (row, x) = (k / ow, k % ow);
-                    Run {
-                        src: row * pw + x,
-                        out: row * dst.row_stride + x,
-                    }
-                }));
-                // SAFETY: `dst.values` holds `values.len()` values (the tiles' writes are checked
-                // against it).
-                unsafe { self.tiles(src, &runs, dst.values.as_mut_ptr().cast(), dst.values.len(), dst.channel_stride) };
-                for c in 0..channels {
-                    for row in band_start / ow..band_end.div_ceil(ow) {
-                        let columns = band_start.max(row * ow) - row * ow..band_end.min(row * ow + ow) - row * ow;
-                        // SAFETY: the band's tiles wrote these values (its runs cover the band's
-                        // positions for every channel).
-                        finish(c, unsafe { dst.row_part(c, row, columns).assume_init_mut() });
-                    }
+        match self.rows {
+            true => self.image_in_rows(src, &mut dst, finish),
+            false => self.image_in_bands(src, &mut dst, local, finish),
+        }
+    }
+
+    /// `image` where output rows are whole runs: a band is consecutive output positions, its
+    /// tiles' runs never cross a row's end, and they write straight into `dst`.
+    fn image_in_rows(&self, src: &[f32], dst: &mut Planes, finish: &impl RowFinish) {
+        let shape = self.shape;
+        let (pw, ow) = (shape.padded_width(), shape.out_width());
+        let (positions, band) = (shape.positions(), shape.row_band());
+        let mut runs = Vec::with_capacity(band / self.run);
+        for band_start in (0..positions).step_by(band) {
+            let band_end = (band_start + band).min(positions);
+            runs.clear();
+            runs.extend((band_start..band_end).step_by(self.run).map(|k| {
+                let (row, x) = (k / ow, k % ow);
+                Run {
+                    src: row * pw + x,
+                    out: row * dst.row_stride + x,
+                }
+            }));
+            // SAFETY: `dst.values` holds `values.len()` values, which the tiles' writes are
+            // checked against; the first tap chunk writes every value a later one reads.
+            unsafe { self.tiles(src, &runs, dst.values.as_mut_ptr().cast(), dst.values.len(), dst.channel_stride) };
+            for c in 0..shape.channels_out {
+                for (row, columns) in band_rows(band_start..band_end, ow, shape) {
+                    // SAFETY: the band's tiles wrote these values (its runs cover the band's
+                    // positions, every channel's).
+                    finish(c, unsafe { dst.row_part(c, row, columns).assume_init_mut() });
                 }
             }
-        } else {
-            let (positions, band) = (shape.padded_positions(), shape.forward_band());
-            // Every value of `local` a band reads is written by its first tap chunk first.
-            let local = local.at_least(channels * band);
-            for band_start in (0..positions).step_by(band) {
-                let band_end = (band_start + band).min(positions);
-                runs.clear();
-                runs.extend((band_start..band_end).step_by(self.run).map(|p| Run {
-                    src: p,
-                    out: p - band_start,
-                }));
-                // SAFETY: `local` holds `local.len()` values.
-                unsafe { self.tiles(src, &runs, local.as_mut_ptr(), local.len(), band) };
-                // The output columns of each row the band reaches, in order: the rows' junk
-                // columns and the positions past the last row stay behind.
-                for c in 0..channels {
-                    for row in band_start / pw..band_end.div_ceil(pw).min(oh) {
-                        let (from, to) = ((row * pw).max(band_start), (row * pw + ow).min(band_end));
-                        if from < to {
-                            let part = dst.row_part(c, row, from - row * pw..to - row * pw);
-                            finish(c, part.write_copy_of_slice(&local[c * band + from - band_start..][..to - from]));
-                        }
-                    }
+        }
+    }
+
+    /// `image` for other shapes: a band is consecutive positions of the padded layout, junk
+    /// columns included, computed in `local`, and its rows are copied out.
+    fn image_in_bands(&self, src: &[f32], dst: &mut Planes, local: &mut Scratch, finish: &impl RowFinish) {
+        let shape = self.shape;
+        let pw = shape.padded_width();
+        let (positions, band) = (shape.padded_positions(), shape.forward_band());
+        // Every value of `local` a band reads is written by its first tap chunk first.
+        let local = local.at_least(shape.channels_out * band);
+        let mut runs = Vec::with_capacity(band / self.run);
+        for band_start in (0..positions).step_by(band) {
+            let band_end = (band_start + band).min(positions);
+            runs.clear();
+            runs.extend((band_start..band_end).step_by(self.run).map(|p| Run {
+                src: p,
+                out: p - band_start,
+            }));
+            // SAFETY: `local` holds `local.len()` values, written by the first tap chunk first.
+            unsafe { self.tiles(src, &runs, local.as_mut_ptr(), local.len(), band) };
+            for c in 0..shape.channels_out {
+                for (row, columns) in band_rows(band_start..band_end, pw, shape) {
+                    let computed = &local[c * band + row * pw + columns.start - band_start..][..columns.len()];
+                    finish(c, dst.row_part(c, row, columns).write_copy_of_slice(computed));
                 }
             }
         }
@@ -709,7 +726,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     let src_end = (oh - 1) * pw + ow + offsets.last().copied().unwrap_or(0);
     assert!(src_end <= shape.padded_len());
     assert!(!shape.reads_input_in_place() || src_end <= shape.input_len());
-    // Rows `first..first + rows` of the output, as the tiles visit them.
+    // `rows` whole output rows from where the tile's pointers start, as the tiles visit them.
     let output_rows = |rows: usize| microkernel::Positions {
         rows,
         row_len: ow,
@@ -1129,7 +1146,7 @@ mod tests {
     fn one_by_one_kernels_read_whole_half_tiles_in_place() {
         let in_place: Vec<bool> = shapes().iter().map(ConvShape::reads_input_in_place).collect();
         assert!(in_place[1] && in_place[8] && !in_place[7], "{in_place:?}");
-        assert_eq!(in_place.iter().filter(|&&b| b).count(), 2, "3 x 3 kernels always copy");
+        assert_eq!(in_place.iter().filter(|&&b| b).count(), 3, "3 x 3 kernels always copy");
     }
 
     /// The two padded layouts put each value where the tiles look for it, and zeros elsewhere.
@@ -1228,13 +1245,15 @@ mod tests {
             // Read in place by the weight gradient's tasks of taps over every image.
             shape(1, 64, 8, 4, 4, [1, 1], 0),
             // Rows in runs on every path, bands cut inside rows (512 positions, rows of 48); 9
-            // output channels (a block of 1 or 3 left over).
+            // output channels (blocks of 5 and 4).
             shape(2, 4, 9, 20, 48, [3, 3], 1),
             // Rows in runs of 8 (AVX2, portable), not of 16 (AVX-512 takes bands aside); two
             // tap chunks (40 x 9 taps), so later chunks add into the output in place.
             shape(2, 40, 7, 8, 8, [3, 3], 1),
             // Rows in runs without padding: the source rows are wider than the output's.
             shape(1, 5, 3, 6, 18, [3, 3], 0),
+            // A 1 x 1 kernel read in place, its rows in runs (the decoder's reductions, the head).
+            shape(2, 3, 4, 4, 16, [1, 1], 0),
         ]
     }
 
@@ -1303,6 +1322,10 @@ mod tests {
             // two tap chunks; rows in runs of 8 but not of 16 (AVX-512 takes bands aside).
             (test_shape(2, 40, 16, 6, 16, [3, 3], 1), test_shape(2, 16, 5, 6, 16, [3, 3], 1)),
             (test_shape(1, 3, 12, 8, 8, [3, 3], 1), test_shape(1, 12, 6, 8, 8, [3, 3], 1)),
+            // Rows in runs with bands cut inside rows (both finishes see split rows), and a 1 x 1
+            // kernel read in place, its rows in runs.
+            (test_shape(2, 4, 9, 20, 48, [3, 3], 1), test_shape(2, 9, 5, 20, 48, [3, 3], 1)),
+            (test_shape(1, 3, 8, 4, 16, [1, 1], 0), test_shape(1, 8, 4, 4, 16, [3, 3], 1)),
         ] {
             let x = values(a.batch * a.input_len(), 11);
             let (wa, ba) = (values(a.channels_out * a.patch_len(), 12), values(a.channels_out, 13));
@@ -1357,9 +1380,11 @@ mod tests {
     /// its output positions in order, the images' sums added in image order: bit for bit, on
     /// every instruction set and 1 and 3 threads, for shapes that split the work by image (the
     /// shallow levels; whole images or groups of an image's taps) and by taps (a deep, small
-    /// level, whose sums outweigh its images). The same bits as the chain over the padded layout
-    /// with zero gradients in its junk columns (what the tiles computed before they skipped them):
-    /// a chain from +0 never holds -0 but by underflow, so adding `x * 0` never changes it.
+    /// level, whose sums outweigh its images), and an image whose weight-gradient bands hold a few
+    /// rows each. The same bits as the chain over the padded layout with zero gradients in its
+    /// junk columns and past its last row (what the tiles computed before they skipped them): a
+    /// finite `x * 0` changes a chain only from -0 to +0, and a chain from +0 holds -0 only after
+    /// an underflowing product; the images' totals (from +0) absorb even that.
     #[test]
     fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
         let shape =
@@ -1367,7 +1392,12 @@ mod tests {
         // Split by image (135 x 16 sums against 3 360 padded values and 192 positions of 16
         // gradients: on 1 thread a task an image, on 3 groups of 48, 48 and 39 taps of an image),
         // then by taps (288 x 40 sums against 1 152 + 24 x 40).
-        for (s, expected_by_image) in [(shape(4, 15, 16, 12, 14), true), (shape(3, 32, 40, 4, 4), false)] {
+        for (s, expected_by_image) in [
+            (shape(4, 15, 16, 12, 14), true),
+            (shape(3, 32, 40, 4, 4), false),
+            // Bands of 3 rows (16 Ki values of 32 lanes over rows of 130): 3 + 2.
+            (shape(1, 2, 32, 5, 130), true),
+        ] {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let by_image = s.patch_len() * lanes < s.padded_len() + s.positions() * lanes;
             assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");
@@ -1384,11 +1414,11 @@ mod tests {
                         let chain = (0..s.positions()).fold(0.0f32, |sum, p| {
                             padded[offset + p / ow * pw + p % ow].mul_add(dyt[p * lanes + c], sum)
                         });
-                        let gradient_at = |p: usize| match p % pw < ow {
+                        let gradient_at = |p: usize| match p % pw < ow && p < s.out_height() * pw {
                             true => dyt[(p / pw * ow + p % pw) * lanes + c],
                             false => 0.0,
                         };
-                        let with_junk = (0..s.out_height() * pw).fold(0.0f32, |sum, p| padded[offset + p].mul_add(gradient_at(p), sum));
+                        let with_junk = (0..s.padded_positions()).fold(0.0f32, |sum, p| padded[offset + p].mul_add(gradient_at(p), sum));
                         assert_eq!(chain.to_bits(), with_junk.to_bits(), "{s:?}: the junk columns changed a chain");
                         *t += chain;
                     }

@@ -39,8 +39,9 @@ pub fn forward_tile_positions(isa: isa::Isa) -> usize {
 /// Output channels one AVX2 or portable forward tile computes (12 of AVX2's 16 registers
 /// accumulate), and taps per weight-gradient block.
 pub const BLOCK: usize = 6;
-/// Output channels one AVX-512 forward tile computes (16 of its 32 registers accumulate): at 16
-/// and 32 channels, blocks of 6 left a last block of 4 or 2, an eighth of the work wasted.
+/// Output channels one AVX-512 forward tile computes (16 of its 32 registers accumulate): 16 and
+/// 32 channels are whole blocks of 8 (in blocks of 6, before the blocks were evened out, they
+/// left a last block of 4 or 2).
 pub const MAX_BLOCK: usize = 8;
 
 /// Output channels per forward block on `isa`, the stride of the packed weights: the caller
@@ -96,8 +97,9 @@ pub fn run_positions(isa: isa::Isa) -> usize {
 ///
 /// # Safety
 /// `src` must be readable at `r.src + offsets[k] + i` for every run `r`, tap `k` and `i <
-/// run_len`, `out` readable and writable at `c * out_stride + r.out + i` for `c < channels`;
-/// `weights` must hold `offsets.len() * block` values and `init` at least `channels`.
+/// run_len`, `out` writable at `c * out_stride + r.out + i` for `c < channels` (and, with `init`
+/// `None`, readable there, its values initialized); `weights` must hold `offsets.len() * block`
+/// values and `init` at least `channels`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn forward_tile(
     channels: usize,

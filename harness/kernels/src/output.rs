@@ -111,14 +111,6 @@ pub struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    /// Has `fill` write every one of `slots` (a stretch of a buffer the caller makes visible
-    /// only once it is whole), and panics if it leaves any unwritten.
-    pub fn fill_whole(slots: &'a mut [MaybeUninit<f32>], fill: impl FnOnce(&mut Writer)) {
-        let mut writer = Writer { slots, written: 0 };
-        fill(&mut writer);
-        assert_eq!(writer.remaining(), 0, "output stretch: values left unwritten");
-    }
-
     /// Values still to write.
     pub fn remaining(&self) -> usize {
         self.slots.len() - self.written
