@@ -139,6 +139,14 @@ pub unsafe fn forward_tile(
             }
         };
     }
+    // The narrower paths take the tile as half-tiles of two runs of 8.
+    macro_rules! in_halves {
+        ($f:ident) => {
+            for pair in runs_of_eight(run_len, runs)[..positions / 8].chunks_exact(2) {
+                unsafe { dispatch!($f, &[pair[0], pair[1]]) };
+            }
+        };
+    }
     match isa::current() {
         // SAFETY (all arms): `current` runs an instruction set only where the CPU has it; the
         // halves are the tile's runs, so the pointer contract is the caller's.
@@ -152,18 +160,8 @@ pub unsafe fn forward_tile(
             }
         },
         #[cfg(x86_kernels)]
-        isa::Isa::Avx2 | isa::Isa::Avx512 => {
-            let eights = runs_of_eight(run_len, runs);
-            for pair in eights[..positions / 8].chunks_exact(2) {
-                unsafe { dispatch!(forward_half_avx2, &[pair[0], pair[1]]) };
-            }
-        }
-        _ => {
-            let eights = runs_of_eight(run_len, runs);
-            for pair in eights[..positions / 8].chunks_exact(2) {
-                unsafe { dispatch!(forward_half_scalar, &[pair[0], pair[1]]) };
-            }
-        }
+        isa::Isa::Avx2 | isa::Isa::Avx512 => in_halves!(forward_half_avx2),
+        _ => in_halves!(forward_half_scalar),
     }
 }
 

@@ -95,7 +95,7 @@ fn transpose_blocks_avx2(
 /// the registers' chains (`image_tap_sums_added`). Either way every sum is the same chain.
 pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape) -> Vec<f32> {
     check_lengths(shape, Some(input), None, Some(output_grad));
-    let (taps, stride) = (shape.patch_len(), shape.positions());
+    let (taps, positions) = (shape.patch_len(), shape.positions());
     let (oh, ow, pw) = (shape.out_height(), shape.out_width(), shape.padded_width());
     let lanes = shape.channels_out.next_multiple_of(LANES);
     let offsets = shape.tap_offsets();
@@ -113,7 +113,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
     // its padded input `src` and transposed output gradient `dy`.
     let image_tap_sums = |src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]| {
-        assert!(src.len() >= src_end && dy.len() == stride * lanes && sums.len() == tap_offsets.len() * lanes);
+        assert!(src.len() >= src_end && dy.len() == positions * lanes && sums.len() == tap_offsets.len() * lanes);
         // Rows per band: a band's output-gradient rows (`lanes` values a position) take about
         // 64 KiB, read once per tap call.
         let band = (16 * 1024 / lanes / ow).max(1);
@@ -124,7 +124,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
                 let per_call = microkernel::weight_taps(channel_groups);
                 for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
                     // SAFETY: reads of `src` end by `src_end` (checked), of `dy` at row
-                    // `(band_start + rows) * ow <= stride` and column `first + LANES groups <=
+                    // `(band_start + rows) * ow <= positions` and column `first + LANES groups <=
                     // lanes`; `sums` holds these taps x `lanes`.
                     unsafe {
                         microkernel::weight_tile(
@@ -148,7 +148,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // and added in passes of their own, at 256 channels 2.4 MB an image streamed three times for
     // 12 MFLOP of tiles. (The deep levels only: an image's positions are few.)
     let image_tap_sums_added = |src: &[f32], dy: &[f32], tap_offsets: &[usize], total: &mut [f32]| {
-        assert!(src.len() >= src_end && dy.len() == stride * lanes && total.len() == tap_offsets.len() * lanes);
+        assert!(src.len() >= src_end && dy.len() == positions * lanes && total.len() == tap_offsets.len() * lanes);
         let mut call_sums = [0.0f32; WEIGHT_TAPS * WEIGHT_GROUPS * LANES];
         for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
             let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
@@ -157,7 +157,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
             for (chunk, chunk_offsets) in tap_offsets.chunks(per_call).enumerate() {
                 let sums = &mut call_sums[..chunk_offsets.len() * width];
                 sums.fill(0.0);
-                // SAFETY: reads of `src` end by `src_end` (checked), of `dy` at row `stride` and
+                // SAFETY: reads of `src` end by `src_end` (checked), of `dy` at row `positions` and
                 // column `first + width <= lanes`; `sums` holds these taps x `width`.
                 unsafe {
                     microkernel::weight_tile(
@@ -183,7 +183,7 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
     // Tap groups, in whole tap blocks: enough tasks for every thread four times over.
     let blocks = taps.div_ceil(BLOCK);
     let tasks_wanted = 4 * rayon::current_num_threads();
-    let by_image = taps * lanes < shape.padded_len() + stride * lanes;
+    let by_image = taps * lanes < shape.padded_len() + positions * lanes;
     let tap_groups = if by_image {
         tasks_wanted.div_ceil(shape.batch.max(1))
     } else {
