@@ -521,7 +521,7 @@ pub mod simd {
     );
     simd_path!(
         /// The AVX-512 path: eight channels a register.
-        avx512, Avx512, 8, Isa::Avx512, "avx512f,avx2,fma"
+        avx512, Avx512, 8, Isa::Avx512, "avx512f,avx512vl,avx2,fma"
     );
 
     /// Panics unless the group and sizes are in bounds and the CPU has `isa`.

@@ -35,7 +35,7 @@ unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
 }
 
 #[cfg(x86_kernels)]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {
     body()
 }

@@ -58,7 +58,9 @@ pub fn detected() -> Isa {
     #[cfg(x86_kernels)]
     {
         let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        if avx2 && std::is_x86_feature_detected!("avx512f") {
+        // VL as well: the tiles' halves and sums use 256-bit registers beside 512-bit ones, and
+        // without VL only 16 of the 32 can hold them (LLVM then spilled the accumulators).
+        if avx2 && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
             return Isa::Avx512;
         }
         if avx2 {

@@ -15,7 +15,7 @@
 //! weight-gradient call of up to `WEIGHT_GROUPS` x `LANES` channels and `weight_taps` taps. The
 //! callers size them for the path they read once per call (`forward_block`,
 //! `forward_tile_positions`, `run_positions`): AVX-512 fills 8 channels x 48 positions (24
-//! accumulators, three runs of 16 positions, each run where the caller puts it) and a
+//! accumulators, three runs of 16 positions or six of 8, each run where the caller puts it) and a
 //! weight-gradient call up to 24 accumulators; AVX2 and the portable code run a tile as half-tiles
 //! of two runs of 8, up to 6 channels, and blocks of `BLOCK` taps (a tile wider than the path, as
 //! when a test forces another path mid-call, runs slowly with the same bits).
@@ -79,8 +79,9 @@ pub struct Run {
     pub out: usize,
 }
 
-/// Positions per run on `isa`: an AVX-512 register's 16, else an AVX2 register's 8 (the
-/// portable code takes runs of 8 too). A run of 16 is two of 8 to the narrower paths.
+/// The widest run on `isa`: an AVX-512 register's 16, else an AVX2 register's 8 (the portable
+/// code takes runs of 8 too). A run of 16 is two of 8 to the narrower paths; AVX-512 also takes
+/// runs of 8, two to a register, where rows are 8 wide.
 pub fn run_positions(isa: isa::Isa) -> usize {
     match isa {
         isa::Isa::Avx512 => HALF_TILE,
@@ -159,8 +160,17 @@ pub unsafe fn forward_tile(
                 _ => unreachable!("checked above"),
             }
         },
+        // Rows of 8 (the U-Net's deepest level), two runs to a register.
         #[cfg(x86_kernels)]
-        isa::Isa::Avx2 | isa::Isa::Avx512 => in_halves!(forward_half_avx2),
+        isa::Isa::Avx512 => unsafe {
+            match positions / HALF_TILE {
+                3 => dispatch!(forward_tile_avx512_halves::3, runs),
+                2 => dispatch!(forward_tile_avx512_halves::2, runs),
+                _ => dispatch!(forward_tile_avx512_halves::1, runs),
+            }
+        },
+        #[cfg(x86_kernels)]
+        isa::Isa::Avx2 => in_halves!(forward_half_avx2),
         _ => in_halves!(forward_half_scalar),
     }
 }
@@ -276,9 +286,12 @@ unsafe fn forward_half_avx2<const C: usize>(
 
 /// The forward tile with `R` AVX-512 registers per output channel, one a run of 16 positions:
 /// the AVX2 half-tile's operations on up to three times the positions and `C` up to 8 channels
-/// (at `R = 3`, `C = 8`: 24 accumulators, three loads and eight broadcasts per tap).
+/// (at `R = 3`, `C = 8`: 24 accumulators, three loads and eight broadcasts per tap). Compiled with
+/// AVX-512VL as every AVX-512 function here (`isa::detected` asks for it): without it LLVM may
+/// put a value a 256-bit instruction touches only in the 16 registers VEX can name, which in the
+/// halves tile spilled accumulators and halved its rate.
 #[cfg(x86_kernels)]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
     src: *const f32,
@@ -316,6 +329,73 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
         for (&a, &at) in regs.iter().zip(&outs) {
             // SAFETY: writable at `c * out_stride + run.out + 0..16` (the caller's contract).
             unsafe { _mm512_storeu_ps(at.add(c * out_stride), a) };
+        }
+    }
+}
+
+/// The AVX-512 forward tile where each register is two runs of 8 positions (`runs` holds `2 R`
+/// runs, a register's low half the first of its two): `forward_tile_avx512`'s operations, each
+/// load two of 8 joined by one insert, each store two. Rows of 8 (the U-Net's deepest level) are
+/// then taken in place: in bands of the padded layout (rows of 10) they computed 80 positions
+/// for 64. Timed alone on data in L1 (Zen 5, 8 channels x 48 positions, 256 taps), it ran at the
+/// rate of the tile over runs of 16 (280 GFLOP/s a core each); compiled without AVX-512VL, at
+/// 150.
+#[cfg(x86_kernels)]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_tile_avx512_halves<const C: usize, const R: usize>(
+    src: *const f32,
+    runs: &[Run],
+    offsets: &[usize],
+    weights: &[f32],
+    block: usize,
+    init: Option<&[f32]>,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    assert_eq!(runs.len(), 2 * R);
+    // SAFETY (pointers): the runs' starts, which the caller's contract makes readable.
+    let srcs: [*const f32; R] = std::array::from_fn(|r| unsafe { src.add(runs[2 * r].src) });
+    let highs: [usize; R] = std::array::from_fn(|r| runs[2 * r + 1].src.wrapping_sub(runs[2 * r].src));
+    let outs: [[*mut f32; 2]; R] = std::array::from_fn(|r| unsafe { [out.add(runs[2 * r].out), out.add(runs[2 * r + 1].out)] });
+    // SAFETY (callers): 8 values readable at `at` and at `at + high`.
+    let join = |at: *const f32, high: usize| unsafe {
+        let low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(at)));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            low,
+            _mm256_castps_pd(_mm256_loadu_ps(at.wrapping_add(high))),
+        ))
+    };
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
+    for (c, regs) in acc.iter_mut().enumerate() {
+        *regs = match init {
+            Some(init) => [_mm512_set1_ps(init[c]); R],
+            // Readable at `c * out_stride + run.out + 0..8` (the caller's contract).
+            None => std::array::from_fn(|r| {
+                let [lo, hi] = outs[r].map(|at| at.wrapping_add(c * out_stride).cast_const());
+                join(lo, (hi as usize).wrapping_sub(lo as usize) / 4)
+            }),
+        };
+    }
+    for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
+        // Readable at `run.src + offset + 0..8` (the caller's contract).
+        let x: [__m512; R] = std::array::from_fn(|r| join(srcs[r].wrapping_add(offset), highs[r]));
+        for (regs, &wc) in acc.iter_mut().zip(w) {
+            let wc = _mm512_set1_ps(wc);
+            for (a, &xr) in regs.iter_mut().zip(&x) {
+                *a = _mm512_fmadd_ps(wc, xr, *a);
+            }
+        }
+    }
+    for (c, regs) in acc.iter().enumerate() {
+        for (&a, at) in regs.iter().zip(&outs) {
+            // SAFETY: writable at `c * out_stride + run.out + 0..8` (the caller's contract).
+            unsafe {
+                _mm256_storeu_ps(at[0].add(c * out_stride), _mm512_castps512_ps256(a));
+                let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a));
+                _mm256_storeu_ps(at[1].add(c * out_stride), _mm256_castpd_ps(high));
+            }
         }
     }
 }
@@ -598,7 +678,7 @@ const MAX_ROW_INPUTS: usize = 6;
 /// lanes are `last_mask` (`0x00ff` when it holds one group: a masked load, so nothing past the
 /// tile is read, and a masked store).
 #[cfg(x86_kernels)]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn weight_rows_avx512<const ROWS: usize, const W: usize, const Z: usize, const U: usize>(
     src: *const f32,

@@ -300,7 +300,7 @@ impl ColumnSpread {
 
     /// `rows` a block of columns at a time, in 16-lane registers (`rows` checked the lengths). A
     /// lane whose column has fewer terms than the slot adds nothing.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn rows_avx512(&self, grad_row: &[f32], mut cells: [&mut [f32]; 2], wy: [f32; 2]) {
         use std::arch::x86_64::*;
         let wy = wy.map(|w| _mm512_set1_ps(w));

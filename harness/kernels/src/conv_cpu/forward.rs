@@ -207,7 +207,12 @@ impl<'a> PackedConv<'a> {
         // Read once: the packing and every tile of this call use the same block, tile and runs.
         let isa = isa::current();
         let block = microkernel::forward_block(isa);
-        let run = microkernel::run_positions(isa);
+        // The widest runs the rows are whole runs of (on AVX-512 rows of 8 go two to a register).
+        let widest = microkernel::run_positions(isa);
+        let run = [widest, HALF_TILE / 2]
+            .into_iter()
+            .find(|&run| shape.rows_in_runs(run))
+            .unwrap_or(widest);
         let blocks = channel_blocks(shape.channels_out, block);
         Self {
             shape,

@@ -13,8 +13,8 @@
 //! over positions (`microkernel::weight_tile`). In the padded layout each output row carries
 //! `kernel - 1 - padding` junk columns (one for the U-Net's 3 x 3 kernels), and each image's
 //! positions are rounded up to whole half-tiles (at 8 x 8, 72 as 80). The forward tiles skip
-//! both where every output row is whole runs of a register's positions (all the U-Net's levels
-//! on AVX2; all but 8 x 8 on AVX-512): they take the output row by row and write each run
+//! both where every output row is whole runs of 8 or 16 positions (all the U-Net's levels; on
+//! AVX-512 rows of 8 go two to a register): they take the output row by row and write each run
 //! straight to its place in the output (or the next convolution's padded copy), so nothing is
 //! computed aside and copied out. The weight gradient chains over the output's rows too
 //! (`microkernel::Positions`), its output gradient transposed without padding.
