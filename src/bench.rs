@@ -560,6 +560,8 @@ fn layers_table(args: &BenchArgs) -> Result<String> {
         if threads == 1 { "" } else { "s" },
         args.batch_size
     );
+    // What no kernel can beat on these threads, to read the levels' rates against.
+    let peak = pool.install(|| atso_harness::kernels::fma_peak::fma_peak_gflops(CALLS));
     for (level, &channels) in args.channels.iter().enumerate() {
         let size = args.resolution >> level;
         let r = pool.install(|| layer_probe::layer_rates(channels, size, args.batch_size, CALLS));
@@ -568,6 +570,9 @@ fn layers_table(args: &BenchArgs) -> Result<String> {
             r.forward, r.input_grad, r.weight_grad, r.norm_forward_ms, r.norm_backward_ms
         ));
     }
+    out.push_str(&format!(
+        "\nFMA peak on the same threads and instruction set (`fma_peak`: independent fused multiply-adds, the best of {CALLS} calls): {peak:.1} GFLOP/s\n"
+    ));
     Ok(out)
 }
 

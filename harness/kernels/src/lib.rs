@@ -19,6 +19,7 @@ pub mod conv_cpu;
 pub mod dropout_cpu;
 pub mod elementwise;
 pub mod extension;
+pub mod fma_peak;
 pub mod isa;
 pub mod layer_probe;
 pub mod loss_cpu;
