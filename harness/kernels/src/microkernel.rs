@@ -357,8 +357,10 @@ unsafe fn forward_tile_avx512_halves<const C: usize, const R: usize>(
     assert_eq!(runs.len(), 2 * R);
     // SAFETY (pointers): the runs' starts, which the caller's contract makes readable.
     let srcs: [*const f32; R] = std::array::from_fn(|r| unsafe { src.add(runs[2 * r].src) });
-    let highs: [usize; R] = std::array::from_fn(|r| runs[2 * r + 1].src.wrapping_sub(runs[2 * r].src));
-    let outs: [[*mut f32; 2]; R] = std::array::from_fn(|r| unsafe { [out.add(runs[2 * r].out), out.add(runs[2 * r + 1].out)] });
+    let outs: [*mut f32; R] = std::array::from_fn(|r| unsafe { out.add(runs[2 * r].out) });
+    // How far each register's second run lies from its first (wrapping: it may lie before it).
+    let src_highs: [usize; R] = std::array::from_fn(|r| runs[2 * r + 1].src.wrapping_sub(runs[2 * r].src));
+    let out_highs: [usize; R] = std::array::from_fn(|r| runs[2 * r + 1].out.wrapping_sub(runs[2 * r].out));
     // SAFETY (callers): 8 values readable at `at` and at `at + high`.
     let join = |at: *const f32, high: usize| unsafe {
         let low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(at)));
@@ -372,15 +374,12 @@ unsafe fn forward_tile_avx512_halves<const C: usize, const R: usize>(
         *regs = match init {
             Some(init) => [_mm512_set1_ps(init[c]); R],
             // Readable at `c * out_stride + run.out + 0..8` (the caller's contract).
-            None => std::array::from_fn(|r| {
-                let [lo, hi] = outs[r].map(|at| at.wrapping_add(c * out_stride).cast_const());
-                join(lo, (hi as usize).wrapping_sub(lo as usize) / 4)
-            }),
+            None => std::array::from_fn(|r| join(outs[r].wrapping_add(c * out_stride).cast_const(), out_highs[r])),
         };
     }
     for (&offset, w) in offsets.iter().zip(tap_weights::<C>(weights, block)) {
         // Readable at `run.src + offset + 0..8` (the caller's contract).
-        let x: [__m512; R] = std::array::from_fn(|r| join(srcs[r].wrapping_add(offset), highs[r]));
+        let x: [__m512; R] = std::array::from_fn(|r| join(srcs[r].wrapping_add(offset), src_highs[r]));
         for (regs, &wc) in acc.iter_mut().zip(w) {
             let wc = _mm512_set1_ps(wc);
             for (a, &xr) in regs.iter_mut().zip(&x) {
@@ -389,12 +388,13 @@ unsafe fn forward_tile_avx512_halves<const C: usize, const R: usize>(
         }
     }
     for (c, regs) in acc.iter().enumerate() {
-        for (&a, at) in regs.iter().zip(&outs) {
+        for ((&a, &at), &high) in regs.iter().zip(&outs).zip(&out_highs) {
+            let at = at.wrapping_add(c * out_stride);
             // SAFETY: writable at `c * out_stride + run.out + 0..8` (the caller's contract).
             unsafe {
-                _mm256_storeu_ps(at[0].add(c * out_stride), _mm512_castps512_ps256(a));
-                let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a));
-                _mm256_storeu_ps(at[1].add(c * out_stride), _mm256_castpd_ps(high));
+                _mm256_storeu_ps(at, _mm512_castps512_ps256(a));
+                let upper = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a));
+                _mm256_storeu_ps(at.wrapping_add(high), _mm256_castpd_ps(upper));
             }
         }
     }
