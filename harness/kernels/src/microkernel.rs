@@ -336,7 +336,7 @@ unsafe fn forward_tile_avx512<const C: usize, const R: usize>(
 /// The AVX-512 forward tile where each register is two runs of 8 positions (`runs` holds `2 R`
 /// runs, a register's low half the first of its two): `forward_tile_avx512`'s operations, each
 /// load two of 8 joined by one insert, each store two. Rows of 8 (the U-Net's deepest level) are
-/// then taken in place: in bands of the padded layout (rows of 10) they computed 80 positions
+/// then taken in place: in bands of the padded layout (rows of 9) they computed 80 positions
 /// for 64. Timed alone on data in L1 (Zen 5, 8 channels x 48 positions, 256 taps), it ran at the
 /// rate of the tile over runs of 16 (280 GFLOP/s a core each); compiled without AVX-512VL, at
 /// 150.

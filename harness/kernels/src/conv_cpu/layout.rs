@@ -113,7 +113,8 @@ impl ConvShape {
     }
 
     /// Whether the forward tiles take this shape's output row by row, in runs of `run` positions
-    /// (`microkernel::run_positions`), and write each run straight to its place: where every
+    /// (`microkernel::run_positions`, or 8 where rows are not whole runs of AVX-512's 16), and
+    /// write each run straight to its place: where every
     /// output row is whole runs and an image whole half-tiles. Then no junk column is computed,
     /// and no band is computed aside and copied out (at 8 x 8, 64 positions were 80 computed).
     pub(super) fn rows_in_runs(&self, run: usize) -> bool {

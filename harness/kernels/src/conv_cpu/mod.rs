@@ -328,8 +328,8 @@ mod tests {
             // Rows in runs on every path, bands cut inside rows (512 positions, rows of 48); 9
             // output channels (blocks of 5 and 4).
             shape(2, 4, 9, 20, 48, [3, 3], 1),
-            // Rows in runs of 8 (AVX2, portable), not of 16 (AVX-512 takes bands aside); two
-            // tap chunks (40 x 9 taps), so later chunks add into the output in place.
+            // Rows in runs of 8, not of 16 (AVX-512 joins two to a register); two tap chunks (40 x
+            // 9 taps), so later chunks add into the output in place.
             shape(2, 40, 7, 8, 8, [3, 3], 1),
             // Rows in runs without padding: the source rows are wider than the output's.
             shape(1, 5, 3, 6, 18, [3, 3], 0),
@@ -400,7 +400,7 @@ mod tests {
             (test_shape(1, 64, 4, 6, 7, [3, 3], 1), test_shape(1, 4, 64, 6, 7, [3, 3], 1)),
             (test_shape(1, 64, 4, 9, 40, [3, 3], 0), test_shape(1, 4, 5, 7, 38, [1, 1], 0)),
             // Rows in runs on every path (the first writes into the second's padded copy), in
-            // two tap chunks; rows in runs of 8 but not of 16 (AVX-512 takes bands aside).
+            // two tap chunks; rows in runs of 8 but not of 16 (AVX-512 joins two to a register).
             (test_shape(2, 40, 16, 6, 16, [3, 3], 1), test_shape(2, 16, 5, 6, 16, [3, 3], 1)),
             (test_shape(1, 3, 12, 8, 8, [3, 3], 1), test_shape(1, 12, 6, 8, 8, [3, 3], 1)),
             // Rows in runs with bands cut inside rows (both finishes see split rows), and a 1 x 1
