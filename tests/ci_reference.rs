@@ -2,12 +2,13 @@
 //! the two-core CI machines) and `atso check` holds its cell means to
 //! experiments/references/ci.toml. A change that moves results fails here with check's table.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn the_ci_experiment_stays_within_its_reference() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = common::checkout();
     let work = tempfile::tempdir().unwrap();
     let results = work.path().join("results");
     let sweep = Command::new(env!("CARGO_BIN_EXE_atso"))
@@ -15,7 +16,7 @@ fn the_ci_experiment_stays_within_its_reference() {
         .arg(&results)
         .arg("--data-base")
         .arg(work.path())
-        .current_dir(repo)
+        .current_dir(&repo)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -28,7 +29,7 @@ fn the_ci_experiment_stays_within_its_reference() {
         .args(["check"])
         .arg(results.join("ci"))
         .args(["--reference", "experiments/references/ci.toml"])
-        .current_dir(repo)
+        .current_dir(&repo)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&check.stdout);

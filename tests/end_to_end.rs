@@ -504,7 +504,7 @@ fn same_seed_gives_the_same_split_and_ledger() {
 
 #[test]
 fn every_shipped_experiment_file_is_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let dir = common::checkout().join("experiments");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

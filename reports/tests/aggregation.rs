@@ -406,9 +406,16 @@ struct Fixture {
     bootstrap_high: f64,
 }
 
+/// The stored fixtures, found when the tests run (cargo sets `CARGO_MANIFEST_DIR` for them): a
+/// path baked in with `env!` named the checkout the binary was compiled in, and a target directory
+/// shared between clones handed one clone a test binary compiled in another.
+fn fixtures_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("tests/fixtures")
+}
+
 #[test]
 fn paired_statistics_match_scipy() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/paired.json");
+    let path = fixtures_dir().join("paired.json");
     let fixtures: Fixtures = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(fixtures.cases.len(), 6);
     for case in fixtures.cases {
@@ -480,7 +487,7 @@ fn fixed_table() -> table::Table {
 
 #[test]
 fn markdown_and_latex_of_a_fixed_table_match_stored_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = fixtures_dir();
     let table = fixed_table();
     for (name, text) in [
         ("fixed_table.md", table::markdown(&table)),

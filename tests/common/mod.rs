@@ -1,8 +1,16 @@
 //! Helpers the end-to-end test files share: running the `atso` binary in a folder.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The checkout these tests run in, read when they run: cargo sets `CARGO_MANIFEST_DIR` for the
+/// test process. `env!` would bake in the checkout the binary was compiled in, and a target
+/// directory shared between clones (as CI's is) can hand one clone a test binary another clone
+/// compiled, which then read that clone's files, or failed once it was deleted.
+pub fn checkout() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"))
+}
 
 /// The `atso` binary with `args`, run in `dir`, warnings only.
 pub fn atso_command(dir: &Path, args: &[&str]) -> Command {
