@@ -152,12 +152,12 @@ pub trait UnetKernels: Backend {
     /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
     /// `mask` describes (`dropout_cpu`: the same on every backend and thread count).
     fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
-        burns_dropout::<Self>(x, mask)
+        burns_dropout::<Self>(x, &mask)
     }
 
     /// The gradient of `dropout_node` with respect to its input.
     fn dropout_node_grad(output_grad: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
-        burns_dropout_grad::<Self>(output_grad, mask)
+        burns_dropout_grad::<Self>(output_grad, &mask)
     }
 
     /// Bilinear resizing of `[batch, channels, h, w]` to `[batch, channels, height, width]`
@@ -400,19 +400,19 @@ fn norm_leaky_rows(norm: &EvalNorm, negative_slope: f64) -> impl conv_cpu::RowFi
 }
 
 /// `mask`'s 0 / 1 values as a tensor shaped like `like`.
-fn mask_tensor<B: Backend>(like: &FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+fn mask_tensor<B: Backend>(like: &FloatTensor<B>, mask: &DropoutMask) -> FloatTensor<B> {
     let shape = like.shape();
     B::float_from_data(TensorData::new(mask.values(shape.num_elements()), shape), &like.device())
 }
 
 /// burn's ops for `dropout_node`: two products, the mask's then the scale's.
-fn burns_dropout<B: Backend>(x: FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+fn burns_dropout<B: Backend>(x: FloatTensor<B>, mask: &DropoutMask) -> FloatTensor<B> {
     let keep = mask_tensor::<B>(&x, mask);
     B::float_mul_scalar(B::float_mul(x, keep), (1.0 / (1.0 - mask.prob)).into())
 }
 
 /// burn's ops for `dropout_node_grad`: the gradients of the two products, in reverse order.
-fn burns_dropout_grad<B: Backend>(output_grad: FloatTensor<B>, mask: DropoutMask) -> FloatTensor<B> {
+fn burns_dropout_grad<B: Backend>(output_grad: FloatTensor<B>, mask: &DropoutMask) -> FloatTensor<B> {
     let keep = mask_tensor::<B>(&output_grad, mask);
     B::float_mul(B::float_mul_scalar(output_grad, (1.0 / (1.0 - mask.prob)).into()), keep)
 }
@@ -544,14 +544,14 @@ impl UnetKernels for Flex {
     fn dropout_node(x: FlexTensor, mask: DropoutMask) -> FlexTensor {
         match with_f32([&x], |[x]| mask.forward(x)) {
             Some(y) => flex_tensor(y, x.shape().dims::<4>().to_vec()),
-            None => burns_dropout::<Self>(x, mask),
+            None => burns_dropout::<Self>(x, &mask),
         }
     }
 
     fn dropout_node_grad(output_grad: FlexTensor, mask: DropoutMask) -> FlexTensor {
         match with_f32([&output_grad], |[dy]| mask.backward(dy)) {
             Some(dx) => flex_tensor(dx, output_grad.shape().dims::<4>().to_vec()),
-            None => burns_dropout_grad::<Self>(output_grad, mask),
+            None => burns_dropout_grad::<Self>(output_grad, &mask),
         }
     }
 
@@ -964,7 +964,8 @@ impl<B: UnetKernels> Backward<B, 1> for LeakyReluBackward {
     }
 }
 
-/// The backward step of `dropout_node`: the mask is regenerated from its seed.
+/// The backward step of `dropout_node`: the mask as the forward pass drew it (flex), or drawn
+/// again from its seed.
 #[derive(Debug)]
 struct DropoutBackward;
 
@@ -1277,7 +1278,7 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
 
     fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
         match DropoutBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(mask, B::dropout_node(x.into_primitive(), mask)),
+            OpsKind::Tracked(prep) => prep.finish(mask.clone(), B::dropout_node(x.into_primitive(), mask)),
             OpsKind::UnTracked(prep) => prep.finish(B::dropout_node(x.into_primitive(), mask)),
         }
     }
@@ -1324,11 +1325,7 @@ mod tests {
     fn flex_dropout_is_bitwise_the_default_ops() {
         let values: Vec<f32> = (0..2 * 3 * 7 * 5).map(|i| (i as f32 * 0.61).sin() * 3.0).collect();
         let tensor = || flex_tensor(values.clone(), vec![2, 3, 7, 5]);
-        let mask = DropoutMask {
-            prob: 0.3,
-            seed: 9,
-            plane: 35,
-        };
+        let mask = || DropoutMask::new(0.3, 9, 35);
         let bits = |t: FlexTensor| {
             t.into_data()
                 .try_to_vec::<f32>()
@@ -1338,12 +1335,12 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            bits(<Flex as UnetKernels>::dropout_node(tensor(), mask)),
-            bits(burns_dropout::<Flex>(tensor(), mask))
+            bits(<Flex as UnetKernels>::dropout_node(tensor(), mask())),
+            bits(burns_dropout::<Flex>(tensor(), &mask()))
         );
         assert_eq!(
-            bits(<Flex as UnetKernels>::dropout_node_grad(tensor(), mask)),
-            bits(burns_dropout_grad::<Flex>(tensor(), mask))
+            bits(<Flex as UnetKernels>::dropout_node_grad(tensor(), mask())),
+            bits(burns_dropout_grad::<Flex>(tensor(), &mask()))
         );
     }
 }

@@ -241,11 +241,7 @@ pub fn dropout(layer: &Dropout, x: Tensor<4>) -> Tensor<4> {
     if !(active && covered && own_kernels() && is_flex(&x)) {
         return layer.forward(x);
     }
-    let mask = DropoutMask {
-        prob: layer.prob,
-        seed: seed_from_device(&device),
-        plane: height * width,
-    };
+    let mask = DropoutMask::new(layer.prob, seed_from_device(&device), height * width);
     Tensor::from_dispatch(<Dispatch as UnetKernels>::dropout_node(x.into_dispatch(), mask))
 }
 
