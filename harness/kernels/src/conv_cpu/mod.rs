@@ -44,7 +44,7 @@ pub(crate) use weight_grad::{bias_grad, weight_grad};
 mod tests {
     use super::super::isa;
     use super::super::microkernel::{self, BLOCK, HALF_TILE, LANES, TILE};
-    use super::forward::channel_blocks;
+    use super::forward::{channel_blocks, even_tiles};
     use super::layout::*;
     use super::weight_grad::transposed_output;
     use super::*;
@@ -219,6 +219,28 @@ mod tests {
             }
         }
         assert_eq!(channel_blocks(16, BLOCK), [(0, 6), (6, 5), (11, 5)]);
+    }
+
+    /// A band's runs go to tiles in order, each whole half-tiles and at most a tile, as few tiles
+    /// as that allows, their sizes at most a half-tile apart: an 8 x 8 image on AVX-512 is two
+    /// tiles of 32 positions, not 48 + 16.
+    #[test]
+    fn forward_tiles_are_few_and_even() {
+        for (run, tile) in [(8, TILE), (8, microkernel::MAX_TILE), (HALF_TILE, microkernel::MAX_TILE)] {
+            for halves in 0..=40 {
+                let runs: Vec<microkernel::Run> =
+                    (0..halves * HALF_TILE / run).map(|k| microkernel::Run { src: k, out: k }).collect();
+                let tiles: Vec<&[microkernel::Run]> = even_tiles(&runs, run, tile).collect();
+                assert_eq!(tiles.len(), (halves * HALF_TILE).div_ceil(tile), "{halves} half-tiles of runs of {run}");
+                assert_eq!(tiles.concat(), runs, "the tiles cover the runs once, in order");
+                let sizes: Vec<usize> = tiles.iter().map(|t| t.len() * run).collect();
+                assert!(sizes.iter().all(|&p| p > 0 && p <= tile && p % HALF_TILE == 0), "{sizes:?}");
+                assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= HALF_TILE, "{sizes:?}");
+            }
+        }
+        let image_of_8x8: Vec<microkernel::Run> = (0..8).map(|k| microkernel::Run { src: k, out: k }).collect();
+        let sizes: Vec<usize> = even_tiles(&image_of_8x8, 8, microkernel::MAX_TILE).map(|t| t.len() * 8).collect();
+        assert_eq!(sizes, [32, 32]);
     }
 
     /// 1 x 1 kernels without padding read their input in place where it covers whole half-tiles
