@@ -21,11 +21,12 @@ use super::output;
 /// One dropout: the drop probability, the seed its mask comes from and the plane length
 /// (positions per channel) that splits the mask into streams; and, once a pass has drawn it, the
 /// mask itself (shared by the clones, so the backward pass's copy sees the forward pass's draw).
+/// The fields are fixed at `new`: a clone with another seed would still read the first draw.
 #[derive(Debug, Clone)]
 pub struct DropoutMask {
-    pub prob: f64,
-    pub seed: u64,
-    pub plane: usize,
+    prob: f64,
+    seed: u64,
+    plane: usize,
     drawn: Drawn,
 }
 
@@ -51,6 +52,11 @@ impl DropoutMask {
             plane,
             drawn: Drawn::default(),
         }
+    }
+
+    /// The drop probability.
+    pub fn prob(&self) -> f64 {
+        self.prob
     }
 
     /// The kept values' factor, `1 / (1 - prob)` as burn applies it.
@@ -147,13 +153,16 @@ impl DropoutMask {
         // Each plane's bytes are its task's alone; the lock only hands them over.
         let planes: Vec<Mutex<&mut [u8]>> = kept.chunks_mut(self.plane).map(Mutex::new).collect();
         let y = output::written_by_chunks(x.len(), self.plane, Vec::new, |draws, index, out| {
-            let mut bytes = planes[index].lock().expect("a plane's bytes are one task's");
+            // Taken once, by the plane's only task: never poisoned when it is taken.
+            let mut bytes = planes[index].lock().expect("a plane's lock is taken once");
             self.draw_plane(index, draws, &mut bytes);
             let values = &x[index * self.plane..][..self.plane];
             out.zip_map(values, &bytes, |v, k| (v * f32::from(k)) * scale)
         });
         drop(planes);
         self.keep(kept);
+        // The kept mask's length checked (a clone may have drawn first, for another length).
+        self.kept(x.len());
         y
     }
 

@@ -408,13 +408,13 @@ fn mask_tensor<B: Backend>(like: &FloatTensor<B>, mask: &DropoutMask) -> FloatTe
 /// burn's ops for `dropout_node`: two products, the mask's then the scale's.
 fn burns_dropout<B: Backend>(x: FloatTensor<B>, mask: &DropoutMask) -> FloatTensor<B> {
     let keep = mask_tensor::<B>(&x, mask);
-    B::float_mul_scalar(B::float_mul(x, keep), (1.0 / (1.0 - mask.prob)).into())
+    B::float_mul_scalar(B::float_mul(x, keep), (1.0 / (1.0 - mask.prob())).into())
 }
 
 /// burn's ops for `dropout_node_grad`: the gradients of the two products, in reverse order.
 fn burns_dropout_grad<B: Backend>(output_grad: FloatTensor<B>, mask: &DropoutMask) -> FloatTensor<B> {
     let keep = mask_tensor::<B>(&output_grad, mask);
-    B::float_mul(B::float_mul_scalar(output_grad, (1.0 / (1.0 - mask.prob)).into()), keep)
+    B::float_mul(B::float_mul_scalar(output_grad, (1.0 / (1.0 - mask.prob())).into()), keep)
 }
 
 /// burn's ops for `batch_norm_train_node`: its batch norm, then `then`.
@@ -964,8 +964,8 @@ impl<B: UnetKernels> Backward<B, 1> for LeakyReluBackward {
     }
 }
 
-/// The backward step of `dropout_node`: the mask as the forward pass drew it (flex), or drawn
-/// again from its seed.
+/// The backward step of `dropout_node`: the mask the forward pass drew, kept in the shared
+/// `DropoutMask` (a backend whose forward pass did not draw it draws it here).
 #[derive(Debug)]
 struct DropoutBackward;
 

@@ -358,6 +358,7 @@ impl<'a> PackedConv<'a> {
 /// Which tile computes a position changes no bit of it.
 pub(super) fn even_tiles(runs: &[Run], run: usize, tile: usize) -> impl Iterator<Item = &[Run]> {
     let runs_per_half = HALF_TILE / run;
+    debug_assert!(runs.len().is_multiple_of(runs_per_half), "a band of whole half-tiles");
     let halves = runs.len() / runs_per_half;
     let tiles = halves.div_ceil(tile / HALF_TILE);
     let (base, larger) = (halves / tiles.max(1), halves % tiles.max(1));
