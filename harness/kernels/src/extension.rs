@@ -71,6 +71,21 @@ pub trait UnetKernels: Backend {
         Self::conv2d_bias_backward(x, bias, output_grad)
     }
 
+    /// The weight and bias gradients together (a backward step that wants both): one pass over
+    /// the output gradient where a backend can take the bias's sums on the way.
+    fn padded_conv2d_param_grads(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        padding: usize,
+    ) -> ConvParamGrads<Self> {
+        ConvParamGrads {
+            weight: Self::padded_conv2d_weight_grad(x.clone(), weight, output_grad.clone(), padding),
+            bias: Self::padded_conv2d_bias_grad(x, bias, output_grad),
+        }
+    }
+
     /// `x` where `x >= 0`, else `negative_slope * x` (burn's `leaky_relu`, one graph node).
     fn leaky_relu_node(x: FloatTensor<Self>, negative_slope: f64) -> FloatTensor<Self> {
         Self::leaky_relu(x, negative_slope.into())
@@ -279,6 +294,13 @@ pub struct NormOutput<B: Backend> {
     pub output: FloatTensor<B>,
     pub mean: FloatTensor<B>,
     pub variance: FloatTensor<B>,
+}
+
+/// The gradients of a convolution with respect to its weight and bias.
+#[derive(ExtensionType)]
+pub struct ConvParamGrads<B: Backend> {
+    pub weight: FloatTensor<B>,
+    pub bias: FloatTensor<B>,
 }
 
 /// The gradients of batch normalization with respect to its input, `gamma` and `beta`.
@@ -885,14 +907,30 @@ impl UnetKernels for Flex {
         let grad = shape
             .is_valid()
             .then(|| with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_grad(x, dy, &shape)));
-        // The kernel's sums also read the values beside the padding, times a zero output
-        // gradient: an infinite input there gives NaN where burn's sum, which never reads them,
-        // stays finite. A non-finite gradient is therefore recomputed by burn's op (a check of
-        // the small weight gradient; a finite sum never takes it).
-        let grad = grad.flatten().filter(|dw| dw.iter().all(|v| v.is_finite()));
-        match grad {
-            Some(dw) => flex_tensor(dw, weight.shape().dims::<4>().to_vec()),
-            None => Self::conv2d_weight_backward(x, weight, output_grad, options(padding)),
+        flex_weight_grad(grad.flatten(), x, weight, output_grad, padding)
+    }
+
+    fn padded_conv2d_param_grads(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        output_grad: FlexTensor,
+        padding: usize,
+    ) -> ConvParamGrads<Self> {
+        let shape = conv_shape(&x, &weight, padding);
+        let own = shape
+            .is_valid()
+            .then(|| with_f32([&x, &output_grad], |[x, dy]| conv_cpu::weight_and_bias_grad(x, dy, &shape, true)))
+            .flatten();
+        let Some((dw, Some(db))) = own else {
+            return ConvParamGrads {
+                weight: Self::padded_conv2d_weight_grad(x.clone(), weight, output_grad.clone(), padding),
+                bias: Self::padded_conv2d_bias_grad(x, bias, output_grad),
+            };
+        };
+        ConvParamGrads {
+            bias: flex_tensor(db, vec![shape.channels_out]),
+            weight: flex_weight_grad(Some(dw), x, weight, output_grad, padding),
         }
     }
 
@@ -919,6 +957,18 @@ impl UnetKernels for Flex {
     }
 }
 
+/// The weight gradient as a tensor: the kernel's `computed` one, or burn's op where the kernel did
+/// not cover the input or gave a non-finite value. The kernel's sums also read the values beside
+/// the padding, times a zero output gradient: an infinite input there gives NaN where burn's sum,
+/// which never reads them, stays finite. A non-finite gradient is therefore recomputed by burn's
+/// op (a check of the small weight gradient; a finite sum never takes it).
+fn flex_weight_grad(computed: Option<Vec<f32>>, x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, padding: usize) -> FlexTensor {
+    match computed.filter(|dw| dw.iter().all(|v| v.is_finite())) {
+        Some(dw) => flex_tensor(dw, weight.shape().dims::<4>().to_vec()),
+        None => Flex::conv2d_weight_backward(x, weight, output_grad, options(padding)),
+    }
+}
+
 /// The backward step of `padded_conv2d`: each tracked parent gets its gradient from the kernels.
 #[derive(Debug)]
 struct PaddedConv2dBackward;
@@ -937,12 +987,15 @@ impl<B: UnetKernels> Backward<B, 3> for PaddedConv2dBackward {
             let grad = B::padded_conv2d_input_grad(x.clone(), weight.clone(), output_grad.clone(), padding);
             grads.register::<B>(node.id, grad);
         }
-        if let Some(node) = node_weight {
-            let grad = B::padded_conv2d_weight_grad(x.clone(), weight, output_grad.clone(), padding);
-            grads.register::<B>(node.id, grad);
-        }
-        if let Some(node) = node_bias {
-            grads.register::<B>(node.id, B::padded_conv2d_bias_grad(x, bias, output_grad));
+        match (node_weight, node_bias) {
+            (Some(weight_node), Some(bias_node)) => {
+                let both = B::padded_conv2d_param_grads(x, weight, bias, output_grad, padding);
+                grads.register::<B>(weight_node.id, both.weight);
+                grads.register::<B>(bias_node.id, both.bias);
+            }
+            (Some(node), None) => grads.register::<B>(node.id, B::padded_conv2d_weight_grad(x, weight, output_grad, padding)),
+            (None, Some(node)) => grads.register::<B>(node.id, B::padded_conv2d_bias_grad(x, bias, output_grad)),
+            (None, None) => {}
         }
     }
 }
@@ -1318,6 +1371,35 @@ impl<B: UnetKernels, C: CheckpointStrategy> UnetKernels for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flex's weight and bias gradients taken together give the bits of the two taken one by one
+    /// (the trait's default body), at a shape whose rows are not whole lanes.
+    #[test]
+    fn flex_param_grads_together_are_bitwise_the_separate_ones() {
+        let values = |len: usize, seed: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * 0.37 + seed).sin()).collect() };
+        let (batch, c_in, c_out, h, w) = (3, 5, 11, 6, 13);
+        let x = || flex_tensor(values(batch * c_in * h * w, 1.0), vec![batch, c_in, h, w]);
+        let weight = || flex_tensor(values(c_out * c_in * 9, 2.0), vec![c_out, c_in, 3, 3]);
+        let bias = || flex_tensor(values(c_out, 3.0), vec![c_out]);
+        let dy = || flex_tensor(values(batch * c_out * h * w, 4.0), vec![batch, c_out, h, w]);
+        let bits = |t: FlexTensor| {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let together = <Flex as UnetKernels>::padded_conv2d_param_grads(x(), weight(), bias(), dy(), 1);
+        assert_eq!(
+            bits(together.weight),
+            bits(<Flex as UnetKernels>::padded_conv2d_weight_grad(x(), weight(), dy(), 1))
+        );
+        assert_eq!(
+            bits(together.bias),
+            bits(<Flex as UnetKernels>::padded_conv2d_bias_grad(x(), bias(), dy()))
+        );
+    }
 
     /// Flex's dropout kernels give the bits of the default bodies (burn's products with the same
     /// mask), forward and backward.

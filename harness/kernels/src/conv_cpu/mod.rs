@@ -38,7 +38,7 @@ pub use layout::ConvShape;
 #[cfg(test)]
 pub(crate) use forward::TWICE_CALLS;
 pub(crate) use forward::{forward, forward_then, forward_twice_then, input_grad, RowFinish};
-pub(crate) use weight_grad::{bias_grad, weight_grad};
+pub(crate) use weight_grad::{bias_grad, weight_and_bias_grad, weight_grad};
 
 #[cfg(test)]
 mod tests {
@@ -228,14 +228,20 @@ mod tests {
     fn forward_tiles_are_few_and_even() {
         for (run, tile) in [(8, TILE), (8, microkernel::MAX_TILE), (HALF_TILE, microkernel::MAX_TILE)] {
             for halves in 0..=40 {
-                let runs: Vec<microkernel::Run> =
-                    (0..halves * HALF_TILE / run).map(|k| microkernel::Run { src: k, out: k }).collect();
+                let runs: Vec<microkernel::Run> = (0..halves * HALF_TILE / run).map(|k| microkernel::Run { src: k, out: k }).collect();
                 let tiles: Vec<&[microkernel::Run]> = even_tiles(&runs, run, tile).collect();
-                assert_eq!(tiles.len(), (halves * HALF_TILE).div_ceil(tile), "{halves} half-tiles of runs of {run}");
+                assert_eq!(
+                    tiles.len(),
+                    (halves * HALF_TILE).div_ceil(tile),
+                    "{halves} half-tiles of runs of {run}"
+                );
                 assert_eq!(tiles.concat(), runs, "the tiles cover the runs once, in order");
                 let sizes: Vec<usize> = tiles.iter().map(|t| t.len() * run).collect();
                 assert!(sizes.iter().all(|&p| p > 0 && p <= tile && p % HALF_TILE == 0), "{sizes:?}");
-                assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= HALF_TILE, "{sizes:?}");
+                assert!(
+                    sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= HALF_TILE,
+                    "{sizes:?}"
+                );
             }
         }
         let image_of_8x8: Vec<microkernel::Run> = (0..8).map(|k| microkernel::Run { src: k, out: k }).collect();
@@ -540,6 +546,58 @@ mod tests {
                     bits(&total),
                     "{s:?}, split by image: {by_image}, {isa:?}, {threads} threads"
                 );
+            }
+        }
+    }
+
+    /// The bias gradient, alone or taken while the weight gradient turns the output gradient
+    /// around, is per channel each image's `LANES` running sums (position `p` into lane
+    /// `p % LANES`, positions in order) added first to last, the images' sums in image order: bit
+    /// for bit, on every instruction set and 1 and 3 threads, for every test shape and the three
+    /// ways the weight gradient splits its work (rows 14 and 130 wide are not whole lanes, so a
+    /// row's first position falls on every lane). The weight gradient beside it keeps its bits.
+    #[test]
+    fn the_bias_gradient_is_the_lanes_chain_bit_for_bit_alone_or_with_the_weights() {
+        let shape =
+            |batch, channels_in, channels_out, height, width| test_shape(batch, channels_in, channels_out, height, width, [3, 3], 1);
+        let splits = [shape(4, 15, 16, 12, 14), shape(3, 32, 40, 4, 4), shape(1, 2, 32, 5, 130)];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for s in shapes().into_iter().chain(splits) {
+            let x = values(s.batch * s.input_len(), 31);
+            let dy = values(s.batch * s.output_len(), 32);
+            let definition: Vec<f32> = (0..s.channels_out)
+                .map(|c| {
+                    let mut g = 0.0f32;
+                    for b in 0..s.batch {
+                        let mut lanes = [0.0f32; LANES];
+                        for (p, value) in image(&dy, b, s.output_len())[c * s.positions()..][..s.positions()]
+                            .iter()
+                            .enumerate()
+                        {
+                            lanes[p % LANES] += value;
+                        }
+                        g += lanes.iter().sum::<f32>();
+                    }
+                    g
+                })
+                .collect();
+            for (isa, threads) in isa::compared_in("the bias gradient's chains")
+                .into_iter()
+                .flat_map(|isa| [(isa, 1), (isa, 3)])
+            {
+                let _forced = isa::force(isa);
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (alone, (weights, with_weights), weights_alone) = pool.install(|| {
+                    (
+                        bias_grad(&dy, &s),
+                        weight_and_bias_grad(&x, &dy, &s, true),
+                        weight_grad(&x, &dy, &s),
+                    )
+                });
+                let context = format!("{s:?}, {isa:?}, {threads} threads");
+                assert_eq!(bits(&alone), bits(&definition), "alone: {context}");
+                assert_eq!(bits(&with_weights.unwrap()), bits(&definition), "with the weights: {context}");
+                assert_eq!(bits(&weights), bits(&weights_alone), "the weights beside it: {context}");
             }
         }
     }
