@@ -158,25 +158,142 @@ pub(crate) fn weight_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape)
 /// lanes are the same chains, added in the same order.
 pub(crate) fn weight_and_bias_grad(input: &[f32], output_grad: &[f32], shape: &ConvShape, with_bias: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     check_lengths(shape, Some(input), None, Some(output_grad));
-    let (taps, positions) = (shape.patch_len(), shape.positions());
-    let (oh, ow, pw) = (shape.out_height(), shape.out_width(), shape.padded_width());
-    let lanes = shape.channels_out.next_multiple_of(LANES);
-    let offsets = shape.tap_offsets();
-    // Where the tiles' reads of an image's input end: the last output row's last position, plus
-    // the furthest tap.
-    let src_end = (oh - 1) * pw + ow + offsets.last().copied().unwrap_or(0);
-    assert!(src_end <= shape.padded_len());
-    assert!(!shape.reads_input_in_place() || src_end <= shape.input_len());
-    // `rows` whole output rows from where the tile's pointers start, as the tiles visit them.
-    let output_rows = |rows: usize| microkernel::Positions {
-        rows,
-        row_len: ow,
-        src_row: pw,
+    let plan = WeightGradPlan::new(shape);
+    let (taps, lanes) = (plan.taps, plan.lanes);
+    // Tap groups, in whole tap blocks: enough tasks for every thread four times over.
+    let blocks = taps.div_ceil(BLOCK);
+    let tasks_wanted = 4 * rayon::current_num_threads();
+    let by_image = taps * lanes < shape.padded_len() + shape.positions() * lanes;
+    let tap_groups = if by_image {
+        tasks_wanted.div_ceil(shape.batch.max(1))
+    } else {
+        tasks_wanted
     };
-    // One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
-    // its padded input `src` and transposed output gradient `dy`.
-    let image_tap_sums = |src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]| {
-        assert!(src.len() >= src_end && dy.len() == positions * lanes && sums.len() == tap_offsets.len() * lanes);
+    let group_taps = blocks.div_ceil(tap_groups.clamp(1, blocks)) * BLOCK;
+    // Tasks that share an image read its padded input and transposed gradient, made once for
+    // all; a task that is a whole image makes its own in the thread's buffers, and reads them
+    // while they are still in the core's cache.
+    let whole_images = by_image && group_taps >= taps;
+    // Each image's bias-gradient running sums (`[channel]`), when asked for (else none).
+    let bias_lanes_len = if with_bias { shape.channels_out } else { 0 };
+    let mut image_lanes: Vec<Vec<[f32; LANES]>> = vec![vec![[0.0; LANES]; bias_lanes_len]; shape.batch];
+    let prepared = (!whole_images).then(|| {
+        let (prepared, lanes) = prepared_images(input, output_grad, shape, bias_lanes_len);
+        image_lanes = lanes;
+        prepared
+    });
+    let mut transposed = vec![0.0f32; taps * lanes];
+    if by_image {
+        // `[image][taps][lanes]`, each task's taps contiguous within its image.
+        let mut image_sums = vec![0.0f32; shape.batch * taps * lanes];
+        match &prepared {
+            None => image_sums
+                .par_chunks_mut(taps * lanes)
+                .zip(image_lanes.par_iter_mut())
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(b, (sums, bias_lanes))| {
+                    let (mut padded, mut dyt) = (Scratch::take(), Scratch::take());
+                    let src = padded_source(input, b, shape, &mut padded);
+                    transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt, bias_lanes);
+                    plan.image_tap_sums(src, &dyt, &plan.offsets, sums);
+                }),
+            Some(PreparedImages { padded, transposed: dyt }) => {
+                let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
+                    .chunks_mut(taps * lanes)
+                    .enumerate()
+                    .flat_map(|(b, image_sum)| {
+                        let image_groups = image_sum.chunks_mut(group_taps * lanes).zip(plan.offsets.chunks(group_taps));
+                        image_groups.map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
+                    })
+                    .collect();
+                tasks
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|(b, tap_offsets, sums)| plan.image_tap_sums(&padded[b], &dyt[b], tap_offsets, sums));
+            }
+        }
+        transposed
+            .par_chunks_mut(lanes)
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(k, total)| {
+                for sums in image_sums.chunks(taps * lanes) {
+                    for (t, s) in total.iter_mut().zip(&sums[k * lanes..][..lanes]) {
+                        *t += s;
+                    }
+                }
+            });
+    } else {
+        let PreparedImages { padded, transposed: dyt } = prepared.as_ref().expect("tasks of taps read prepared images");
+        transposed
+            .par_chunks_mut(group_taps * lanes)
+            .zip(plan.offsets.par_chunks(group_taps))
+            .with_max_len(1)
+            .for_each(|(total, tap_offsets)| {
+                for b in 0..shape.batch {
+                    plan.image_tap_sums_added(&padded[b], &dyt[b], tap_offsets, total);
+                }
+            });
+    }
+    (
+        plan.channels_first(&transposed),
+        with_bias.then(|| bias_from_lanes(&image_lanes, shape.channels_out)),
+    )
+}
+
+/// What every image's weight-gradient tiles share: the shape's counts, the taps' offsets in the
+/// padded layout, and where the tiles' reads of an image's padded input end.
+struct WeightGradPlan<'a> {
+    shape: &'a ConvShape,
+    taps: usize,
+    /// Output channels rounded up to `LANES` (the transposed gradient's row length).
+    lanes: usize,
+    offsets: Vec<usize>,
+    /// The last output row's last position plus the furthest tap.
+    src_end: usize,
+}
+
+impl<'a> WeightGradPlan<'a> {
+    fn new(shape: &'a ConvShape) -> Self {
+        let offsets = shape.tap_offsets();
+        let src_end = (shape.out_height() - 1) * shape.padded_width() + shape.out_width() + offsets.last().copied().unwrap_or(0);
+        assert!(src_end <= shape.padded_len());
+        assert!(!shape.reads_input_in_place() || src_end <= shape.input_len());
+        Self {
+            shape,
+            taps: shape.patch_len(),
+            lanes: shape.channels_out.next_multiple_of(LANES),
+            offsets,
+            src_end,
+        }
+    }
+
+    /// `rows` whole output rows from where the tile's pointers start, as the tiles visit them.
+    fn output_rows(&self, rows: usize) -> microkernel::Positions {
+        microkernel::Positions {
+            rows,
+            row_len: self.shape.out_width(),
+            src_row: self.shape.padded_width(),
+        }
+    }
+
+    /// Panics unless `src` holds what the tiles read, `dy` is an image's transposed gradient and
+    /// `sums` holds `taps` x `lanes`.
+    fn check(&self, src: &[f32], dy: &[f32], taps: usize, sums: &[f32]) {
+        assert!(src.len() >= self.src_end && dy.len() == self.shape.positions() * self.lanes && sums.len() == taps * self.lanes);
+    }
+
+    /// One image's sums for the taps at `tap_offsets`, into `sums` (`[taps][lanes]`, zeros), from
+    /// its padded input `src` and transposed output gradient `dy`.
+    fn image_tap_sums(&self, src: &[f32], dy: &[f32], tap_offsets: &[usize], sums: &mut [f32]) {
+        self.check(src, dy, tap_offsets.len(), sums);
+        let (lanes, oh, ow, pw) = (
+            self.lanes,
+            self.shape.out_height(),
+            self.shape.out_width(),
+            self.shape.padded_width(),
+        );
         // Rows per band: a band's output-gradient rows (`lanes` values a position) take about
         // 64 KiB, read once per tap call.
         let band = (16 * 1024 / lanes / ow).max(1);
@@ -196,7 +313,7 @@ pub(crate) fn weight_and_bias_grad(input: &[f32], output_grad: &[f32], shape: &C
                             chunk_offsets,
                             dy.as_ptr().add(band_start * ow * lanes + first),
                             lanes,
-                            output_rows(rows),
+                            self.output_rows(rows),
                             sums.as_mut_ptr().add(chunk * per_call * lanes + first),
                             lanes,
                         );
@@ -204,14 +321,16 @@ pub(crate) fn weight_and_bias_grad(input: &[f32], output_grad: &[f32], shape: &C
                 }
             }
         }
-    };
-    // One image's sums for the taps at `tap_offsets`, each added into `total` (`[taps][lanes]`)
-    // as soon as its chain is whole: a call's taps and channels chain over all the image's
-    // positions in registers, then go into `total`. A whole image's sums had been zeroed, filled
-    // and added in passes of their own, at 256 channels 2.4 MB an image streamed three times for
-    // 12 MFLOP of tiles. (The deep levels only: an image's positions are few.)
-    let image_tap_sums_added = |src: &[f32], dy: &[f32], tap_offsets: &[usize], total: &mut [f32]| {
-        assert!(src.len() >= src_end && dy.len() == positions * lanes && total.len() == tap_offsets.len() * lanes);
+    }
+
+    /// One image's sums for the taps at `tap_offsets`, each added into `total` (`[taps][lanes]`)
+    /// as soon as its chain is whole: a call's taps and channels chain over all the image's
+    /// positions in registers, then go into `total`. A whole image's sums had been zeroed, filled
+    /// and added in passes of their own, at 256 channels 2.4 MB an image streamed three times for
+    /// 12 MFLOP of tiles. (The deep levels only: an image's positions are few.)
+    fn image_tap_sums_added(&self, src: &[f32], dy: &[f32], tap_offsets: &[usize], total: &mut [f32]) {
+        self.check(src, dy, tap_offsets.len(), total);
+        let lanes = self.lanes;
         let mut call_sums = [0.0f32; WEIGHT_TAPS * WEIGHT_GROUPS * LANES];
         for first in (0..lanes).step_by(WEIGHT_GROUPS * LANES) {
             let channel_groups = ((lanes - first) / LANES).min(WEIGHT_GROUPS);
@@ -229,7 +348,7 @@ pub(crate) fn weight_and_bias_grad(input: &[f32], output_grad: &[f32], shape: &C
                         chunk_offsets,
                         dy.as_ptr().add(first),
                         lanes,
-                        output_rows(oh),
+                        self.output_rows(self.shape.out_height()),
                         sums.as_mut_ptr(),
                         width,
                     );
@@ -242,132 +361,72 @@ pub(crate) fn weight_and_bias_grad(input: &[f32], output_grad: &[f32], shape: &C
                 }
             }
         }
-    };
-    // Tap groups, in whole tap blocks: enough tasks for every thread four times over.
-    let blocks = taps.div_ceil(BLOCK);
-    let tasks_wanted = 4 * rayon::current_num_threads();
-    let by_image = taps * lanes < shape.padded_len() + positions * lanes;
-    let tap_groups = if by_image {
-        tasks_wanted.div_ceil(shape.batch.max(1))
-    } else {
-        tasks_wanted
-    };
-    let group_taps = blocks.div_ceil(tap_groups.clamp(1, blocks)) * BLOCK;
-    // Tasks that share an image read its padded input and transposed gradient, made once for
-    // all; a task that is a whole image makes its own in the thread's buffers, and reads them
-    // while they are still in the core's cache.
-    let whole_images = by_image && group_taps >= taps;
-    // Each image's bias-gradient running sums (`[channel]`), when asked for (else none).
-    let bias_lanes_len = if with_bias { shape.channels_out } else { 0 };
-    let mut image_lanes: Vec<Vec<[f32; LANES]>> = vec![vec![[0.0; LANES]; bias_lanes_len]; shape.batch];
-    // Per image: its padded input, and its transposed output gradient.
-    type Prepared<'a> = (Vec<Cow<'a, [f32]>>, Vec<Vec<f32>>);
-    let prepared: Option<Prepared> = (!whole_images).then(|| {
-        let per_image = |f: &(dyn Fn(usize) -> Vec<f32> + Sync)| -> Vec<Vec<f32>> {
-            (0..shape.batch)
-                .into_par_iter()
-                .with_max_len(output::leaf_len(shape.batch))
-                .map(f)
-                .collect()
-        };
-        let padded = match shape.reads_input_in_place() {
-            true => (0..shape.batch)
-                .map(|b| Cow::Borrowed(image(input, b, shape.input_len())))
-                .collect(),
-            false => per_image(&|b| padded_image(image(input, b, shape.input_len()), shape))
-                .into_iter()
-                .map(Cow::Owned)
-                .collect(),
-        };
-        let (transposed, lanes): (Vec<Vec<f32>>, Vec<Vec<[f32; LANES]>>) = (0..shape.batch)
+    }
+
+    /// The sums `[taps][lanes]` turned to the weight gradient's `[c_out][taps]`, `LANES` output
+    /// channels a task (one thread did this alone: 600 000 scattered writes at 256 channels).
+    /// Where the CPU has AVX2, blocks of 8 taps x 8 channels are turned around in registers and
+    /// stored a row of 8 taps at a time (value by value, each store went to another channel's
+    /// row: a cache line written 4 bytes at a time).
+    fn channels_first(&self, transposed: &[f32]) -> Vec<f32> {
+        let (taps, lanes) = (self.taps, self.lanes);
+        let mut grad = vec![0.0f32; self.shape.channels_out * taps];
+        grad.par_chunks_mut(LANES * taps).enumerate().for_each(|(block, rows)| {
+            let (first, channels) = (block * LANES, rows.len() / taps);
+            #[cfg_attr(not(x86_kernels), allow(unused_mut))]
+            let mut blocked_taps = 0;
+            #[cfg(x86_kernels)]
+            if channels == 8 && isa::current() >= Isa::Avx2 {
+                blocked_taps = taps / 8 * 8;
+                // SAFETY: `current` names AVX2 only where the CPU has it. Tap `k` is "channel" `k`
+                // of the generic transpose, the block's channels its columns.
+                unsafe { transpose_blocks_avx2(transposed, lanes, first, [blocked_taps, 8], rows, taps) };
+            }
+            for (k, row) in transposed.chunks(lanes).enumerate().skip(blocked_taps) {
+                for (c, &value) in row[first..].iter().take(channels).enumerate() {
+                    rows[c * taps + k] = value;
+                }
+            }
+        });
+        grad
+    }
+}
+
+/// Every image's padded input (borrowed where the tiles read the input in place) and transposed
+/// output gradient, made once for tasks that share an image.
+struct PreparedImages<'a> {
+    padded: Vec<Cow<'a, [f32]>>,
+    transposed: Vec<Vec<f32>>,
+}
+
+/// The images prepared in parallel, and each image's bias-gradient running sums for its first
+/// `bias_channels` channels (all or none), taken while its gradient is turned around.
+fn prepared_images<'a>(
+    input: &'a [f32],
+    output_grad: &[f32],
+    shape: &ConvShape,
+    bias_channels: usize,
+) -> (PreparedImages<'a>, Vec<Vec<[f32; LANES]>>) {
+    let padded = match shape.reads_input_in_place() {
+        true => (0..shape.batch)
+            .map(|b| Cow::Borrowed(image(input, b, shape.input_len())))
+            .collect(),
+        false => (0..shape.batch)
             .into_par_iter()
             .with_max_len(output::leaf_len(shape.batch))
-            .map(|b| {
-                let (mut dyt, mut lanes) = (Vec::new(), vec![[0.0; LANES]; bias_lanes_len]);
-                transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt, &mut lanes);
-                (dyt, lanes)
-            })
-            .unzip();
-        image_lanes = lanes;
-        (padded, transposed)
-    });
-    let mut transposed = vec![0.0f32; taps * lanes];
-    if by_image {
-        // `[image][taps][lanes]`, each task's taps contiguous within its image.
-        let mut image_sums = vec![0.0f32; shape.batch * taps * lanes];
-        match &prepared {
-            None => image_sums
-                .par_chunks_mut(taps * lanes)
-                .zip(image_lanes.par_iter_mut())
-                .enumerate()
-                .with_max_len(1)
-                .for_each(|(b, (sums, bias_lanes))| {
-                    let (mut padded, mut dyt) = (Scratch::take(), Scratch::take());
-                    let src = padded_source(input, b, shape, &mut padded);
-                    transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt, bias_lanes);
-                    image_tap_sums(src, &dyt, &offsets, sums);
-                }),
-            Some((padded, dyt)) => {
-                let tasks: Vec<(usize, &[usize], &mut [f32])> = image_sums
-                    .chunks_mut(taps * lanes)
-                    .enumerate()
-                    .flat_map(|(b, image_sum)| {
-                        let image_groups = image_sum.chunks_mut(group_taps * lanes).zip(offsets.chunks(group_taps));
-                        image_groups.map(move |(sums, tap_offsets)| (b, tap_offsets, sums))
-                    })
-                    .collect();
-                tasks
-                    .into_par_iter()
-                    .with_max_len(1)
-                    .for_each(|(b, tap_offsets, sums)| image_tap_sums(&padded[b], &dyt[b], tap_offsets, sums));
-            }
-        }
-        transposed
-            .par_chunks_mut(lanes)
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(k, total)| {
-                for sums in image_sums.chunks(taps * lanes) {
-                    for (t, s) in total.iter_mut().zip(&sums[k * lanes..][..lanes]) {
-                        *t += s;
-                    }
-                }
-            });
-    } else {
-        let (padded, dyt) = prepared.as_ref().expect("tasks of taps read prepared images");
-        transposed
-            .par_chunks_mut(group_taps * lanes)
-            .zip(offsets.par_chunks(group_taps))
-            .with_max_len(1)
-            .for_each(|(total, tap_offsets)| {
-                for b in 0..shape.batch {
-                    image_tap_sums_added(&padded[b], &dyt[b], tap_offsets, total);
-                }
-            });
-    }
-    // `[taps][lanes]` to `[c_out][taps]`, `LANES` output channels a task (one thread did this
-    // alone: 600 000 scattered writes at 256 channels). Where the CPU has AVX2, blocks of 8 taps
-    // x 8 channels are turned around in registers and stored a row of 8 taps at a time (value by
-    // value, each store went to another channel's row: a cache line written 4 bytes at a time).
-    let mut grad = vec![0.0f32; shape.channels_out * taps];
-    grad.par_chunks_mut(LANES * taps).enumerate().for_each(|(block, rows)| {
-        let (first, channels) = (block * LANES, rows.len() / taps);
-        #[cfg_attr(not(x86_kernels), allow(unused_mut))]
-        let mut blocked_taps = 0;
-        #[cfg(x86_kernels)]
-        if channels == 8 && isa::current() >= Isa::Avx2 {
-            blocked_taps = taps / 8 * 8;
-            // SAFETY: `current` names AVX2 only where the CPU has it. Tap `k` is "channel" `k` of
-            // the generic transpose, the block's channels its columns.
-            unsafe { transpose_blocks_avx2(&transposed, lanes, first, [blocked_taps, 8], rows, taps) };
-        }
-        for (k, row) in transposed.chunks(lanes).enumerate().skip(blocked_taps) {
-            for (c, &value) in row[first..].iter().take(channels).enumerate() {
-                rows[c * taps + k] = value;
-            }
-        }
-    });
-    (grad, with_bias.then(|| bias_from_lanes(&image_lanes, shape.channels_out)))
+            .map(|b| Cow::Owned(padded_image(image(input, b, shape.input_len()), shape)))
+            .collect(),
+    };
+    let (transposed, lanes) = (0..shape.batch)
+        .into_par_iter()
+        .with_max_len(output::leaf_len(shape.batch))
+        .map(|b| {
+            let (mut dyt, mut lanes) = (Vec::new(), vec![[0.0; LANES]; bias_channels]);
+            transposed_output_into(image(output_grad, b, shape.output_len()), shape, &mut dyt, &mut lanes);
+            (dyt, lanes)
+        })
+        .unzip();
+    (PreparedImages { padded, transposed }, lanes)
 }
 
 /// `dL/dbias` (`[c_out]`): `dL/dy` summed over images and positions, each channel in `LANES`
