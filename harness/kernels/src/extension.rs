@@ -164,6 +164,48 @@ pub trait UnetKernels: Backend {
         )
     }
 
+    /// `conv_block_eval` of `skip` and `x` concatenated along the channels (a decoder block's
+    /// input), which a backend may read where they lie instead of concatenating them first.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_block_eval_cat(
+        skip: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight_a: FloatTensor<Self>,
+        bias_a: FloatTensor<Self>,
+        gamma_a: FloatTensor<Self>,
+        beta_a: FloatTensor<Self>,
+        mean_a: FloatTensor<Self>,
+        variance_a: FloatTensor<Self>,
+        weight_b: FloatTensor<Self>,
+        bias_b: FloatTensor<Self>,
+        gamma_b: FloatTensor<Self>,
+        beta_b: FloatTensor<Self>,
+        mean_b: FloatTensor<Self>,
+        variance_b: FloatTensor<Self>,
+        paddings: [usize; 2],
+        epsilons: [f64; 2],
+        negative_slope: f64,
+    ) -> FloatTensor<Self> {
+        Self::conv_block_eval(
+            Self::cat_channels(skip, x),
+            weight_a,
+            bias_a,
+            gamma_a,
+            beta_a,
+            mean_a,
+            variance_a,
+            weight_b,
+            bias_b,
+            gamma_b,
+            beta_b,
+            mean_b,
+            variance_b,
+            paddings,
+            epsilons,
+            negative_slope,
+        )
+    }
+
     /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
     /// `mask` describes (`dropout_cpu`: the same on every backend and thread count).
     fn dropout_node(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
@@ -826,64 +868,62 @@ impl UnetKernels for Flex {
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FlexTensor {
-        let norm_covers =
-            |shape: &ConvShape, parameters: [&FlexTensor; 4]| parameters.iter().all(|t| t.shape().num_elements() == shape.channels_out);
-        // Both convolutions and both norms covered, the second convolution reading the first
-        // one's output; the second shape is built only from a first one the kernels cover.
-        let shapes = covered_conv(&x, &weight_a, &bias_a, paddings[0]).and_then(|shape_a| {
-            let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
-            let shape_b = ConvShape {
-                channels_in: shape_a.channels_out,
-                channels_out: channels_b,
-                height: shape_a.out_height(),
-                width: shape_a.out_width(),
-                kernel: [kernel_height, kernel_width],
-                padding: paddings[1],
-                ..shape_a
-            };
-            let covered = shape_b.is_valid()
-                && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
-                && bias_b.shape().num_elements() == shape_b.channels_out
-                && norm_covers(&shape_a, [&gamma_a, &beta_a, &mean_a, &variance_a])
-                && norm_covers(&shape_b, [&gamma_b, &beta_b, &mean_b, &variance_b]);
-            covered.then_some((shape_a, shape_b))
-        });
-        let tensors = [
-            &x,
-            &weight_a,
-            &bias_a,
-            &gamma_a,
-            &beta_a,
-            &mean_a,
-            &variance_a,
-            &weight_b,
-            &bias_b,
-            &gamma_b,
-            &beta_b,
-            &mean_b,
-            &variance_b,
+        let layers = [
+            [&weight_a, &bias_a, &gamma_a, &beta_a, &mean_a, &variance_a],
+            [&weight_b, &bias_b, &gamma_b, &beta_b, &mean_b, &variance_b],
         ];
-        let output = shapes.and_then(|(shape_a, shape_b)| {
-            with_f32(tensors, |[x, wa, ba, ga, bta, ma, va, wb, bb, gb, btb, mb, vb]| {
-                let (norm_a, norm_b) = (
-                    EvalNorm::new(ga, bta, ma, va, epsilons[0]),
-                    EvalNorm::new(gb, btb, mb, vb, epsilons[1]),
-                );
-                let y = conv_cpu::forward_twice_then(
-                    x,
-                    [(wa, ba, &shape_a), (wb, bb, &shape_b)],
-                    &norm_leaky_rows(&norm_a, negative_slope),
-                    &norm_leaky_rows(&norm_b, negative_slope),
-                );
-                (y, shape_b)
-            })
-        });
-        match output {
-            Some((y, shape)) => flex_tensor(y, vec![shape.batch, shape.channels_out, shape.out_height(), shape.out_width()]),
+        match flex_block_eval(&[&x], layers, paddings, epsilons, negative_slope) {
+            Some(y) => y,
             None => block_as_layers::<Self>(
                 x,
                 [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a],
                 [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b],
+                paddings,
+                epsilons,
+                negative_slope,
+            ),
+        }
+    }
+
+    fn conv_block_eval_cat(
+        skip: FlexTensor,
+        x: FlexTensor,
+        weight_a: FlexTensor,
+        bias_a: FlexTensor,
+        gamma_a: FlexTensor,
+        beta_a: FlexTensor,
+        mean_a: FlexTensor,
+        variance_a: FlexTensor,
+        weight_b: FlexTensor,
+        bias_b: FlexTensor,
+        gamma_b: FlexTensor,
+        beta_b: FlexTensor,
+        mean_b: FlexTensor,
+        variance_b: FlexTensor,
+        paddings: [usize; 2],
+        epsilons: [f64; 2],
+        negative_slope: f64,
+    ) -> FlexTensor {
+        let layers = [
+            [&weight_a, &bias_a, &gamma_a, &beta_a, &mean_a, &variance_a],
+            [&weight_b, &bias_b, &gamma_b, &beta_b, &mean_b, &variance_b],
+        ];
+        match flex_block_eval(&[&skip, &x], layers, paddings, epsilons, negative_slope) {
+            Some(y) => y,
+            None => Self::conv_block_eval(
+                Self::cat_channels(skip, x),
+                weight_a,
+                bias_a,
+                gamma_a,
+                beta_a,
+                mean_a,
+                variance_a,
+                weight_b,
+                bias_b,
+                gamma_b,
+                beta_b,
+                mean_b,
+                variance_b,
                 paddings,
                 epsilons,
                 negative_slope,
@@ -955,6 +995,86 @@ impl UnetKernels for Flex {
             None => Self::conv2d_bias_backward(x, bias, output_grad),
         }
     }
+}
+
+/// Flex's fused inference block (`conv_cpu::forward_twice_then`) over `parts` (one activation,
+/// or two to be read as if concatenated along the channels), with `layers`' convolution and
+/// norm parameters (`[weight, bias, gamma, beta, mean, variance]` each): `None` where the kernels
+/// do not cover the shapes or the dtype (the caller then runs the layers one by one).
+fn flex_block_eval(
+    parts: &[&FlexTensor],
+    layers: [[&FlexTensor; 6]; 2],
+    paddings: [usize; 2],
+    epsilons: [f64; 2],
+    negative_slope: f64,
+) -> Option<FlexTensor> {
+    let [[weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a], [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b]] = layers;
+    let norm_covers =
+        |shape: &ConvShape, parameters: [&FlexTensor; 4]| parameters.iter().all(|t| t.shape().num_elements() == shape.channels_out);
+    // The parts: 4-D, the same images and sizes, their channels added up.
+    let dims: Vec<[usize; 4]> = parts
+        .iter()
+        .filter(|t| t.shape().num_dims() == 4)
+        .map(|t| t.shape().dims())
+        .collect();
+    let same_images = dims.len() == parts.len() && dims.windows(2).all(|d| (d[0][0], d[0][2], d[0][3]) == (d[1][0], d[1][2], d[1][3]));
+    let [batch, _, height, width] = *dims.first().filter(|_| same_images)?;
+    let channels_in: usize = dims.iter().map(|d| d[1]).sum();
+    let [channels_a, weight_channels, kernel_height, kernel_width] = weight_a.shape().dims();
+    let shape_a = ConvShape {
+        batch,
+        channels_in,
+        channels_out: channels_a,
+        height,
+        width,
+        kernel: [kernel_height, kernel_width],
+        padding: paddings[0],
+    };
+    // Both convolutions and both norms covered, the second convolution reading the first one's
+    // output; the second shape is built only from a first one the kernels cover.
+    let covered_a = shape_a.is_valid() && weight_channels == channels_in && bias_a.shape().num_elements() == channels_a;
+    let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
+    let shape_b = ConvShape {
+        channels_in: shape_a.channels_out,
+        channels_out: channels_b,
+        height: shape_a.out_height(),
+        width: shape_a.out_width(),
+        kernel: [kernel_height, kernel_width],
+        padding: paddings[1],
+        ..shape_a
+    };
+    let covered = covered_a
+        && shape_b.is_valid()
+        && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
+        && bias_b.shape().num_elements() == shape_b.channels_out
+        && norm_covers(&shape_a, [gamma_a, beta_a, mean_a, variance_a])
+        && norm_covers(&shape_b, [gamma_b, beta_b, mean_b, variance_b]);
+    if !covered {
+        return None;
+    }
+    let parameters = [
+        weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a, weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b,
+    ];
+    let block = |input: conv_cpu::ConvInput| {
+        with_f32(parameters, |[wa, ba, ga, bta, ma, va, wb, bb, gb, btb, mb, vb]| {
+            let (norm_a, norm_b) = (
+                EvalNorm::new(ga, bta, ma, va, epsilons[0]),
+                EvalNorm::new(gb, btb, mb, vb, epsilons[1]),
+            );
+            let (between, finish) = (norm_leaky_rows(&norm_a, negative_slope), norm_leaky_rows(&norm_b, negative_slope));
+            conv_cpu::forward_twice_then(input, [(wa, ba, &shape_a), (wb, bb, &shape_b)], &between, &finish)
+        })
+    };
+    let y = match parts {
+        [x] => with_f32([x], |[x]| block(conv_cpu::ConvInput::One(x))),
+        [first, second] => with_f32([first, second], |[first, second]| block(conv_cpu::ConvInput::Cat([first, second]))),
+        _ => None,
+    }
+    .flatten()?;
+    Some(flex_tensor(
+        y,
+        vec![shape_b.batch, shape_b.channels_out, shape_b.out_height(), shape_b.out_width()],
+    ))
 }
 
 /// The weight gradient as a tensor: the kernel's `computed` one, or burn's op where the kernel did

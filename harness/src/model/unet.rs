@@ -139,12 +139,16 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        kernels::conv_block(
-            [(&self.conv_a, &self.norm_a), (&self.conv_b, &self.norm_b)],
-            &self.act,
-            &self.dropout,
-            x,
-        )
+        kernels::conv_block(self.layers(), &self.act, &self.dropout, x)
+    }
+
+    /// `forward` of `skip` and `x` concatenated along the channels.
+    fn forward_cat(&self, skip: Tensor<4>, x: Tensor<4>) -> Tensor<4> {
+        kernels::conv_block_cat(self.layers(), &self.act, &self.dropout, skip, x)
+    }
+
+    fn layers(&self) -> [(&Conv2d, &BatchNorm); 2] {
+        [(&self.conv_a, &self.norm_a), (&self.conv_b, &self.norm_b)]
     }
 }
 
@@ -170,7 +174,7 @@ impl UpBlock {
 
     fn forward(&self, deep: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
         let x = kernels::interpolate(&self.upsample, kernels::conv2d(&self.reduce, deep));
-        self.block.forward(kernels::cat_channels(skip, x))
+        self.block.forward_cat(skip, x)
     }
 }
 

@@ -11,7 +11,7 @@ use super::super::isa;
 use super::super::microkernel::{self, Run, HALF_TILE};
 use super::super::output;
 use super::super::scratch::Scratch;
-use super::layout::{check_lengths, pad_frame, padded_source, ConvShape};
+use super::layout::{check_lengths, pad_frame, padded_source, padded_source_of, ConvInput, ConvShape};
 
 /// What happens to a row of output channel `c` (or a part of one) once the convolution has
 /// computed it: `(c, values)`, changing the values in place while they are in the core's cache.
@@ -92,12 +92,13 @@ pub(crate) fn forward_then(input: &[f32], weight: &[f32], bias: &[f32], shape: &
 /// stays in the core's cache from one convolution to the next. Every value is computed as
 /// `forward_then` computes it.
 pub(crate) fn forward_twice_then(
-    input: &[f32],
+    input: ConvInput,
     [(weight_a, bias_a, shape_a), (weight_b, bias_b, shape_b)]: [(&[f32], &[f32], &ConvShape); 2],
     between: &impl RowFinish,
     finish: &impl RowFinish,
 ) -> Vec<f32> {
-    check_lengths(shape_a, Some(input), Some(weight_a), None);
+    input.check(shape_a);
+    check_lengths(shape_a, None, Some(weight_a), None);
     check_lengths(shape_b, None, Some(weight_b), None);
     assert!(
         shape_a.batch == shape_b.batch
@@ -116,7 +117,7 @@ pub(crate) fn forward_twice_then(
         shape_b.output_len(),
         || (Scratch::take(), Scratch::take(), Scratch::take()),
         |(padded_a, padded_b, local), b, out| {
-            let src = padded_source(input, b, shape_a, padded_a);
+            let src = padded_source_of(input, b, shape_a, padded_a);
             let len = shape_b.padded_len();
             padded_b.clear();
             padded_b.reserve(len);

@@ -178,8 +178,19 @@ pub(super) const MAX_BAND: usize = 512;
 /// sequential pass writes every value once, borders included, so a reused buffer needs no
 /// zero-filling.
 pub(super) fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) {
+    pad_parts_into(&[image], shape, padded);
+}
+
+/// `pad_into` for an image given as `parts`, each whole channel planes, the channels of all of
+/// them in order (an image of two activations concatenated along the channels).
+fn pad_parts_into(parts: &[&[f32]], shape: &ConvShape, padded: &mut Vec<f32>) {
     let (w, len) = (shape.width, shape.padded_len());
-    assert_eq!(image.len(), shape.input_len(), "conv padding: expected one image");
+    let image_len: usize = parts.iter().map(|part| part.len()).sum();
+    assert_eq!(image_len, shape.input_len(), "conv padding: expected one image");
+    assert!(
+        parts.iter().all(|part| part.len().is_multiple_of(shape.height * w)),
+        "conv padding: a part of an image that is not whole channels"
+    );
     padded.clear();
     padded.reserve(len);
     // Written into the spare capacity, each stretch of zeros and each row with one slice
@@ -187,7 +198,8 @@ pub(super) fn pad_into(image: &[f32], shape: &ConvShape, padded: &mut Vec<f32>) 
     // much as the copy).
     let slots = &mut padded.spare_capacity_mut()[..len];
     pad_frame(shape, slots);
-    for (channel, values) in image.chunks(shape.height * w).enumerate() {
+    let planes = parts.iter().flat_map(|part| part.chunks(shape.height * w));
+    for (channel, values) in planes.enumerate() {
         for (row, values) in values.chunks(w).enumerate() {
             let at = shape.padded_row(channel, row);
             copy_row(&mut slots[at..at + w], values);
@@ -228,11 +240,55 @@ pub(super) fn padded_image(image: &[f32], shape: &ConvShape) -> Vec<f32> {
 /// What the tiles read for image `b` of `input`: the image itself where it is its own padded
 /// copy (`reads_input_in_place`), else its padded copy, made in `padded`.
 pub(super) fn padded_source<'a>(input: &'a [f32], b: usize, shape: &ConvShape, padded: &'a mut Vec<f32>) -> &'a [f32] {
-    let image = image(input, b, shape.input_len());
-    if shape.reads_input_in_place() {
-        return image;
+    padded_source_of(ConvInput::One(input), b, shape, padded)
+}
+
+/// What a convolution reads: one activation, or two concatenated along the channel axis (a
+/// decoder block's skip connection, then its upsampled input), each read where it lies: the
+/// padded copy each image gets anyway is made from both, and the concatenation is never written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConvInput<'a> {
+    One(&'a [f32]),
+    Cat([&'a [f32]; 2]),
+}
+
+impl ConvInput<'_> {
+    /// Panics unless the input holds `shape`'s images (each part whole channel planes of them).
+    pub(super) fn check(&self, shape: &ConvShape) {
+        match *self {
+            ConvInput::One(input) => check_lengths(shape, Some(input), None, None),
+            ConvInput::Cat([first, second]) => {
+                check_lengths(shape, None, None, None);
+                let plane = shape.batch * shape.height * shape.width;
+                assert!(
+                    first.len().is_multiple_of(plane)
+                        && second.len().is_multiple_of(plane)
+                        && first.len() / plane + second.len() / plane == shape.channels_in,
+                    "conv input: {} and {} values are not {} channels of {shape:?}",
+                    first.len(),
+                    second.len(),
+                    shape.channels_in
+                );
+            }
+        }
     }
-    pad_into(image, shape, padded);
+}
+
+/// `padded_source` for any `ConvInput`: a concatenation is always copied (its parts lie apart).
+pub(super) fn padded_source_of<'a>(input: ConvInput<'a>, b: usize, shape: &ConvShape, padded: &'a mut Vec<f32>) -> &'a [f32] {
+    match input {
+        ConvInput::One(input) => {
+            let image = image(input, b, shape.input_len());
+            if shape.reads_input_in_place() {
+                return image;
+            }
+            pad_into(image, shape, padded);
+        }
+        ConvInput::Cat(parts) => {
+            let parts = parts.map(|part| image(part, b, part.len() / shape.batch));
+            pad_parts_into(&parts, shape, padded);
+        }
+    }
     padded
 }
 

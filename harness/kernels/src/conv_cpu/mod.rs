@@ -33,6 +33,7 @@ mod forward;
 mod layout;
 mod weight_grad;
 
+pub(crate) use layout::ConvInput;
 pub use layout::ConvShape;
 
 #[cfg(test)]
@@ -445,7 +446,7 @@ mod tests {
                 let _forced = crate::isa::force(isa);
                 let middle = forward_then(&x, &wa, &ba, &a, &between);
                 let expected = forward_then(&middle, &wb, &bb, &b, &finish);
-                let got = forward_twice_then(&x, [(&wa, &ba, &a), (&wb, &bb, &b)], &between, &finish);
+                let got = forward_twice_then(ConvInput::One(&x), [(&wa, &ba, &a), (&wb, &bb, &b)], &between, &finish);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&expected), "{a:?} then {b:?}, {isa:?}");
             }
