@@ -1000,7 +1000,8 @@ impl UnetKernels for Flex {
 /// Flex's fused inference block (`conv_cpu::forward_twice_then`) over `parts` (one activation,
 /// or two to be read as if concatenated along the channels), with `layers`' convolution and
 /// norm parameters (`[weight, bias, gamma, beta, mean, variance]` each): `None` where the kernels
-/// do not cover the shapes or the dtype (the caller then runs the layers one by one).
+/// do not cover the shapes or the dtype (the caller then takes burn's ops: the layers one by one,
+/// after concatenating two parts).
 fn flex_block_eval(
     parts: &[&FlexTensor],
     layers: [[&FlexTensor; 6]; 2],
@@ -1031,8 +1032,11 @@ fn flex_block_eval(
         padding: paddings[0],
     };
     // Both convolutions and both norms covered, the second convolution reading the first one's
-    // output; the second shape is built only from a first one the kernels cover.
-    let covered_a = shape_a.is_valid() && weight_channels == channels_in && bias_a.shape().num_elements() == channels_a;
+    // output; the second shape is built only from a first one the kernels cover (its output size
+    // is computed from it).
+    if !(shape_a.is_valid() && weight_channels == channels_in && bias_a.shape().num_elements() == channels_a) {
+        return None;
+    }
     let [channels_b, _, kernel_height, kernel_width] = weight_b.shape().dims();
     let shape_b = ConvShape {
         channels_in: shape_a.channels_out,
@@ -1043,8 +1047,7 @@ fn flex_block_eval(
         padding: paddings[1],
         ..shape_a
     };
-    let covered = covered_a
-        && shape_b.is_valid()
+    let covered = shape_b.is_valid()
         && weight_b.shape().dims::<4>() == [shape_b.channels_out, shape_b.channels_in, shape_b.kernel[0], shape_b.kernel[1]]
         && bias_b.shape().num_elements() == shape_b.channels_out
         && norm_covers(&shape_a, [gamma_a, beta_a, mean_a, variance_a])

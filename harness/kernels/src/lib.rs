@@ -804,8 +804,9 @@ mod tests {
 
     /// A block in inference is one op (`conv_cpu::forward_twice_then` runs) that gives the two
     /// layers' values (with the identity dropout between them) bit for bit, for a 3 x 3 pair and
-    /// a 1 x 1 then 3 x 3 pair, over images wide enough for band boundaries inside rows; and so
-    /// does the block over two inputs read as their concatenation (`conv_block_cat`).
+    /// a 1 x 1 then 3 x 3 pair, over images wide enough for band boundaries inside rows and over
+    /// images of whole half-tiles; and so does the block over two inputs read as their
+    /// concatenation (`conv_block_cat`).
     #[test]
     fn a_fused_inference_block_is_bitwise_its_layers() {
         let _serial = serial_random_stream();
@@ -824,8 +825,12 @@ mod tests {
         };
         let act = LeakyReluConfig::new().with_negative_slope(0.05).init();
         let between = DropoutConfig::new(0.3).init();
-        let x = Tensor::<4>::random([2, 3, 11, 90], Distribution::Normal(0.0, 2.0), &device);
-        for (first_kernel, first_padding) in [(3, 1), (1, 0)] {
+        // 11 x 90 images are not whole half-tiles (a 1 x 1 first layer copies them); 16 x 16 ones
+        // are (it reads them in place, where two parts are still copied).
+        let sizes = [(11, 90), (16, 16)];
+        let cases = sizes.into_iter().flat_map(|size| [(3, 1), (1, 0)].map(|first| (size, first)));
+        for ((height, width), (first_kernel, first_padding)) in cases {
+            let x = Tensor::<4>::random([2, 3, height, width], Distribution::Normal(0.0, 2.0), &device);
             let conv = |input: usize, output: usize, kernel: usize, padding: usize| {
                 Conv2dConfig::new([input, output], [kernel, kernel])
                     .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
@@ -840,11 +845,15 @@ mod tests {
                 "the fused op ran"
             );
             let layers = conv_norm_leaky(&conv_b, &norm_b, &act, conv_norm_leaky(&conv_a, &norm_a, &act, x.clone()));
-            assert_eq!(fused, bits(layers.into_data()), "{first_kernel} x {first_kernel} kernel first");
+            assert_eq!(
+                fused,
+                bits(layers.into_data()),
+                "{height} x {width}, {first_kernel} x {first_kernel} kernel first"
+            );
             // The same block over x's first channel and its other two, read where they lie.
             let (skip, rest) = (
-                x.clone().slice([0..2, 0..1, 0..11, 0..90]),
-                x.clone().slice([0..2, 1..3, 0..11, 0..90]),
+                x.clone().slice([0..2, 0..1, 0..height, 0..width]),
+                x.clone().slice([0..2, 1..3, 0..height, 0..width]),
             );
             let calls = conv_cpu::TWICE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
             let of_parts = bits(conv_block_cat([(&conv_a, &norm_a), (&conv_b, &norm_b)], &act, &between, skip, rest).into_data());
@@ -852,7 +861,10 @@ mod tests {
                 conv_cpu::TWICE_CALLS.load(std::sync::atomic::Ordering::Relaxed) > calls,
                 "the fused op ran on the two parts"
             );
-            assert_eq!(of_parts, fused, "{first_kernel} x {first_kernel} kernel first, over two parts");
+            assert_eq!(
+                of_parts, fused,
+                "{height} x {width}, {first_kernel} x {first_kernel} kernel first, over two parts"
+            );
         }
     }
 

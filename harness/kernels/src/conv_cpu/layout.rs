@@ -244,8 +244,9 @@ pub(super) fn padded_source<'a>(input: &'a [f32], b: usize, shape: &ConvShape, p
 }
 
 /// What a convolution reads: one activation, or two concatenated along the channel axis (a
-/// decoder block's skip connection, then its upsampled input), each read where it lies: the
-/// padded copy each image gets anyway is made from both, and the concatenation is never written.
+/// decoder block's skip connection, then its upsampled input), each read where it lies: each
+/// image's padded copy is made from both (always made for two parts, even where one input would
+/// be read in place), and the concatenation is never written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ConvInput<'a> {
     One(&'a [f32]),
@@ -259,11 +260,12 @@ impl ConvInput<'_> {
             ConvInput::One(input) => check_lengths(shape, Some(input), None, None),
             ConvInput::Cat([first, second]) => {
                 check_lengths(shape, None, None, None);
-                let plane = shape.batch * shape.height * shape.width;
+                // Whole channels of every image (no image at all: both parts empty).
+                let channel = (shape.batch * shape.height * shape.width).max(1);
                 assert!(
-                    first.len().is_multiple_of(plane)
-                        && second.len().is_multiple_of(plane)
-                        && first.len() / plane + second.len() / plane == shape.channels_in,
+                    first.len().is_multiple_of(channel)
+                        && second.len().is_multiple_of(channel)
+                        && first.len() + second.len() == shape.batch * shape.input_len(),
                     "conv input: {} and {} values are not {} channels of {shape:?}",
                     first.len(),
                     second.len(),
