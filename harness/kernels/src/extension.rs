@@ -135,75 +135,29 @@ pub trait UnetKernels: Backend {
     /// Two `conv_norm_leaky_eval` layers in a row (a convolution block in inference, its dropout
     /// the identity there): one op, so that flex takes each image from the first layer's rows
     /// straight into the second convolution's padded copy.
-    #[allow(clippy::too_many_arguments)]
     fn conv_block_eval(
         x: FloatTensor<Self>,
-        weight_a: FloatTensor<Self>,
-        bias_a: FloatTensor<Self>,
-        gamma_a: FloatTensor<Self>,
-        beta_a: FloatTensor<Self>,
-        mean_a: FloatTensor<Self>,
-        variance_a: FloatTensor<Self>,
-        weight_b: FloatTensor<Self>,
-        bias_b: FloatTensor<Self>,
-        gamma_b: FloatTensor<Self>,
-        beta_b: FloatTensor<Self>,
-        mean_b: FloatTensor<Self>,
-        variance_b: FloatTensor<Self>,
+        #[extension_type] layer_a: EvalLayer<Self>,
+        #[extension_type] layer_b: EvalLayer<Self>,
         paddings: [usize; 2],
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FloatTensor<Self> {
-        block_as_layers::<Self>(
-            x,
-            [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a],
-            [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b],
-            paddings,
-            epsilons,
-            negative_slope,
-        )
+        block_as_layers::<Self>(x, [layer_a, layer_b], paddings, epsilons, negative_slope)
     }
 
     /// `conv_block_eval` of `skip` and `x` concatenated along the channels (a decoder block's
     /// input), which a backend may read where they lie instead of concatenating them first.
-    #[allow(clippy::too_many_arguments)]
     fn conv_block_eval_cat(
         skip: FloatTensor<Self>,
         x: FloatTensor<Self>,
-        weight_a: FloatTensor<Self>,
-        bias_a: FloatTensor<Self>,
-        gamma_a: FloatTensor<Self>,
-        beta_a: FloatTensor<Self>,
-        mean_a: FloatTensor<Self>,
-        variance_a: FloatTensor<Self>,
-        weight_b: FloatTensor<Self>,
-        bias_b: FloatTensor<Self>,
-        gamma_b: FloatTensor<Self>,
-        beta_b: FloatTensor<Self>,
-        mean_b: FloatTensor<Self>,
-        variance_b: FloatTensor<Self>,
+        #[extension_type] layer_a: EvalLayer<Self>,
+        #[extension_type] layer_b: EvalLayer<Self>,
         paddings: [usize; 2],
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FloatTensor<Self> {
-        Self::conv_block_eval(
-            Self::cat_channels(skip, x),
-            weight_a,
-            bias_a,
-            gamma_a,
-            beta_a,
-            mean_a,
-            variance_a,
-            weight_b,
-            bias_b,
-            gamma_b,
-            beta_b,
-            mean_b,
-            variance_b,
-            paddings,
-            epsilons,
-            negative_slope,
-        )
+        Self::conv_block_eval(Self::cat_channels(skip, x), layer_a, layer_b, paddings, epsilons, negative_slope)
     }
 
     /// Dropout in training, burn's formula `(x * mask) * (1 / (1 - prob))`, with the mask
@@ -338,6 +292,18 @@ pub struct NormOutput<B: Backend> {
     pub variance: FloatTensor<B>,
 }
 
+/// One layer of a block in inference: a convolution's weight and bias, then its batch norm's
+/// parameters and running statistics.
+#[derive(ExtensionType)]
+pub struct EvalLayer<B: Backend> {
+    pub weight: FloatTensor<B>,
+    pub bias: FloatTensor<B>,
+    pub gamma: FloatTensor<B>,
+    pub beta: FloatTensor<B>,
+    pub mean: FloatTensor<B>,
+    pub variance: FloatTensor<B>,
+}
+
 /// The gradients of a convolution with respect to its weight and bias.
 #[derive(ExtensionType)]
 pub struct ConvParamGrads<B: Backend> {
@@ -422,38 +388,24 @@ fn burns_conv_norm_leaky_eval<B: UnetKernels>(
 /// gamma, beta, mean, variance.
 fn block_as_layers<B: UnetKernels>(
     x: FloatTensor<B>,
-    layer_a: [FloatTensor<B>; 6],
-    layer_b: [FloatTensor<B>; 6],
+    layers: [EvalLayer<B>; 2],
     paddings: [usize; 2],
     epsilons: [f64; 2],
     negative_slope: f64,
 ) -> FloatTensor<B> {
-    let [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a] = layer_a;
-    let [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b] = layer_b;
-    let y = B::conv_norm_leaky_eval(
-        x,
-        weight_a,
-        bias_a,
-        paddings[0],
-        gamma_a,
-        beta_a,
-        mean_a,
-        variance_a,
-        epsilons[0],
-        negative_slope,
-    );
-    B::conv_norm_leaky_eval(
-        y,
-        weight_b,
-        bias_b,
-        paddings[1],
-        gamma_b,
-        beta_b,
-        mean_b,
-        variance_b,
-        epsilons[1],
-        negative_slope,
-    )
+    let mut y = x;
+    for ((layer, padding), epsilon) in layers.into_iter().zip(paddings).zip(epsilons) {
+        let EvalLayer {
+            weight,
+            bias,
+            gamma,
+            beta,
+            mean,
+            variance,
+        } = layer;
+        y = B::conv_norm_leaky_eval(y, weight, bias, padding, gamma, beta, mean, variance, epsilon, negative_slope);
+    }
+    y
 }
 
 /// The fused inference layers' finish: a row normalized with running statistics, then the
@@ -852,82 +804,35 @@ impl UnetKernels for Flex {
 
     fn conv_block_eval(
         x: FlexTensor,
-        weight_a: FlexTensor,
-        bias_a: FlexTensor,
-        gamma_a: FlexTensor,
-        beta_a: FlexTensor,
-        mean_a: FlexTensor,
-        variance_a: FlexTensor,
-        weight_b: FlexTensor,
-        bias_b: FlexTensor,
-        gamma_b: FlexTensor,
-        beta_b: FlexTensor,
-        mean_b: FlexTensor,
-        variance_b: FlexTensor,
+        layer_a: EvalLayer<Self>,
+        layer_b: EvalLayer<Self>,
         paddings: [usize; 2],
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FlexTensor {
-        let layers = [
-            [&weight_a, &bias_a, &gamma_a, &beta_a, &mean_a, &variance_a],
-            [&weight_b, &bias_b, &gamma_b, &beta_b, &mean_b, &variance_b],
-        ];
-        match flex_block_eval(&[&x], layers, paddings, epsilons, negative_slope) {
+        let layers = [layer_a, layer_b];
+        match flex_block_eval(&[&x], &layers, paddings, epsilons, negative_slope) {
             Some(y) => y,
-            None => block_as_layers::<Self>(
-                x,
-                [weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a],
-                [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b],
-                paddings,
-                epsilons,
-                negative_slope,
-            ),
+            None => block_as_layers::<Self>(x, layers, paddings, epsilons, negative_slope),
         }
     }
 
     fn conv_block_eval_cat(
         skip: FlexTensor,
         x: FlexTensor,
-        weight_a: FlexTensor,
-        bias_a: FlexTensor,
-        gamma_a: FlexTensor,
-        beta_a: FlexTensor,
-        mean_a: FlexTensor,
-        variance_a: FlexTensor,
-        weight_b: FlexTensor,
-        bias_b: FlexTensor,
-        gamma_b: FlexTensor,
-        beta_b: FlexTensor,
-        mean_b: FlexTensor,
-        variance_b: FlexTensor,
+        layer_a: EvalLayer<Self>,
+        layer_b: EvalLayer<Self>,
         paddings: [usize; 2],
         epsilons: [f64; 2],
         negative_slope: f64,
     ) -> FlexTensor {
-        let layers = [
-            [&weight_a, &bias_a, &gamma_a, &beta_a, &mean_a, &variance_a],
-            [&weight_b, &bias_b, &gamma_b, &beta_b, &mean_b, &variance_b],
-        ];
-        match flex_block_eval(&[&skip, &x], layers, paddings, epsilons, negative_slope) {
+        let layers = [layer_a, layer_b];
+        match flex_block_eval(&[&skip, &x], &layers, paddings, epsilons, negative_slope) {
             Some(y) => y,
-            None => Self::conv_block_eval(
-                Self::cat_channels(skip, x),
-                weight_a,
-                bias_a,
-                gamma_a,
-                beta_a,
-                mean_a,
-                variance_a,
-                weight_b,
-                bias_b,
-                gamma_b,
-                beta_b,
-                mean_b,
-                variance_b,
-                paddings,
-                epsilons,
-                negative_slope,
-            ),
+            None => {
+                let [layer_a, layer_b] = layers;
+                Self::conv_block_eval(Self::cat_channels(skip, x), layer_a, layer_b, paddings, epsilons, negative_slope)
+            }
         }
     }
 
@@ -1004,12 +909,26 @@ impl UnetKernels for Flex {
 /// after concatenating two parts).
 fn flex_block_eval(
     parts: &[&FlexTensor],
-    layers: [[&FlexTensor; 6]; 2],
+    layers: &[EvalLayer<Flex>; 2],
     paddings: [usize; 2],
     epsilons: [f64; 2],
     negative_slope: f64,
 ) -> Option<FlexTensor> {
-    let [[weight_a, bias_a, gamma_a, beta_a, mean_a, variance_a], [weight_b, bias_b, gamma_b, beta_b, mean_b, variance_b]] = layers;
+    let [EvalLayer {
+        weight: weight_a,
+        bias: bias_a,
+        gamma: gamma_a,
+        beta: beta_a,
+        mean: mean_a,
+        variance: variance_a,
+    }, EvalLayer {
+        weight: weight_b,
+        bias: bias_b,
+        gamma: gamma_b,
+        beta: beta_b,
+        mean: mean_b,
+        variance: variance_b,
+    }] = layers;
     let norm_covers =
         |shape: &ConvShape, parameters: [&FlexTensor; 4]| parameters.iter().all(|t| t.shape().num_elements() == shape.channels_out);
     // The parts: 4-D, the same images and sizes, their channels added up.

@@ -45,7 +45,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use batch_norm_cpu::Then;
 use dropout_cpu::DropoutMask;
-use extension::UnetKernels;
+use extension::{EvalLayer, UnetKernels};
 
 thread_local! {
     static OWN_KERNELS: Cell<bool> = Cell::new(default_own_kernels());
@@ -182,45 +182,27 @@ fn block_eval(
 ) -> Tensor<4> {
     let [(conv_a, norm_a), (conv_b, norm_b)] = layers;
     let device = x.device();
-    let (weight_a, bias_a) = conv_parameters(conv_a);
-    let [gamma_a, beta_a, mean_a, variance_a] = eval_norm_parameters(norm_a, &device);
-    let (weight_b, bias_b) = conv_parameters(conv_b);
-    let [gamma_b, beta_b, mean_b, variance_b] = eval_norm_parameters(norm_b, &device);
+    let layer = |conv: &Conv2d, norm: &BatchNorm| {
+        let (weight, bias) = conv_parameters(conv);
+        let [gamma, beta, mean, variance] = eval_norm_parameters(norm, &device);
+        EvalLayer {
+            weight,
+            bias,
+            gamma,
+            beta,
+            mean,
+            variance,
+        }
+    };
+    let (layer_a, layer_b) = (layer(conv_a, norm_a), layer(conv_b, norm_b));
     let (epsilons, slope) = ([norm_a.epsilon, norm_b.epsilon], act.negative_slope);
     let out = match skip {
-        None => <Dispatch as UnetKernels>::conv_block_eval(
-            x.into_dispatch(),
-            weight_a,
-            bias_a,
-            gamma_a,
-            beta_a,
-            mean_a,
-            variance_a,
-            weight_b,
-            bias_b,
-            gamma_b,
-            beta_b,
-            mean_b,
-            variance_b,
-            paddings,
-            epsilons,
-            slope,
-        ),
+        None => <Dispatch as UnetKernels>::conv_block_eval(x.into_dispatch(), layer_a, layer_b, paddings, epsilons, slope),
         Some(skip) => <Dispatch as UnetKernels>::conv_block_eval_cat(
             skip.into_dispatch(),
             x.into_dispatch(),
-            weight_a,
-            bias_a,
-            gamma_a,
-            beta_a,
-            mean_a,
-            variance_a,
-            weight_b,
-            bias_b,
-            gamma_b,
-            beta_b,
-            mean_b,
-            variance_b,
+            layer_a,
+            layer_b,
             paddings,
             epsilons,
             slope,
