@@ -336,6 +336,21 @@ mod tests {
         }
     }
 
+    /// Shapes for each way the weight gradient splits its work, with whether it splits them by
+    /// image: by image (135 x 16 sums against 3 360 padded values and 192 positions of 16
+    /// gradients: on 1 thread a task an image, on 3 groups of 48, 48 and 39 taps of an image),
+    /// then by taps (288 x 40 sums against 1 152 + 24 x 40), then by image in bands of 3 rows
+    /// (16 Ki values of 32 lanes over rows of 130): 3 + 2.
+    fn weight_gradient_splits() -> [(ConvShape, bool); 3] {
+        let shape =
+            |batch, channels_in, channels_out, height, width| test_shape(batch, channels_in, channels_out, height, width, [3, 3], 1);
+        [
+            (shape(4, 15, 16, 12, 14), true),
+            (shape(3, 32, 40, 4, 4), false),
+            (shape(1, 2, 32, 5, 130), true),
+        ]
+    }
+
     fn shapes() -> Vec<ConvShape> {
         let shape = test_shape;
         vec![
@@ -497,17 +512,7 @@ mod tests {
     /// an underflowing product; the images' totals (from +0) absorb even that.
     #[test]
     fn weight_gradient_is_the_image_order_chain_bit_for_bit() {
-        let shape =
-            |batch, channels_in, channels_out, height, width| test_shape(batch, channels_in, channels_out, height, width, [3, 3], 1);
-        // Split by image (135 x 16 sums against 3 360 padded values and 192 positions of 16
-        // gradients: on 1 thread a task an image, on 3 groups of 48, 48 and 39 taps of an image),
-        // then by taps (288 x 40 sums against 1 152 + 24 x 40).
-        for (s, expected_by_image) in [
-            (shape(4, 15, 16, 12, 14), true),
-            (shape(3, 32, 40, 4, 4), false),
-            // Bands of 3 rows (16 Ki values of 32 lanes over rows of 130): 3 + 2.
-            (shape(1, 2, 32, 5, 130), true),
-        ] {
+        for (s, expected_by_image) in weight_gradient_splits() {
             let lanes = s.channels_out.next_multiple_of(LANES);
             let by_image = s.patch_len() * lanes < s.padded_len() + s.positions() * lanes;
             assert_eq!(by_image, expected_by_image, "{s:?}: the split this shape is here for");
@@ -559,11 +564,8 @@ mod tests {
     /// row's first position falls on every lane). The weight gradient beside it keeps its bits.
     #[test]
     fn the_bias_gradient_is_the_lanes_chain_bit_for_bit_alone_or_with_the_weights() {
-        let shape =
-            |batch, channels_in, channels_out, height, width| test_shape(batch, channels_in, channels_out, height, width, [3, 3], 1);
-        let splits = [shape(4, 15, 16, 12, 14), shape(3, 32, 40, 4, 4), shape(1, 2, 32, 5, 130)];
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for s in shapes().into_iter().chain(splits) {
+        for s in shapes().into_iter().chain(weight_gradient_splits().map(|(s, _)| s)) {
             let x = values(s.batch * s.input_len(), 31);
             let dy = values(s.batch * s.output_len(), 32);
             let definition: Vec<f32> = (0..s.channels_out)
